@@ -1,0 +1,59 @@
+"""Surrogate gradients of the Heaviside spike function.
+
+The forward of a spike is always ``x >= 0``; a surrogate only replaces its derivative (zero almost everywhere)
+by the derivative of a smooth primitive, so gradients can flow through spikes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SURROGATES = ("atan", "sigmoid")
+
+
+def surrogate_primitive(x: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
+    """The smooth function whose derivative stands in for the Heaviside step's (used by tests)."""
+    if surrogate == "atan":
+        return torch.atan(math.pi / 2 * alpha * x) / math.pi + 0.5
+    if surrogate == "sigmoid":
+        return torch.sigmoid(alpha * x)
+    raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+
+
+def surrogate_grad(x: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
+    """Derivative of the surrogate primitive at ``x`` (``x`` = membrane minus threshold).
+
+    ``atan``: alpha / (2 (1 + (pi/2 alpha x)^2)), as SpikingJelly's ``ATan`` (the original SpikeGPT's choice).
+    ``sigmoid``: alpha s (1 - s) with s = sigmoid(alpha x), as SpikingJelly's ``Sigmoid``.
+    """
+    if surrogate == "atan":
+        return alpha / 2 / (1 + (math.pi / 2 * alpha * x) ** 2)
+    if surrogate == "sigmoid":
+        s = torch.sigmoid(alpha * x)
+        return alpha * s * (1 - s)
+    raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+
+
+class HeavisideSpike(torch.autograd.Function):
+    """Spike ``x >= 0`` with a surrogate gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        ctx.alpha = alpha
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad_out * surrogate_grad(x, ctx.surrogate, ctx.alpha), None, None
+
+
+def spike(x: torch.Tensor, surrogate: str = "atan", alpha: float = 2.0) -> torch.Tensor:
+    """Binary spikes ``x >= 0`` (exactly 0 or 1), differentiable through ``surrogate``."""
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+    return HeavisideSpike.apply(x, surrogate, alpha)

@@ -1,0 +1,1 @@
+"""One module per core subcommand of ``spikegpt`` (see ``spikegpt.cli``)."""

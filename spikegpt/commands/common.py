@@ -1,0 +1,24 @@
+"""Arguments several subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """--model, --device, --dtype."""
+    parser.add_argument(
+        "--model",
+        required=required,
+        default=None,
+        metavar="DIR|HUB_ID",
+        help="a SpikeGPT checkpoint: a local Hugging Face directory or a Hub id"
+        + ("" if required else " (default: the bundled Tiny Shakespeare model)"),
+    )
+    parser.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights' dtype (default: auto = float32)",
+    )

@@ -1,0 +1,28 @@
+"""Typed exceptions of the core library: each message says what is wrong and what to do about it."""
+
+
+class SpikeGPTError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(SpikeGPTError, ValueError):
+    """A model configuration is invalid."""
+
+
+class CheckpointError(SpikeGPTError):
+    """A checkpoint file or directory is missing, truncated, or does not match the model."""
+
+
+class TokenizerError(SpikeGPTError):
+    """A tokenizer cannot be found, loaded or built."""
+
+
+class GenerationError(SpikeGPTError, ValueError):
+    """A generation request is invalid (bad sampling parameters, empty or too long prompt).
+
+    ``param`` names the offending request field, when there is one (the server reports it to the client).
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

@@ -1,0 +1,337 @@
+"""The SpikeGPT architecture as the original ridgerchu/SpikeGPT ``src/model.py`` trains it, as Hugging Face models.
+
+One forward serves both forms: over ``[B, T]`` tokens it is the parallel form (training, prompt prefill); given
+a ``RecurrentState`` it continues from it, so feeding a sequence in any split (single tokens included) computes
+the same spikes and logits as one pass.
+
+    x = spikes(emb(ids))                      Heaviside, surrogate gradient (``binary_embedding``)
+    block i:  x = ln0(x) if i == 0
+              x = x + LIF(TimeMix(ln1(x)))     (layer 0 with ``ffn_pre``: a ChannelMix instead)
+              x = x + LIF(ChannelMix(ln2(x)))
+              x = dropout(x)
+    logits = head(ln_out(x))                   untied head
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from spikegpt.kernels import wkv
+
+from .config import SpikeGPTConfig
+from .neuron import EmbeddingSpikes, LIFLayer
+from .state import RecurrentState
+from .stats import SpikeStats, site_names
+
+LayerState = tuple[torch.Tensor, ...]  # one block's slice of RecurrentState, in its field order
+
+
+def token_shift(x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """Each token's predecessor along T; the first token's is ``previous`` (zero for a fresh sequence)."""
+    first = torch.zeros_like(x[:, :1]) if previous is None else previous[:, None].to(x.dtype)
+    return torch.cat([first, x[:, :-1]], dim=1)
+
+
+def mix(x: torch.Tensor, shifted: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    return x * ratio + shifted * (1 - ratio)
+
+
+class TimeMix(nn.Module):
+    """RWKV-4 time mixing: token shift, bias-free K/V/R/O projections and the WKV recurrence."""
+
+    def __init__(self, config: SpikeGPTConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        c = config.n_embd
+        self.time_decay = nn.Parameter(torch.empty(c))
+        self.time_first = nn.Parameter(torch.empty(c))
+        self.time_mix_k = nn.Parameter(torch.empty(c))
+        self.time_mix_v = nn.Parameter(torch.empty(c))
+        self.time_mix_r = nn.Parameter(torch.empty(c))
+        self.key = nn.Linear(c, c, bias=False)
+        self.value = nn.Linear(c, c, bias=False)
+        self.receptance = nn.Linear(c, c, bias=False)
+        self.output = nn.Linear(c, c, bias=False)
+        for zero_init in (self.key, self.receptance, self.output):
+            zero_init.init_scale = 0.0
+
+    def forward(self, x, shift, wkv_state):
+        xx = token_shift(x, shift)
+        k = self.key(mix(x, xx, self.time_mix_k))
+        v = self.value(mix(x, xx, self.time_mix_v))
+        r = torch.sigmoid(self.receptance(mix(x, xx, self.time_mix_r)))
+        w = -torch.exp(self.time_decay.float())
+        y, wkv_state = wkv(w, self.time_first.float(), k, v, wkv_state)
+        return self.output(r * y), x[:, -1], wkv_state
+
+
+class ChannelMix(nn.Module):
+    """RWKV-4 channel mixing: token shift, ``sigmoid(R x_r) * V(relu(K x_k)^2)``."""
+
+    def __init__(self, config: SpikeGPTConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        c, hidden = config.n_embd, config.ffn_hidden
+        self.time_mix_k = nn.Parameter(torch.empty(c))
+        self.time_mix_r = nn.Parameter(torch.empty(c))
+        self.key = nn.Linear(c, hidden, bias=False)
+        self.receptance = nn.Linear(c, c, bias=False)
+        self.value = nn.Linear(hidden, c, bias=False)
+        for zero_init in (self.value, self.receptance):
+            zero_init.init_scale = 0.0
+
+    def forward(self, x, shift):
+        xx = token_shift(x, shift)
+        k = torch.square(torch.relu(self.key(mix(x, xx, self.time_mix_k))))
+        r = torch.sigmoid(self.receptance(mix(x, xx, self.time_mix_r)))
+        return r * self.value(k), x[:, -1]
+
+
+class Block(nn.Module):
+    def __init__(self, config: SpikeGPTConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        c, eps = config.n_embd, config.layer_norm_eps
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(c, eps=eps)
+        self.ln1 = nn.LayerNorm(c, eps=eps)
+        self.ln2 = nn.LayerNorm(c, eps=eps)
+        if layer_id == 0 and config.ffn_pre:
+            self.ffn_pre = ChannelMix(config, 0)
+        else:
+            self.att = TimeMix(config, layer_id)
+        self.ffn = ChannelMix(config, layer_id)
+        self.att_lif = LIFLayer(config)
+        self.ffn_lif = LIFLayer(config)
+        self.drop = nn.Dropout(config.dropout)
+        every = config.rescale_layer
+        self.branch_scale = 2.0 ** -(layer_id // every) if every else 1.0
+        self.halve_after = bool(every) and (layer_id + 1) % every == 0
+
+    def forward(self, x: torch.Tensor, state: LayerState | None):
+        """x ``[B, T, C]`` → (x, new layer state, spikes per row ``[B]`` of the two LIF layers)."""
+        att_shift, ffn_shift, num, den, mx, att_v, ffn_v = state if state is not None else (None,) * 7
+        wkv_state = (num, den, mx) if state is not None else None
+        if self.layer_id == 0:
+            x = self.ln0(x)
+        if hasattr(self, "ffn_pre"):
+            branch, att_shift = self.ffn_pre(self.ln1(x), att_shift)
+        else:
+            branch, att_shift, wkv_state = self.att(self.ln1(x), att_shift, wkv_state)
+        if self.branch_scale != 1.0:
+            branch = branch * self.branch_scale
+        spikes, att_v, att_count = self.att_lif(branch, att_v)
+        x = x + spikes
+        branch, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        if self.branch_scale != 1.0:
+            branch = branch * self.branch_scale
+        spikes, ffn_v, ffn_count = self.ffn_lif(branch, ffn_v)
+        x = x + spikes
+        if self.halve_after:
+            x = x / 2
+        x = self.drop(x)
+        if wkv_state is None:  # layer 0 with ffn_pre and a fresh sequence: its WKV slot stays fresh
+            wkv_state = RecurrentState.fresh(x.shape[0], 1, x.shape[2], x.device).layer(0)[2:5]
+        return x, (att_shift, ffn_shift, *wkv_state, att_v, ffn_v), (att_count, ffn_count)
+
+
+@dataclass
+class SpikeGPTModelOutput(ModelOutput):
+    """last_hidden_state (after ``ln_out``), the state after the last token, and spike statistics."""
+
+    last_hidden_state: torch.Tensor | None = None
+    state: RecurrentState | None = None
+    spike_stats: SpikeStats | None = None
+
+
+@dataclass
+class SpikeGPTCausalLMOutput(ModelOutput):
+    """loss (when labels are given), logits ``[B, T, vocab]``, the state after the last token (when a state was
+    passed or ``use_cache``), and spike statistics (with ``output_spike_stats``)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    state: RecurrentState | None = None
+    spike_stats: SpikeStats | None = None
+
+
+class SpikeGPTPreTrainedModel(PreTrainedModel):
+    config: SpikeGPTConfig
+    config_class = SpikeGPTConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["Block"]
+    _keep_in_fp32_modules = ["time_decay", "time_first"]
+    _is_stateful = True
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """RWKV-4's initialisation (decay and bonus curves, mixing ramps, orthogonal or zero projections), which the
+        original SpikeGPT defines but, for its projections, never runs."""
+        cfg = self.config
+        if isinstance(module, (TimeMix, ChannelMix)):
+            layer, n_layer, c = module.layer_id, cfg.n_layer, cfg.n_embd
+            depth = layer / max(n_layer - 1, 1)  # 0 → 1 across the stack
+            rest = 1.0 - layer / n_layer  # 1 → ~0
+            ramp = torch.arange(c, dtype=torch.float32) / c
+            init.copy_(module.time_mix_k, ramp.pow(rest))
+            init.copy_(module.time_mix_r, ramp.pow(0.5 * rest) if isinstance(module, TimeMix) else ramp.pow(rest))
+            if isinstance(module, TimeMix):
+                init.copy_(module.time_mix_v, ramp.pow(rest) + 0.3 * depth)
+                h = torch.arange(c, dtype=torch.float32) / max(c - 1, 1)
+                init.copy_(module.time_decay, -5 + 8 * h.pow(0.7 + 1.3 * depth))
+                zigzag = ((torch.arange(c) + 1) % 3 - 1).float() * 0.5
+                init.copy_(module.time_first, math.log(0.3) + zigzag)
+        elif isinstance(module, nn.Linear):
+            out_features, in_features = module.weight.shape
+            scale = getattr(module, "init_scale", 1.0)
+            if out_features == cfg.vocab_size and in_features == cfg.n_embd:
+                scale = 0.5  # the head
+            if scale == 0.0:
+                init.zeros_(module.weight)
+            else:
+                gain = math.sqrt(out_features / in_features) if out_features > in_features else 1.0
+                init.orthogonal_(module.weight, gain=gain * scale)
+        elif isinstance(module, nn.Embedding):
+            init.orthogonal_(module.weight, gain=math.sqrt(max(module.weight.shape)) * 1e-4)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class SpikeGPTModel(SpikeGPTPreTrainedModel):
+    """Embedding, blocks and the final LayerNorm."""
+
+    def __init__(self, config: SpikeGPTConfig):
+        super().__init__(config)
+        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.emb_spikes = EmbeddingSpikes(config)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.sites = site_names(config.n_layer, config.ffn_pre)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.emb
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.emb = value
+
+    def fresh_state(self, batch: int) -> RecurrentState:
+        """The state of ``batch`` sequences that have seen no tokens, on this model's device."""
+        c = self.config
+        return RecurrentState.fresh(batch, c.n_layer, c.n_embd, self.emb.weight.device, self.emb.weight.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        state: RecurrentState | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_spike_stats: bool = False,
+        **kwargs,
+    ) -> SpikeGPTModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.emb(input_ids) if inputs_embeds is None else inputs_embeds
+        if x.shape[1] == 0:
+            raise ValueError("SpikeGPT needs at least one token per sequence")
+        if state is not None and state.batch_size != x.shape[0]:
+            raise ValueError(f"state holds {state.batch_size} sequences but the input has {x.shape[0]}")
+        x, emb_count = self.emb_spikes(x)
+        counts = [emb_count]
+        layers = []
+        for i, block in enumerate(self.blocks):
+            x, layer_state, block_counts = block(x, state.layer(i) if state is not None else None)
+            layers.append(layer_state)
+            counts.extend(block_counts)
+        x = self.ln_out(x)
+        keep_state = state is not None or bool(use_cache)
+        stats = None
+        if output_spike_stats:
+            batch, tokens = x.shape[:2]
+            stats = SpikeStats(
+                counts=torch.stack(counts, dim=1),
+                tokens=torch.full((batch,), tokens, dtype=torch.long, device=x.device),
+                sites=self.sites,
+                n_embd=self.config.n_embd,
+            )
+        return SpikeGPTModelOutput(
+            last_hidden_state=x,
+            state=RecurrentState.from_layers(layers) if keep_state else None,
+            spike_stats=stats,
+        )
+
+
+class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
+    """SpikeGPT with its language-modelling head (untied)."""
+
+    def __init__(self, config: SpikeGPTConfig):
+        super().__init__(config)
+        self.model = SpikeGPTModel(config)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.head = value
+
+    def fresh_state(self, batch: int) -> RecurrentState:
+        return self.model.fresh_state(batch)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        state: RecurrentState | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_spike_stats: bool = False,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> SpikeGPTCausalLMOutput:
+        """Logits for every position of ``input_ids`` ``[B, T]``, continuing from ``state`` when given.
+
+        ``labels`` ``[B, T]`` (usually ``input_ids``) are shifted inside: position t predicts label t + 1; -100 is
+        ignored. ``attention_mask`` is accepted for ``generate()`` but must be all ones: a recurrent model reads
+        every token, so batches must not be padded. ``logits_to_keep`` > 0 computes only the last positions' logits.
+        """
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError(
+                "SpikeGPT reads every token of every row: padded batches (attention_mask with zeros) are not "
+                "supported; generate sequences of different lengths separately"
+            )
+        out = self.model(
+            input_ids=input_ids,
+            state=state,
+            use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
+            output_spike_stats=output_spike_stats,
+        )
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                labels[:, 1:].reshape(-1).to(logits.device),
+                ignore_index=-100,
+            )
+        return SpikeGPTCausalLMOutput(loss=loss, logits=logits, state=out.state, spike_stats=out.spike_stats)
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs["state"] = outputs.state  # the recurrent state is this model's cache
+        return super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
