@@ -1,0 +1,58 @@
+"""Fixtures shared by every part of the suite: tiny SpikeGPT models, in memory and saved on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
+from spikegpt.tokenizer import char_tokenizer
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# A small alphabet the tests write their own text in.
+ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\n-é"
+
+
+def tiny_config(**overrides) -> SpikeGPTConfig:
+    """2 layers, 32 channels: big enough to spike in every layer, small enough for any test."""
+    fields = dict(vocab_size=len(ALPHABET) + 1, n_layer=2, n_embd=32, ctx_len=64, dropout=0.0)
+    fields.update(overrides)
+    return SpikeGPTConfig(**fields)
+
+
+def lively_weights_(model: SpikeGPTForCausalLM, seed: int) -> SpikeGPTForCausalLM:
+    """Replace RWKV's initialisation (which starts with silent LIF layers) by random weights that make every
+    layer spike at a moderate rate, so tests exercise real spiking."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".ln" in name or "ln_out" in name:
+                continue
+            if name.endswith("time_decay"):
+                param.copy_(torch.randn(param.shape, generator=generator))
+            elif "time_mix" in name:
+                param.copy_(torch.rand(param.shape, generator=generator))
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * (2.0 / param.shape[-1] ** 0.5))
+    return model
+
+
+@pytest.fixture
+def seed() -> int:
+    """A fresh seed per test (printed on failure through the test's parameters)."""
+    return int(torch.randint(0, 2**31 - 1, ()).item())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny SpikeGPT (random lively weights) with a character tokenizer: a real Hugging Face directory."""
+    path = tmp_path_factory.mktemp("tiny-spikegpt")
+    tokenizer = char_tokenizer(ALPHABET)
+    config = tiny_config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    model = lively_weights_(SpikeGPTForCausalLM(config), seed=1234).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
