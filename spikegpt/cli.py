@@ -16,6 +16,7 @@ import sys
 COMMAND_MODULES = (
     "spikegpt.commands.generate",
     "spikegpt.commands.convert",
+    "spikegpt.commands.energy",
 )
 
 

@@ -26,3 +26,8 @@ class GenerationError(SpikeGPTError, ValueError):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+class EnergyError(SpikeGPTError, ValueError):
+    """An energy estimate cannot be made: unknown rule or profile, a malformed profile file, or statistics that do
+    not belong to the model's configuration."""

@@ -1,0 +1,163 @@
+"""Hardware profiles: what one operation of each kind costs, in picojoules, and where the figure comes from.
+
+A profile prices the four kinds of operation the accounting counts (see ``spikegpt.energy.accounting``):
+
+    mac          a multiply-accumulate of two real numbers (the work of a dense matrix product)
+    ac           an accumulate: adding a weight because a binary input is 1 (or adding a spike into a sum)
+    neuron       one LIF neuron update: leak-and-integrate, threshold test, reset
+    elementwise  one arithmetic step outside a matrix product (add, multiply, fused multiply-add, max, exp,
+                 division), counted as one operation each
+
+Built-in profiles live here as data; users add their own as a small TOML or JSON file with the same fields
+(``spikegpt energy --list-profiles`` prints the built-ins in that format, ready to copy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import EnergyError
+
+COST_FIELDS = ("mac_pj", "ac_pj", "neuron_pj", "elementwise_pj")
+TEXT_FIELDS = ("name", "description", "source")
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """Energy per operation of each kind, in picojoules, with a description of what each figure stands for."""
+
+    name: str
+    mac_pj: float
+    ac_pj: float
+    neuron_pj: float
+    elementwise_pj: float
+    description: str = ""
+    source: str = ""
+
+    def joules(self, kind: str) -> float:
+        """Energy of one operation of ``kind`` ("mac", "ac", "neuron" or "elementwise"), in joules."""
+        return getattr(self, f"{kind}_pj") * 1e-12
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_toml(self) -> str:
+        """The profile as a TOML file that ``load_profile`` reads back unchanged."""
+        lines = [f"{key} = {json.dumps(getattr(self, key))}" for key in TEXT_FIELDS]
+        lines += [f"{key} = {getattr(self, key)!r}" for key in COST_FIELDS]
+        return "\n".join(lines) + "\n"
+
+
+# Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm CMOS at 0.9 V:
+# add / multiply = 0.9 / 3.7 pJ (fp32), 0.4 / 1.1 pJ (fp16), 0.03 / 0.2 pJ (int8); a MAC is one of each
+# (4.6, 1.5, 0.23 pJ), the E_MAC = 4.6 pJ, E_AC = 0.9 pJ pair SNN papers (SpikeGPT included) quote.
+HOROWITZ_2014 = "Horowitz, 'Computing's energy problem (and what we can do about it)', ISSCC 2014 (45 nm, 0.9 V)"
+
+
+def _cmos_45nm(number_format: str, add_pj: float, mac_pj: float) -> HardwareProfile:
+    # A LIF update V += (X - V) / tau is one subtraction and one multiply-accumulate; the threshold test is one
+    # comparison (priced as an add); the hard reset is a select and is not priced. Elementwise steps are priced
+    # as one MAC: more than a lone add or multiply costs, less than an exp or a division.
+    return HardwareProfile(
+        name=f"45nm-{number_format}",
+        mac_pj=mac_pj,
+        ac_pj=add_pj,
+        neuron_pj=round(mac_pj + 2 * add_pj, 6),
+        elementwise_pj=mac_pj,
+        description=f"45 nm CMOS, {number_format} arithmetic: MAC = one {number_format} multiply + add; AC = one "
+        f"{number_format} add; neuron update = MAC + 2 adds (leak-integrate, threshold test); elementwise op "
+        "priced as one MAC",
+        source=HOROWITZ_2014,
+    )
+
+
+FP32 = _cmos_45nm("fp32", add_pj=0.9, mac_pj=4.6)
+FP16 = _cmos_45nm("fp16", add_pj=0.4, mac_pj=1.5)
+INT8 = _cmos_45nm("int8", add_pj=0.03, mac_pj=0.23)
+
+# Davies et al., "Loihi: a neuromorphic manycore processor with on-chip learning", IEEE Micro 38(1), 2018,
+# Table 2 (14 nm, pre-silicon estimates): synaptic spike operation >= 23.6 pJ (the minimum is used here), neuron
+# update 81 pJ active / 52 pJ inactive. Every LIF neuron here receives a dense real-valued input at every token,
+# so each update is an active one. Loihi has no datapath for real-valued products, so the dense work (MACs,
+# elementwise steps) is priced as on a 45 nm fp32 processor beside it (Horowitz 2014, as above).
+LOIHI = HardwareProfile(
+    name="loihi",
+    mac_pj=FP32.mac_pj,
+    ac_pj=23.6,
+    neuron_pj=81.0,
+    elementwise_pj=FP32.elementwise_pj,
+    description="Loihi-class neuromorphic core for the spike-driven work: AC = one synaptic spike operation "
+    "(lower bound), neuron update = one active compartment update; MAC and elementwise ops, which Loihi cannot "
+    "run, priced as 45 nm fp32 on a companion processor",
+    source="Davies et al., 'Loihi: a neuromorphic manycore processor with on-chip learning', IEEE Micro 2018, "
+    f"Table 2; {HOROWITZ_2014} for the dense work",
+)
+
+BUILTIN_PROFILES: dict[str, HardwareProfile] = {p.name: p for p in (FP32, FP16, INT8, LOIHI)}
+DEFAULT_PROFILE = FP32
+
+
+def profile_from_dict(data: object, origin: str) -> HardwareProfile:
+    """A profile from parsed TOML/JSON, checked field by field; ``origin`` names the file in error messages."""
+    if not isinstance(data, dict):
+        raise EnergyError(f"{origin}: a profile must be a table of fields, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(TEXT_FIELDS) - set(COST_FIELDS))
+    if unknown:
+        allowed = ", ".join(TEXT_FIELDS + COST_FIELDS)
+        raise EnergyError(f"{origin}: unknown field(s) {', '.join(unknown)}; a profile has {allowed}")
+    missing = [key for key in ("name", *COST_FIELDS) if key not in data]
+    if missing:
+        raise EnergyError(f"{origin}: missing field(s) {', '.join(missing)} (energies in picojoules per operation)")
+    for key in TEXT_FIELDS:
+        if key in data and not isinstance(data[key], str):
+            raise EnergyError(f"{origin}: {key} must be a string, got {data[key]!r}")
+    if not data["name"].strip():
+        raise EnergyError(f"{origin}: name must not be empty")
+    costs = {}
+    for key in COST_FIELDS:
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise EnergyError(f"{origin}: {key} must be a finite number of picojoules >= 0, got {value!r}")
+        costs[key] = float(value)
+    return HardwareProfile(
+        name=data["name"].strip(),
+        description=data.get("description", ""),
+        source=data.get("source", ""),
+        **costs,
+    )
+
+
+def load_profile(path: str | Path) -> HardwareProfile:
+    """A profile from a ``.toml`` or ``.json`` file."""
+    path = Path(path)
+    if path.suffix not in (".toml", ".json"):
+        raise EnergyError(f"{path}: a profile file must end in .toml or .json")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise EnergyError(f"{path}: cannot read the profile ({e.strerror or e})") from e
+    try:
+        data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise EnergyError(f"{path}: not valid {kind} ({e})") from e
+    return profile_from_dict(data, str(path))
+
+
+def resolve_profile(spec: str | Path | HardwareProfile | None) -> HardwareProfile:
+    """A built-in profile by name, a profile file by path, a profile object as is; None: the 45 nm fp32 default."""
+    if spec is None:
+        return DEFAULT_PROFILE
+    if isinstance(spec, HardwareProfile):
+        return spec
+    if str(spec) in BUILTIN_PROFILES:
+        return BUILTIN_PROFILES[str(spec)]
+    if Path(spec).suffix in (".toml", ".json") or Path(spec).exists():
+        return load_profile(spec)
+    raise EnergyError(
+        f"unknown profile {str(spec)!r}: choose one of {', '.join(BUILTIN_PROFILES)} or give a .toml/.json file"
+    )

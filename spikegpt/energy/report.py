@@ -1,0 +1,211 @@
+"""Energy reports: operation counts priced by a hardware profile, per layer, per token and per request, with
+baselines; ``to_dict()`` is the shape the server's ``"energy"`` field and ``spikegpt energy --json`` share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import SpikeGPTConfig
+from ..stats import SpikeStats
+from .accounting import KINDS, RULES, LayerOps, SpikeTotals, Term, count_operations, vanilla_gpt_operations
+from .profiles import HardwareProfile, resolve_profile
+
+NOTE = (
+    "Estimate, not a measurement: operation counts from the spikes measured on these tokens, priced with "
+    "published energies per operation; see 'rule' for how operations were counted and 'excludes' for what is left "
+    "out."
+)
+
+# Horowitz 2014 (ISSCC, 45 nm) puts a 64-bit SRAM read at ~10 pJ and a 64-bit DRAM read at 1.3-2.6 nJ, far above
+# the arithmetic counted here; Yan et al. (arXiv 2409.08290) find an SNN beats an equal-bit quantized ANN only
+# below ~6% spike rate once data movement is included.
+EXCLUDES = (
+    "memory traffic: reading weights, activations and the recurrent state (SRAM/DRAM), which usually costs more "
+    "than the arithmetic",
+    "static (leakage) power, clocking and control",
+    "off-chip I/O and host communication; spike routing between cores",
+    "tokenization, sampling and the embedding lookup (a table read)",
+    "per-token scalar work inside LayerNorm (mean, reciprocal square root)",
+)
+
+BASELINES = {
+    "spiking_off": "the same architecture with every spike function the identity: every product a MAC, no neurons",
+    "vanilla_gpt": "SpikeGPT, TMLR 2024, Table 1 formula for a GPT of the same depth and width over the same "
+    "sequences: 3Td^2 + 2T^2d + T^2 + 2T^2 + FFN MACs per layer (no output projection, LayerNorm or head)",
+}
+
+
+def _energy(terms: tuple[Term, ...], profile: HardwareProfile) -> float:
+    return sum(t.count * profile.joules(t.kind) for t in terms)
+
+
+@dataclass(frozen=True)
+class LayerEnergy:
+    """One row of a report: a layer's measured firing rate, its operations by kind and their energy."""
+
+    ops: LayerOps
+    profile: HardwareProfile
+
+    @property
+    def energy_j(self) -> float:
+        return _energy(self.ops.terms, self.profile)
+
+    def energy_by_kind(self) -> dict[str, float]:
+        return {kind: self.ops.count(kind) * self.profile.joules(kind) for kind in KINDS}
+
+    def to_dict(self, terms: bool = False) -> dict:
+        out = {
+            "name": self.ops.name,
+            "site": self.ops.site,
+            "firing_rate": self.ops.firing_rate,
+            "spikes": self.ops.spikes,
+            **{kind: self.ops.count(kind) for kind in KINDS},
+            "energy_j": self.energy_j,
+        }
+        if self.ops.input_site is not None:
+            out["rate_from"] = self.ops.input_site
+        if terms:
+            out["terms"] = [
+                {"name": t.name, "kind": t.kind, "count": t.count, "energy_j": t.count * self.profile.joules(t.kind)}
+                for t in self.ops.terms
+            ]
+        return out
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    description: str
+    energy_j: float
+    ratio: float | None  # baseline energy / the report's energy: > 1 means the spiking model is estimated cheaper
+
+    def to_dict(self) -> dict:
+        return {"energy_j": self.energy_j, "ratio": self.ratio, "description": self.description}
+
+
+@dataclass(frozen=True)
+class EnergyReport:
+    """The energy estimate of some tokens under one rule and profile.
+
+    tokens: tokens the model processed; generated_tokens: of a request, the tokens it generated (None when the
+    report is not about a generation); head_tokens: positions whose logits were computed.
+    """
+
+    rule: str
+    profile: HardwareProfile
+    tokens: int
+    generated_tokens: int | None
+    head_tokens: int
+    firing_rate: float
+    layers: tuple[LayerEnergy, ...]
+    baselines: tuple[Baseline, ...]
+    excludes: tuple[str, ...] = EXCLUDES
+    note: str = NOTE
+
+    @property
+    def rule_description(self) -> str:
+        return RULES[self.rule]
+
+    @property
+    def energy_j(self) -> float:
+        return sum(layer.energy_j for layer in self.layers)
+
+    @property
+    def energy_j_per_token(self) -> float | None:
+        return self.energy_j / self.tokens if self.tokens else None
+
+    @property
+    def energy_j_per_generated_token(self) -> float | None:
+        return self.energy_j / self.generated_tokens if self.generated_tokens else None
+
+    def count(self, kind: str) -> int:
+        return sum(layer.ops.count(kind) for layer in self.layers)
+
+    def energy_by_kind(self) -> dict[str, float]:
+        return {kind: sum(layer.energy_by_kind()[kind] for layer in self.layers) for kind in KINDS}
+
+    def to_dict(self, terms: bool = False) -> dict:
+        """JSON-ready; ``terms`` adds each layer's operations job by job."""
+        return {
+            "rule": self.rule,
+            "rule_description": self.rule_description,
+            "profile": self.profile.name,
+            "tokens": self.tokens,
+            "generated_tokens": self.generated_tokens,
+            "head_tokens": self.head_tokens,
+            "firing_rate": self.firing_rate,
+            "layers": [layer.to_dict(terms) for layer in self.layers],
+            "operations": {kind: self.count(kind) for kind in KINDS},
+            "energy_by_kind_j": self.energy_by_kind(),
+            "energy_j": self.energy_j,
+            "energy_j_per_token": self.energy_j_per_token,
+            "energy_j_per_generated_token": self.energy_j_per_generated_token,
+            "baselines": {b.name: b.to_dict() for b in self.baselines},
+            "excludes": list(self.excludes),
+            "note": self.note,
+        }
+
+
+def build_report(
+    totals: SpikeTotals,
+    config: SpikeGPTConfig,
+    rule: str = "strict",
+    profile: str | HardwareProfile | None = None,
+    generated_tokens: int | None = None,
+    head_tokens: int | None = None,
+) -> EnergyReport:
+    """The report of host-side spike totals (see ``energy_report`` for the usual entry point)."""
+    totals.check(config)
+    profile = resolve_profile(profile)
+    head_tokens = totals.tokens if head_tokens is None else head_tokens
+    layers = tuple(LayerEnergy(ops, profile) for ops in count_operations(totals, config, rule, head_tokens))
+    energy = sum(layer.energy_j for layer in layers)
+    spiking_off = count_operations(totals, config, "strict", head_tokens, spiking=False)
+    baseline_energy = {
+        "spiking_off": sum(_energy(ops.terms, profile) for ops in spiking_off),
+        "vanilla_gpt": _energy(vanilla_gpt_operations(totals.row_tokens, config), profile),
+    }
+    baselines = tuple(
+        Baseline(name, BASELINES[name], joules, joules / energy if energy else None)
+        for name, joules in baseline_energy.items()
+    )
+    return EnergyReport(
+        rule, profile, totals.tokens, generated_tokens, head_tokens, totals.firing_rate, layers, baselines
+    )
+
+
+def energy_report(
+    stats: SpikeStats,
+    config: SpikeGPTConfig,
+    rule: str = "strict",
+    profile: str | HardwareProfile | None = None,
+    generated_tokens: int | None = None,
+    head_tokens: int | None = None,
+) -> EnergyReport:
+    """The energy report of a forward pass (or several, accumulated) from its spike statistics, with one host
+    transfer. ``head_tokens``: positions whose logits were computed (default: every processed token)."""
+    return build_report(SpikeTotals.from_stats(stats), config, rule, profile, generated_tokens, head_tokens)
+
+
+def energy_field(
+    stats: SpikeStats,
+    config: SpikeGPTConfig,
+    generated_tokens: int,
+    profile: str | HardwareProfile | None = None,
+) -> dict:
+    """The server's ``"energy"`` field for one request: both rules' reports from one host transfer.
+
+    ``stats`` covers every token the model processed for the request; the head is counted once per generated
+    token, the positions whose logits the engine computes to sample from.
+    """
+    totals = SpikeTotals.from_stats(stats)
+    profile = resolve_profile(profile)
+    reports = {rule: build_report(totals, config, rule, profile, generated_tokens, generated_tokens) for rule in RULES}
+    return {
+        "firing_rate": totals.firing_rate,
+        "profile": profile.name,
+        "tokens": totals.tokens,
+        "generated_tokens": generated_tokens,
+        "rules": {rule: report.to_dict() for rule, report in reports.items()},
+        "note": NOTE,
+    }
