@@ -1,0 +1,89 @@
+"""``spikegpt energy`` end to end, as a user runs it: a subprocess on a saved model directory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from spikegpt.cli import main
+from spikegpt.energy import BUILTIN_PROFILES
+
+SPIKEGPT = str(Path(sys.executable).parent / "spikegpt")
+
+
+def spikegpt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([SPIKEGPT, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_json_report_and_plot(tiny_model_dir, tmp_path):
+    plot = tmp_path / "energy.png"
+    prompt = "To be, or not to be: that is the question.\n"
+    done = spikegpt(
+        "energy", "--model", str(tiny_model_dir), "--prompt", prompt, "--rule", "paper", "--json", "--plot", str(plot),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["rule"] == "paper" and report["profile"] == "45nm-fp32"
+    assert report["tokens"] == len(prompt)  # a character tokenizer
+    assert 0 < report["firing_rate"] < 1
+    assert report["energy_j"] > 0
+    assert report["energy_j_per_token"] == pytest.approx(report["energy_j"] / report["tokens"])
+    assert [layer["name"] for layer in report["layers"]] == [
+        "embedding", "blocks.0.att", "blocks.0.ffn", "blocks.1.att", "blocks.1.ffn", "head",
+    ]  # fmt: skip
+    for layer in report["layers"]:
+        assert {"name", "firing_rate", "mac", "ac", "energy_j", "terms"} <= set(layer)
+    assert sum(layer["energy_j"] for layer in report["layers"]) == pytest.approx(report["energy_j"])
+    for baseline in report["baselines"].values():
+        assert baseline["ratio"] == pytest.approx(baseline["energy_j"] / report["energy_j"])
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_table_from_a_text_file_with_a_profile_file(tiny_model_dir, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("All the world's a stage,\nAnd all the men and women merely players;\n" * 3, encoding="utf-8")
+    profile = tmp_path / "fp16.toml"
+    profile.write_text(BUILTIN_PROFILES["45nm-fp16"].to_toml().replace('"45nm-fp16"', '"my-fp16"'), encoding="utf-8")
+    done = spikegpt(
+        "energy", "--model", str(tiny_model_dir), "--text", str(text), "--profile", str(profile),
+        "--chunk-tokens", "16", "--max-tokens", "100",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "rule: strict" in out and "profile: my-fp16" in out and "not a measurement" in out
+    assert "100 tokens processed" in out
+    for row in ("embedding", "blocks.1.ffn", "head", "total", "spiking_off", "vanilla_gpt", "excludes: memory"):
+        assert row in out
+
+
+def test_bad_profile_is_one_line_without_traceback(tiny_model_dir, tmp_path):
+    profile = tmp_path / "bad.json"
+    profile.write_text('{"name": "bad", "mac_pj": 1}', encoding="utf-8")
+    done = spikegpt("energy", "--model", str(tiny_model_dir), "--prompt", "hi", "--profile", str(profile), cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"spikegpt energy: error: {profile}: missing field(s) ac_pj, neuron_pj, elementwise_pj "
+        "(energies in picojoules per operation)"
+    ]
+
+
+def test_list_profiles_prints_loadable_toml(capsys):
+    assert main(["energy", "--list-profiles"]) == 0
+    printed = capsys.readouterr().out
+    parsed = [tomllib.loads(chunk) for chunk in printed.split("\n\n")]
+    assert [p["name"] for p in parsed] == list(BUILTIN_PROFILES)
+    assert parsed[0]["mac_pj"] == 4.6
+
+
+def test_text_is_required_unless_listing(capsys):
+    assert main(["energy"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "spikegpt energy: error: give the text to read: --text FILE or --prompt TEXT"
+    )
