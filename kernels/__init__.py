@@ -13,17 +13,22 @@ import os
 
 import torch
 
+from .errors import KernelArgumentError, KernelError, KernelUnavailableError
 from .lif_torch import lif_torch
 from .wkv_torch import State, fresh_state, wkv_torch
 
-__all__ = ["KernelUnavailableError", "State", "fresh_state", "kernel_backend", "lif", "wkv"]
+__all__ = [
+    "KernelArgumentError",
+    "KernelError",
+    "KernelUnavailableError",
+    "State",
+    "fresh_state",
+    "kernel_backend",
+    "lif",
+    "wkv",
+]
 
 BACKENDS = ("auto", "torch", "triton")
-
-
-class KernelUnavailableError(RuntimeError):
-    """The requested kernel backend cannot run here."""
-
 
 def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None

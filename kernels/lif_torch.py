@@ -9,8 +9,8 @@ Per element, along the token axis t (membrane ``v`` starts at ``v0``, or 0):
 The backward replaces d s / d h by a surrogate gradient and, like the original SpikeGPT (SpikingJelly's
 ``detach_reset=False``), also differentiates through the reset.
 
-``lif_sequential`` is the plain autograd definition; ``lif_torch`` computes the same function with a hand-written
-backward over the same loop (one pass, no autograd graph per step), which is what the model uses on a CPU.
+``lif_sequential`` is the plain autograd definition; ``lif_torch`` computes the same function (the same float
+operations, so bit-identical spikes) with a hand-written backward, which is what the model uses on a CPU.
 """
 
 from __future__ import annotations
@@ -71,42 +71,43 @@ def lif_sequential(
 
 
 class _LIF(torch.autograd.Function):
+    """The loop of ``lif_sequential`` token-major, keeping each step's charged membrane ``h`` for the backward,
+    which is one reverse loop of two operations per token; everything else is vectorised over the sequence."""
+
     @staticmethod
     def forward(ctx, x, v0, tau, threshold, reset, surrogate, alpha):
         inv_tau = 1.0 / tau
         v = _initial_membrane(x, v0)
-        h_all = torch.empty(x.shape, dtype=v.dtype, device=x.device)
-        xf = x.to(v.dtype)
-        for t in range(x.shape[1]):
-            h = v + (xf[:, t] - v) * inv_tau
-            h_all[:, t] = h
+        xt = x.transpose(0, 1).to(v.dtype).contiguous()  # [T, B, C]: contiguous per-token slices
+        h_all = torch.empty_like(xt)
+        for t in range(xt.shape[0]):
+            h = torch.add(v, (xt[t] - v) * inv_tau, out=h_all[t])
             fired = h >= threshold
             v = torch.where(fired, 0.0, h) if reset == "hard" else torch.where(fired, h - threshold, h)
-        spikes = (h_all >= threshold).to(x.dtype)
+        spikes = (h_all >= threshold).to(x.dtype).transpose(0, 1)
         ctx.save_for_backward(h_all)
         ctx.config = (inv_tau, threshold, reset, surrogate, alpha, x.dtype, v0 is not None)
         return spikes, v
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v_last):
+        # v_t = reset(h_t), h_t = v_{t-1} + (x_t - v_{t-1}) / tau: the gradient at h_t is
+        # g_h_t = g_v_t dv/dh(h_t) + g_s_t surrogate'(h_t), and g_v_{t-1} = g_h_t (1 - 1/tau).
         (h_all,) = ctx.saved_tensors
         inv_tau, threshold, reset, surrogate, alpha, x_dtype, has_v0 = ctx.config
-        grad_x = torch.empty_like(h_all)
-        gv = torch.zeros_like(h_all[:, 0]) if grad_v_last is None else grad_v_last.to(h_all.dtype)
-        gs_all = None if grad_spikes is None else grad_spikes.to(h_all.dtype)
-        for t in range(h_all.shape[1] - 1, -1, -1):
-            h = h_all[:, t]
-            sg = surrogate_grad(h - threshold, surrogate, alpha)
-            if reset == "hard":
-                dv_dh = (h < threshold).to(h.dtype) - h * sg
-            else:
-                dv_dh = 1 - threshold * sg
-            gh = gv * dv_dh
-            if gs_all is not None:
-                gh = gh + gs_all[:, t] * sg
-            grad_x[:, t] = gh * inv_tau
-            gv = gh * (1 - inv_tau)
-        return grad_x.to(x_dtype), (gv if has_v0 else None), None, None, None, None, None
+        sg = surrogate_grad(h_all - threshold, surrogate, alpha)
+        if reset == "hard":
+            dv_dh = (h_all < threshold).to(h_all.dtype) - h_all * sg
+        else:
+            dv_dh = 1 - threshold * sg
+        from_spikes = grad_spikes.transpose(0, 1).to(h_all.dtype) * sg
+        grad_h = torch.empty_like(h_all)
+        gv = grad_v_last.to(h_all.dtype)
+        for t in range(h_all.shape[0] - 1, -1, -1):
+            torch.add(gv * dv_dh[t], from_spikes[t], out=grad_h[t])
+            gv = grad_h[t] * (1 - inv_tau)
+        grad_x = (grad_h * inv_tau).transpose(0, 1).to(x_dtype)
+        return grad_x, (gv if has_v0 else None), None, None, None, None, None
 
 
 def lif_torch(
