@@ -20,7 +20,7 @@ Every figure is an estimate from operation counts, never a measurement of a chip
 from .accounting import KINDS, RULES, LayerOps, SpikeTotals, Term, count_operations, vanilla_gpt_operations
 from .measure import read_spike_stats
 from .profiles import BUILTIN_PROFILES, DEFAULT_PROFILE, HardwareProfile, load_profile, resolve_profile
-from .report import EXCLUDES, NOTE, Baseline, EnergyReport, LayerEnergy, build_report, energy_field, energy_report
+from .report import EXCLUDES, NOTE, Baseline, EnergyReport, LayerEnergy, energy_field, energy_report
 
 __all__ = [
     "BUILTIN_PROFILES",
@@ -36,7 +36,6 @@ __all__ = [
     "LayerOps",
     "SpikeTotals",
     "Term",
-    "build_report",
     "count_operations",
     "energy_field",
     "energy_report",

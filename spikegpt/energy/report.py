@@ -146,15 +146,18 @@ class EnergyReport:
         }
 
 
-def build_report(
-    totals: SpikeTotals,
+def energy_report(
+    stats: SpikeStats | SpikeTotals,
     config: SpikeGPTConfig,
     rule: str = "strict",
     profile: str | HardwareProfile | None = None,
     generated_tokens: int | None = None,
     head_tokens: int | None = None,
 ) -> EnergyReport:
-    """The report of host-side spike totals (see ``energy_report`` for the usual entry point)."""
+    """The energy report of a forward pass (or several, accumulated) from its spike statistics, read with one host
+    transfer (or from totals already read). ``head_tokens``: positions whose logits were computed (default: every
+    processed token); ``generated_tokens``: of a request, for the energy per generated token."""
+    totals = SpikeTotals.from_stats(stats) if isinstance(stats, SpikeStats) else stats
     totals.check(config)
     profile = resolve_profile(profile)
     head_tokens = totals.tokens if head_tokens is None else head_tokens
@@ -174,19 +177,6 @@ def build_report(
     )
 
 
-def energy_report(
-    stats: SpikeStats,
-    config: SpikeGPTConfig,
-    rule: str = "strict",
-    profile: str | HardwareProfile | None = None,
-    generated_tokens: int | None = None,
-    head_tokens: int | None = None,
-) -> EnergyReport:
-    """The energy report of a forward pass (or several, accumulated) from its spike statistics, with one host
-    transfer. ``head_tokens``: positions whose logits were computed (default: every processed token)."""
-    return build_report(SpikeTotals.from_stats(stats), config, rule, profile, generated_tokens, head_tokens)
-
-
 def energy_field(
     stats: SpikeStats,
     config: SpikeGPTConfig,
@@ -200,7 +190,7 @@ def energy_field(
     """
     totals = SpikeTotals.from_stats(stats)
     profile = resolve_profile(profile)
-    reports = {rule: build_report(totals, config, rule, profile, generated_tokens, generated_tokens) for rule in RULES}
+    reports = {rule: energy_report(totals, config, rule, profile, generated_tokens, generated_tokens) for rule in RULES}
     return {
         "firing_rate": totals.firing_rate,
         "profile": profile.name,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from spikegpt.energy import HardwareProfile, build_report, count_operations, energy_report, vanilla_gpt_operations
+from spikegpt.energy import HardwareProfile, count_operations, energy_report, vanilla_gpt_operations
 from spikegpt.energy.accounting import SpikeTotals
 from spikegpt.errors import EnergyError
 from spikegpt.stats import SpikeStats, site_names
@@ -125,7 +125,7 @@ def test_spiking_off_baseline_counts_by_hand():
 
 
 def test_head_tokens_and_generated_tokens():
-    report = build_report(SpikeTotals.from_stats(hand_stats()), CONFIG, "strict", ONE_PJ_EACH, 2, head_tokens=2)
+    report = energy_report(SpikeTotals.from_stats(hand_stats()), CONFIG, "strict", ONE_PJ_EACH, 2, head_tokens=2)
     assert report.layers[-1].ops.count("mac") == 2 * 4 * 5
     assert report.energy_j_per_generated_token == pytest.approx(report.energy_j / 2)
     assert report.to_dict()["generated_tokens"] == 2
