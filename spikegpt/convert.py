@@ -49,12 +49,20 @@ class ConversionOptions:
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic.startswith(b"PK") and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: the archive is incomplete (truncated?)")
+    if not (magic.startswith(b"PK") or magic.startswith(b"\x80")):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: refused to unpickle anything but tensors ({reason})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: refused to unpickle it: the file holds Python objects other than tensors, and loading them "
+            "could run arbitrary code"
+        ) from e
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, perhaps truncated ({reason})") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -42,8 +44,12 @@ def lively_weights_(model: SpikeGPTForCausalLM, seed: int) -> SpikeGPTForCausalL
 
 @pytest.fixture
 def seed() -> int:
-    """A fresh seed per test (printed on failure through the test's parameters)."""
-    return int(torch.randint(0, 2**31 - 1, ()).item())
+    """A fresh random seed per test, also seeding torch's global generator. It is printed, so a failing test's
+    output shows it; SPIKEGPT_TEST_SEED=<seed> replays that run."""
+    value = int(os.environ.get("SPIKEGPT_TEST_SEED") or secrets.randbelow(2**31))
+    print(f"seed={value} (replay with SPIKEGPT_TEST_SEED={value})")
+    torch.manual_seed(value)
+    return value
 
 
 @pytest.fixture(scope="session")

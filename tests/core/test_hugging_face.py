@@ -1,0 +1,100 @@
+"""Hugging Face integration: Auto classes, save/load round trips, generate() with the recurrent state as cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import ALPHABET, lively_weights_, tiny_config
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM, SpikeGPTModel
+from spikegpt.checkpoint import load_model
+from spikegpt.errors import CheckpointError
+
+
+def test_save_then_from_pretrained_gives_identical_logits(tmp_path, seed):
+    model = lively_weights_(SpikeGPTForCausalLM(tiny_config(ffn_pre=True, lif_reset="soft")), seed).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "spikegpt"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, SpikeGPTForCausalLM)
+    assert loaded.config.ffn_pre and loaded.config.lif_reset == "soft"
+    ids = torch.randint(0, model.config.vocab_size, (2, 13))
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_auto_classes_know_spikegpt(tmp_path):
+    tiny_config().save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, SpikeGPTConfig)
+    assert isinstance(AutoModel.from_config(config), SpikeGPTModel)
+    assert isinstance(AutoModelForCausalLM.from_config(config), SpikeGPTForCausalLM)
+
+
+def test_tokenizer_travels_with_the_checkpoint(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "Hello, world!\n"
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    model, loaded_tokenizer = load_model(tiny_model_dir)
+    assert loaded_tokenizer.encode(text) == tokenizer.encode(text)
+    assert len(loaded_tokenizer) == len(ALPHABET) + 1 == model.config.vocab_size
+
+
+def manual_loop(model, prompt, steps, pick):
+    out = model(prompt, use_cache=True)
+    tokens = []
+    for _ in range(steps):
+        token = pick(out.logits[:, -1])
+        tokens.append(token)
+        out = model(token, state=out.state)
+    return torch.cat([prompt, *tokens], dim=1)
+
+
+def test_greedy_generate_equals_manual_loop(seed):
+    model = lively_weights_(SpikeGPTForCausalLM(tiny_config()), seed).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 6))
+    generated = model.generate(prompt, max_new_tokens=12, do_sample=False)
+    expected = manual_loop(model, prompt, 12, lambda logits: logits.argmax(-1, keepdim=True))
+    assert torch.equal(generated, expected)
+
+
+def test_sampling_generate_equals_manual_loop(seed):
+    model = lively_weights_(SpikeGPTForCausalLM(tiny_config()), seed).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 4))
+    torch.manual_seed(seed)
+    generated = model.generate(prompt, max_new_tokens=10, do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
+    torch.manual_seed(seed)
+    expected = manual_loop(
+        model, prompt, 10, lambda logits: torch.multinomial(torch.softmax(logits.float(), dim=-1), 1)
+    )
+    assert torch.equal(generated, expected)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "no such model directory"),
+        (lambda p: p.mkdir(), "no config.json"),
+        (lambda p: (p.mkdir(), (p / "config.json").write_text("{not json")), "not valid JSON"),
+        (lambda p: (p.mkdir(), (p / "config.json").write_text('{"model_type": "gpt2"}')), "not a SpikeGPT"),
+    ],
+    ids=["missing", "empty", "bad-json", "other-model"],
+)
+def test_load_model_rejects_bad_directories(tmp_path, make, message):
+    path = tmp_path / "model"
+    make(path)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)
+
+
+def test_load_model_rejects_truncated_weights(tmp_path, tiny_model_dir):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in tiny_model_dir.iterdir():
+        data = item.read_bytes()
+        (broken / item.name).write_bytes(data[: len(data) // 2] if item.name == "model.safetensors" else data)
+    with pytest.raises(CheckpointError, match="cannot load"):
+        load_model(broken)
