@@ -68,14 +68,23 @@ def format_table(report: EnergyReport) -> str:
     ]
     if report.generated_tokens:
         out.append(f"per generated token: {format_joules(report.energy_j_per_generated_token)}")
+    by_kind = report.energy_by_kind()
+    out.append(
+        "by kind: "
+        + ", ".join(
+            f"{kind} {format_joules(j)}" + (f" ({j / total:.0%})" if total else "") for kind, j in by_kind.items()
+        )
+    )
     out.append("baselines (ratio = baseline energy / this estimate; > 1: the spiking model is estimated cheaper):")
     for baseline in report.baselines:
-        ratio = "-" if baseline.ratio is None else f"{baseline.ratio:.3g}x"
+        ratio = "-" if baseline.ratio is None else f"{baseline.ratio:#.3g}x"
         out.append(
             f"  {baseline.name:<12} {format_joules(baseline.energy_j):>10}  ratio {ratio:<8} {baseline.description}"
         )
+    out.append(f"rule {report.rule}: {report.rule_description}")
+    if report.rule == "paper":
+        out.append("  (each block row's K/V/R and channel-mix operations scale with the rate of the row above it)")
     out += [
-        f"rule {report.rule}: {report.rule_description}",
         f"profile {report.profile.name}: {report.profile.description}",
         "excludes: " + "; ".join(report.excludes),
     ]
@@ -105,19 +114,21 @@ def plot_report(report: EnergyReport, path: str | Path) -> None:
     rates.invert_yaxis()
     rates.set_xlim(0, 1)
     rates.set_xlabel("measured firing rate")
+    largest = max(layer.energy_j for layer in report.layers)
+    scale, unit = next(((s, u) for s, u in _JOULE_UNITS if largest >= s), _JOULE_UNITS[-1])
     left = [0.0] * len(names)
     for kind in KINDS:
-        values = [layer.energy_by_kind()[kind] for layer in report.layers]
+        values = [layer.energy_by_kind()[kind] / scale for layer in report.layers]
         energy.barh(positions, values, left=left, label=kind)
         left = [a + b for a, b in zip(left, values, strict=True)]
-    energy.set_xlabel("estimated energy (J)")
-    energy.legend(title="operation kind")
+    energy.set_xlabel(f"estimated energy ({unit})")
+    energy.legend(title="operation kind", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(KINDS))
     fig.suptitle(
         f"SpikeGPT energy ESTIMATE · rule {report.rule} · profile {report.profile.name} · {report.tokens} tokens"
     )
     fig.tight_layout()
     try:
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
     except OSError as e:
         raise EnergyError(f"{path}: cannot write the plot ({e.strerror or e})") from e
     finally:
