@@ -1,15 +1,18 @@
 """Batched streaming generation over recurrent-state slots.
 
-The engine owns the model and every sequence's state. Each ``step()``: requests that arrived are admitted into
-free slots and prefilled with the parallel form (one request at a time, so a prompt's computation never depends
-on what else is running), then every running sequence advances by one token in a single batched recurrent step.
-Finished and aborted sequences leave at once and their slot is reused; a fresh request always starts from a fresh
-state, so nothing leaks between requests.
+The engine owns the model and every sequence's state. Each ``step()``: every running sequence advances by one
+token in a single batched recurrent step; then requests that arrived are admitted into free slots and prefilled
+with the parallel form (one request at a time, so a prompt's computation never depends on what else is running);
+then one batched sampling pass picks the next token of every running and newly admitted sequence. Finished and
+aborted sequences leave at once and their slot is reused; a fresh request always starts from a fresh state, so
+nothing leaks between requests.
 
-With ``batch_invariant`` (the default) the decoding step always runs all ``max_batch`` rows, whatever is running:
-on a CPU a row's result then does not depend on the other rows or on how many there are, so the same request and
-seed give the same text alone or under any concurrency. Without it, only the running rows are computed (cheaper
-at low concurrency for large models, but the last bits of a row can change with the batch size).
+With ``batch_invariant`` (the default) the decoding step and the sampling pass always run all ``max_batch`` rows,
+whatever is running: on a CPU a row's result then does not depend on the other rows or on how many there are, so
+the same request and seed give the same text alone or under any concurrency. Without it, only the running rows
+are decoded (cheaper at low concurrency for large models, but the last bits of a row can change with the batch
+size). The step's cost is then mostly fixed (per-operation overhead plus the padded rows), which is why serving
+many sequences at once costs little more than serving one.
 
 ``submit`` and ``abort`` may be called from any thread; ``step`` from one thread only.
 """
@@ -25,18 +28,24 @@ from transformers import PreTrainedTokenizerFast
 
 from .errors import GenerationError
 from .model import SpikeGPTForCausalLM
-from .sampling import Sampler, SamplingParams, TokenChoice
+from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
 from .stats import SpikeStats
 from .textstream import TextStream
 
 logger = logging.getLogger(__name__)
 
+PROMPT_LOGPROBS_CHUNK = 128  # positions whose full-vocabulary logits are held at once for prompt logprobs
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """One sequence to generate. ``prompt_logprobs`` k (with echo and logprobs) asks for every prompt token's
+    log-probability and its k best alternatives, on the first event."""
+
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
+    prompt_logprobs: int | None = None
 
 
 @dataclass
@@ -47,6 +56,7 @@ class GenerationEvent:
     token: the token this event is about (None on a final event that carries no token).
     finish_reason: None while running; then "stop" (EOS, stop token or stop string), "length", "abort" or "error".
     stats: on the final event, the spikes of every token the model processed for this request.
+    prompt_logprobs: on the first event, when asked for: None for the first prompt token, then one choice each.
     """
 
     request_id: str
@@ -57,16 +67,16 @@ class GenerationEvent:
     finish_reason: str | None = None
     stats: SpikeStats | None = None
     error: str | None = None
+    prompt_logprobs: list[TokenChoice | None] | None = None
 
 
 class _Sequence:
-    def __init__(self, request: GenerationRequest, slot: int, sampler: Sampler, text: TextStream):
+    def __init__(self, request: GenerationRequest, slot: int, text: TextStream):
         self.request = request
         self.slot = slot
-        self.sampler = sampler
         self.text = text
         self.completion_tokens = 0
-        self.last_token = 0
+        self.prompt_logprobs: list[TokenChoice | None] | None = None
 
 
 class Engine:
@@ -90,18 +100,25 @@ class Engine:
         self.eos_token_id = tokenizer.eos_token_id
         self.state = model.fresh_state(max_batch)
         self.slots: list[_Sequence | None] = [None] * max_batch
+        self.sampler = BatchSampler(max_batch, self.vocab_size, self.device)
+        self.logits = torch.zeros(max_batch, self.vocab_size, device=self.device)
+        self.next_tokens = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
         self.counts = torch.zeros(max_batch, len(model.model.sites), device=self.device)
         self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: list[GenerationRequest] = []
 
     # -- called from any thread -------------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest) -> None:
-        """Queue a request; it is admitted at the start of a later step. Raises GenerationError if invalid."""
+    def check(self, request: GenerationRequest) -> None:
+        """Raise GenerationError if the engine cannot run ``request``."""
         if not request.prompt_ids:
             raise GenerationError("the prompt is empty: give at least one token", param="prompt")
         if any(not 0 <= t < self.vocab_size for t in request.prompt_ids):
             raise GenerationError(f"prompt token ids must be in [0, {self.vocab_size})", param="prompt")
+
+    def submit(self, request: GenerationRequest) -> None:
+        """Queue a request; it is admitted at the start of a later step. Raises GenerationError if invalid."""
+        self.check(request)
         self._inbox.put(("submit", request))
 
     def abort(self, request_id: str) -> None:
@@ -124,12 +141,31 @@ class Engine:
     def step(self) -> list[GenerationEvent]:
         events: list[GenerationEvent] = []
         self._drain_inbox(events)
-        decoding = [s for s in self.slots if s is not None]
+        ready = [s for s in self.slots if s is not None]
+        if ready and not self._decode(ready, events):
+            ready = []
         while self._waiting and None in self.slots:
-            self._admit(self._waiting.pop(0), events)
-        if decoding:
-            self._decode(decoding, events)
+            seq = self._admit(self._waiting.pop(0), events)
+            if seq is not None:
+                ready.append(seq)
+        if ready:
+            self._sample(ready, events)
         return events
+
+    def fail_all(self, message: str) -> list[GenerationEvent]:
+        """End every queued and running request with an error (after an unexpected failure of ``step``)."""
+        events: list[GenerationEvent] = []
+        self._drain_inbox(events)
+        for request in self._waiting:
+            events.append(self._rejected(request, "error", message))
+        self._waiting.clear()
+        for seq in self.slots:
+            if seq is not None:
+                events.append(self._finish(seq, "error", None, error=message))
+        return events
+
+    def _rejected(self, request: GenerationRequest, reason: str, error: str | None = None) -> GenerationEvent:
+        return GenerationEvent(request.request_id, "", None, len(request.prompt_ids), 0, reason, error=error)
 
     def _drain_inbox(self, events: list[GenerationEvent]) -> None:
         while not self._inbox.empty():
@@ -140,96 +176,119 @@ class Engine:
             for i, request in enumerate(self._waiting):
                 if request.request_id == item:
                     del self._waiting[i]
-                    events.append(GenerationEvent(item, "", None, len(request.prompt_ids), 0, "abort"))
+                    events.append(self._rejected(request, "abort"))
                     break
             for seq in self.slots:
                 if seq is not None and seq.request.request_id == item:
                     events.append(self._finish(seq, "abort", None))
 
-    def _admit(self, request: GenerationRequest, events: list[GenerationEvent]) -> None:
+    def _prefill(self, request: GenerationRequest) -> tuple:
+        """Run the prompt with the parallel form: (state, last logits [vocab], stats, prompt logprobs or None)."""
+        ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
+        want = request.prompt_logprobs
+        chunk = min(self.prefill_chunk, PROMPT_LOGPROBS_CHUNK) if want is not None else self.prefill_chunk
+        state, stats, logits = None, None, None
+        prompt_logprobs: list[TokenChoice | None] = [None]
+        for start in range(0, ids.shape[1], chunk):
+            piece = ids[:, start : start + chunk]
+            out = self.model(
+                piece,
+                state=state,
+                use_cache=True,
+                output_spike_stats=True,
+                logits_to_keep=0 if want is not None else 1,
+            )
+            state, logits = out.state, out.logits[0]
+            stats = out.spike_stats if stats is None else stats + out.spike_stats
+            if want is not None:
+                # position t predicts prompt token t + 1 (the last position predicts the first generated token)
+                targets = ids[0, start + 1 : start + 1 + piece.shape[1]]
+                scored = torch.log_softmax(logits[: len(targets)].float(), dim=-1)
+                values, tops = top_logprobs(scored, targets, want)
+                prompt_logprobs += [
+                    TokenChoice(t, v, top) for t, v, top in zip(targets.tolist(), values, tops, strict=True)
+                ]
+        return state, logits[-1], stats, prompt_logprobs if want is not None else None
+
+    def _admit(self, request: GenerationRequest, events: list[GenerationEvent]) -> _Sequence | None:
         slot = self.slots.index(None)
         try:
-            ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
-            state, logits, stats = None, None, None
-            for start in range(0, ids.shape[1], self.prefill_chunk):
-                out = self.model(
-                    ids[:, start : start + self.prefill_chunk],
-                    state=state,
-                    use_cache=True,
-                    output_spike_stats=True,
-                    logits_to_keep=1,
-                )
-                state, logits = out.state, out.logits
-                stats = out.spike_stats if stats is None else stats + out.spike_stats
-            sampler = Sampler(request.params, self.vocab_size, request.prompt_ids, self.device)
+            state, logits, stats, prompt_logprobs = self._prefill(request)
         except Exception as e:  # one bad request must not stop the others
             logger.exception("prefill failed for request %s", request.request_id)
-            events.append(
-                GenerationEvent(request.request_id, "", None, len(request.prompt_ids), 0, "error", error=str(e))
-            )
-            return
+            events.append(self._rejected(request, "error", str(e)))
+            return None
         self.state.write_rows([slot], state)
+        self.logits[slot] = logits
         self.counts[slot] = stats.counts[0]
         self.tokens[slot] = stats.tokens[0]
-        seq = _Sequence(request, slot, sampler, TextStream(self.tokenizer, request.params.stop))
+        self.sampler.start(slot, request.params, request.prompt_ids)
+        seq = _Sequence(request, slot, TextStream(self.tokenizer, request.params.stop))
+        seq.prompt_logprobs = prompt_logprobs
         self.slots[slot] = seq
-        self._advance(seq, logits[0, -1], events)
+        return seq
 
-    def _decode(self, decoding: list[_Sequence], events: list[GenerationEvent]) -> None:
-        rows = list(range(self.max_batch)) if self.batch_invariant else [s.slot for s in decoding]
-        last = torch.zeros(len(rows), 1, dtype=torch.long, device=self.device)
-        position = {row: i for i, row in enumerate(rows)}
-        for seq in decoding:
-            last[position[seq.slot], 0] = seq.last_token
-        state = self.state if self.batch_invariant else self.state.select(rows)
+    def _decode(self, running: list[_Sequence], events: list[GenerationEvent]) -> bool:
+        """One recurrent step for the running sequences; on failure they all end with an error (returns False)."""
+        rows = None if self.batch_invariant else torch.tensor([s.slot for s in running], device=self.device)
         try:
-            out = self.model(last, state=state, output_spike_stats=True)
+            if rows is None:
+                out = self.model(self.next_tokens, state=self.state, output_spike_stats=True)
+                self.state = out.state
+                self.logits.copy_(out.logits[:, -1])
+                self.counts += out.spike_stats.counts
+                self.tokens += 1
+            else:
+                out = self.model(self.next_tokens[rows], state=self.state.select(rows), output_spike_stats=True)
+                self.state.write_rows(rows, out.state)
+                self.logits[rows] = out.logits[:, -1].float()
+                self.counts[rows] += out.spike_stats.counts
+                self.tokens[rows] += 1
         except Exception as e:
             logger.exception("decoding step failed")
-            for seq in decoding:
+            for seq in running:
+                events.append(self._finish(seq, "error", None, error=str(e)))
+            return False
+        return True
+
+    def _sample(self, ready: list[_Sequence], events: list[GenerationEvent]) -> None:
+        try:
+            tokens, choices = self.sampler.sample(self.logits, [s.slot for s in ready])
+        except Exception as e:
+            logger.exception("sampling failed")
+            for seq in ready:
                 events.append(self._finish(seq, "error", None, error=str(e)))
             return
-        if self.batch_invariant:
-            self.state = out.state
-        else:
-            self.state.write_rows(rows, out.state)
-        index = torch.tensor(rows, device=self.device)
-        self.counts[index] += out.spike_stats.counts
-        self.tokens[index] += 1
-        for seq in decoding:
-            self._advance(seq, out.logits[position[seq.slot], -1], events)
+        self.next_tokens[:, 0] = tokens
+        for seq, choice in zip(ready, choices, strict=True):
+            self._advance(seq, choice, events)
 
-    def _advance(self, seq: _Sequence, logits: torch.Tensor, events: list[GenerationEvent]) -> None:
-        """Sample the sequence's next token and decide whether it is finished."""
+    def _advance(self, seq: _Sequence, choice: TokenChoice, events: list[GenerationEvent]) -> None:
+        """Take the sequence's next token and decide whether it is finished."""
         params = seq.request.params
-        try:
-            choice = seq.sampler.sample(logits)
-        except Exception as e:
-            logger.exception("sampling failed for request %s", seq.request.request_id)
-            events.append(self._finish(seq, "error", None, error=str(e)))
-            return
         seq.completion_tokens += 1
-        seq.last_token = choice.token_id
         is_eos = choice.token_id == self.eos_token_id and not params.ignore_eos
         if is_eos or choice.token_id in params.stop_token_ids:
-            events.append(self._finish(seq, "stop", choice))
-            return
-        text = seq.text.push(choice.token_id)
-        if seq.text.stopped:
-            events.append(self._finish(seq, "stop", choice, text))
-        elif seq.completion_tokens >= params.max_tokens:
-            events.append(self._finish(seq, "length", choice, text + seq.text.finish()))
+            event = self._finish(seq, "stop", choice)
         else:
-            events.append(
-                GenerationEvent(
-                    seq.request.request_id, text, choice, len(seq.request.prompt_ids), seq.completion_tokens
+            text = seq.text.push(choice.token_id)
+            if seq.text.stopped:
+                event = self._finish(seq, "stop", choice, text)
+            elif seq.completion_tokens >= params.max_tokens:
+                event = self._finish(seq, "length", choice, text + seq.text.finish())
+            else:
+                request = seq.request
+                event = GenerationEvent(
+                    request.request_id, text, choice, len(request.prompt_ids), seq.completion_tokens
                 )
-            )
+        event.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
+        events.append(event)
 
     def _finish(
         self, seq: _Sequence, reason: str, choice: TokenChoice | None, text: str = "", error: str | None = None
     ) -> GenerationEvent:
         self.slots[seq.slot] = None
+        self.sampler.release(seq.slot)
         stats = SpikeStats(
             counts=self.counts[seq.slot : seq.slot + 1].clone(),
             tokens=self.tokens[seq.slot : seq.slot + 1].clone(),

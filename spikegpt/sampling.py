@@ -1,7 +1,10 @@
-"""Sampling parameters and the per-sequence sampler: logits processing, then a seeded draw.
+"""Sampling parameters and the batched sampler: logits processing, then a seeded draw, for many sequences at once.
 
-Each sequence owns its sampler and its ``torch.Generator``, and rows are processed one at a time, so a
-sequence's tokens depend only on its own logits and seed, never on what else shares the batch.
+``BatchSampler`` holds one row per engine slot. Every call processes all rows with the same tensor shapes,
+whatever is running, and each row draws its random number from its own seeded generator, so a sequence's tokens
+depend only on its own logits, parameters and seed, never on what else shares the batch. Optional steps (top-k,
+top-p, min-p, penalties) are skipped when no running row asks for them; each is an exact identity on a row that
+does not ask for it, so skipping it changes no row's result.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import torch
 
 from .errors import GenerationError
 
-MAX_STOP_STRINGS = 4
 MAX_TOP_LOGPROBS = 20
 
 
@@ -52,8 +54,8 @@ class SamplingParams:
             (-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]"),
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]"),
             (0 < self.repetition_penalty <= 10, "repetition_penalty", "must be in (0, 10]"),
-            (len(self.stop) <= MAX_STOP_STRINGS, "stop", f"takes at most {MAX_STOP_STRINGS} strings"),
             (all(self.stop), "stop", "strings must not be empty"),
+            (all(t >= 0 for t in self.stop_token_ids), "stop_token_ids", "must not be negative"),
             (
                 self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
                 "logprobs",
@@ -63,6 +65,10 @@ class SamplingParams:
         for ok, name, rule in checks:
             if not ok:
                 raise GenerationError(f"{name} {rule}, got {getattr(self, name)!r}", param=name)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
 
 @dataclass
@@ -74,57 +80,116 @@ class TokenChoice:
     top_logprobs: list[tuple[int, float]] = field(default_factory=list)
 
 
-class Sampler:
-    """Picks the next tokens of one sequence."""
+def top_logprobs(logprobs: torch.Tensor, tokens: torch.Tensor, k: int) -> tuple[list, list]:
+    """For rows of log-probabilities ``[N, V]``: each row's logprob of ``tokens[N]``, and its k best as
+    ``(ids, values)`` lists (empty when k is 0). One host transfer per list."""
+    chosen = logprobs.gather(1, tokens[:, None])[:, 0].tolist()
+    if k == 0:
+        return chosen, [[] for _ in chosen]
+    top = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
+    pairs = [list(zip(i, v, strict=True)) for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
+    return chosen, pairs
 
-    def __init__(self, params: SamplingParams, vocab_size: int, prompt_ids: list[int], device: torch.device | str):
-        self.params = params
+
+class BatchSampler:
+    """Next tokens for the rows of a ``[rows, vocab]`` logits tensor, each row with its own parameters and seed."""
+
+    def __init__(self, rows: int, vocab_size: int, device: torch.device | str):
+        self.rows = rows
+        self.vocab_size = vocab_size
+        self.params: list[SamplingParams | None] = [None] * rows
+        self._rngs: list[random.Random | None] = [None] * rows
+        column = dict(device=device, dtype=torch.float32)
+        self._temperature = torch.ones(rows, 1, **column)  # 1 for greedy rows: they take the argmax instead
+        self._top_k = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self._top_p = torch.ones(rows, 1, **column)
+        self._min_p = torch.zeros(rows, 1, **column)
+        self._presence = torch.zeros(rows, 1, **column)
+        self._frequency = torch.zeros(rows, 1, **column)
+        self._repetition = torch.ones(rows, 1, **column)
+        self._greedy = torch.zeros(rows, dtype=torch.bool, device=device)
+        self._output_counts = torch.zeros(rows, vocab_size, **column)
+        self._seen = torch.zeros(rows, vocab_size, dtype=torch.bool, device=device)
+        self._uniform = torch.zeros(rows, 1, **column)
+
+    def start(self, row: int, params: SamplingParams, prompt_ids: list[int]) -> None:
+        """Give ``row`` to a new sequence: its parameters, a fresh generator and penalty history."""
         seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.output_counts = torch.zeros(vocab_size, dtype=torch.float32, device=device)
-        self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        self.params[row] = params
+        self._rngs[row] = random.Random(seed)
+        self._temperature[row] = params.temperature or 1.0
+        self._top_k[row] = params.top_k
+        self._top_p[row] = params.top_p
+        self._min_p[row] = params.min_p
+        self._presence[row] = params.presence_penalty
+        self._frequency[row] = params.frequency_penalty
+        self._repetition[row] = params.repetition_penalty
+        self._greedy[row] = params.greedy
+        self._output_counts[row] = 0
+        self._seen[row] = False
         if prompt_ids:
-            self.seen[torch.tensor(prompt_ids, device=device)] = True
+            self._seen[row, torch.tensor(prompt_ids, device=self._seen.device)] = True
 
-    def _process(self, logits: torch.Tensor) -> torch.Tensor:
-        p = self.params
-        if p.repetition_penalty != 1.0:
-            penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
-            logits = torch.where(self.seen, penalised, logits)
-        if p.presence_penalty or p.frequency_penalty:
-            logits = logits - p.frequency_penalty * self.output_counts - p.presence_penalty * (self.output_counts > 0)
-        if p.temperature == 0:
-            return logits
-        logits = logits / p.temperature
-        if p.top_k and p.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, p.top_k).values[-1]
+    def release(self, row: int) -> None:
+        self.params[row] = None
+        self._rngs[row] = None
+
+    def _process(self, logits: torch.Tensor, active: list[SamplingParams]) -> torch.Tensor:
+        """Penalties, temperature and the top-k / min-p / top-p filters (filtered tokens get -inf)."""
+        if any(p.repetition_penalty != 1.0 for p in active):
+            penalised = torch.where(logits > 0, logits / self._repetition, logits * self._repetition)
+            logits = torch.where(self._seen, penalised, logits)
+        if any(p.presence_penalty or p.frequency_penalty for p in active):
+            logits = logits - self._frequency * self._output_counts - self._presence * (self._output_counts > 0)
+        logits = logits / self._temperature
+        if any(p.top_k and p.top_k < self.vocab_size for p in active):
+            ordered = torch.sort(logits, dim=-1, descending=True).values
+            kth = ordered.gather(1, (self._top_k - 1).clamp(0, self.vocab_size - 1))
+            kth = torch.where(self._top_k > 0, kth, float("-inf"))
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        if p.min_p > 0:
+        if any(p.min_p > 0 for p in active):
             probs = torch.softmax(logits, dim=-1)
-            logits = logits.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
-        if p.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True)
-            cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-            drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= p.top_p  # keep the token crossing p
-            logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted), float("-inf"))
+            logits = logits.masked_fill(probs < self._min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
+        if any(p.top_p < 1.0 for p in active):
+            ordered, order = torch.sort(logits, dim=-1, descending=True)
+            probs = torch.softmax(ordered, dim=-1)
+            # drop a token once the mass before it reaches top_p (so the token crossing top_p stays)
+            drop = (probs.cumsum(dim=-1) - probs >= self._top_p) & (self._top_p < 1.0)
+            logits = logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
         return logits
 
-    def sample(self, logits: torch.Tensor) -> TokenChoice:
-        """Choose the next token from one row of logits ``[vocab]``."""
+    def sample(self, logits: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, list[TokenChoice]]:
+        """Sample every row of ``logits`` ``[self.rows, vocab]``; returns all rows' tokens as a tensor (the next
+        decoding input) and the choices of ``rows``, the running ones, in that order."""
+        active = [self.params[r] for r in rows]
         logits = logits.float()
-        processed = self._process(logits)
-        if self.params.temperature == 0:
-            token = int(torch.argmax(processed))
-        else:
-            probs = torch.softmax(processed, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=self.generator))
-        self.output_counts[token] += 1
-        self.seen[token] = True
-        choice = TokenChoice(token)
-        if self.params.logprobs is not None:
+        processed = self._process(logits, active)
+        greedy_tokens = processed.argmax(dim=-1)
+        tokens = greedy_tokens
+        if not all(p.greedy for p in active):
+            for r, p in zip(rows, active, strict=True):
+                if not p.greedy:
+                    self._uniform[r] = self._rngs[r].random()
+            # inverse-CDF draw with the row's own uniform number; the target stays below the total, so a token of
+            # zero probability is never chosen
+            cdf = torch.softmax(processed, dim=-1).cumsum(dim=-1)
+            total = cdf[:, -1:]
+            target = torch.minimum(self._uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+            drawn = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=self.vocab_size - 1)
+            tokens = torch.where(self._greedy, greedy_tokens, drawn)
+        index = torch.tensor(rows, device=tokens.device)
+        chosen = tokens[index]
+        self._output_counts.index_put_((index, chosen), torch.ones_like(chosen, dtype=torch.float32), accumulate=True)
+        self._seen[index, chosen] = True
+        choices = [TokenChoice(t) for t in chosen.tolist()]
+        wanted = [i for i, p in enumerate(active) if p.logprobs is not None]
+        if wanted:
+            k = max(active[i].logprobs for i in wanted)
+            picked = index[wanted]
+            # over every row, so that a row's values never depend on the batch's shape
             logprobs = torch.log_softmax(logits, dim=-1)
-            choice.logprob = float(logprobs[token])
-            if self.params.logprobs:
-                top = torch.topk(logprobs, min(self.params.logprobs, logprobs.shape[-1]))
-                choice.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
-        return choice
+            values, tops = top_logprobs(logprobs[picked], tokens[picked], k)
+            for i, value, top in zip(wanted, values, tops, strict=True):
+                choices[i].logprob = value
+                choices[i].top_logprobs = top[: active[i].logprobs]
+        return tokens, choices

@@ -1,0 +1,61 @@
+"""The FastAPI application, built by ``create_app``: also an app factory for any ASGI server, configured by
+``SPIKEGPT_*`` environment variables (see ``settings``)::
+
+    SPIKEGPT_MODEL=path/to/model uvicorn --factory spikegpt.serve.app:create_app --port 8000
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from spikegpt import __version__
+
+from .errors import install_error_handlers
+from .host import Loader, ModelHost, load_checkpoint
+from .metrics import ServerMetrics
+from .middleware import ApiKeyMiddleware, BodySizeLimitMiddleware
+from .routes import router
+from .settings import ServeSettings
+
+
+def create_app(
+    settings: ServeSettings | None = None,
+    loader: Loader = load_checkpoint,
+    on_load_error: Callable[[Exception], None] | None = None,
+) -> FastAPI:
+    """The server's app. The model loads in the background once the app starts (``/health`` says when it is
+    ready); ``loader`` replaces how it is loaded, ``on_load_error`` hears if that fails."""
+    settings = settings or ServeSettings.from_env()
+    host = ModelHost(settings, ServerMetrics(), loader, on_load_error)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loading = asyncio.create_task(host.load())
+        try:
+            yield
+        finally:
+            if not loading.done():
+                loading.cancel()
+            await host.close()
+
+    app = FastAPI(title="SpikeGPT", version=__version__, lifespan=lifespan)
+    app.state.host = host
+    install_error_handlers(app)
+    app.include_router(router)
+    # the last added runs first: CORS (so that every answer carries its headers), then the key, then the size limit
+    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+        )
+    return app

@@ -1,0 +1,165 @@
+"""``spikegpt serve``: the OpenAI-compatible HTTP server, run by uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+from spikegpt.commands.common import add_model_arguments
+
+from .settings import ENV_PREFIX, ServeSettings
+
+DESCRIPTION = """\
+Serve a SpikeGPT model over an OpenAI-compatible HTTP API: POST /v1/completions and /v1/chat/completions
+(streaming with server-sent events), GET /v1/models, POST /tokenize and /detokenize, GET /health (503 while
+the model loads) and GET /metrics (Prometheus). Every response, and the last chunk of every stream, carries an
+"energy" field: the request's measured firing rates and the estimated energy of its arithmetic.
+
+Concurrent requests share one batch: each prompt is read with the parallel form, then every running sequence
+advances by one token per batched recurrent step. Every flag can also be set by an environment variable
+SPIKEGPT_<FLAG> (e.g. SPIKEGPT_API_KEY, SPIKEGPT_MAX_BATCH); a flag wins over the variable.
+"""
+
+# flag → (help, argparse options); the help gets "(default: ...; env SPIKEGPT_...)" appended
+DEFAULTS = ServeSettings()
+FLAGS = {
+    "--served-model-name": (
+        "the name clients send as 'model'",
+        f"the model directory's name, or {DEFAULTS.model_name} for the bundled model",
+        dict(metavar="NAME"),
+    ),
+    "--host": ("address to listen on", DEFAULTS.host, {}),
+    "--port": ("port to listen on", DEFAULTS.port, dict(type=int)),
+    "--max-batch": (
+        "sequences decoded together in one batched step; more wait in the queue",
+        DEFAULTS.max_batch,
+        dict(type=int, metavar="N"),
+    ),
+    "--max-queue": (
+        "sequences that may wait for a batch slot; past that, requests get 429",
+        DEFAULTS.max_queue,
+        dict(type=int, metavar="N"),
+    ),
+    "--max-prompt-tokens": (
+        "longest prompt accepted, in tokens",
+        DEFAULTS.max_prompt_tokens,
+        dict(type=int, metavar="N"),
+    ),
+    "--max-tokens-cap": (
+        "most tokens one sequence may generate; also the max_tokens of chat requests that give none",
+        DEFAULTS.max_tokens_cap,
+        dict(type=int, metavar="N"),
+    ),
+    "--max-body-bytes": (
+        "largest request body accepted; larger gets 413",
+        DEFAULTS.max_body_bytes,
+        dict(type=int, metavar="N"),
+    ),
+    "--api-key": (
+        "require 'Authorization: Bearer KEY' on /v1/*, /tokenize and /detokenize (/health and /metrics stay "
+        "open); prefer the environment variable, which the process list does not show",
+        "no key",
+        dict(metavar="KEY"),
+    ),
+    "--cors-origins": (
+        "browser origins allowed to call the API, or '*' (the variable takes a comma-separated list)",
+        "none",
+        dict(nargs="+", metavar="ORIGIN"),
+    ),
+    "--chat-template": (
+        "a Jinja chat template file to use instead of the tokenizer's",
+        "the tokenizer's, else the plain 'User: ... Assistant:' format in the README",
+        dict(metavar="FILE"),
+    ),
+    "--energy-profile": (
+        "hardware profile pricing the energy field: 45nm-fp32, 45nm-fp16, 45nm-int8, loihi, or a .toml/.json file",
+        "45nm-fp32",
+        dict(metavar="NAME|PATH"),
+    ),
+    "--threads": (
+        "CPU threads for the model's arithmetic; the rest are left to HTTP",
+        "half the cores, at least 1",
+        dict(type=int, metavar="N"),
+    ),
+    "--batch-invariant": (
+        "always decode --max-batch rows, so the same request and seed give the same text alone or under any "
+        "load; --no-batch-invariant decodes only the running rows",
+        "on",
+        dict(action=argparse.BooleanOptionalAction),
+    ),
+    "--shutdown-grace": (
+        "on SIGTERM or SIGINT, seconds that requests in flight may run on before their streams are ended with an "
+        "error event",
+        f"{DEFAULTS.shutdown_grace:g}",
+        dict(type=float, metavar="SECONDS"),
+    ),
+    "--access-log": ("log one line per HTTP request", "on", dict(action=argparse.BooleanOptionalAction)),
+    "--log-level": (
+        "uvicorn's log level",
+        DEFAULTS.log_level,
+        dict(choices=["critical", "error", "warning", "info", "debug"]),
+    ),
+}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_arguments(parser)
+    for flag, (text, default, options) in FLAGS.items():
+        variable = ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
+        parser.add_argument(flag, help=f"{text} (default: {default}; env {variable})", **options)
+    parser.set_defaults(run=run, device=None, dtype=None)  # None: fall back to the variable, then the default
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    """Flags given on the command line over ``SPIKEGPT_*`` variables over defaults."""
+    given = {name: getattr(args, name, None) for name in ServeSettings.__dataclass_fields__}
+    given = {name: value for name, value in given.items() if value is not None}
+    if "cors_origins" in given:
+        given["cors_origins"] = tuple(given["cors_origins"])
+    return ServeSettings.from_env(**given)
+
+
+def _draining_server(config, host):
+    """A uvicorn server that, when it begins to shut down, lets the host end requests in flight cleanly."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            host.begin_shutdown()
+            await super().shutdown(sockets)
+
+    return DrainingServer(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    settings = settings_from_args(args)
+    load_errors: list[Exception] = []
+
+    def on_load_error(error: Exception) -> None:
+        load_errors.append(error)
+        server.should_exit = True
+
+    app = create_app(settings, on_load_error=on_load_error)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,  # a backstop: streams end at the grace
+    )
+    server = _draining_server(config, app.state.host)
+    server.run()
+    if load_errors:
+        raise load_errors[0]
+    return 0

@@ -1,0 +1,141 @@
+"""How the two OpenAI endpoints shape choices, stream chunks and log-probabilities.
+
+``Choice`` accumulates what one generated sequence has produced; ``CompletionFormat`` (``/v1/completions``) and
+``ChatFormat`` (``/v1/chat/completions``) turn it, or a piece of it, into the wire format. Plain dicts, not
+pydantic models: building them is on the per-token path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerFast
+
+from spikegpt.engine import GenerationEvent
+from spikegpt.sampling import TokenChoice
+from spikegpt.stats import SpikeStats
+
+
+class TokenTexts:
+    """The text of single tokens (what log-probabilities are reported for), decoded once per token id."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast):
+        self.tokenizer = tokenizer
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._cache.get(token_id)
+        if text is None:
+            text = self._cache[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+
+@dataclass
+class Choice:
+    """One sequence of a request, as the client will see it. ``echo``: text to put before the generated text;
+    ``prompt_ids`` are needed to report the prompt's log-probabilities with echo."""
+
+    index: int
+    request_id: str
+    prompt_ids: list[int]
+    echo: str | None = None
+    text: str = ""
+    logprobs: list[TokenChoice] = field(default_factory=list)  # reported entries, prompt ones first with echo
+    text_offset: int = 0  # where the next reported token starts in ``text`` (completions' text_offset)
+    started: bool = False
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    stats: SpikeStats | None = None
+    error: str | None = None
+
+    def absorb(self, events: list[GenerationEvent], wants_logprobs: bool) -> tuple[str, list[TokenChoice]]:
+        """Take this sequence's next events; returns the new text and log-probability entries."""
+        text, entries = "", []
+        if not self.started:
+            self.started = True
+            text = self.echo or ""
+        for event in events:
+            if event.prompt_logprobs is not None:
+                entries += [TokenChoice(self.prompt_ids[0]), *event.prompt_logprobs[1:]]
+            text += event.text
+            if wants_logprobs and event.token is not None:
+                entries.append(event.token)
+            self.completion_tokens = max(self.completion_tokens, event.completion_tokens)
+            if event.finish_reason is not None:
+                self.finish_reason, self.stats, self.error = event.finish_reason, event.stats, event.error
+        self.text += text
+        self.logprobs += entries
+        return text, entries
+
+
+class CompletionFormat:
+    id_prefix = "cmpl-"
+    object = "text_completion"
+    chunk_object = "text_completion"
+
+    def __init__(self, texts: TokenTexts):
+        self.texts = texts
+
+    def logprobs(self, choice: Choice, entries: list[TokenChoice]) -> dict:
+        tokens = [self.texts(e.token_id) for e in entries]
+        offsets = []
+        for token in tokens:
+            offsets.append(choice.text_offset)
+            choice.text_offset += len(token)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [
+                None if e.logprob is None else {self.texts(i): v for i, v in e.top_logprobs} for e in entries
+            ],
+            "text_offset": offsets,
+        }
+
+    def start_chunk(self, choice: Choice) -> dict | None:
+        return None
+
+    def chunk_choice(self, choice: Choice, text: str, entries: list[TokenChoice] | None, finish: str | None) -> dict:
+        logprobs = self.logprobs(choice, entries) if entries is not None else None
+        return {"index": choice.index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+    def final_choice(self, choice: Choice, wants_logprobs: bool) -> dict:
+        logprobs = self.logprobs(choice, choice.logprobs) if wants_logprobs else None
+        return {"index": choice.index, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+
+
+class ChatFormat:
+    id_prefix = "chatcmpl-"
+    object = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+
+    def __init__(self, texts: TokenTexts):
+        self.texts = texts
+
+    def _entry(self, token_id: int, logprob: float) -> dict:
+        token = self.texts(token_id)
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    def logprobs(self, entries: list[TokenChoice]) -> dict:
+        return {
+            "content": [
+                {**self._entry(e.token_id, e.logprob), "top_logprobs": [self._entry(i, v) for i, v in e.top_logprobs]}
+                for e in entries
+            ]
+        }
+
+    def start_chunk(self, choice: Choice) -> dict:
+        delta = {"role": "assistant", "content": ""}
+        return {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None}
+
+    def chunk_choice(self, choice: Choice, text: str, entries: list[TokenChoice] | None, finish: str | None) -> dict:
+        delta = {"content": text} if text or finish is None else {}
+        logprobs = self.logprobs(entries) if entries is not None else None
+        return {"index": choice.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    def final_choice(self, choice: Choice, wants_logprobs: bool) -> dict:
+        return {
+            "index": choice.index,
+            "message": {"role": "assistant", "content": choice.text},
+            "logprobs": self.logprobs(choice.logprobs) if wants_logprobs else None,
+            "finish_reason": choice.finish_reason,
+        }

@@ -1,0 +1,238 @@
+"""One generation request from submission to the last byte: streamed as SSE or answered as one JSON body.
+
+``Job`` holds the request's sequences (n per prompt) and how to shape them; ``Generation`` is its time in the
+engine: it submits the sequences, hands their events over in batches (everything that arrived since the last
+look, so a slow client gets fewer, larger chunks instead of a growing backlog), and cancels whatever is unfinished
+when it ends early, whether because the client went away (watched on the ASGI channel, queued requests included)
+or because the handler stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from spikegpt.energy import energy_field
+from spikegpt.engine import GenerationEvent, GenerationRequest
+from spikegpt.errors import GenerationError
+from spikegpt.stats import SpikeStats
+
+from .errors import APIError, invalid, server_error, shutting_down
+from .formats import ChatFormat, Choice, CompletionFormat
+from .host import ModelHost
+from .worker import QueueFullError, ShuttingDownError
+
+DONE = "data: [DONE]\n\n"
+
+
+class ClientDisconnectedError(Exception):
+    """The client closed the connection before the response was complete."""
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    echo: str | None  # the prompt's text, when it is to be echoed
+
+
+class Job:
+    """The sequences of one request and everything needed to answer it."""
+
+    def __init__(
+        self,
+        host: ModelHost,
+        fmt: CompletionFormat | ChatFormat,
+        endpoint: str,
+        prompts: list[Prompt],
+        params_for_choice,
+        logprobs: int | None,
+        include_usage: bool,
+        arrival: float,
+        prompt_logprobs: bool = False,
+    ):
+        self.host = host
+        self.fmt = fmt
+        self.endpoint = endpoint
+        self.include_usage = include_usage
+        self.arrival = arrival
+        self.wants_logprobs = logprobs is not None
+        self.id = fmt.id_prefix + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.prompt_tokens = sum(len(p.ids) for p in prompts)
+        self.requests: list[GenerationRequest] = []
+        self.choices: dict[str, Choice] = {}
+        n = len(params_for_choice)
+        for p_index, prompt in enumerate(prompts):
+            for c, params in enumerate(params_for_choice):
+                request_id = f"{self.id}-{p_index * n + c}"
+                want_prompt = logprobs if prompt_logprobs and prompt.echo is not None else None
+                self.requests.append(GenerationRequest(request_id, prompt.ids, params, want_prompt))
+                self.choices[request_id] = Choice(p_index * n + c, request_id, prompt.ids, prompt.echo)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices.values())
+
+    def usage(self) -> dict:
+        completion = self.completion_tokens
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+    def energy(self) -> dict:
+        stats = [c.stats for c in self.choices.values() if c.stats is not None]
+        host = self.host
+        return energy_field(SpikeStats.stack(stats), host.config, self.completion_tokens, host.energy_profile)
+
+    def envelope(self, object_name: str) -> dict:
+        return {"id": self.id, "object": object_name, "created": self.created, "model": self.host.model_name}
+
+    def failure(self) -> APIError | None:
+        """Why the request could not complete: a sequence failed, or the server ended it while shutting down (the
+        only other source of an abort is this request's own cancellation, which never reaches here)."""
+        for choice in self.choices.values():
+            if choice.finish_reason == "error":
+                return server_error(f"generation failed: {choice.error}")
+            if choice.finish_reason == "abort":
+                return shutting_down()
+        return None
+
+    def finish(self) -> dict:
+        """The "energy" field, with the request accounted in the metrics."""
+        energy = self.energy()
+        self.host.metrics.generation_done(
+            self.prompt_tokens, self.completion_tokens, time.monotonic() - self.arrival, energy
+        )
+        return energy
+
+    def response(self) -> dict:
+        """The whole answer of a non-streaming request."""
+        choices = sorted(self.choices.values(), key=lambda c: c.index)
+        return {
+            **self.envelope(self.fmt.object),
+            "choices": [self.fmt.final_choice(c, self.wants_logprobs) for c in choices],
+            "usage": self.usage(),
+            "energy": self.finish(),
+        }
+
+
+class Generation:
+    """The job's time in the engine: ``open()`` submits it (raising the API error that refuses it), ``batches()``
+    yields its events, ``close()`` cancels what is unfinished. A client that goes away cancels it at once, even
+    while nobody is reading its events."""
+
+    def __init__(self, job: Job, http_request: Request):
+        self.job = job
+        self.http_request = http_request
+        self.remaining = len(job.requests)
+
+    def open(self) -> Generation:
+        worker = self.job.host.worker
+        try:
+            self.submission = worker.submit(self.job.requests, self.job.arrival)
+        except QueueFullError:
+            message = "the server is busy: every batch slot is taken and the queue is full; retry later"
+            raise APIError(429, message, "rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
+        except ShuttingDownError:
+            raise shutting_down() from None
+        except GenerationError as e:
+            raise invalid(str(e), e.param) from e
+        self._watcher = asyncio.create_task(self._watch_disconnect())
+        return self
+
+    async def _watch_disconnect(self) -> None:
+        while (await self.http_request.receive())["type"] != "http.disconnect":
+            pass
+        self.job.host.worker.abort(self.submission)
+        self.submission.events.put_nowait(None)
+
+    async def batches(self) -> AsyncIterator[list[GenerationEvent]]:
+        queue = self.submission.events
+        while self.remaining:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            if None in batch:
+                raise ClientDisconnectedError()
+            self.remaining -= sum(e.finish_reason is not None for e in batch)
+            yield batch
+
+    def close(self) -> None:
+        self._watcher.cancel()
+        if self.submission.unfinished:
+            self.job.host.worker.abort(self.submission)
+
+
+def _by_choice(batch: list[GenerationEvent]) -> dict[str, list[GenerationEvent]]:
+    grouped: dict[str, list[GenerationEvent]] = {}
+    for event in batch:
+        grouped.setdefault(event.request_id, []).append(event)
+    return grouped
+
+
+async def complete(job: Job, generation: Generation) -> dict:
+    """Run an opened ``generation`` to the end; the response body. Raises APIError or ClientDisconnectedError."""
+    try:
+        async for batch in generation.batches():
+            for request_id, events in _by_choice(batch).items():
+                job.choices[request_id].absorb(events, job.wants_logprobs)
+    finally:
+        generation.close()
+    failure = job.failure()
+    if failure is not None:
+        raise failure
+    return job.response()
+
+
+async def stream(job: Job, generation: Generation) -> AsyncIterator[str]:
+    """The SSE body of an opened ``generation``: chunks as tokens come, the "energy" field on the last chunk
+    (the usage chunk with stream_options.include_usage), then ``data: [DONE]``. A failure mid-stream is sent as
+    an error event (which OpenAI clients raise) before ``[DONE]``."""
+    fmt = job.fmt
+    outcome = "cancelled"
+    try:
+        envelope = job.envelope(fmt.chunk_object)
+        if job.include_usage:
+            envelope["usage"] = None
+        starts = [fmt.start_chunk(c) for c in sorted(job.choices.values(), key=lambda c: c.index)]
+        if any(starts):
+            yield sse({**envelope, "choices": starts})
+        async for batch in generation.batches():
+            chunks = []
+            for request_id, events in _by_choice(batch).items():
+                choice = job.choices[request_id]
+                text, entries = choice.absorb(events, job.wants_logprobs)
+                logprobs = entries if job.wants_logprobs else None
+                chunk_choice = fmt.chunk_choice(choice, text, logprobs, choice.finish_reason)
+                chunks.append({**envelope, "choices": [chunk_choice]})
+            failure = job.failure()
+            if failure is not None:
+                outcome = "error"
+                yield sse(failure.body()) + DONE
+                return
+            if not generation.remaining:
+                energy = job.finish()
+                if job.include_usage:
+                    chunks.append({**envelope, "choices": [], "usage": job.usage(), "energy": energy})
+                else:
+                    chunks[-1]["energy"] = energy
+            yield "".join(sse(c) for c in chunks)
+        outcome = "success"
+        yield DONE
+    except ClientDisconnectedError:
+        pass
+    finally:
+        generation.close()
+        job.host.metrics.request_done(job.endpoint, outcome)

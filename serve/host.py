@@ -1,0 +1,147 @@
+"""``ModelHost``: the served model, its tokenizer and engine worker, and the state ``/health`` reports.
+
+The model loads in the background after the server starts, so ``/health`` answers 503 (``loading``) at once and
+200 when the first request can be served; the generation endpoints answer 503 until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from spikegpt.checkpoint import load_model
+from spikegpt.energy import resolve_profile
+from spikegpt.engine import Engine, GenerationRequest
+from spikegpt.model import SpikeGPTForCausalLM
+from spikegpt.sampling import SamplingParams
+
+from .errors import APIError, shutting_down
+from .formats import TokenTexts
+from .metrics import ServerMetrics
+from .settings import ServeSettings, SettingsError
+from .worker import EngineWorker
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[ServeSettings], tuple[SpikeGPTForCausalLM, PreTrainedTokenizerFast]]
+
+
+def load_checkpoint(settings: ServeSettings) -> tuple[SpikeGPTForCausalLM, PreTrainedTokenizerFast]:
+    return load_model(settings.model, settings.device, settings.dtype)
+
+
+class ModelHost:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        metrics: ServerMetrics,
+        loader: Loader = load_checkpoint,
+        on_load_error: Callable[[Exception], None] | None = None,
+    ):
+        self.settings = settings
+        self.metrics = metrics
+        self.model_name = settings.model_name
+        self.created = int(time.time())
+        self.loader = loader
+        self.on_load_error = on_load_error
+        self.status = "loading"  # then "ready", "failed" or "shutting_down"
+        self.error: str | None = None
+        self.energy_profile = resolve_profile(settings.energy_profile)
+        self.chat_template = _read_chat_template(settings.chat_template)
+        self.model: SpikeGPTForCausalLM | None = None
+        self.tokenizer: PreTrainedTokenizerFast | None = None
+        self.token_texts: TokenTexts | None = None
+        self.worker: EngineWorker | None = None
+
+    @property
+    def config(self):
+        return self.model.config
+
+    async def load(self) -> None:
+        started = time.monotonic()
+        try:
+            torch.set_num_threads(self.settings.torch_threads)
+            model, tokenizer = await asyncio.to_thread(self.loader, self.settings)
+            if self.chat_template is not None:
+                tokenizer.chat_template = self.chat_template
+            engine = Engine(model, tokenizer, self.settings.max_batch, self.settings.batch_invariant)
+            await asyncio.to_thread(_warm_up, engine)
+        except Exception as e:
+            self.status, self.error = "failed", f"{type(e).__name__}: {e}"
+            logger.error("cannot serve the model: %s", self.error)
+            if self.on_load_error is not None:
+                self.on_load_error(e)
+            return
+        self.model, self.tokenizer, self.token_texts = model, tokenizer, TokenTexts(tokenizer)
+        self.worker = EngineWorker(engine, self.settings.max_queue, self.metrics)
+        self.worker.start()
+        if self.status == "loading":
+            self.status = "ready"
+        c = model.config
+        shape = f"{c.n_layer} layers, width {c.n_embd}, vocabulary {c.vocab_size}"
+        logger.info(
+            "serving %s (%s) on %s, up to %d sequences per batch; ready in %.1f s",
+            self.model_name,
+            shape,
+            self.settings.device,
+            self.settings.max_batch,
+            time.monotonic() - started,
+        )
+
+    def require_ready(self) -> None:
+        """Raise the 503 that answers a request arriving before the model is ready or after shutdown began."""
+        if self.status == "ready":
+            return
+        if self.status == "shutting_down":
+            raise shutting_down()
+        loading = self.status == "loading"
+        message = "the model is still loading; retry shortly" if loading else "the model failed to load"
+        raise APIError(503, message, type="service_unavailable", code=f"model_{self.status}")
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model_name:
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist; this server serves {self.model_name!r}",
+                type="not_found_error",
+                param="model",
+                code="model_not_found",
+            )
+
+    def begin_shutdown(self) -> None:
+        """Stop taking requests; those in flight get ``shutdown_grace`` seconds to finish, then are ended."""
+        if self.status == "shutting_down":
+            return
+        self.status = "shutting_down"
+        if self.worker is not None:
+            self.worker.accepting = False
+            grace = self.settings.shutdown_grace
+            logger.info("shutting down: %d sequences in flight get %.0f s to finish", self.worker.outstanding, grace)
+            asyncio.get_running_loop().call_later(grace, self.worker.abort_all)
+
+    async def close(self) -> None:
+        self.status = "shutting_down"
+        if self.worker is not None:
+            await self.worker.stop()
+
+
+def _read_chat_template(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise SettingsError(f"cannot read the chat template {path}: {e.strerror or e}") from e
+
+
+def _warm_up(engine: Engine) -> None:
+    """Run one tiny request, so that the first client does not pay for the first call of every operation."""
+    engine.submit(GenerationRequest("warm-up", [0], SamplingParams(max_tokens=2, temperature=1.0, seed=0)))
+    while engine.has_work():
+        engine.step()

@@ -1,0 +1,110 @@
+"""``ServeSettings``: every knob of the server, from ``spikegpt serve``'s flags or ``SPIKEGPT_*`` environment variables.
+
+Each field ``name`` can be set by the variable ``SPIKEGPT_<NAME>`` (``SPIKEGPT_MAX_BATCH=8``,
+``SPIKEGPT_CORS_ORIGINS=https://a.example,https://b.example``, ``SPIKEGPT_BATCH_INVARIANT=false``); a flag beats
+the variable, which beats the default. The app factory (``spikegpt.serve.app:create_app``) reads only the
+variables, so any ASGI server can run it.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from spikegpt.errors import SpikeGPTError
+
+ENV_PREFIX = "SPIKEGPT_"
+BUNDLED_MODEL_NAME = "spikegpt-shakespeare"
+
+
+class SettingsError(SpikeGPTError, ValueError):
+    """A server setting is invalid."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model: str | None = None  # None: the bundled model
+    served_model_name: str | None = None  # None: derived from `model`
+    device: str = "cpu"
+    dtype: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 16
+    max_queue: int = 64
+    max_prompt_tokens: int = 4096
+    max_tokens_cap: int = 1024
+    max_body_bytes: int = 1 << 20
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    chat_template: str | None = None  # a Jinja template file replacing the tokenizer's
+    energy_profile: str | None = None  # None: the energy module's default profile
+    threads: int | None = None  # None: half the CPU cores, at least one
+    batch_invariant: bool = True
+    shutdown_grace: float = 30.0
+    access_log: bool = True
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        at_least_one = ("port", "max_batch", "max_prompt_tokens", "max_tokens_cap", "max_body_bytes", "threads")
+        for name in at_least_one:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SettingsError(f"{name} must be at least 1, got {value}")
+        if self.max_queue < 0:
+            raise SettingsError(f"max_queue must be 0 or more, got {self.max_queue}")
+        if self.shutdown_grace < 0:
+            raise SettingsError(f"shutdown_grace must be 0 or more seconds, got {self.shutdown_grace}")
+        if self.api_key is not None and not self.api_key:
+            raise SettingsError("api_key must not be empty (leave it unset to serve without a key)")
+
+    @property
+    def model_name(self) -> str:
+        """The name clients put in "model": the served name, else the model directory's name or the Hub id."""
+        if self.served_model_name:
+            return self.served_model_name
+        if self.model is None:
+            return BUNDLED_MODEL_NAME
+        path = Path(self.model).expanduser()
+        return path.resolve().name if path.exists() else self.model
+
+    @property
+    def torch_threads(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 2) // 2)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> ServeSettings:
+        """Settings from ``SPIKEGPT_*`` variables, then ``overrides`` (given flags) on top."""
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw, hints[f.name])
+        values.update(overrides)
+        return cls(**values)
+
+
+def _parse(name: str, raw: str, hint) -> object:
+    kinds = set(typing.get_args(hint)) or {hint}
+    variable = ENV_PREFIX + name.upper()
+    if raw == "" and type(None) in kinds:
+        return None
+    try:
+        if bool in kinds:
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError("expected true or false")
+            return lowered in ("1", "true", "yes", "on")
+        if int in kinds:
+            return int(raw)
+        if float in kinds:
+            return float(raw)
+    except ValueError as e:
+        raise SettingsError(f"{variable}={raw!r}: {e}") from e
+    if hint == tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
