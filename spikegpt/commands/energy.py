@@ -51,11 +51,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--chunk-tokens",
         type=int,
+        metavar="N",
         default=512,
         help="tokens per forward pass; the state carries between chunks, so the result does not depend on it "
         "(default: 512)",
     )
-    parser.add_argument("--max-tokens", type=int, default=None, help="read only the first N tokens of the text")
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, metavar="N", help="read only the first N tokens of the text"
+    )
     parser.add_argument(
         "--list-profiles",
         action="store_true",

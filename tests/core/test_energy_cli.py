@@ -63,12 +63,11 @@ def test_table_from_a_text_file_with_a_profile_file(tiny_model_dir, tmp_path):
         assert row in out
 
 
-def test_bad_profile_is_one_line_without_traceback(tiny_model_dir, tmp_path):
+def test_bad_profile_is_one_line_without_traceback(tiny_model_dir, tmp_path, capsys):
     profile = tmp_path / "bad.json"
     profile.write_text('{"name": "bad", "mac_pj": 1}', encoding="utf-8")
-    done = spikegpt("energy", "--model", str(tiny_model_dir), "--prompt", "hi", "--profile", str(profile), cwd=tmp_path)
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [
+    assert main(["energy", "--model", str(tiny_model_dir), "--prompt", "hi", "--profile", str(profile)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"spikegpt energy: error: {profile}: missing field(s) ac_pj, neuron_pj, elementwise_pj "
         "(energies in picojoules per operation)"
     ]
