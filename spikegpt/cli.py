@@ -1,8 +1,8 @@
 """The ``spikegpt`` command.
 
-Each subcommand lives in a module exposing ``add_parser(subparsers)``, which registers its parser with
-``set_defaults(run=...)``; ``run(args)`` returns the exit status. Errors reach the user as one line; set
-``SPIKEGPT_DEBUG=1`` for the traceback.
+Each subcommand lives in a module exposing ``add_parser(subparsers)``, which registers its parser (or returns a
+list of parsers, when one module holds several subcommands) with ``set_defaults(run=...)``; ``run(args)``
+returns the exit status. Errors reach the user as one line; set ``SPIKEGPT_DEBUG=1`` for the traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "spikegpt.commands.generate",
     "spikegpt.commands.convert",
     "spikegpt.commands.energy",
+    "spikegpt.train.cli",
     "spikegpt.serve.cli",
 )
 
@@ -29,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        command = importlib.import_module(name).add_parser(subparsers)
-        command.set_defaults(command_name=command.prog.split()[-1])
+        registered = importlib.import_module(name).add_parser(subparsers)
+        for command in registered if isinstance(registered, list) else [registered]:
+            command.set_defaults(command_name=command.prog.split()[-1])
     return parser
 
 

@@ -31,3 +31,11 @@ class GenerationError(SpikeGPTError, ValueError):
 class EnergyError(SpikeGPTError, ValueError):
     """An energy estimate cannot be made: unknown rule or profile, a malformed profile file, or statistics that do
     not belong to the model's configuration."""
+
+
+class DatasetError(SpikeGPTError):
+    """A dataset cannot be found or loaded, is empty, or lacks the text field to train on."""
+
+
+class TrainingError(SpikeGPTError):
+    """A training run cannot start or continue (invalid options, nothing to resume from, incompatible checkpoint)."""

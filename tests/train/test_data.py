@@ -1,0 +1,175 @@
+"""The data pipeline on small corpora the tests write: text, jsonl and parquet files through datasets.load_dataset,
+tokenization, packing exactness, held-out validation, data order, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import ALPHABET
+from spikegpt.train.data import (
+    PAD,
+    BlockBatches,
+    DataSource,
+    StreamingBlocks,
+    eval_stream,
+    iter_texts,
+    load_corpus,
+    pack,
+    split_streams,
+    token_stream,
+    tokenize_split,
+)
+
+from spikegpt.errors import DatasetError
+from spikegpt.tokenizer import char_tokenizer
+
+DOCS = ["First doc: to be, or not to be.\n", "Second, shorter.\n", "Third one; the last!\n"]
+
+
+@pytest.fixture(autouse=True)
+def offline_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+
+
+@pytest.fixture
+def tokenizer():
+    return char_tokenizer(ALPHABET)
+
+
+def source(path, **kwargs) -> DataSource:
+    return DataSource(str(path), cache_dir=str(path.parent / "cache"), **kwargs)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_text_file_keeps_the_text_exactly(tmp_path, tokenizer):
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(DOCS) + "no final newline")
+    corpus = load_corpus(source(path))
+    assert corpus.plain_text
+    stream = token_stream(tokenize_split(corpus, "train", tokenizer))
+    assert tokenizer.decode(stream.tolist()) == path.read_text()  # lines joined as they were, no separators
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_documents_are_separated_by_end_of_text(tmp_path, tokenizer, kind):
+    if kind == "jsonl":
+        path = write_jsonl(tmp_path / "docs.jsonl", [{"text": d, "id": i} for i, d in enumerate(DOCS)])
+    else:
+        path = tmp_path / "docs.parquet"
+        pq.write_table(pa.table({"text": DOCS, "id": list(range(len(DOCS)))}), path)
+    corpus = load_corpus(source(path))
+    stream = token_stream(tokenize_split(corpus, "train", tokenizer)).tolist()
+    expected = []
+    for doc in DOCS:
+        expected += [*tokenizer.encode(doc), tokenizer.eos_token_id]
+    assert stream == expected
+
+
+def test_a_directory_and_a_glob_load_all_their_files(tmp_path, tokenizer):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i, doc in enumerate(DOCS):
+        write_jsonl(folder / f"part-{i}.jsonl", [{"text": doc}])
+    for spec in (folder, folder / "part-*.jsonl"):
+        assert sorted(iter_texts(load_corpus(source(spec)), "train")) == sorted(DOCS)
+
+
+@pytest.mark.parametrize("ctx_len", [1, 3, 7, 16, 100])
+def test_packing_predicts_every_token_once(ctx_len):
+    rng = np.random.default_rng(ctx_len)
+    stream = rng.integers(0, 50, size=int(rng.integers(20, 60)), dtype=np.int32)
+    blocks = pack(stream, ctx_len)
+    assert blocks.shape[1] == ctx_len + 1
+    # inputs are the stream in order; the last block alone may be padded
+    inputs, targets = blocks[:, :-1].reshape(-1), blocks[:, 1:].reshape(-1)
+    assert np.array_equal(targets[targets != PAD], stream[1:])
+    assert np.array_equal(inputs[inputs != PAD][: len(stream) - 1], stream[:-1])
+    assert (blocks[:-1] != PAD).all()
+    # consecutive blocks overlap by one token: a block's last target is the next block's first input
+    assert np.array_equal(blocks[:-1, -1], blocks[1:, 0])
+
+
+def test_missing_validation_split_is_the_tail_of_the_training_tokens(tmp_path, tokenizer):
+    path = tmp_path / "corpus.txt"
+    text = "".join(ALPHABET[i % 60] for i in range(1000))
+    path.write_text(text)
+    corpus = load_corpus(source(path))
+    streams = split_streams(corpus, tokenizer, "train", "validation", 0.1)
+    full = tokenizer.encode(text)
+    assert streams.train.tolist() == full[:900] and streams.validation.tolist() == full[900:]
+    assert eval_stream(corpus, tokenizer, "validation", "train", 0.1).tolist() == full[900:]
+
+
+def test_block_batches_cover_each_epoch_once_and_resume(tmp_path):
+    blocks = np.arange(23 * 5, dtype=np.int32).reshape(23, 5)
+    for world in (1, 2):
+        seen = []
+        for rank in range(world):
+            batches = BlockBatches(blocks, batch_size=4, seed=7, rank=rank, world=world)
+            it = iter(batches)
+            seen += [row[0] for _ in range(batches.batches_per_epoch) for row in next(it)]
+        assert len(seen) == len(set(seen)) == (23 // world) * world  # no block twice, at most world-1 left out
+    batches = BlockBatches(blocks, batch_size=4, seed=7)
+    it = iter(batches)
+    for _ in range(9):  # into the second epoch
+        next(it)
+    state = batches.state_dict()
+    expected = [next(it) for _ in range(5)]
+    resumed = BlockBatches(blocks, batch_size=4, seed=7)
+    resumed.load_state_dict(state)
+    it = iter(resumed)
+    assert all(np.array_equal(next(it), e) for e in expected)
+
+
+def test_streaming_packs_blocks_and_resumes(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"text": d * (i + 1)} for i, d in enumerate(DOCS * 3)])
+    corpus = load_corpus(source(path, streaming=True))
+    map_style = load_corpus(source(path))
+    stream = token_stream(tokenize_split(map_style, "train", tokenizer))
+    separator = [tokenizer.eos_token_id]
+    batches = StreamingBlocks(corpus.split("train"), "text", separator, tokenizer, ctx_len=8, batch_size=3)
+    it = iter(batches)
+    first = [next(it) for _ in range(4)]
+    assert np.array_equal(np.concatenate(first)[:, 1:].reshape(-1), stream[1 : 1 + 4 * 3 * 8])
+    state = batches.state_dict()
+    expected = [next(it) for _ in range(3)]
+    resumed = StreamingBlocks(corpus.split("train"), "text", separator, tokenizer, ctx_len=8, batch_size=3)
+    resumed.load_state_dict(state)
+    it = iter(resumed)
+    assert all(np.array_equal(next(it), e) for e in expected)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="no such file or directory"):
+        load_corpus(source(tmp_path / "nothing.txt"))
+
+
+def test_unknown_hub_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="cannot load dataset 'no-such-user/no-such-data'"):
+        load_corpus(DataSource("no-such-user/no-such-data", cache_dir=str(tmp_path)))
+
+
+def test_empty_dataset_is_a_clear_error(tmp_path, tokenizer):
+    path = tmp_path / "empty.txt"
+    path.write_text("")
+    with pytest.raises(DatasetError, match="empty; it holds no text to train on"):
+        load_corpus(source(path))
+    blank = write_jsonl(tmp_path / "blank.jsonl", [{"text": ""}, {"text": None}])
+    with pytest.raises(DatasetError, match="the 'train' split holds no text to train on"):
+        split_streams(load_corpus(source(blank)), char_tokenizer(ALPHABET, end_of_text=False), "train", "v", 0.1)
+
+
+def test_missing_text_field_is_a_clear_error(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"body": d} for d in DOCS])
+    corpus = load_corpus(source(path))
+    with pytest.raises(DatasetError, match="no 'text' field \\(fields: body\\); name the text field with --text-field"):
+        tokenize_split(corpus, "train", tokenizer)

@@ -1,0 +1,188 @@
+"""``spikegpt train`` and ``spikegpt eval``.
+
+``train`` reads a YAML/JSON config file (``--config``, a path or the name of a shipped example) and then the
+flags, which override it; every ``TrainConfig`` option is a flag of the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import types
+import typing
+from pathlib import Path
+
+from .config import FIELDS, TrainConfig, default_config_path, make_config, read_config_file
+
+# model architecture flags, stored under the config's ``model`` mapping
+MODEL_FLAGS = {
+    "n_layer": (int, "number of blocks"),
+    "n_embd": (int, "width"),
+    "ctx_len": (int, "context length trained on (tokens per block)"),
+    "dropout": (float, "dropout on the residual stream after each block (the original: 0.03)"),
+    "lif_threshold": (float, "LIF firing threshold (the target of threshold annealing)"),
+}
+SHIPPED = sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flag(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+    """One flag per ``TrainConfig`` field, its type read from the annotation, its default left to the config."""
+    default = field.default if field.default is not dataclasses.MISSING else None
+    help_text = field.metadata["help"] + (f" (default: {default})" if default not in (None, False) else "")
+    kind = typing.get_type_hints(TrainConfig)[field.name]
+    args = [t for t in typing.get_args(kind) if t is not type(None)] if isinstance(kind, types.UnionType) else [kind]
+    base = args[0]
+    if base is bool:
+        parser.add_argument(_option(field.name), action=argparse.BooleanOptionalAction, help=help_text)
+    elif typing.get_origin(base) is tuple:
+        parser.add_argument(_option(field.name), type=float, nargs=2, metavar=("B1", "B2"), help=help_text)
+    elif field.name == "resume":
+        parser.add_argument(_option(field.name), nargs="?", const="latest", metavar="CHECKPOINT", help=help_text)
+    else:
+        parser.add_argument(_option(field.name), type=base, help=help_text)
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a SpikeGPT on a dataset (or continue a run)",
+        description="Train a SpikeGPT with accelerate: on one CPU or GPU as it is, on several processes or machines "
+        "under `accelerate launch -m spikegpt.train ...`. Options come from --config, then from these flags. "
+        "Writes checkpoints (OUTPUT/checkpoint-STEP), metrics (OUTPUT/metrics.jsonl) and the final model "
+        "(OUTPUT itself, a Hugging Face directory).",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE|NAME",
+        help=f"YAML or JSON file of options, or a shipped example: {', '.join(SHIPPED)}",
+    )
+    model = parser.add_argument_group("model (fresh models; with --init-from these override its config)")
+    for name, (kind, text) in MODEL_FLAGS.items():
+        model.add_argument(_option(name), type=kind, dest=f"model.{name}", help=text)
+    model.add_argument(
+        "--spiking",
+        action=argparse.BooleanOptionalAction,
+        dest="model.spiking",
+        help="LIF and embedding spikes on (default) or off (--no-spiking: the non-spiking reference model)",
+    )
+    model.add_argument(
+        "--train-tokenizer",
+        action="store_const",
+        const="bpe",
+        dest="tokenizer",
+        help="learn a byte-level BPE vocabulary of --vocab-size tokens on the training text (= --tokenizer bpe)",
+    )
+    groups = {
+        "init_from": model,
+        "dataset": parser.add_argument_group("data"),
+        "batch_size": parser.add_argument_group("optimisation"),
+        "threshold_start": parser.add_argument_group("spiking extras"),
+        "max_steps": parser.add_argument_group("length, evaluation, checkpoints, logs"),
+        "push_to_hub": parser.add_argument_group("publishing"),
+    }
+    group = model
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "model":
+            continue
+        group = groups.get(field.name, group)
+        _add_config_flag(group, field)
+    parser.set_defaults(run=run_train)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {k: v for k, v in vars(args).items() if k in FIELDS}
+    values["model"] = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("model.")}
+    file_values, source = {}, "flags"
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.exists() and args.config in SHIPPED:
+            path = default_config_path(args.config)
+        file_values, source = read_config_file(path), str(path)
+    return make_config(file_values, values, source)
+
+
+def _command_line() -> str:
+    program = "spikegpt" if Path(sys.argv[0]).name == "spikegpt" else "accelerate launch -m spikegpt.train"
+    return shlex.join([program, *sys.argv[1:]]) if program == "spikegpt" else f"{program} {shlex.join(sys.argv[1:])}"
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .trainer import train
+
+    summary = train(config_from_args(args), command=_command_line())
+    if summary.evaluation is not None:
+        print(json.dumps({"output_dir": str(summary.output_dir), **summary.evaluation.to_dict()}))
+    return 0
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    from spikegpt.commands.common import add_model_arguments
+
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a model on a dataset: loss, perplexity, bits per byte, firing rates",
+        description="Evaluate a SpikeGPT on a dataset split, packed into ctx_len blocks as in training (each block "
+        "starts from a fresh state). Reports the loss, perplexity, bits per byte (and per character for a "
+        "character vocabulary) and the firing rate of every spiking site. Without the split asked for, the "
+        "held-out tail of the training split that `spikegpt train` validates on is used.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--dataset", required=True, help="a Hub dataset name, or a local text/json/jsonl/parquet "
+                        "file, directory or glob")  # fmt: skip
+    parser.add_argument("--dataset-config", default=None, help="the Hub dataset's configuration name")
+    parser.add_argument("--split", default="validation", help="split to evaluate (default: validation)")
+    parser.add_argument("--train-split", default="train", help="training split, to hold out from (default: train)")
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=FIELDS["validation_fraction"].default,
+        help="when the dataset has no validation split, the last fraction of the training tokens is it "
+        f"(default: {FIELDS['validation_fraction'].default}, as in training)",
+    )
+    parser.add_argument("--text-field", default="text", help="column holding the text (default: text)")
+    parser.add_argument("--cache-dir", default=None, help="datasets cache directory (default: HF's)")
+    parser.add_argument("--ctx-len", type=int, default=None, help="tokens per block (default: the model's ctx_len)")
+    parser.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass (default: 8)")
+    parser.add_argument("--max-blocks", type=int, default=None, help="evaluate only the first N blocks")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(run=run_eval)
+    return parser
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from spikegpt.checkpoint import load_model
+
+    from .data import DataSource, eval_stream, load_corpus, pack
+    from .evaluate import evaluate, make_eval_set
+
+    model, tokenizer = load_model(args.model, args.device, args.dtype)
+    corpus = load_corpus(DataSource(args.dataset, args.dataset_config, args.text_field, args.cache_dir))
+    stream = eval_stream(corpus, tokenizer, args.split, args.train_split, args.validation_fraction)
+    eval_set = make_eval_set(pack(stream, args.ctx_len or model.config.ctx_len), tokenizer, args.max_blocks)
+    result = evaluate(model, eval_set, args.batch_size, progress=not args.json)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"loss               {result.loss:.4f} nats/token over {result.tokens:,} tokens ({result.bytes:,} bytes)")
+    print(f"perplexity         {result.perplexity:.3f}")
+    print(f"bits per byte      {result.bits_per_byte:.4f}")
+    if result.bits_per_character is not None:
+        print(f"bits per character {result.bits_per_character:.4f}")
+    print(f"firing rate        {result.firing_rate:.4f}")
+    for site, rate in result.site_rates.items():
+        print(f"  {site:<20} {rate:.4f}")
+    return 0
+
+
+def add_parser(subparsers) -> list[argparse.ArgumentParser]:
+    """Registers ``train`` and ``eval``."""
+    return [add_train_parser(subparsers), add_eval_parser(subparsers)]

@@ -1,0 +1,141 @@
+"""Evaluation: loss, perplexity, bits per byte (and per character) and per-site firing rates over packed blocks.
+
+``spikegpt eval`` and the training loop both call ``evaluate``. Each block starts from a fresh state, as in
+training. Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the text the targets spell, so
+models with different tokenizers compare on the same scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from spikegpt.stats import SpikeStats
+
+from .data import PAD
+
+
+@dataclass
+class EvalSet:
+    """Blocks to evaluate and the size of the text their targets spell."""
+
+    blocks: np.ndarray
+    n_tokens: int
+    n_bytes: int
+    n_chars: int
+    character_vocabulary: bool
+
+
+def is_character_vocabulary(tokenizer) -> bool:
+    """Every ordinary token is one character (the original's enwik8 set-up)."""
+    special = set(tokenizer.all_special_ids)
+    return all(len(tokenizer.decode([i])) == 1 for i in range(len(tokenizer)) if i not in special)
+
+
+def make_eval_set(blocks: np.ndarray, tokenizer, max_blocks: int | None = None) -> EvalSet:
+    if max_blocks is not None:
+        blocks = blocks[:max_blocks]
+    targets = blocks[:, 1:].reshape(-1)
+    targets = targets[targets != PAD]
+    text = tokenizer.decode(targets.tolist(), skip_special_tokens=True)
+    return EvalSet(blocks, len(targets), len(text.encode("utf-8")), len(text), is_character_vocabulary(tokenizer))
+
+
+class SpikeTotals:
+    """Spike counts summed over batches on the device (no host sync until ``stats`` is read)."""
+
+    def __init__(self, sites: tuple[str, ...], n_embd: int, device):
+        self.sites, self.n_embd = sites, n_embd
+        self.counts = torch.zeros(len(sites), dtype=torch.float64, device=device)
+        self.tokens = torch.zeros((), dtype=torch.long, device=device)
+
+    def add(self, stats: SpikeStats) -> None:
+        self.counts += stats.counts.sum(dim=0)
+        self.tokens += stats.tokens.sum()
+
+    def reduce(self, accelerator) -> None:
+        """Sum over the processes of ``accelerator``."""
+        if accelerator is not None and accelerator.num_processes > 1:
+            self.counts = accelerator.reduce(self.counts, reduction="sum")
+            self.tokens = accelerator.reduce(self.tokens, reduction="sum")
+
+    def stats(self) -> SpikeStats:
+        return SpikeStats(self.counts[None], self.tokens[None], self.sites, self.n_embd)
+
+    def site_rates(self) -> dict[str, float]:
+        return dict(zip(self.sites, self.stats().site_rates().tolist(), strict=True))
+
+
+@dataclass
+class EvalResult:
+    loss: float  # mean cross-entropy per target token, in nats
+    perplexity: float
+    bits_per_token: float
+    bits_per_byte: float
+    bits_per_character: float | None  # only for character vocabularies
+    tokens: int
+    bytes: int
+    firing_rate: float  # fraction of all values at all spiking sites that were spikes
+    site_rates: dict[str, float]  # per site: the embedding, then each block's att.lif and ffn.lif
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _batches(blocks: np.ndarray, batch_size: int):
+    """Batches of full blocks, then any block shorter than the rest (the padded tail) alone, cut to its length."""
+    lengths = (blocks != PAD).sum(axis=1)
+    full = np.flatnonzero(lengths == blocks.shape[1])
+    for start in range(0, len(full), batch_size):
+        yield blocks[full[start : start + batch_size]]
+    for i in np.flatnonzero(lengths < blocks.shape[1]):
+        yield blocks[i : i + 1, : lengths[i]]
+
+
+@torch.no_grad()
+def evaluate(model, eval_set: EvalSet, batch_size: int, accelerator=None, device=None, progress: bool = True):
+    """Evaluate ``model`` (unwrapped) on ``eval_set``; with an ``accelerator``, the blocks are shared among its
+    processes and the sums reduced, so every process returns the same result."""
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    device = accelerator.device if accelerator is not None else (device or next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    spikes = SpikeTotals(model.model.sites, model.config.n_embd, device)
+    mine = eval_set.blocks[rank::world]
+    batches = list(_batches(mine, batch_size))
+    autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
+    with autocast:
+        for batch in tqdm(batches, desc="evaluating", leave=False, disable=not progress or rank != 0):
+            ids = torch.from_numpy(batch.astype(np.int64)).to(device)
+            out = model(ids[:, :-1], output_spike_stats=True)
+            targets = ids[:, 1:]
+            loss_sum += F.cross_entropy(
+                out.logits.reshape(-1, out.logits.shape[-1]).float(),
+                targets.reshape(-1),
+                ignore_index=PAD,
+                reduction="sum",
+            )
+            spikes.add(out.spike_stats)
+    if accelerator is not None and world > 1:
+        loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+    spikes.reduce(accelerator)
+    model.train(was_training)
+    nats = float(loss_sum) / max(eval_set.n_tokens, 1)
+    bits = float(loss_sum) / math.log(2)
+    return EvalResult(
+        loss=nats,
+        perplexity=math.exp(min(nats, 700.0)),
+        bits_per_token=nats / math.log(2),
+        bits_per_byte=bits / max(eval_set.n_bytes, 1),
+        bits_per_character=bits / max(eval_set.n_chars, 1) if eval_set.character_vocabulary else None,
+        tokens=eval_set.n_tokens,
+        bytes=eval_set.n_bytes,
+        firing_rate=float(spikes.stats().firing_rate()),
+        site_rates=spikes.site_rates(),
+    )

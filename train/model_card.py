@@ -1,0 +1,68 @@
+"""The ``README.md`` a trained model directory carries: what it is, how it was trained, how well it does."""
+
+from __future__ import annotations
+
+from spikegpt import SpikeGPTConfig
+
+from .config import TrainConfig
+from .evaluate import EvalResult
+
+ARCHITECTURE_FIELDS = ("n_layer", "n_embd", "ctx_len", "vocab_size", "ffn_hidden", "dropout", "spiking", "lif_tau",
+                       "lif_threshold", "lif_reset", "surrogate", "surrogate_alpha")  # fmt: skip
+
+
+def _evaluation_lines(result: EvalResult) -> list[str]:
+    lines = [
+        f"| loss (nats/token) | {result.loss:.4f} |",
+        f"| perplexity | {result.perplexity:.3f} |",
+        f"| bits per byte | {result.bits_per_byte:.4f} |",
+    ]
+    if result.bits_per_character is not None:
+        lines.append(f"| bits per character | {result.bits_per_character:.4f} |")
+    lines += [f"| tokens evaluated | {result.tokens:,} |", f"| mean firing rate | {result.firing_rate:.4f} |"]
+    lines += ["", "| spiking site | firing rate |", "| --- | --- |"]
+    lines += [f"| `{site}` | {rate:.4f} |" for site, rate in result.site_rates.items()]
+    return lines
+
+
+def model_card(
+    cfg: TrainConfig,
+    config: SpikeGPTConfig,
+    steps: int,
+    tokens: int,
+    wall_time_s: float,
+    evaluation: EvalResult | None,
+    command: str | None,
+) -> str:
+    """Markdown with Hub metadata: data, architecture, optimisation, length of the run and validation results."""
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [spikegpt, spiking-neural-network, rwkv]",
+        "---",
+        "",
+        f"# SpikeGPT, {config.n_layer} layers × {config.n_embd}",
+        "",
+        "A SpikeGPT (spiking RWKV-4) language model trained with the `spikegpt` package. Load it with "
+        "`AutoModelForCausalLM.from_pretrained` after `import spikegpt`, or run `spikegpt generate --model DIR`.",
+        "",
+        "## Training",
+        "",
+        f"- data: `{cfg.dataset}`"
+        + (f" ({cfg.dataset_config})" if cfg.dataset_config else "")
+        + f", split `{cfg.train_split}`; validation: `{cfg.validation_split}` (or, when absent, the last "
+        f"{cfg.validation_fraction:.0%} of the training tokens)",
+        f"- steps: {steps:,}; tokens seen: {tokens:,}; wall time: {wall_time_s / 60:.1f} min",
+        f"- batch {cfg.batch_size} × grad accumulation {cfg.grad_accum} per process; lr {cfg.lr:g} → {cfg.min_lr:g} "
+        f"(cosine, {cfg.warmup_steps} warmup steps); AdamW betas {tuple(cfg.adam_betas)}, eps {cfg.adam_eps:g}, "
+        f"weight decay {cfg.weight_decay:g}; grad clip {cfg.grad_clip:g}; precision {cfg.precision}; seed {cfg.seed}",
+        "",
+        "| architecture | value |",
+        "| --- | --- |",
+        *[f"| {name} | {getattr(config, name)} |" for name in ARCHITECTURE_FIELDS],
+    ]
+    if evaluation is not None:
+        lines += ["", "## Validation", "", "| metric | value |", "| --- | --- |", *_evaluation_lines(evaluation)]
+    if command:
+        lines += ["", "## Reproduce", "", "```bash", command, "```"]
+    return "\n".join(lines) + "\n"
