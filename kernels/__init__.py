@@ -8,7 +8,7 @@ dispatch functions pick Triton for CUDA tensors and the reference otherwise; the
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import os
 
 import torch
@@ -30,8 +30,14 @@ __all__ = [
 
 BACKENDS = ("auto", "torch", "triton")
 
+
+@functools.cache
 def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def kernel_backend(tensor: torch.Tensor) -> str:
@@ -44,10 +50,14 @@ def kernel_backend(tensor: torch.Tensor) -> str:
     if choice == "auto":
         return "triton" if tensor.is_cuda and _triton_importable() else "torch"
     if not _triton_importable():
-        raise KernelUnavailableError("SPIKEGPT_KERNELS=triton, but the triton package is not installed")
+        raise KernelUnavailableError(
+            "SPIKEGPT_KERNELS=triton, but the triton package cannot be imported; install triton or set "
+            "SPIKEGPT_KERNELS=torch"
+        )
     if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise KernelUnavailableError(
-            "SPIKEGPT_KERNELS=triton needs CUDA tensors, or TRITON_INTERPRET=1 to run Triton's interpreter on a CPU"
+            f"SPIKEGPT_KERNELS=triton needs CUDA tensors (got {tensor.device}), or TRITON_INTERPRET=1 to run "
+            "Triton's interpreter on a CPU"
         )
     return "triton"
 

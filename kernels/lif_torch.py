@@ -17,22 +17,22 @@ from __future__ import annotations
 
 import torch
 
-from .surrogate import SURROGATES, spike, surrogate_grad
+from .errors import KernelArgumentError
+from .surrogate import check_surrogate, spike, surrogate_grad
 
 RESETS = ("hard", "soft")
 
 
 def check_lif_args(x: torch.Tensor, v0: torch.Tensor | None, tau: float, reset: str, surrogate: str) -> None:
     if x.dim() != 3:
-        raise ValueError(f"lif expects x of shape [B, T, C], got {tuple(x.shape)}")
+        raise KernelArgumentError(f"lif expects x of shape [B, T, C], got {tuple(x.shape)}")
     if v0 is not None and v0.shape != (x.shape[0], x.shape[2]):
-        raise ValueError(f"lif expects v0 of shape [B, C] = {(x.shape[0], x.shape[2])}, got {tuple(v0.shape)}")
+        raise KernelArgumentError(f"lif expects v0 of shape [B, C] = {(x.shape[0], x.shape[2])}, got {tuple(v0.shape)}")
     if tau <= 1.0:
-        raise ValueError(f"lif needs tau > 1 (the membrane keeps 1 - 1/tau of itself), got {tau}")
+        raise KernelArgumentError(f"lif needs tau > 1 (the membrane keeps 1 - 1/tau of itself), got {tau}")
     if reset not in RESETS:
-        raise ValueError(f"unknown reset {reset!r}; choose one of {', '.join(RESETS)}")
-    if surrogate not in SURROGATES:
-        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+        raise KernelArgumentError(f"unknown reset {reset!r}; choose one of {', '.join(RESETS)}")
+    check_surrogate(surrogate)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

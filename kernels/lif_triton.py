@@ -21,19 +21,9 @@ from . import triton_support as support
 from .lif_torch import check_lif_args
 from .surrogate import SURROGATES
 
-
-@triton.jit
-def _surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
-    """``surrogate.surrogate_grad``: 0 is atan, 1 is sigmoid."""
-    if SURROGATE == 0:
-        z = 1.5707963267948966 * alpha * x  # pi / 2
-        return alpha / 2 / (1 + z * z)
-    else:
-        s = 1 / (1 + tl.exp(-alpha * x))
-        return alpha * s * (1 - s)
+# The kernels below are Triton programs, compiled (or interpreted) at their first launch by ``support.jit``.
 
 
-@triton.jit
 def _lif_forward_kernel(
     x_ptr,
     v0_ptr,
@@ -61,8 +51,8 @@ def _lif_forward_kernel(
     if HAS_V0:
         v = tl.load(v0_ptr + row, mask=cmask, other=0).to(ACC)
     else:
-        v = tl.zeros([BLOCK_C], dtype=ACC)
-    count = tl.zeros([BLOCK_C], dtype=tl.float32)
+        v = tl.full([BLOCK_C], 0, ACC)
+    count = tl.full([BLOCK_C], 0, tl.float32)
     seq = b * T * C + cs
     for chunk in range(0, n_chunks):
         if SAVE:
@@ -86,7 +76,6 @@ def _lif_forward_kernel(
     tl.store(counts_ptr + row, count, mask=cmask)
 
 
-@triton.jit
 def _lif_backward_kernel(
     x_ptr,
     params_ptr,
@@ -100,7 +89,7 @@ def _lif_backward_kernel(
     C,
     n_chunks,
     HARD_RESET: tl.constexpr,
-    SURROGATE: tl.constexpr,
+    SURROGATE: tl.constexpr,  # index in surrogate.SURROGATES
     ACC: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -138,7 +127,13 @@ def _lif_backward_kernel(
             at = seq + t * C
             h = tl.load(scratch + s * C, mask=cmask, other=0)
             gs = tl.load(grad_spikes_ptr + at, mask=cmask & live, other=0).to(ACC)
-            sg = _surrogate_grad(h - threshold, alpha, SURROGATE)
+            z = h - threshold  # the surrogate's derivative, as surrogate.surrogate_grad
+            if SURROGATE == 0:  # atan
+                scaled = 1.5707963267948966 * alpha * z  # pi / 2 * alpha * z
+                sg = alpha / 2 / (1 + scaled * scaled)
+            else:  # sigmoid
+                sig = 1 / (1 + tl.exp(-alpha * z))
+                sg = alpha * sig * (1 - sig)
             if HARD_RESET:
                 dv_dh = (h < threshold).to(ACC) - h * sg
             else:
@@ -167,7 +162,7 @@ class _LIFTriton(torch.autograd.Function):
         counts = support.empty((batch, channels), torch.float32, x.device)
         checkpoints = support.empty((batch, n_chunks, channels) if save else (1,), mdtype, x.device)
         v0_arg = v0.contiguous() if v0 is not None else v_last  # not read without HAS_V0
-        _lif_forward_kernel[(batch, triton.cdiv(channels, block))](
+        support.jit(_lif_forward_kernel, x)[(batch, triton.cdiv(channels, block))](
             x, v0_arg, params, spikes, v_last, counts, checkpoints, length, channels, n_chunks,
             HAS_V0=v0 is not None, HARD_RESET=reset == "hard", ACC=acc, SAVE=save, CHUNK=chunk, BLOCK_C=block,
             num_warps=support.num_warps(block), enable_fp_fusion=False,
@@ -186,7 +181,7 @@ class _LIFTriton(torch.autograd.Function):
         grad_x = support.empty(x.shape, x.dtype, x.device)
         grad_v0 = support.empty((batch, channels), params.dtype, x.device)
         scratch = support.empty((batch, chunk, channels), params.dtype, x.device)
-        _lif_backward_kernel[(batch, triton.cdiv(channels, block))](
+        support.jit(_lif_backward_kernel, x)[(batch, triton.cdiv(channels, block))](
             x, params, checkpoints, grad_spikes.contiguous(), grad_v_last.contiguous(), grad_x, grad_v0, scratch,
             length, channels, checkpoints.shape[1],
             HARD_RESET=reset == "hard", SURROGATE=SURROGATES.index(surrogate), ACC=acc, CHUNK=chunk, BLOCK_C=block,
@@ -214,7 +209,7 @@ def lif_triton(
     ``chunk`` (tokens per checkpoint) and ``block_c`` (channels per program, a power of two) tune the launch.
     """
     check_lif_args(x, v0, tau, reset, surrogate)
-    support.check_launchable(_lif_forward_kernel, x)
+    support.check_device(x)
     block = block_c or support.block_c(x.shape[2])
     spikes, v_last, counts = _LIFTriton.apply(
         x, v0, float(tau), float(threshold), reset, surrogate, float(alpha), chunk, block

@@ -10,16 +10,22 @@ import math
 
 import torch
 
+from .errors import KernelArgumentError
+
 SURROGATES = ("atan", "sigmoid")
+
+
+def check_surrogate(surrogate: str) -> None:
+    if surrogate not in SURROGATES:
+        raise KernelArgumentError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
 
 
 def surrogate_primitive(x: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
     """The smooth function whose derivative stands in for the Heaviside step's (used by tests)."""
     if surrogate == "atan":
         return torch.atan(math.pi / 2 * alpha * x) / math.pi + 0.5
-    if surrogate == "sigmoid":
-        return torch.sigmoid(alpha * x)
-    raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+    check_surrogate(surrogate)
+    return torch.sigmoid(alpha * x)
 
 
 def surrogate_grad(x: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
@@ -30,10 +36,9 @@ def surrogate_grad(x: torch.Tensor, surrogate: str, alpha: float) -> torch.Tenso
     """
     if surrogate == "atan":
         return alpha / 2 / (1 + (math.pi / 2 * alpha * x) ** 2)
-    if surrogate == "sigmoid":
-        s = torch.sigmoid(alpha * x)
-        return alpha * s * (1 - s)
-    raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+    check_surrogate(surrogate)
+    s = torch.sigmoid(alpha * x)
+    return alpha * s * (1 - s)
 
 
 class HeavisideSpike(torch.autograd.Function):
@@ -54,6 +59,5 @@ class HeavisideSpike(torch.autograd.Function):
 
 def spike(x: torch.Tensor, surrogate: str = "atan", alpha: float = 2.0) -> torch.Tensor:
     """Binary spikes ``x >= 0`` (exactly 0 or 1), differentiable through ``surrogate``."""
-    if surrogate not in SURROGATES:
-        raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {', '.join(SURROGATES)}")
+    check_surrogate(surrogate)
     return HeavisideSpike.apply(x, surrogate, alpha)

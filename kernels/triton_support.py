@@ -1,14 +1,21 @@
 """What the Triton kernels share: launch checks, tile sizes, accumulation dtypes and output allocation.
 
 Imported only when a Triton kernel runs (``import spikegpt.kernels`` never imports triton).
+
+Kernels are written as plain functions and handed to ``triton.jit`` at their first launch (``jit``), so
+``TRITON_INTERPRET=1`` (Triton's CPU interpreter) takes effect whenever it is set before a launch, not only before
+an import. For the same reason they call only Triton's built-in operations (``tl.full``, not ``tl.zeros``, which
+is itself a ``@triton.jit`` function, interpreted only if the variable was set before triton was imported).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
 from .errors import KernelArgumentError, KernelUnavailableError
 
@@ -37,14 +44,28 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def check_launchable(kernel, tensor: torch.Tensor) -> None:
-    """Raise a clear error where Triton cannot run ``kernel`` on ``tensor``'s device."""
-    if tensor.is_cuda or isinstance(kernel, InterpretedFunction):
-        return
-    raise KernelUnavailableError(
-        f"the Triton kernels need CUDA tensors (got {tensor.device}); to run them on a CPU through Triton's "
-        "interpreter, set TRITON_INTERPRET=1 before spikegpt.kernels loads them"
-    )
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _jitted(fn, interpret: bool):
+    return triton.jit(fn)  # triton.jit itself reads TRITON_INTERPRET, which ``interpret`` keys the cache by
+
+
+def check_device(tensor: torch.Tensor) -> None:
+    """Raise a clear error where Triton cannot run on ``tensor``'s device."""
+    if not tensor.is_cuda and not interpreting():
+        raise KernelUnavailableError(
+            f"the Triton kernels need CUDA tensors (got {tensor.device}); to run them on a CPU through Triton's "
+            "interpreter, set TRITON_INTERPRET=1"
+        )
+
+
+def jit(fn, tensor: torch.Tensor):
+    """The launchable kernel ``fn`` for ``tensor``: compiled for CUDA, interpreted under ``TRITON_INTERPRET=1``."""
+    check_device(tensor)
+    return _jitted(fn, interpreting())
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

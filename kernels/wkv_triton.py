@@ -22,8 +22,9 @@ import triton.language as tl
 from . import triton_support as support
 from .wkv_torch import State, check_wkv_args, fresh_state
 
+# The kernels below are Triton programs, compiled (or interpreted) at their first launch by ``support.jit``.
 
-@triton.jit
+
 def _wkv_forward_kernel(
     w_ptr,
     u_ptr,
@@ -81,7 +82,6 @@ def _wkv_forward_kernel(
     tl.store(state_out_ptr + 2 * B * C + row, mx, mask=cmask)
 
 
-@triton.jit
 def _wkv_backward_kernel(
     w_ptr,
     u_ptr,
@@ -118,8 +118,8 @@ def _wkv_backward_kernel(
     den_end = tl.load(state_out_ptr + B * C + row, mask=cmask, other=0).to(ACC)
     # gradient at the running maximum after the current token (num = N e^-max and den owe it their share)
     reach = g_max - gn * num_end - gd * den_end
-    gw = tl.zeros([BLOCK_C], dtype=ACC)
-    gu = tl.zeros([BLOCK_C], dtype=ACC)
+    gw = tl.full([BLOCK_C], 0, ACC)
+    gu = tl.full([BLOCK_C], 0, ACC)
     seq = b * T * C + cs
     scratch = scratch_ptr + b * CHUNK * 3 * C + cs
     for back in range(0, n_chunks):
@@ -206,7 +206,7 @@ class _WKVTriton(torch.autograd.Function):
         y = support.empty(k.shape, k.dtype, k.device)
         state_out = support.empty((3, batch, channels), sdtype, k.device)
         checkpoints = support.empty((batch, n_chunks, 3, channels) if save else (1,), sdtype, k.device)
-        _wkv_forward_kernel[_grid(batch, channels, block)](
+        support.jit(_wkv_forward_kernel, k)[_grid(batch, channels, block)](
             w.contiguous(), u.contiguous(), k, v, state_in, y, state_out, checkpoints,
             batch, length, channels, n_chunks,
             ACC=acc, SAVE=save, CHUNK=chunk, BLOCK_C=block, num_warps=support.num_warps(block),
@@ -229,7 +229,7 @@ class _WKVTriton(torch.autograd.Function):
         grad_u = support.empty((batch, channels), sdtype, k.device)
         grad_state_in = support.empty((3, batch, channels), sdtype, k.device)
         scratch = support.empty((batch, chunk, 3, channels), sdtype, k.device)
-        _wkv_backward_kernel[_grid(batch, channels, block)](
+        support.jit(_wkv_backward_kernel, k)[_grid(batch, channels, block)](
             w, u, k, v, checkpoints, state_out, grad_y.contiguous(), grad_state_out,
             grad_k, grad_v, grad_w, grad_u, grad_state_in, scratch,
             batch, length, channels, checkpoints.shape[1],
@@ -254,7 +254,7 @@ def wkv_triton(
     ``chunk`` (tokens per checkpoint) and ``block_c`` (channels per program, a power of two) tune the launch.
     """
     check_wkv_args(w, u, k, v, state)
-    support.check_launchable(_wkv_forward_kernel, k)
+    support.check_device(k)
     if state is None:
         state = fresh_state(k.shape[0], k.shape[2], k.device)
     if k.shape[1] == 0:

@@ -1,0 +1,154 @@
+"""The torch references against float64 direct formulas: every form of WKV and LIF, outputs and all gradients.
+
+Tolerances (normwise relative error, ``kernel_numerics.rel_err``): 1e-10 for fp64 runs, which only rounding can
+reach, so a wrong formula fails; 1e-5 for fp32 runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+from kernel_numerics import grads, lif_direct, rel_err, wkv_direct, wkv_inputs
+from spikegpt.kernels.lif_torch import lif_sequential, lif_torch
+from spikegpt.kernels.surrogate import SURROGATES, spike, surrogate_grad, surrogate_primitive
+from spikegpt.kernels.wkv_torch import wkv_chunked, wkv_scan, wkv_sequential, wkv_torch
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+WKV_FORMS = {
+    "sequential": wkv_sequential,
+    "chunked": wkv_chunked,
+    "chunked-3": functools.partial(wkv_chunked, chunk=3),
+    "scan": wkv_scan,
+    "torch": wkv_torch,
+}
+
+# (B, T, C), carried state, decay spread (w = -exp(N(0, s^2))), |k| spread
+WKV_CASES = {
+    "fresh": ((3, 17, 33), False, 1.0, 1.0),
+    "with-state": ((3, 17, 33), True, 1.0, 1.0),
+    "one-token": ((2, 1, 5), True, 1.0, 1.0),
+    "extreme": ((2, 12, 16), True, 3.0, 20.0),  # w from about -1e-4 to -1e4, |k| up to about 60
+}
+
+
+def flat_wkv(fn):
+    def run(w, u, k, v, *state):
+        y, new_state = fn(w, u, k, v, tuple(state) if state else None)
+        return [y, *new_state]
+
+    return run
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("case", WKV_CASES)
+@pytest.mark.parametrize("form", WKV_FORMS)
+def test_wkv_reference_matches_direct_formula(form, case, dtype, seed):
+    shape, with_state, decay_scale, k_scale = WKV_CASES[case]
+    w, u, k, v, state = wkv_inputs(*shape, seed=seed, decay_scale=decay_scale, k_scale=k_scale, with_state=with_state)
+    inputs = [x.to(dtype) for x in (w, u, k, v, *(state or ()))]
+    outputs, gradients = grads(flat_wkv(WKV_FORMS[form]), inputs, seed)
+    want_outputs, want_gradients = grads(flat_wkv(wkv_direct), [x.double() for x in inputs], seed)
+    names = ["y", "num", "den", "max", "dw", "du", "dk", "dv", "dnum", "dden", "dmax"]
+    for name, got, want in zip(names, outputs + gradients, want_outputs + want_gradients, strict=False):
+        assert got.dtype == (dtype if name != "y" else k.to(dtype).dtype), name
+        assert rel_err(got, want) <= TOLERANCE[dtype], f"{name}: {rel_err(got, want):.2e}"
+
+
+def test_wkv_fresh_state_is_the_default():
+    w, u, k, v, _ = wkv_inputs(2, 5, 4, seed=0)
+    fresh = (torch.zeros(2, 4), torch.zeros(2, 4), torch.full((2, 4), -1e38))
+    for form in (wkv_sequential, wkv_scan):
+        y_default, state_default = form(w, u, k, v)
+        y_fresh, state_fresh = form(w, u, k, v, fresh)
+        assert torch.equal(y_default, y_fresh)
+        assert all(torch.equal(a, b) for a, b in zip(state_default, state_fresh, strict=True))
+
+
+def test_wkv_scan_output_is_the_sequential_definition_bit_for_bit(seed):
+    """The scan form runs the definition's float operations on the same values, vectorised."""
+    w, u, k, v, state = wkv_inputs(3, 17, 33, seed=seed, with_state=True)
+    y, new_state = wkv_scan(w, u, k, v, state)
+    y_def, state_def = wkv_sequential(w, u, k, v, state)
+    assert torch.equal(y, y_def)
+    assert all(torch.equal(a, b) for a, b in zip(new_state, state_def, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_wkv_reference_half_inputs_compute_in_fp32(dtype, seed):
+    """Half k, v: y comes back in their dtype, the state in fp32, within one rounding of y to that dtype."""
+    w, u, k, v, state = wkv_inputs(2, 9, 8, seed=seed, with_state=True, dtype=dtype)
+    y, new_state = wkv_torch(w, u, k, v, state)
+    want_y, want_state = wkv_direct(w, u, k, v, state)
+    assert y.dtype == dtype and all(s.dtype == torch.float32 for s in new_state)
+    assert rel_err(y, want_y) <= (1e-2 if dtype == torch.bfloat16 else 2e-3)
+    for got, want in zip(new_state, want_state, strict=True):
+        assert rel_err(got, want) <= 1e-5
+
+
+def flat_lif(fn, **options):
+    def run(x, v0=None):
+        return list(fn(x, v0, **options))
+
+    return run
+
+
+LIF_OPTIONS = {
+    "hard-atan": dict(reset="hard", surrogate="atan"),
+    "soft-sigmoid": dict(reset="soft", surrogate="sigmoid", alpha=4.0),
+    "hard-sigmoid-tau3": dict(reset="hard", surrogate="sigmoid", tau=3.0, threshold=0.5),
+    "soft-atan-tau1.5": dict(reset="soft", surrogate="atan", tau=1.5, threshold=0.8),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("with_v0", [False, True], ids=["v0-zero", "v0-given"])
+@pytest.mark.parametrize("options", LIF_OPTIONS)
+@pytest.mark.parametrize("form", [lif_sequential, lif_torch], ids=lambda f: f.__name__)
+def test_lif_reference_matches_direct_formula(form, options, with_v0, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(3, 17, 33, generator=g) * 1.5 + 0.5).to(dtype)
+    v0 = torch.randn(3, 33, generator=g).to(dtype) if with_v0 else None
+    opts = LIF_OPTIONS[options]
+    (spikes, v_last), gradients = grads(flat_lif(form, **opts), [x, v0], seed)
+    (want_spikes, want_v), want_gradients = grads(flat_lif(lif_direct, **opts), [x.double(), v0], seed)
+    assert spikes.dtype == dtype and v_last.dtype == dtype
+    assert torch.equal(spikes.double(), want_spikes)
+    assert 0 < spikes.mean() < 1
+    assert rel_err(v_last, want_v) <= TOLERANCE[dtype]
+    for got, want in zip(gradients, want_gradients, strict=True):
+        assert rel_err(got, want) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("tau", [2.0, 3.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_lif_torch_spikes_are_the_definition_bit_for_bit(tau, dtype, seed):
+    """Inputs on a coarse grid put many membranes exactly on the threshold, where only identical float
+    operations agree."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randint(-2, 7, (3, 40, 33), generator=g) * 0.5).to(dtype)
+    for reset in ("hard", "soft"):
+        spikes, v_last = lif_torch(x, None, tau, 1.0, reset)
+        want_spikes, want_v = lif_sequential(x, None, tau, 1.0, reset)
+        assert torch.equal(spikes, want_spikes) and torch.equal(v_last, want_v)
+
+
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_surrogate_grad_is_the_derivative_of_its_primitive(surrogate):
+    x = torch.linspace(-3, 3, 601, dtype=torch.float64, requires_grad=True)
+    (derivative,) = torch.autograd.grad(surrogate_primitive(x, surrogate, 2.5).sum(), x)
+    assert rel_err(surrogate_grad(x.detach(), surrogate, 2.5), derivative) <= 1e-12
+    spikes = spike(x, surrogate, 2.5)
+    assert torch.equal(spikes, (x >= 0).double())
+    (through_spike,) = torch.autograd.grad(spikes.sum(), x)
+    assert torch.equal(through_spike, surrogate_grad(x.detach(), surrogate, 2.5))
+
+
+def test_atan_surrogate_peak_is_alpha_over_two():
+    """SpikingJelly's ATan: the derivative at the threshold is alpha / 2."""
+    assert surrogate_grad(torch.zeros(1, dtype=torch.float64), "atan", 2.0).item() == pytest.approx(1.0)
+    assert surrogate_grad(torch.zeros(1, dtype=torch.float64), "sigmoid", 4.0).item() == pytest.approx(1.0)
+    assert math.isclose(surrogate_primitive(torch.zeros(1), "atan", 2.0).item(), 0.5)
