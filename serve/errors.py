@@ -55,17 +55,25 @@ def shutting_down() -> APIError:
     return APIError(503, "the server is shutting down", type="service_unavailable", code="server_shutdown")
 
 
+# names pydantic puts in an error's location for the branch of a union it tried, not for a field
+_UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none", "is-instance", "function-after"}
+
+
 def _pydantic_location(loc: tuple) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "body" and "[" not in part and part not in _UNION_BRANCHES:
+            out += f".{part}" if out else part
     return out
 
 
 def validation_error(errors: list[dict]) -> APIError:
-    """The first of pydantic's errors, as a 400 naming the field."""
-    first = errors[0]
-    param = _pydantic_location(tuple(p for p in first["loc"] if p != "body")) or None
+    """One of pydantic's errors, as a 400 naming the field: the deepest, which for a union is the branch that got
+    furthest (a list of content parts with a bad part, rather than "not a string")."""
+    first = max(errors, key=lambda e: len(e["loc"]))
+    param = _pydantic_location(first["loc"]) or None
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "json_invalid":
         return APIError(400, f"the request body is not valid JSON: {message}", code="invalid_json")

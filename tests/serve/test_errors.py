@@ -1,0 +1,166 @@
+"""Bad requests get a clear OpenAI-style error, the right status, and never a traceback; the server carries on."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from serve_helpers import TIMEOUT, run_server, tiny_settings
+
+OK = {"prompt": "Hi", "max_tokens": 2}
+CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+
+def check_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and "Traceback" not in error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"max_tokens": 2}, "prompt"),
+        ({**OK, "max_tokens": "5"}, "max_tokens"),  # wrong types are not coerced
+        ({**OK, "max_tokens": 2.0}, "max_tokens"),
+        ({**OK, "stream": "yes"}, "stream"),
+        ({**OK, "seed": 1.5}, "seed"),
+        ({**OK, "prompt": 5}, "prompt"),
+        ({**OK, "prompt": []}, "prompt"),
+        ({**OK, "prompt": [1, "a"]}, "prompt"),
+        ({**OK, "temperature": 3}, "temperature"),  # out of range
+        ({**OK, "top_p": 0}, "top_p"),
+        ({**OK, "n": 0}, "n"),
+        ({**OK, "n": 100}, "n"),
+        ({**OK, "max_tokens": 0}, "max_tokens"),
+        ({**OK, "max_tokens": 10**9}, "max_tokens"),  # over the server's cap
+        ({**OK, "logprobs": 50}, "logprobs"),
+        ({**OK, "presence_penalty": 5}, "presence_penalty"),
+        ({**OK, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({**OK, "stop": [""]}, "stop"),
+        ({**OK, "stream_options": {"include_usage": True}}, "stream_options"),
+        ({**OK, "logit_bias": {"5": 1.0}}, "logit_bias"),
+        ({**OK, "best_of": 3}, "best_of"),
+        ({**OK, "prompt": [99999]}, "prompt"),
+        ({**OK, "prompt": "x" * 5000}, "prompt"),  # over the server's prompt limit
+    ],
+)
+def test_bad_completion_requests_are_400(client, body, param):
+    check_error(client.post("/v1/completions", json=body), 400, param)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"max_tokens": 2}, "messages"),
+        ({**CHAT, "messages": []}, "messages"),
+        ({**CHAT, "messages": [{"role": "wizard", "content": "Hi"}]}, "messages[0].role"),
+        ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content[0].type"),
+        ({**CHAT, "top_logprobs": 2}, "top_logprobs"),
+        ({**CHAT, "tools": [{"type": "function"}]}, "tools"),
+        ({**CHAT, "response_format": {"type": "json_object"}}, "response_format.type"),
+    ],
+)
+def test_bad_chat_requests_are_400(client, body, param):
+    check_error(client.post("/v1/chat/completions", json=body), 400, param)
+
+
+def test_malformed_json_and_non_objects(client):
+    error = check_error(
+        client.post("/v1/completions", content=b'{"prompt": "Hi"', headers={"content-type": "application/json"}), 400
+    )
+    assert error["code"] == "invalid_json"
+    check_error(client.post("/v1/completions", json=[1, 2]), 400)
+    check_error(
+        client.post("/v1/chat/completions", content=b"\xff\xfe", headers={"content-type": "application/json"}), 400
+    )
+
+
+def test_unknown_model_is_404_and_unknown_path_is_404(client):
+    error = check_error(client.post("/v1/completions", json={**OK, "model": "gpt-17"}), 404, "model")
+    assert error["code"] == "model_not_found"
+    check_error(client.get("/v1/models/gpt-17"), 404)
+    check_error(client.get("/v1/nothing-here"), 404)
+    check_error(client.get("/v1/completions"), 405)
+
+
+def test_tokenize_and_detokenize_errors(client):
+    check_error(client.post("/tokenize", json={"prompt": "a", "messages": [{"role": "user", "content": "a"}]}), 400)
+    check_error(client.post("/detokenize", json={"tokens": [10**6]}), 400, "tokens")
+    assert client.post(
+        "/detokenize", json={"tokens": client.post("/tokenize", json={"prompt": "abc"}).json()["tokens"]}
+    ).json() == {"prompt": "abc"}
+
+
+def test_the_server_still_serves_after_bad_requests(client):
+    for _ in range(3):
+        client.post("/v1/completions", content=b"{", headers={"content-type": "application/json"})
+    assert client.post("/v1/completions", json=OK).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_model_dir):
+    """API key, CORS and a small body limit."""
+    settings = tiny_settings(
+        tiny_model_dir, api_key="sesame", cors_origins=("https://app.example",), max_body_bytes=512
+    )
+    with run_server(settings) as server:
+        yield server
+
+
+def test_api_key_guards_the_api_but_not_health_or_metrics(guarded):
+    with guarded.client() as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/metrics").status_code == 200
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Basic sesame"},
+            {"Authorization": "sesame"},
+        ):
+            error = check_error(client.post("/v1/completions", json=OK, headers=headers), 401)
+            assert error["code"] == "invalid_api_key"
+        check_error(client.get("/v1/models"), 401)
+        check_error(client.post("/tokenize", json={"prompt": "a"}), 401)
+        good = {"Authorization": "Bearer sesame"}
+        assert client.post("/v1/completions", json=OK, headers=good).status_code == 200
+        assert client.get("/v1/models", headers=good).status_code == 200
+
+
+def test_body_size_limit_is_413(guarded):
+    good = {"Authorization": "Bearer sesame"}
+    with guarded.client(headers=good) as client:
+        error = check_error(client.post("/v1/completions", json={**OK, "prompt": "a" * 1000}), 413)
+        assert error["code"] == "request_too_large"
+
+        def chunks():  # no Content-Length: the limit applies as the body arrives
+            for _ in range(10):
+                yield b" " * 100
+
+        check_error(client.post("/v1/completions", content=chunks()), 413)
+        assert client.post("/v1/completions", json=OK).status_code == 200
+
+
+def test_cors(guarded):
+    with httpx.Client(base_url=guarded.url, timeout=TIMEOUT) as client:
+        preflight = client.options(
+            "/v1/chat/completions",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        response = client.post(
+            "/v1/completions", json=OK, headers={"Origin": "https://app.example", "Authorization": "Bearer sesame"}
+        )
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
+        other = client.get("/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
