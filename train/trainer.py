@@ -140,11 +140,14 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainSummary:
     from accelerate.utils import set_seed
 
     cfg.run_length_given()
-    accelerator = Accelerator(mixed_precision=ACCELERATE_PRECISION[cfg.precision], cpu=cfg.cpu)
+    # accelerate only forms a multi-process CPU group (gloo) when told it runs on the CPU
+    cpu = cfg.cpu or not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=ACCELERATE_PRECISION[cfg.precision], cpu=cpu)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     output_dir = Path(cfg.output_dir)
     resume_from = resolve_resume(cfg.resume, output_dir) if cfg.resume else None
     source = _model_source(cfg, resume_from)
+    logger.info("process %d of %d on %s (%s)", rank, world, accelerator.device, accelerator.distributed_type)
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)  # the same initial weights on every process

@@ -30,12 +30,6 @@ from spikegpt.tokenizer import char_tokenizer
 DOCS = ["First doc: to be, or not to be.\n", "Second, shorter.\n", "Third one; the last!\n"]
 
 
-@pytest.fixture(autouse=True)
-def offline_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-
-
 @pytest.fixture
 def tokenizer():
     return char_tokenizer(ALPHABET)
