@@ -23,6 +23,7 @@ from spikegpt.train.data import (
     token_stream,
     tokenize_split,
 )
+from train_helpers import offline  # noqa: F401 (offline is an autouse fixture)
 
 from spikegpt.errors import DatasetError
 from spikegpt.tokenizer import char_tokenizer

@@ -1,9 +1,12 @@
-"""Helpers of the training tests: a corpus the tests write and tiny run options."""
+"""Helpers of the training tests: a corpus the tests write, tiny run options, and the ``offline`` fixture every
+training test module imports (autouse: no network, a private datasets cache, a fresh accelerate state)."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+
+import pytest
 
 WORDS = [
     "to", "be", "or", "not", "that", "is", "the", "question",
@@ -50,3 +53,16 @@ def tiny_run_args(dataset: Path, output_dir: Path, **overrides) -> list[str]:
         elif value is not None:
             args += [flag, str(value)]
     return args
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No network, a private datasets cache, and a fresh accelerate state for each in-process run."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
