@@ -28,7 +28,7 @@ FLAGS = {
         dict(metavar="NAME"),
     ),
     "--host": ("address to listen on", DEFAULTS.host, {}),
-    "--port": ("port to listen on", DEFAULTS.port, dict(type=int)),
+    "--port": ("port to listen on; 0 lets the system pick a free one", DEFAULTS.port, dict(type=int)),
     "--max-batch": (
         "sequences decoded together in one batched step; more wait in the queue",
         DEFAULTS.max_batch,

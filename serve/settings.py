@@ -48,11 +48,13 @@ class ServeSettings:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        at_least_one = ("port", "max_batch", "max_prompt_tokens", "max_tokens_cap", "max_body_bytes", "threads")
+        at_least_one = ("max_batch", "max_prompt_tokens", "max_tokens_cap", "max_body_bytes", "threads")
         for name in at_least_one:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"{name} must be at least 1, got {value}")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port must be in [0, 65535] (0: any free port), got {self.port}")
         if self.max_queue < 0:
             raise SettingsError(f"max_queue must be 0 or more, got {self.max_queue}")
         if self.shutdown_grace < 0:

@@ -1,0 +1,123 @@
+"""``spikegpt serve`` as a user runs it: flags and variables, a failed start, and a graceful shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from spikegpt.serve.cli import FLAGS, settings_from_args
+
+from spikegpt.cli import build_parser, main
+
+SPIKEGPT = str(Path(sys.executable).with_name("spikegpt"))
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for flag in [*FLAGS, "--model", "--device", "--dtype"]:
+        assert flag in out
+    assert "SPIKEGPT_API_KEY" in out
+
+
+def test_flags_beat_variables_beat_defaults(monkeypatch):
+    monkeypatch.setenv("SPIKEGPT_MAX_BATCH", "8")
+    monkeypatch.setenv("SPIKEGPT_API_KEY", "from-env")
+    monkeypatch.setenv("SPIKEGPT_CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("SPIKEGPT_BATCH_INVARIANT", "false")
+    args = build_parser().parse_args(["serve", "--max-batch", "4", "--port", "9001"])
+    settings = settings_from_args(args)
+    assert settings.max_batch == 4 and settings.port == 9001  # flags
+    assert settings.api_key == "from-env" and settings.batch_invariant is False  # variables
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.max_queue == 64 and settings.device == "cpu"  # defaults
+
+
+def test_a_bad_variable_is_a_clear_error(monkeypatch):
+    from spikegpt.serve.settings import ServeSettings, SettingsError
+
+    monkeypatch.setenv("SPIKEGPT_MAX_BATCH", "lots")
+    with pytest.raises(SettingsError, match="SPIKEGPT_MAX_BATCH"):
+        ServeSettings.from_env()
+
+
+class ServerProcess:
+    """``spikegpt serve`` in a subprocess on a port the OS picks (read back from its log)."""
+
+    def __init__(self, *args: str):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        command = [SPIKEGPT, "serve", "--port", "0", "--threads", "1", "--no-access-log", *args]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+        self.log: list[str] = []
+        self.started = threading.Event()
+        self.url = None
+        threading.Thread(target=self._read_log, daemon=True).start()
+
+    def _read_log(self) -> None:
+        for line in self.process.stderr:
+            self.log.append(line)
+            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                self.url = found.group(1)
+                self.started.set()
+
+    def wait_ready(self, timeout: float = 120) -> str:
+        assert self.started.wait(timeout), "".join(self.log)
+        deadline = time.monotonic() + timeout
+        while httpx.get(self.url + "/health", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "".join(self.log)
+            time.sleep(0.05)
+        return self.url
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+
+
+def test_a_model_that_cannot_load_exits_1_with_one_line():
+    result = subprocess.run(
+        [SPIKEGPT, "serve", "--model", "/no/such/model", "--port", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "spikegpt serve: error: /no/such/model: no such model directory" in result.stderr
+
+
+def test_sigterm_lets_short_streams_finish_and_ends_long_ones_cleanly(tiny_model_dir):
+    server = ServerProcess("--model", str(tiny_model_dir), "--shutdown-grace", "5", "--max-tokens-cap", "100000")
+    try:
+        url = server.wait_ready()
+        with httpx.Client(base_url=url, timeout=30) as a, httpx.Client(base_url=url, timeout=30) as b:
+            endless = {"prompt": "Hi", "max_tokens": 100_000, "ignore_eos": True, "stream": True}
+            short = {"prompt": "Hi", "max_tokens": 20, "ignore_eos": True, "stream": True}
+            with a.stream("POST", "/v1/completions", json=endless) as long_stream:
+                assert long_stream.status_code == 200
+                long_lines = long_stream.iter_lines()
+                next(long_lines)
+                with b.stream("POST", "/v1/completions", json=short) as short_stream:
+                    assert short_stream.status_code == 200
+                    server.process.send_signal(signal.SIGTERM)
+                    short_events = [line for line in short_stream.iter_lines() if line]
+                long_events = [line for line in long_lines if line]
+        assert short_events[-1] == "data: [DONE]"
+        assert json.loads(short_events[-2].removeprefix("data: "))["choices"][0]["finish_reason"] == "length"
+        assert long_events[-1] == "data: [DONE]"
+        error = json.loads(long_events[-2].removeprefix("data: "))["error"]
+        assert error["code"] == "server_shutdown"
+        # uvicorn re-raises the signal once it has shut down
+        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert not any("Traceback" in line for line in server.log), "".join(server.log)
+    finally:
+        server.stop()
