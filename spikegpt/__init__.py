@@ -6,8 +6,17 @@ Importing the package registers ``SpikeGPTConfig`` and the models with ``AutoCon
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .checkpoint import default_model_path
 from .config import SpikeGPTConfig
-from .errors import CheckpointError, ConfigError, GenerationError, SpikeGPTError, TokenizerError
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    GenerationError,
+    SpikeGPTError,
+    TokenizerError,
+    TrainingError,
+)
 from .model import SpikeGPTCausalLMOutput, SpikeGPTForCausalLM, SpikeGPTModel
 from .state import RecurrentState
 from .stats import SpikeStats
@@ -17,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "DatasetError",
     "GenerationError",
     "RecurrentState",
     "SpikeGPTCausalLMOutput",
@@ -26,6 +36,8 @@ __all__ = [
     "SpikeGPTModel",
     "SpikeStats",
     "TokenizerError",
+    "TrainingError",
+    "default_model_path",
 ]
 
 AutoConfig.register("spikegpt", SpikeGPTConfig, exist_ok=True)
