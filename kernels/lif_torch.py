@@ -45,6 +45,13 @@ def _initial_membrane(x: torch.Tensor, v0: torch.Tensor | None) -> torch.Tensor:
     return v0.to(_compute_dtype(x))
 
 
+def lif_step(v, x_t, inv_tau: float, threshold: float, reset: str, surrogate: str, alpha: float):
+    """One token: charge membrane ``v`` [B, C] with ``x_t``, spike, reset. Returns (spikes, new membrane)."""
+    h = v + (x_t - v) * inv_tau
+    s = spike(h - threshold, surrogate, alpha)
+    return s, (h * (1 - s) if reset == "hard" else h - s * threshold)
+
+
 def lif_sequential(
     x: torch.Tensor,
     v0: torch.Tensor | None = None,
@@ -53,19 +60,20 @@ def lif_sequential(
     reset: str = "hard",
     surrogate: str = "atan",
     alpha: float = 2.0,
+    *,
+    step=lif_step,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The definition: a loop over t, differentiated by autograd. Returns (spikes [B, T, C], v_last [B, C]).
+    """The definition: ``step`` for each token, differentiated by autograd. Returns (spikes [B, T, C],
+    v_last [B, C]). The membrane is fp32 (fp64 for fp64 inputs); spikes have the dtype of ``x``.
 
-    The membrane is fp32 (fp64 for fp64 inputs); spikes have the dtype of ``x``.
+    ``step`` is ``lif_step`` or a function computing the same (``bench/kernels.py`` passes a compiled one).
     """
     check_lif_args(x, v0, tau, reset, surrogate)
     inv_tau = 1.0 / tau
     v = _initial_membrane(x, v0)
     spikes = []
     for t in range(x.shape[1]):
-        h = v + (x[:, t].to(v.dtype) - v) * inv_tau
-        s = spike(h - threshold, surrogate, alpha)
-        v = h * (1 - s) if reset == "hard" else h - s * threshold
+        s, v = step(v, x[:, t].to(v.dtype), inv_tau, threshold, reset, surrogate, alpha)
         spikes.append(s)
     return torch.stack(spikes, dim=1).to(x.dtype), v
 

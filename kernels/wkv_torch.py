@@ -90,13 +90,16 @@ def wkv_step(w, u, k_t, v_t, num, den, mx):
     return y, e1 * num + e2 * v_t, e1 * den + e2, p
 
 
-def wkv_sequential(w, u, k, v, state: State | None = None) -> tuple[torch.Tensor, State]:
-    """The definition: one stable step per token. Returns (y [B, T, C], new state)."""
+def wkv_sequential(w, u, k, v, state: State | None = None, *, step=wkv_step) -> tuple[torch.Tensor, State]:
+    """The definition: one stable step per token. Returns (y [B, T, C], new state).
+
+    ``step`` is ``wkv_step`` or a function computing the same (``bench/kernels.py`` passes a compiled one).
+    """
     check_wkv_args(w, u, k, v, state)
     w, u, kk, vv, num, den, mx = _prepare(w, u, k, v, state)
     ys = []
     for t in range(kk.shape[1]):
-        y, num, den, mx = wkv_step(w, u, kk[:, t], vv[:, t], num, den, mx)
+        y, num, den, mx = step(w, u, kk[:, t], vv[:, t], num, den, mx)
         ys.append(y)
     y = torch.stack(ys, dim=1) if ys else kk.new_zeros(kk.shape)
     return y.to(k.dtype), _as_state(num, den, mx)
