@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import shlex
-import sys
 import types
 import typing
 from pathlib import Path
@@ -94,7 +93,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
             continue
         group = groups.get(field.name, group)
         _add_config_flag(group, field)
-    parser.set_defaults(run=run_train)
+    parser.set_defaults(run=run_train, train_parser=parser)
     return parser
 
 
@@ -110,15 +109,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return make_config(file_values, values, source)
 
 
-def _command_line() -> str:
-    program = "spikegpt" if Path(sys.argv[0]).name == "spikegpt" else "accelerate launch -m spikegpt.train"
-    return shlex.join([program, *sys.argv[1:]]) if program == "spikegpt" else f"{program} {shlex.join(sys.argv[1:])}"
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The ``spikegpt train`` command that repeats this run's options (for the model card), however it was launched."""
+    words, done = ["spikegpt", "train"], set()
+    given = vars(args)
+    for action in parser._actions:
+        if not action.option_strings or action.dest not in given or action.dest in done or action.const == "bpe":
+            continue
+        done.add(action.dest)
+        value = given[action.dest]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            words.append(action.option_strings[0] if value else action.option_strings[1])
+        elif isinstance(value, list | tuple):
+            words += [action.option_strings[0], *map(str, value)]
+        else:
+            words += [action.option_strings[0], str(value)]
+    return shlex.join(words)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from .trainer import train
 
-    summary = train(config_from_args(args), command=_command_line())
+    summary = train(config_from_args(args), command=command_line(args.train_parser, args))
     if summary.evaluation is not None:
         print(json.dumps({"output_dir": str(summary.output_dir), **summary.evaluation.to_dict()}))
     return 0

@@ -325,7 +325,7 @@ def training_data(corpus: Corpus, tokenizer, options, ctx_len: int, rank: int = 
         )
         batches = BlockBatches(pack(streams.train, ctx_len), options.batch_size, options.seed, rank, world)
         validation = pack(streams.validation, ctx_len) if streams.validation is not None else None
-        return TrainingData(batches, validation)
+        return TrainingData(batches, validation if validation is not None and len(validation) else None)
     train = corpus.split(options.train_split)
     _check_text_field(corpus, train)
     field, separator = corpus.source.text_field, _separator(corpus, tokenizer)

@@ -83,11 +83,11 @@ def build_model(cfg: TrainConfig, tokenizer, source: str | None) -> SpikeGPTForC
     return model
 
 
-def _shared_tokenizer(accelerator, cfg: TrainConfig, corpus, source: str | None, output_dir: Path):
-    """The run's tokenizer, resolved once by the main process and read back by the others (a learnt vocabulary
-    must be the same on every process)."""
-    if source is not None and cfg.tokenizer is None:
-        return load_tokenizer(source)
+def _shared_tokenizer(accelerator, cfg: TrainConfig, corpus, resume_from: Path | None, output_dir: Path):
+    """The run's tokenizer: a resumed run's own; otherwise resolved once by the main process and read back by the
+    others (a learnt vocabulary must be the same on every process)."""
+    if resume_from is not None:
+        return load_tokenizer(resume_from)
     shared = output_dir / SHARED_TOKENIZER
     if accelerator.is_main_process:
         tokenizer = resolve_tokenizer(cfg.tokenizer, cfg.init_from, corpus, cfg.train_split, cfg.vocab_size)
@@ -157,7 +157,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> TrainSummary:
         if not cfg.dataset:
             raise TrainingError("say what to train on: --dataset (a Hub name or a local file, directory or glob)")
         corpus = load_corpus(data_source)
-    tokenizer = _shared_tokenizer(accelerator, cfg, corpus, source, output_dir)
+    tokenizer = _shared_tokenizer(accelerator, cfg, corpus, resume_from, output_dir)
     model = build_model(cfg, tokenizer, source)
     ctx_len = model.config.ctx_len
     with accelerator.main_process_first():

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import shlex
 
 import pytest
 import torch
 from conftest import lively_weights_, tiny_config
-from spikegpt.train.cli import SHIPPED, config_from_args
+from spikegpt.train.cli import SHIPPED, command_line, config_from_args
 from spikegpt.train.config import TrainConfig, default_config_path, make_config, read_config_file
 from spikegpt.train.schedule import learning_rate, lif_threshold
 from spikegpt.train.trainer import l2wrap_penalty
@@ -33,6 +34,18 @@ def test_flags_override_the_config_file(tmp_path):
     json_path = tmp_path / "run.json"
     json_path.write_text('{"lr": 0.003, "model": {"ctx_len": 32}}')
     assert parse("--config", str(json_path)).fresh_model_fields()["ctx_len"] == 32
+
+
+def test_the_recorded_command_repeats_the_run(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 0.002\n")
+    argv = ["train", "--config", str(path), "--n-layer", "3", "--no-spiking", "--train-tokenizer"]
+    argv += ["--adam-betas", "0.8", "0.9", "--resume", "--max-steps", "5"]
+    args = build_parser().parse_args(argv)
+    command = command_line(args.train_parser, args)
+    assert command.startswith("spikegpt train ")
+    again = build_parser().parse_args(shlex.split(command)[1:])
+    assert config_from_args(again) == config_from_args(args)
 
 
 def test_bad_options_are_named(tmp_path):
