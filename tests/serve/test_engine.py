@@ -1,0 +1,102 @@
+"""The serving core without HTTP: the batched sampler's filters and seeds, and the engine's slots and aborts."""
+
+from __future__ import annotations
+
+import torch
+
+from spikegpt.checkpoint import load_model
+from spikegpt.engine import Engine, GenerationRequest
+from spikegpt.sampling import BatchSampler, SamplingParams
+
+VOCAB = 12
+
+
+def logits(rows: int = 4) -> torch.Tensor:
+    """Every row the same distribution with a clear order: token i has logit i / 2."""
+    return (torch.arange(VOCAB, dtype=torch.float32) / 2).repeat(rows, 1)
+
+
+def draws(params: SamplingParams, neighbours: SamplingParams, n: int = 200, row: int = 1) -> list[int]:
+    """n tokens of ``row`` sampled under ``params`` while every other row uses ``neighbours``."""
+    sampler = BatchSampler(4, VOCAB, "cpu")
+    for r in range(4):
+        sampler.start(r, params if r == row else neighbours, [])
+    return [sampler.sample(logits(), [0, 1, 2, 3])[1][row].token_id for _ in range(n)]
+
+
+def test_greedy_takes_the_most_likely_token():
+    assert set(draws(SamplingParams(temperature=0), SamplingParams(seed=1))) == {VOCAB - 1}
+
+
+def test_top_k_top_p_and_min_p_keep_only_the_likely_tokens():
+    assert set(draws(SamplingParams(top_k=3, seed=2), SamplingParams(seed=1))) == {9, 10, 11}
+    # probabilities of the top tokens: 0.39, 0.24, 0.15, 0.09 ...: top_p keeps up to the token that crosses it
+    assert set(draws(SamplingParams(top_p=0.6, seed=3), SamplingParams(seed=1))) == {10, 11}
+    assert set(draws(SamplingParams(top_p=0.7, seed=3), SamplingParams(seed=1))) == {9, 10, 11}
+    # min_p 0.3: tokens at least 0.3 times as likely as the best (e^-1 = 0.37 for the second, e^-1.5 for the third)
+    assert set(draws(SamplingParams(min_p=0.3, seed=4), SamplingParams(seed=1))) == {10, 11}
+
+
+def test_a_row_does_not_depend_on_its_neighbours():
+    mine = SamplingParams(temperature=0.9, top_p=0.95, seed=7)
+    alone = draws(mine, SamplingParams(temperature=0))
+    busy = draws(mine, SamplingParams(temperature=1.7, top_k=2, min_p=0.1, repetition_penalty=2.0, seed=3))
+    assert alone == busy
+
+
+def test_same_seed_same_draws_and_full_distribution_is_used():
+    a = draws(SamplingParams(seed=5), SamplingParams(seed=1), n=500)
+    assert a == draws(SamplingParams(seed=5), SamplingParams(seed=2), n=500)
+    assert a != draws(SamplingParams(seed=6), SamplingParams(seed=1), n=500)
+    assert len(set(a)) >= 8  # temperature 1 without filters reaches unlikely tokens too
+
+
+def test_penalties_push_away_from_repeated_tokens():
+    sampler = BatchSampler(1, VOCAB, "cpu")
+    sampler.start(0, SamplingParams(temperature=0, repetition_penalty=10.0), [VOCAB - 1])
+    assert sampler.sample(logits(1), [0])[1][0].token_id == VOCAB - 2  # the prompt's token is penalised
+    sampler.start(0, SamplingParams(temperature=0, frequency_penalty=2.0), [])
+    tokens = [sampler.sample(logits(1), [0])[1][0].token_id for _ in range(3)]
+    assert tokens[0] == VOCAB - 1 and tokens[1] != VOCAB - 1  # once said, the best token drops by 2
+
+
+def test_logprobs_are_of_the_raw_distribution():
+    sampler = BatchSampler(2, VOCAB, "cpu")
+    sampler.start(0, SamplingParams(temperature=0, logprobs=2), [])
+    sampler.start(1, SamplingParams(temperature=0), [])
+    _, (with_logprobs, without) = sampler.sample(logits(2), [0, 1])
+    expected = torch.log_softmax(logits(1)[0], dim=-1)
+    assert with_logprobs.logprob == float(expected[VOCAB - 1])
+    assert [t for t, _ in with_logprobs.top_logprobs] == [VOCAB - 1, VOCAB - 2]
+    assert without.logprob is None and without.top_logprobs == []
+
+
+def run(engine: Engine, requests: list[GenerationRequest], abort_after: dict[str, int] | None = None) -> dict:
+    """Drive the engine to the end; returns each request's (text, finish reason)."""
+    for request in requests:
+        engine.submit(request)
+    out = {r.request_id: ["", None] for r in requests}
+    steps = 0
+    while engine.has_work():
+        for event in engine.step():
+            out[event.request_id][0] += event.text
+            if event.finish_reason:
+                out[event.request_id][1] = event.finish_reason
+        steps += 1
+        for request_id, at in (abort_after or {}).items():
+            if steps == at:
+                engine.abort(request_id)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def test_engine_aborts_queued_and_running_requests_and_reuses_slots(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir)
+    engine = Engine(model, tokenizer, max_batch=1)
+    params = SamplingParams(max_tokens=50, ignore_eos=True, seed=1)
+    ids = tokenizer.encode("Hello")
+    requests = [GenerationRequest(name, ids, params) for name in ("running", "queued", "after")]
+    result = run(engine, requests, abort_after={"running": 3, "queued": 1})
+    assert result["running"][1] == "abort" and result["queued"] == ("", "abort")
+    assert result["after"][1] == "length"
+    # a fresh state per request: the request served after others equals the same request served first
+    assert run(Engine(model, tokenizer, max_batch=1), [requests[2]])["after"] == result["after"]
