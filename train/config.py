@@ -78,9 +78,10 @@ class TrainConfig:
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on weight matrices"})
     adam_betas: tuple[float, float] = field(default=(0.9, 0.99), metadata={"help": "Adam beta1 and beta2"})
-    # The original uses eps 4e-9; in fp32 that lets a parameter with a vanishing second moment take steps of ~lr
-    # from tiny gradients, so the default here is 1e-8 (torch's), and 4e-9 remains a choice.
-    adam_eps: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
+    # The original's eps 4e-9 is representable in fp32 (and harmless next to torch's 1e-8); accelerate's mixed
+    # precision keeps fp32 parameters and so fp32 Adam moments. Only a pure fp16 optimizer state would turn it into 0
+    # (fp16's smallest subnormal is 6e-8).
+    adam_eps: float = field(default=4e-9, metadata={"help": "Adam epsilon (the original's)"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this; 0 = off"})
     precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or fp16 (mixed precision via accelerate)"})
     export_dtype: str = field(
