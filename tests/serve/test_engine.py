@@ -33,8 +33,9 @@ def test_top_k_top_p_and_min_p_keep_only_the_likely_tokens():
     # probabilities of the top tokens: 0.39, 0.24, 0.15, 0.09 ...: top_p keeps up to the token that crosses it
     assert set(draws(SamplingParams(top_p=0.6, seed=3), SamplingParams(seed=1))) == {10, 11}
     assert set(draws(SamplingParams(top_p=0.7, seed=3), SamplingParams(seed=1))) == {9, 10, 11}
-    # min_p 0.3: tokens at least 0.3 times as likely as the best (e^-1 = 0.37 for the second, e^-1.5 for the third)
-    assert set(draws(SamplingParams(min_p=0.3, seed=4), SamplingParams(seed=1))) == {10, 11}
+    # min_p: tokens at least min_p times as likely as the best (e^-0.5 = 0.61, e^-1 = 0.37, e^-1.5 = 0.22 ...)
+    assert set(draws(SamplingParams(min_p=0.5, seed=4), SamplingParams(seed=1))) == {10, 11}
+    assert set(draws(SamplingParams(min_p=0.3, seed=4), SamplingParams(seed=1))) == {9, 10, 11}
 
 
 def test_a_row_does_not_depend_on_its_neighbours():
