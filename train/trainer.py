@@ -64,6 +64,7 @@ def l2wrap_penalty(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _model_source(cfg: TrainConfig, resume_from: Path | None) -> str | None:
+    """Where the weights come from: the checkpoint being resumed, ``--init-from``, or nowhere (a fresh model)."""
     return str(resume_from) if resume_from is not None else cfg.init_from
 
 
@@ -134,184 +135,207 @@ def _eval_record(step: int, tokens: int, result: EvalResult) -> dict:
     return {"step": step, "tokens": tokens, **{f"val_{k}": v for k, v in result.to_dict().items() if v is not None}}
 
 
-def train(cfg: TrainConfig, command: str | None = None) -> TrainSummary:
-    """Run training as ``cfg`` says; returns what it did. Every process of an ``accelerate launch`` calls this."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+class Trainer:
+    """One training run: set up from a ``TrainConfig`` (resuming when asked), then ``run()``. Every process of an
+    ``accelerate launch`` builds its own."""
 
-    cfg.run_length_given()
-    # accelerate only forms a multi-process CPU group (gloo) when told it runs on the CPU
-    cpu = cfg.cpu or not torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=ACCELERATE_PRECISION[cfg.precision], cpu=cpu)
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
-    output_dir = Path(cfg.output_dir)
-    resume_from = resolve_resume(cfg.resume, output_dir) if cfg.resume else None
-    source = _model_source(cfg, resume_from)
-    logger.info("process %d of %d on %s (%s)", rank, world, accelerator.device, accelerator.distributed_type)
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(cfg.seed)  # the same initial weights on every process
+    def __init__(self, cfg: TrainConfig, command: str | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
 
-    with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
-        data_source = DataSource(cfg.dataset or "", cfg.dataset_config, cfg.text_field, cfg.cache_dir, cfg.streaming)
+        cfg.run_length_given()
         if not cfg.dataset:
             raise TrainingError("say what to train on: --dataset (a Hub name or a local file, directory or glob)")
-        corpus = load_corpus(data_source)
-    tokenizer = _shared_tokenizer(accelerator, cfg, corpus, resume_from, output_dir)
-    model = build_model(cfg, tokenizer, source)
-    ctx_len = model.config.ctx_len
-    with accelerator.main_process_first():
-        data = training_data(corpus, tokenizer, cfg, ctx_len, rank, world)
-    eval_set = make_eval_set(data.validation, tokenizer, cfg.eval_max_blocks) if data.validation is not None else None
-    n_params = sum(p.numel() for p in model.parameters())
+        self.cfg, self.command = cfg, command
+        # accelerate only forms a multi-process CPU group (gloo) when told it runs on the CPU
+        cpu = cfg.cpu or not torch.cuda.is_available()
+        self.accelerator = accelerator = Accelerator(mixed_precision=ACCELERATE_PRECISION[cfg.precision], cpu=cpu)
+        self.main, rank, self.world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+        self.output_dir = Path(cfg.output_dir)
+        resume_from = resolve_resume(cfg.resume, self.output_dir) if cfg.resume else None
+        logger.info("process %d of %d on %s (%s)", rank, self.world, accelerator.device, accelerator.distributed_type)
+        if self.main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        set_seed(cfg.seed)  # the same initial weights on every process
 
-    optimizer = _optimizer(model, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-    device = accelerator.device
-
-    tokens_per_step = cfg.batch_size * ctx_len * cfg.grad_accum * world
-    total_steps = _total_steps(cfg, tokens_per_step)
-    decay_steps = cfg.lr_decay_steps or total_steps
-    step, tokens_seen, elapsed_before = 0, 0, 0.0
-    threshold_target = unwrapped.config.lif_threshold
-    if resume_from is not None:
-        state = load_trainer_state(resume_from)
-        step, tokens_seen, elapsed_before = state["step"], state["tokens"], state["wall_time_s"]
-        threshold_target = state["lif_threshold_target"]
-        if state["world_size"] != world:
-            logger.warning(
-                "resuming a %d-process run with %d processes: data order changes", state["world_size"], world
-            )
-        optimizer.load_state_dict(load_optimizer_state(resume_from))
-        _restore_rank_state(load_rank_state(resume_from, rank), data.batches)
-        logger.info("resumed from %s at step %d", resume_from, step)
-    else:
-        set_seed(cfg.seed + 1 + rank)  # dropout differs across processes
-
-    if main:
-        logger.info(
-            "model: %.2fM parameters, %d layers x %d, ctx %d, vocab %d, spiking %s; %d processes on %s; "
-            "%d tokens per step, %d steps",
-            n_params / 1e6, unwrapped.config.n_layer, unwrapped.config.n_embd, ctx_len, unwrapped.config.vocab_size,
-            unwrapped.config.spiking, world, device, tokens_per_step, total_steps,
-        )  # fmt: skip
-    metrics = MetricsLog(output_dir, resume_step=step if resume_from is not None else None) if main else None
-
-    def checkpoint(evaluation: EvalResult | None) -> None:
-        trainer_state = {
-            "step": step,
-            "tokens": tokens_seen,
-            "wall_time_s": elapsed_before + time.perf_counter() - started,
-            "world_size": world,
-            "lif_threshold_target": threshold_target,
-            "config": cfg.to_dict(),
-            "command": command,
-            "validation": evaluation.to_dict() if evaluation is not None else None,
-        }
-        save_checkpoint(
-            accelerator,
-            model,
-            tokenizer,
-            optimizer,
-            trainer_state,
-            _rank_state(data.batches),
-            output_dir,
-            cfg.keep_last,
+        with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
+            source = DataSource(cfg.dataset, cfg.dataset_config, cfg.text_field, cfg.cache_dir, cfg.streaming)
+            corpus = load_corpus(source)
+        self.tokenizer = _shared_tokenizer(accelerator, cfg, corpus, resume_from, self.output_dir)
+        model = build_model(cfg, self.tokenizer, _model_source(cfg, resume_from))
+        self.ctx_len = model.config.ctx_len
+        with accelerator.main_process_first():
+            self.data = training_data(corpus, self.tokenizer, cfg, self.ctx_len, rank, self.world)
+        validation = self.data.validation
+        self.eval_set = (
+            make_eval_set(validation, self.tokenizer, cfg.eval_max_blocks) if validation is not None else None
         )
+        n_params = sum(p.numel() for p in model.parameters())
 
-    def run_eval() -> EvalResult | None:
-        if eval_set is None:
-            return None
-        result = evaluate(unwrapped, eval_set, cfg.batch_size, accelerator=accelerator)
-        if main:
-            metrics.write(_eval_record(step, tokens_seen, result), prefix="eval")
+        self.model, self.optimizer = accelerator.prepare(model, _optimizer(model, cfg))
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.tokens_per_step = cfg.batch_size * self.ctx_len * cfg.grad_accum * self.world
+        self.total_steps = _total_steps(cfg, self.tokens_per_step)
+        self.decay_steps = cfg.lr_decay_steps or self.total_steps
+        self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
+        self.threshold_target = self.unwrapped.config.lif_threshold
+        if resume_from is not None:
+            self._restore(resume_from, rank)
+        else:
+            set_seed(cfg.seed + 1 + rank)  # dropout differs across processes
+        if self.main:
+            config = self.unwrapped.config
             logger.info(
-                "step %d: validation loss %.4f, %.4f bits/byte, firing rate %.4f",
-                step, result.loss, result.bits_per_byte, result.firing_rate,
+                "model: %.2fM parameters, %d layers x %d, ctx %d, vocab %d, spiking %s; %d processes on %s; "
+                "%d tokens per step, %d steps",
+                n_params / 1e6, config.n_layer, config.n_embd, self.ctx_len, config.vocab_size, config.spiking,
+                self.world, accelerator.device, self.tokens_per_step, self.total_steps,
             )  # fmt: skip
+        resume_step = self.step if resume_from is not None else None
+        self.metrics = MetricsLog(self.output_dir, resume_step=resume_step) if self.main else None
+        self.started = time.perf_counter()
+
+    def _restore(self, checkpoint: Path, rank: int) -> None:
+        state = load_trainer_state(checkpoint)
+        self.step, self.tokens_seen, self.elapsed_before = state["step"], state["tokens"], state["wall_time_s"]
+        self.threshold_target = state["lif_threshold_target"]
+        if state["world_size"] != self.world:
+            logger.warning("resuming a %d-process run with %d processes: the data order changes", state["world_size"],
+                           self.world)  # fmt: skip
+        self.optimizer.load_state_dict(load_optimizer_state(checkpoint))
+        _restore_rank_state(load_rank_state(checkpoint, rank), self.data.batches)
+        logger.info("resumed from %s at step %d", checkpoint, self.step)
+
+    def wall_time(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def run(self) -> TrainSummary:
+        cfg, accelerator, model = self.cfg, self.accelerator, self.model
+        batches = iter(self.data.batches)
+        window = _Window(self.unwrapped, accelerator.device)
+        evaluation = None
+        progress = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
+                        disable=not self.main, mininterval=2.0)  # fmt: skip
+        model.train()
+        while self.step < self.total_steps:
+            lr = learning_rate(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, self.decay_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.unwrapped.config.lif_threshold = lif_threshold(
+                self.step, cfg.threshold_start, self.threshold_target, cfg.threshold_anneal_steps
+            )
+            for micro in range(cfg.grad_accum):
+                self._micro_step(next(batches), sync=micro == cfg.grad_accum - 1, window=window)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.tokens_seen += self.tokens_per_step
+            window.steps += 1
+            progress.update(1)
+            last = self.step == self.total_steps
+            if self.step % cfg.log_interval == 0 or last:
+                self._log(window, lr, grad_norm, progress)
+                window = _Window(self.unwrapped, accelerator.device)
+            if last or (cfg.eval_interval and self.step % cfg.eval_interval == 0):
+                evaluation = self.evaluate()
+            if last or (cfg.save_interval and self.step % cfg.save_interval == 0):
+                self._save(evaluation)
+        progress.close()
+        return self._finish(evaluation)
+
+    def _micro_step(self, block: np.ndarray, sync: bool, window: _Window) -> None:
+        """Forward and backward of one micro-batch; gradients are all-reduced only when ``sync``."""
+        accelerator, cfg = self.accelerator, self.cfg
+        ids = torch.from_numpy(block.astype(np.int64)).to(accelerator.device)
+        inputs, targets = ids[:, :-1].clamp(min=0), ids[:, 1:]  # a PAD input's own target is PAD: ignored
+        with nullcontext() if sync else accelerator.no_sync(self.model), accelerator.autocast():
+            out = self.model(inputs, output_spike_stats=True)
+            logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
+            loss = F.cross_entropy(logits, targets.reshape(-1), ignore_index=PAD)
+            objective = loss + l2wrap_penalty(out.logits) if cfg.l2wrap else loss
+        accelerator.backward(objective / cfg.grad_accum)
+        window.loss_sum += loss.detach() / cfg.grad_accum
+        window.spikes.add(out.spike_stats)
+
+    def _log(self, window: _Window, lr: float, grad_norm, progress) -> None:
+        """The only host sync of the loop: mean loss and firing rate since the last log, over all processes."""
+        mean_loss = float(self.accelerator.reduce(window.loss_sum, reduction="mean")) / window.steps
+        if not math.isfinite(mean_loss):
+            raise TrainingError(f"the loss became {mean_loss} at step {self.step}; lower --lr or raise --warmup-steps")
+        window.spikes.reduce(self.accelerator)
+        record = {
+            "step": self.step,
+            "tokens": self.tokens_seen,
+            "loss": mean_loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "tokens_per_s": window.steps * self.tokens_per_step / (time.perf_counter() - window.started),
+            "firing_rate": float(window.spikes.stats().firing_rate()),
+            "lif_threshold": self.unwrapped.config.lif_threshold,
+            "wall_time_s": self.wall_time(),
+        }
+        progress.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+                             fire=f"{record['firing_rate']:.3f}")  # fmt: skip
+        if self.main:
+            self.metrics.write(record)
+
+    def evaluate(self) -> EvalResult | None:
+        """The validation set, shared among the processes (None when there is none)."""
+        if self.eval_set is None:
+            return None
+        result = evaluate(self.unwrapped, self.eval_set, self.cfg.batch_size, accelerator=self.accelerator)
+        if self.main:
+            self.metrics.write(_eval_record(self.step, self.tokens_seen, result), prefix="eval")
+            logger.info("step %d: validation loss %.4f, %.4f bits/byte, firing rate %.4f",
+                        self.step, result.loss, result.bits_per_byte, result.firing_rate)  # fmt: skip
         return result
 
-    started = time.perf_counter()
-    batches = iter(data.batches)
-    loss_sum = torch.zeros((), device=device)
-    spikes = SpikeTotals(unwrapped.model.sites, unwrapped.config.n_embd, device)
-    window_start, window_steps = time.perf_counter(), 0
-    evaluation = None
-    progress = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not main, mininterval=2.0)
-    model.train()
-    while step < total_steps:
-        lr = learning_rate(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, decay_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        unwrapped.config.lif_threshold = lif_threshold(
-            step, cfg.threshold_start, threshold_target, cfg.threshold_anneal_steps
-        )
-        for micro in range(cfg.grad_accum):
-            ids = torch.from_numpy(next(batches).astype(np.int64)).to(device)
-            inputs, targets = ids[:, :-1].clamp(min=0), ids[:, 1:]  # a PAD input's own target is PAD: ignored
-            last = micro == cfg.grad_accum - 1
-            with nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
-                out = model(inputs, output_spike_stats=True)
-                loss = F.cross_entropy(
-                    out.logits.reshape(-1, out.logits.shape[-1]).float(), targets.reshape(-1), ignore_index=PAD
-                )
-                objective = loss + l2wrap_penalty(out.logits) if cfg.l2wrap else loss
-            accelerator.backward(objective / cfg.grad_accum)
-            loss_sum += loss.detach() / cfg.grad_accum
-            spikes.add(out.spike_stats)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tokens_seen += tokens_per_step
-        window_steps += 1
-        progress.update(1)
+    def _save(self, evaluation: EvalResult | None) -> None:
+        trainer_state = {
+            "step": self.step,
+            "tokens": self.tokens_seen,
+            "wall_time_s": self.wall_time(),
+            "world_size": self.world,
+            "lif_threshold_target": self.threshold_target,
+            "config": self.cfg.to_dict(),
+            "command": self.command,
+            "validation": evaluation.to_dict() if evaluation is not None else None,
+        }
+        save_checkpoint(self.accelerator, self.model, self.tokenizer, self.optimizer, trainer_state,
+                        _rank_state(self.data.batches), self.output_dir, self.cfg.keep_last)  # fmt: skip
 
-        if step % cfg.log_interval == 0 or step == total_steps:
-            mean_loss = float(accelerator.reduce(loss_sum, reduction="mean")) / window_steps
-            spikes.reduce(accelerator)
-            seconds = time.perf_counter() - window_start
-            record = {
-                "step": step,
-                "tokens": tokens_seen,
-                "loss": mean_loss,
-                "lr": lr,
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens_per_s": window_steps * tokens_per_step / seconds,
-                "firing_rate": float(spikes.stats().firing_rate()),
-                "lif_threshold": unwrapped.config.lif_threshold,
-                "wall_time_s": elapsed_before + time.perf_counter() - started,
-            }
-            if not math.isfinite(mean_loss):
-                raise TrainingError(f"the loss became {mean_loss} at step {step}; lower --lr or raise --warmup-steps")
-            progress.set_postfix(
-                loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
-                fire=f"{record['firing_rate']:.3f}",
-            )  # fmt: skip
-            if main:
-                metrics.write(record)
-            loss_sum.zero_()
-            spikes = SpikeTotals(unwrapped.model.sites, unwrapped.config.n_embd, device)
-            window_start, window_steps = time.perf_counter(), 0
-        if step == total_steps or (cfg.eval_interval and step % cfg.eval_interval == 0):
-            evaluation = run_eval()
-        if step == total_steps or (cfg.save_interval and step % cfg.save_interval == 0):
-            checkpoint(evaluation)
-    progress.close()
-    wall_time = elapsed_before + time.perf_counter() - started
+    def _finish(self, evaluation: EvalResult | None) -> TrainSummary:
+        """The final model into the output directory (and the Hub)."""
+        cfg, wall_time = self.cfg, self.wall_time()
+        if self.main:
+            self.unwrapped.config.lif_threshold = self.threshold_target
+            card = model_card(cfg, self.unwrapped.config, self.step, self.tokens_seen, wall_time, evaluation,
+                              self.command)  # fmt: skip
+            export_model(self.unwrapped, self.tokenizer, self.output_dir, card, dtype=EXPORT_DTYPES[cfg.export_dtype])
+            shutil.rmtree(self.output_dir / SHARED_TOKENIZER, ignore_errors=True)
+            self.metrics.close()
+            logger.info("trained %d steps (%d tokens) in %.0f s; model in %s", self.step, self.tokens_seen,
+                        wall_time, self.output_dir)  # fmt: skip
+            if cfg.push_to_hub:
+                from .hub import push_model
 
-    if main:
-        unwrapped.config.lif_threshold = threshold_target
-        card = model_card(cfg, unwrapped.config, step, tokens_seen, wall_time, evaluation, command)
-        export_model(unwrapped, tokenizer, output_dir, card, dtype=EXPORT_DTYPES[cfg.export_dtype])
-        shutil.rmtree(output_dir / SHARED_TOKENIZER, ignore_errors=True)
-        metrics.close()
-        logger.info("trained %d steps (%d tokens) in %.0f s; model in %s", step, tokens_seen, wall_time, output_dir)
-        if cfg.push_to_hub:
-            from .hub import push_model
+                push_model(self.output_dir, cfg.hub_id, private=cfg.hub_private)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return TrainSummary(self.step, self.tokens_seen, wall_time, self.output_dir, evaluation)
 
-            push_model(output_dir, cfg.hub_id, private=cfg.hub_private)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainSummary(step, tokens_seen, wall_time, output_dir, evaluation)
+
+class _Window:
+    """Loss and spikes summed on the device since the last log."""
+
+    def __init__(self, model, device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.spikes = SpikeTotals(model.model.sites, model.config.n_embd, device)
+        self.steps = 0
+        self.started = time.perf_counter()
+
+
+def train(cfg: TrainConfig, command: str | None = None) -> TrainSummary:
+    """Run training as ``cfg`` says; returns what it did. Every process of an ``accelerate launch`` calls this."""
+    return Trainer(cfg, command).run()
