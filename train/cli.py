@@ -45,7 +45,7 @@ def _add_config_flag(parser: argparse.ArgumentParser, field: dataclasses.Field) 
     elif field.name == "resume":
         parser.add_argument(_option(field.name), nargs="?", const="latest", metavar="CHECKPOINT", help=help_text)
     else:
-        parser.add_argument(_option(field.name), type=base, help=help_text)
+        parser.add_argument(_option(field.name), type=base, choices=field.metadata.get("choices"), help=help_text)
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -65,7 +65,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     )
     model = parser.add_argument_group("model (fresh models; with --init-from these override its config)")
     for name, (kind, text) in MODEL_FLAGS.items():
-        model.add_argument(_option(name), type=kind, dest=f"model.{name}", help=text)
+        metavar = "N" if kind is int else "X"
+        model.add_argument(_option(name), type=kind, dest=f"model.{name}", metavar=metavar, help=text)
     model.add_argument(
         "--spiking",
         action=argparse.BooleanOptionalAction,

@@ -83,12 +83,15 @@ class TrainConfig:
     # (fp16's smallest subnormal is 6e-8).
     adam_eps: float = field(default=4e-9, metadata={"help": "Adam epsilon (the original's)"})
     grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm to this; 0 = off"})
-    precision: str = field(default="fp32", metadata={"help": "fp32, bf16 or fp16 (mixed precision via accelerate)"})
+    precision: str = field(
+        default="fp32", metadata={"help": "fp32, or bf16/fp16 mixed precision via accelerate", "choices": PRECISIONS}
+    )
     export_dtype: str = field(
         default="fp32",
         metadata={
             "help": "dtype of the final model's weights: fp32, or bf16/fp16 for half the size (time_decay and "
-            "time_first stay fp32); checkpoints are always fp32"
+            "time_first stay fp32); checkpoints are always fp32",
+            "choices": PRECISIONS,
         },
     )
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
