@@ -195,3 +195,17 @@ def test_errors_are_one_line(tmp_path, capsys, make_args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("spikegpt ") and message in err[-1], err
     assert not any("Traceback" in line for line in err)
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
+    """2 micro-batches of 2 blocks visit the same blocks as 1 batch of 4 and average the same gradient."""
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    common = dict(max_steps=3, eval_interval=0, save_interval=0, dropout=0.0)
+    assert main(tiny_run_args(corpus, tmp_path / "big", batch_size=4, **common)) == 0
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert main(tiny_run_args(corpus, tmp_path / "accum", batch_size=2, grad_accum=2, **common)) == 0
+    big, accum = (load_file(tmp_path / name / "model.safetensors") for name in ("big", "accum"))
+    for name, tensor in big.items():
+        # equal up to float summation order; Adam's first steps are ~lr in size, so 1e-5 is far below a real change
+        torch.testing.assert_close(accum[name], tensor, rtol=0, atol=1e-5, msg=name)
+    assert train_losses(tmp_path / "big") == pytest.approx(train_losses(tmp_path / "accum"), rel=1e-5)
