@@ -23,6 +23,7 @@ WKV_FORMS = {
     "chunked": wkv_chunked,
     "chunked-3": functools.partial(wkv_chunked, chunk=3),
     "scan": wkv_scan,
+    "scan-blocks-of-4": functools.partial(wkv_scan, tokens_per_block=4),
     "torch": wkv_torch,
 }
 
@@ -71,10 +72,11 @@ def test_wkv_fresh_state_is_the_default():
 def test_wkv_scan_output_is_the_sequential_definition_bit_for_bit(seed):
     """The scan form runs the definition's float operations on the same values, vectorised."""
     w, u, k, v, state = wkv_inputs(3, 17, 33, seed=seed, with_state=True)
-    y, new_state = wkv_scan(w, u, k, v, state)
     y_def, state_def = wkv_sequential(w, u, k, v, state)
-    assert torch.equal(y, y_def)
-    assert all(torch.equal(a, b) for a, b in zip(new_state, state_def, strict=True))
+    for tokens_per_block in (None, 4):
+        y, new_state = wkv_scan(w, u, k, v, state, tokens_per_block=tokens_per_block)
+        assert torch.equal(y, y_def)
+        assert all(torch.equal(a, b) for a, b in zip(new_state, state_def, strict=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
