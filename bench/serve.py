@@ -227,7 +227,9 @@ class ServerProcess:
             self.process.wait()
 
 
-def engine_peer(model: str | None, ids: list[int], levels: list[int], requests: int, max_tokens: int, threads: int):
+def engine_peer(
+    model: str | None, ids: list[int], levels: list[int], requests: int, max_tokens: int, threads: int, compile: bool
+):
     """The same requests through the engine alone (no HTTP), in this process."""
     import torch
 
@@ -237,7 +239,10 @@ def engine_peer(model: str | None, ids: list[int], levels: list[int], requests: 
 
     torch.set_num_threads(threads)
     loaded, tokenizer = load_model(model)
-    engine = Engine(loaded, tokenizer, max_batch=max(levels))
+    engine = Engine(loaded, tokenizer, max_batch=max(levels), compile=compile)
+    engine.submit(GenerationRequest("warm-up", ids, SamplingParams(max_tokens=4)))  # compiles, with --compile
+    while engine.has_work():
+        engine.step()
     for concurrency in levels:
         pending = [
             GenerationRequest(f"r{i}", ids, SamplingParams(max_tokens=max_tokens, seed=i, ignore_eos=True))
@@ -277,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request (default: 128)")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per level (default: 120)")
     parser.add_argument("--threads", type=int, default=1, help="server's model threads with --model (default: 1)")
+    parser.add_argument("--compile", action="store_true", help="with --model: serve with --compile (and the peer)")
     parser.add_argument("--no-peer", action="store_true", help="skip the engine-only peer (with --model)")
     parser.add_argument("--api-key", default=None, help="bearer key of the server, if it has one")
     args = parser.parse_args(argv)
@@ -285,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     model = None if args.model in (None, "bundled") else args.model
     if args.url is None:
         extra = ["--max-batch", str(max(args.concurrency)), "--threads", str(args.threads)]
+        extra += ["--compile"] if args.compile else []
         server = ServerProcess(model, extra)
     try:
         url = args.url or server.wait_ready()
@@ -315,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     if args.model is not None and not args.no_peer:
         requests = args.requests or 4 * max(args.concurrency)
-        engine_peer(model, ids, args.concurrency, requests, args.max_tokens, args.threads)
+        engine_peer(model, ids, args.concurrency, requests, args.max_tokens, args.threads, args.compile)
     summary = {"measurement": "serve_summary", "model": model_name}
     lowest, highest = min(by_level), max(by_level)
     if by_level[lowest]["output_tokens_per_s"]:

@@ -70,7 +70,8 @@ class ModelHost:
             model, tokenizer = await asyncio.to_thread(self.loader, self.settings)
             if self.chat_template is not None:
                 tokenizer.chat_template = self.chat_template
-            engine = Engine(model, tokenizer, self.settings.max_batch, self.settings.batch_invariant)
+            s = self.settings
+            engine = Engine(model, tokenizer, s.max_batch, s.batch_invariant, compile=s.compile)
             await asyncio.to_thread(_warm_up, engine)
         except Exception as e:
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"

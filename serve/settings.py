@@ -43,6 +43,7 @@ class ServeSettings:
     energy_profile: str | None = None  # None: the energy module's default profile
     threads: int | None = None  # None: half the CPU cores, at least one
     batch_invariant: bool = True
+    compile: bool = False  # torch.compile the decoding step (needs a C++ compiler; slower start, faster steps)
     shutdown_grace: float = 30.0
     access_log: bool = True
     log_level: str = "info"
@@ -59,6 +60,8 @@ class ServeSettings:
             raise SettingsError(f"max_queue must be 0 or more, got {self.max_queue}")
         if self.shutdown_grace < 0:
             raise SettingsError(f"shutdown_grace must be 0 or more seconds, got {self.shutdown_grace}")
+        if self.compile and not self.batch_invariant:
+            raise SettingsError("compile needs batch_invariant (the compiled step has one fixed shape)")
         if self.api_key is not None and not self.api_key:
             raise SettingsError("api_key must not be empty (leave it unset to serve without a key)")
 

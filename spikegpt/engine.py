@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerFast
 from .errors import GenerationError
 from .model import SpikeGPTForCausalLM
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
+from .state import RecurrentState
 from .stats import SpikeStats
 from .textstream import TextStream
 
@@ -87,9 +88,12 @@ class Engine:
         max_batch: int = 16,
         batch_invariant: bool = True,
         prefill_chunk: int = 1024,
+        compile: bool = False,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if compile and not batch_invariant:
+            raise ValueError("compile needs batch_invariant: the compiled step has one fixed shape")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -107,6 +111,9 @@ class Engine:
         self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: list[GenerationRequest] = []
+        # compiled, the step's hundreds of small operations become a few fused kernels; its shape never changes,
+        # so it compiles once (at the first step) and a row's result still depends on nothing but the row
+        self._step_all = torch.compile(self._model_step, dynamic=False) if compile else self._model_step
 
     # -- called from any thread -------------------------------------------------------------------------------
     def check(self, request: GenerationRequest) -> None:
@@ -233,16 +240,15 @@ class Engine:
         rows = None if self.batch_invariant else torch.tensor([s.slot for s in running], device=self.device)
         try:
             if rows is None:
-                out = self.model(self.next_tokens, state=self.state, output_spike_stats=True)
-                self.state = out.state
-                self.logits.copy_(out.logits[:, -1])
-                self.counts += out.spike_stats.counts
+                logits, self.state, counts = self._step_all(self.next_tokens, self.state)
+                self.logits.copy_(logits)
+                self.counts += counts
                 self.tokens += 1
             else:
-                out = self.model(self.next_tokens[rows], state=self.state.select(rows), output_spike_stats=True)
-                self.state.write_rows(rows, out.state)
-                self.logits[rows] = out.logits[:, -1].float()
-                self.counts[rows] += out.spike_stats.counts
+                logits, state, counts = self._model_step(self.next_tokens[rows], self.state.select(rows))
+                self.state.write_rows(rows, state)
+                self.logits[rows] = logits.float()
+                self.counts[rows] += counts
                 self.tokens[rows] += 1
         except Exception as e:
             logger.exception("decoding step failed")
@@ -250,6 +256,11 @@ class Engine:
                 events.append(self._finish(seq, "error", None, error=str(e)))
             return False
         return True
+
+    def _model_step(self, tokens: torch.Tensor, state: RecurrentState) -> tuple:
+        """One recurrent step: (last logits [B, vocab], new state, spike counts [B, sites])."""
+        out = self.model(tokens, state=state, output_spike_stats=True)
+        return out.logits[:, -1], out.state, out.spike_stats.counts
 
     def _sample(self, ready: list[_Sequence], events: list[GenerationEvent]) -> None:
         try:

@@ -6,6 +6,8 @@ import asyncio
 import json
 
 import httpx
+import pytest
+from serve_helpers import run_server, tiny_settings
 
 CONCURRENCY = 16
 
@@ -50,7 +52,7 @@ async def run_all(url: str, bodies: list[dict], log: list) -> list[tuple]:
         return await asyncio.gather(*(stream_text(client, b, log, i) for i, b in enumerate(bodies)))
 
 
-def test_sixteen_concurrent_streams_equal_each_request_alone(server):
+def check_concurrent_equals_alone(server) -> None:
     assert server.host.settings.max_batch >= CONCURRENCY
     bodies = [request(i) for i in range(CONCURRENCY)]
     alone = [asyncio.run(run_all(server.url, [body], []))[0] for body in bodies]
@@ -62,3 +64,13 @@ def test_sixteen_concurrent_streams_equal_each_request_alone(server):
     assert all(len(logprobs) == 120 for _, logprobs, _ in together)
     for i in range(CONCURRENCY):
         assert together[i] == alone[i], f"request {i} changed under concurrency"
+
+
+def test_sixteen_concurrent_streams_equal_each_request_alone(server):
+    check_concurrent_equals_alone(server)
+
+
+@pytest.mark.slow
+def test_the_compiled_step_keeps_batch_invariance(tiny_model_dir):
+    with run_server(tiny_settings(tiny_model_dir, max_batch=CONCURRENCY, compile=True)) as server:
+        check_concurrent_equals_alone(server)
