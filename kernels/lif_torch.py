@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .errors import KernelArgumentError
+from .scan import linear_scan
 from .surrogate import check_surrogate, spike, surrogate_grad
 
 RESETS = ("hard", "soft")
@@ -79,43 +80,42 @@ def lif_sequential(
 
 
 class _LIF(torch.autograd.Function):
-    """The loop of ``lif_sequential`` token-major, keeping each step's charged membrane ``h`` for the backward,
-    which is one reverse loop of two operations per token; everything else is vectorised over the sequence."""
+    """The loop of ``lif_sequential`` token-major (the same float operations, so the same spikes), keeping each
+    step's charged membrane for the backward, whose only loop is a linear recurrence of two operations per
+    token; everything else is vectorised over the sequence."""
 
     @staticmethod
     def forward(ctx, x, v0, tau, threshold, reset, surrogate, alpha):
         inv_tau = 1.0 / tau
         v = _initial_membrane(x, v0)
         xt = x.transpose(0, 1).to(v.dtype).contiguous()  # [T, B, C]: contiguous per-token slices
-        h_all = torch.empty_like(xt)
-        for t in range(xt.shape[0]):
-            h = torch.add(v, (xt[t] - v) * inv_tau, out=h_all[t])
-            fired = h >= threshold
-            v = torch.where(fired, 0.0, h) if reset == "hard" else torch.where(fired, h - threshold, h)
-        spikes = (h_all >= threshold).to(x.dtype).transpose(0, 1)
-        ctx.save_for_backward(h_all)
+        charged = torch.empty_like(xt)
+        fired = torch.empty(xt.shape, dtype=torch.bool, device=x.device)
+        for x_t, h, s in zip(xt.unbind(0), charged.unbind(0), fired.unbind(0), strict=True):
+            torch.add(v, (x_t - v) * inv_tau, out=h)
+            torch.ge(h, threshold, out=s)
+            v = h.masked_fill(s, 0.0) if reset == "hard" else torch.where(s, h - threshold, h)
+        ctx.save_for_backward(charged, fired)
         ctx.config = (inv_tau, threshold, reset, surrogate, alpha, x.dtype, v0 is not None)
-        return spikes, v
+        return fired.to(x.dtype).transpose(0, 1), v
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v_last):
-        # v_t = reset(h_t), h_t = v_{t-1} + (x_t - v_{t-1}) / tau: the gradient at h_t is
-        # g_h_t = g_v_t dv/dh(h_t) + g_s_t surrogate'(h_t), and g_v_{t-1} = g_h_t (1 - 1/tau).
-        (h_all,) = ctx.saved_tensors
+        # With h_t = v_{t-1} + (x_t - v_{t-1}) / tau and v_t = reset(h_t), the gradient at h_t is
+        # g_h_t = g_v_t dv/dh(h_t) + g_s_t surrogate'(h_t), and g_v_{t-1} = keep g_h_t with keep = 1 - 1/tau:
+        # a reverse linear recurrence for g_v, with g_x_t = g_h_t / tau = g_v_{t-1} / (tau keep).
+        charged, fired = ctx.saved_tensors
         inv_tau, threshold, reset, surrogate, alpha, x_dtype, has_v0 = ctx.config
-        sg = surrogate_grad(h_all - threshold, surrogate, alpha)
+        keep = 1 - inv_tau
+        sg = surrogate_grad(charged - threshold, surrogate, alpha)
         if reset == "hard":
-            dv_dh = (h_all < threshold).to(h_all.dtype) - h_all * sg
+            dv_dh = (~fired).to(charged.dtype) - charged * sg
         else:
             dv_dh = 1 - threshold * sg
-        from_spikes = grad_spikes.transpose(0, 1).to(h_all.dtype) * sg
-        grad_h = torch.empty_like(h_all)
-        gv = grad_v_last.to(h_all.dtype)
-        for t in range(h_all.shape[0] - 1, -1, -1):
-            torch.add(gv * dv_dh[t], from_spikes[t], out=grad_h[t])
-            gv = grad_h[t] * (1 - inv_tau)
-        grad_x = (grad_h * inv_tau).transpose(0, 1).to(x_dtype)
-        return grad_x, (gv if has_v0 else None), None, None, None, None, None
+        from_spikes = grad_spikes.transpose(0, 1).to(charged.dtype) * sg
+        grad_v = linear_scan(dv_dh * keep, from_spikes * keep, grad_v_last.to(charged.dtype), reverse=True)
+        grad_x = (grad_v[:-1] * (inv_tau / keep)).transpose(0, 1).to(x_dtype)
+        return grad_x, (grad_v[0] if has_v0 else None), None, None, None, None, None
 
 
 def lif_torch(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from .errors import KernelArgumentError
+from .scan import linear_scan
 
 State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -143,20 +144,6 @@ def wkv_chunked(w, u, k, v, state: State | None = None, chunk: int = 8) -> tuple
     return y.to(k.dtype), _as_state(num, den, mx)
 
 
-def _linear_scan(decay: torch.Tensor, inject: torch.Tensor, first: torch.Tensor, reverse: bool = False):
-    """``s[t+1] = decay[t] * s[t] + inject[t]`` from ``s[0] = first`` over the leading axis; all T + 1 values.
-
-    With ``reverse``, ``s[t] = decay[t] * s[t+1] + inject[t]`` from ``s[T] = first``.
-    """
-    out = torch.empty((inject.shape[0] + 1, *inject.shape[1:]), dtype=inject.dtype, device=inject.device)
-    steps = range(inject.shape[0] - 1, -1, -1) if reverse else range(inject.shape[0])
-    out[-1 if reverse else 0] = first
-    for t in steps:
-        src, dst = (t + 1, t) if reverse else (t, t + 1)
-        torch.add(decay[t] * out[src], inject[t], out=out[dst])
-    return out
-
-
 def _running_max(w: torch.Tensor, k: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
     """The stable state's exponents ``p[t+1] = max(p[t] + w, k[t])`` from ``p[0] = mx``; [T + 1, B, C]."""
     p = torch.empty((k.shape[0] + 1, *k.shape[1:]), dtype=k.dtype, device=k.device)
@@ -189,7 +176,7 @@ class _WKVScan(torch.autograd.Function):
         f1 = torch.exp(p[:-1] + wc - p[1:])
         f2 = torch.exp(kt - p[1:])
         # numerator and denominator share the decay: one scan over both, stacked on axis 1
-        num, den = _linear_scan(f1[:, None], torch.stack([f2 * vt, f2], 1), torch.stack([num0, den0]).to(dtype)).unbind(
+        num, den = linear_scan(f1[:, None], torch.stack([f2 * vt, f2], 1), torch.stack([num0, den0]).to(dtype)).unbind(
             1
         )
         y = _scan_output(uc, kt, vt, num[:-1], den[:-1], p[:-1])[0]
@@ -216,7 +203,7 @@ class _WKVScan(torch.autograd.Function):
         f2 = torch.exp(k - p[1:])
         gy_den = gy / den_out
         to_num = gy_den * e1
-        gn, gd = _linear_scan(
+        gn, gd = linear_scan(
             f1[:, None], torch.stack([to_num, -to_num * y], 1), torch.stack([g_num, g_den]), reverse=True
         ).unbind(1)
         gn_next, gd_next = gn[1:], gd[1:]
@@ -259,8 +246,9 @@ def wkv_scan(
         state = fresh_state(k.shape[0], k.shape[2], k.device)
     tokens = tokens_per_block or max(1, SCAN_BLOCK_ELEMENTS // (k.shape[0] * k.shape[2]))
     ys = []
-    for start in range(0, k.shape[1], tokens):
-        y, *state = _WKVScan.apply(w, u, k[:, start : start + tokens], v[:, start : start + tokens], *state)
+    # split, not slices: its backward assembles the gradient once, where each slice's would fill a full-size one
+    for k_block, v_block in zip(k.split(tokens, dim=1), v.split(tokens, dim=1), strict=True):
+        y, *state = _WKVScan.apply(w, u, k_block, v_block, *state)
         ys.append(y)
     return torch.cat(ys, dim=1) if len(ys) > 1 else ys[0], tuple(state)
 
