@@ -68,13 +68,19 @@ class Choice:
         return text, entries
 
 
-class CompletionFormat:
-    id_prefix = "cmpl-"
-    object = "text_completion"
-    chunk_object = "text_completion"
+class _Format:
+    id_prefix: str
+    object: str  # of a whole response
+    chunk_object: str  # of a stream chunk
 
     def __init__(self, texts: TokenTexts):
         self.texts = texts
+
+
+class CompletionFormat(_Format):
+    id_prefix = "cmpl-"
+    object = "text_completion"
+    chunk_object = "text_completion"
 
     def logprobs(self, choice: Choice, entries: list[TokenChoice]) -> dict:
         tokens = [self.texts(e.token_id) for e in entries]
@@ -103,13 +109,10 @@ class CompletionFormat:
         return {"index": choice.index, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
 
 
-class ChatFormat:
+class ChatFormat(_Format):
     id_prefix = "chatcmpl-"
     object = "chat.completion"
     chunk_object = "chat.completion.chunk"
-
-    def __init__(self, texts: TokenTexts):
-        self.texts = texts
 
     def _entry(self, token_id: int, logprob: float) -> dict:
         token = self.texts(token_id)

@@ -4,9 +4,9 @@ fields this server has no use for; fields that would change the result but are n
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spikegpt.errors import GenerationError
 from spikegpt.sampling import MAX_TOP_LOGPROBS, SamplingParams
@@ -15,6 +15,17 @@ from .errors import invalid, validation_error
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_N = 16  # choices per prompt
+
+
+def refused(message: str, neutral: object = None) -> AfterValidator:
+    """For a field this server does not support: accepted only when absent, empty or ``neutral``."""
+
+    def check(value):
+        if value and value != neutral:
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
 
 
 class _Body(BaseModel):
@@ -43,7 +54,7 @@ class _Generation(_Body):
     stop_token_ids: list[int] | None = None
     seed: int | None = None
     ignore_eos: bool = False
-    logit_bias: dict[str, float] | None = None
+    logit_bias: Annotated[dict[str, float] | None, refused("logit_bias is not supported by this server")] = None
     max_tokens: int | None = Field(None, ge=1)
 
     @field_validator("stop")
@@ -54,13 +65,6 @@ class _Generation(_Body):
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop sequences are allowed, got {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_logit_bias(cls, value):
-        if value:
-            raise ValueError("logit_bias is not supported by this server")
         return value
 
     @property
@@ -102,8 +106,8 @@ class CompletionRequest(_Generation):
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    best_of: int | None = None
-    suffix: str | None = None
+    best_of: Annotated[int | None, refused("best_of other than 1 is not supported by this server; use n", 1)] = None
+    suffix: Annotated[str | None, refused("suffix (insertion) is not supported by this model")] = None
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -121,31 +125,21 @@ class CompletionRequest(_Generation):
             return value
         raise ValueError("must be a string, a non-empty list of token ids, or a non-empty list of either")
 
-    @field_validator("best_of")
-    @classmethod
-    def _best_of(cls, value):
-        if value is not None and value != 1:
-            raise ValueError("best_of other than 1 is not supported by this server; use n")
+
+def only_text(what: str) -> AfterValidator:
+    """For a ``type`` field of which this server supports only "text"."""
+
+    def check(value):
+        if value != "text":
+            raise ValueError(f"only 'text' {what} are supported, got {value!r}")
         return value
 
-    @field_validator("suffix")
-    @classmethod
-    def _suffix(cls, value):
-        if value:
-            raise ValueError("suffix (insertion) is not supported by this model")
-        return value
+    return AfterValidator(check)
 
 
 class TextPart(_Body):
-    type: str
+    type: Annotated[str, only_text("content parts")]
     text: str | None = None
-
-    @field_validator("type")
-    @classmethod
-    def _text_only(cls, value):
-        if value != "text":
-            raise ValueError(f"only text content parts are supported, got {value!r}")
-        return value
 
 
 class ChatMessage(_Body):
@@ -160,14 +154,7 @@ class ChatMessage(_Body):
 
 
 class ResponseFormat(_Body):
-    type: str
-
-    @field_validator("type")
-    @classmethod
-    def _text_only(cls, value):
-        if value != "text":
-            raise ValueError(f"only the 'text' response format is supported, got {value!r}")
-        return value
+    type: Annotated[str, only_text("response formats")]
 
 
 class ChatCompletionRequest(_Generation):
@@ -176,14 +163,7 @@ class ChatCompletionRequest(_Generation):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
-    tools: list[dict] | None = None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value):
-        if value:
-            raise ValueError("tools (function calling) are not supported by this model")
-        return value
+    tools: Annotated[list[dict] | None, refused("tools (function calling) are not supported by this model")] = None
 
     @property
     def requested_max_tokens(self) -> int | None:

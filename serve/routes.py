@@ -14,7 +14,7 @@ from .errors import APIError, invalid
 from .formats import ChatFormat, CompletionFormat
 from .generation import ClientDisconnectedError, Generation, Job, Prompt, complete, stream
 from .host import ModelHost
-from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, parse_body
+from .protocol import Body, ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, parse_body
 
 router = APIRouter()
 
@@ -23,6 +23,15 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def _host(request: Request) -> ModelHost:
     return request.app.state.host
+
+
+async def _read(request: Request, body_type: type[Body]) -> tuple[ModelHost, Body]:
+    """The ready host and the validated body, whose model (if named) must be the served one."""
+    host = _host(request)
+    host.require_ready()
+    body = parse_body(body_type, await request.body())
+    host.check_model(body.model)
+    return host, body
 
 
 @router.get("/health")
@@ -89,22 +98,15 @@ def _encode_prompt(host: ModelHost, prompt: str | list[int], echo: bool) -> Prom
     return Prompt(_check_length(host, ids, "prompt"), prompt if echo else None)
 
 
-def _completion_job(host: ModelHost, raw: bytes, arrival: float) -> tuple[CompletionRequest, Job]:
-    body = parse_body(CompletionRequest, raw)
-    host.check_model(body.model)
-    body.check_stream_options()
+def _completion_job(host: ModelHost, body: CompletionRequest, arrival: float) -> Job:
     max_tokens = _max_tokens(host, body.max_tokens, "max_tokens")
     prompts = [_encode_prompt(host, p, body.echo) for p in body.prompt]
     params = [body.sampling_params(max_tokens, body.logprobs, c) for c in range(body.n)]
     fmt = CompletionFormat(host.token_texts)
-    job = Job(host, fmt, "completions", prompts, params, body.logprobs, body.include_usage, arrival, body.echo)
-    return body, job
+    return Job(host, fmt, "completions", prompts, params, body.logprobs, body.include_usage, arrival, body.echo)
 
 
-def _chat_job(host: ModelHost, raw: bytes, arrival: float) -> tuple[ChatCompletionRequest, Job]:
-    body = parse_body(ChatCompletionRequest, raw)
-    host.check_model(body.model)
-    body.check_stream_options()
+def _chat_job(host: ModelHost, body: ChatCompletionRequest, arrival: float) -> Job:
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     max_tokens = _max_tokens(host, body.requested_max_tokens, param)
     chat = render_chat(host.tokenizer, body.messages)
@@ -112,7 +114,7 @@ def _chat_job(host: ModelHost, raw: bytes, arrival: float) -> tuple[ChatCompleti
     k = body.logprobs_k
     params = [body.sampling_params(max_tokens, k, c, chat.stop) for c in range(body.n)]
     fmt = ChatFormat(host.token_texts)
-    return body, Job(host, fmt, "chat/completions", [Prompt(ids, None)], params, k, body.include_usage, arrival)
+    return Job(host, fmt, "chat/completions", [Prompt(ids, None)], params, k, body.include_usage, arrival)
 
 
 def _outcome(error: APIError) -> str:
@@ -121,12 +123,13 @@ def _outcome(error: APIError) -> str:
     return "invalid" if error.status < 500 else "error"
 
 
-async def _generate(request: Request, endpoint: str, build: Callable) -> Response:
+async def _generate(request: Request, endpoint: str, body_type: type[Body], build: Callable) -> Response:
     arrival = time.monotonic()  # TTFT counts from here: reading, validation and tokenization included
     host = _host(request)
     try:
-        host.require_ready()
-        body, job = build(host, await request.body(), arrival)
+        host, body = await _read(request, body_type)
+        body.check_stream_options()
+        job = build(host, body, arrival)
         capacity = host.worker.capacity
         if len(job.requests) > capacity:
             raise invalid(f"the request asks for {len(job.requests)} sequences; this server holds at most {capacity}")
@@ -150,20 +153,17 @@ async def _generate(request: Request, endpoint: str, build: Callable) -> Respons
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    return await _generate(request, "completions", _completion_job)
+    return await _generate(request, "completions", CompletionRequest, _completion_job)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    return await _generate(request, "chat/completions", _chat_job)
+    return await _generate(request, "chat/completions", ChatCompletionRequest, _chat_job)
 
 
 @router.post("/tokenize")
 async def tokenize(request: Request) -> dict:
-    host = _host(request)
-    host.require_ready()
-    body = parse_body(TokenizeRequest, await request.body())
-    host.check_model(body.model)
+    host, body = await _read(request, TokenizeRequest)
     if (body.prompt is None) == (body.messages is None):
         raise invalid("give exactly one of prompt and messages")
     if body.messages is not None:
@@ -176,9 +176,6 @@ async def tokenize(request: Request) -> dict:
 
 @router.post("/detokenize")
 async def detokenize(request: Request) -> dict:
-    host = _host(request)
-    host.require_ready()
-    body = parse_body(DetokenizeRequest, await request.body())
-    host.check_model(body.model)
+    host, body = await _read(request, DetokenizeRequest)
     _check_token_ids(host, body.tokens, "tokens")
     return {"prompt": host.tokenizer.decode(body.tokens)}
