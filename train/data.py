@@ -97,7 +97,10 @@ def load_corpus(source: DataSource) -> Corpus:
         if files is not None:
             builder = _builder_for(files)
             extra = {"keep_linebreaks": True} if builder == "text" else {}
-            loaded = datasets.load_dataset(builder, data_files={"train": files}, **common, **extra)
+            folder = Path(source.dataset).expanduser()
+            # a directory's file names give its splits (train.jsonl, validation.jsonl, ...), as on the Hub
+            where = {"data_dir": str(folder)} if folder.is_dir() else {"data_files": {"train": files}}
+            loaded = datasets.load_dataset(builder, **where, **common, **extra)
         else:
             builder = None
             loaded = datasets.load_dataset(source.dataset, source.dataset_config, **common)

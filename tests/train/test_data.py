@@ -78,6 +78,17 @@ def test_a_directory_and_a_glob_load_all_their_files(tmp_path, tokenizer):
         assert sorted(iter_texts(load_corpus(source(spec)), "train")) == sorted(DOCS)
 
 
+def test_a_directorys_file_names_give_its_splits(tmp_path, tokenizer):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"text": d} for d in DOCS[:2]])
+    write_jsonl(folder / "validation.jsonl", [{"text": DOCS[2]}])
+    corpus = load_corpus(source(folder))
+    assert list(iter_texts(corpus, "train")) == DOCS[:2] and list(iter_texts(corpus, "validation")) == DOCS[2:]
+    streams = split_streams(corpus, tokenizer, "train", "validation", 0.1)
+    assert tokenizer.decode(streams.validation.tolist(), skip_special_tokens=True) == DOCS[2]
+
+
 @pytest.mark.parametrize("ctx_len", [1, 3, 7, 16, 100])
 def test_packing_predicts_every_token_once(ctx_len):
     rng = np.random.default_rng(ctx_len)
