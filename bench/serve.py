@@ -277,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--model", metavar="DIR|HUB_ID|bundled", help="start `spikegpt serve` with this model")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="levels (default: 1 4 16)")
     parser.add_argument("--rate", type=float, default=None, help="Poisson arrivals, requests/s (default: none)")
-    parser.add_argument("--requests", type=int, default=None, help="requests per level (default: 4x concurrency)")
+    parser.add_argument(
+        "--requests", type=int, default=None, help="requests per level (default: 4x concurrency, at least 16)"
+    )
     parser.add_argument("--prompt-tokens", type=int, default=64, help="prompt length in tokens (default: 64)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens generated per request (default: 128)")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per level (default: 120)")
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         model_name = httpx.get(url + "/v1/models", headers=_auth(args.api_key), timeout=30).json()["data"][0]["id"]
         by_level = {}
         for n, concurrency in enumerate(args.concurrency):
-            count = args.requests or 4 * concurrency
+            count = args.requests or max(16, 4 * concurrency)
             # warm-up: one request, so that the first measured one pays no first-call costs
             asyncio.run(run_level(url, request_bodies(ids, 1, 8, 10**6), 1, None, args.time_limit, args.api_key))
             bodies = request_bodies(ids, count, args.max_tokens, n * 10_000)
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.stop()
     if args.model is not None and not args.no_peer:
-        requests = args.requests or 4 * max(args.concurrency)
+        requests = args.requests or max(16, 4 * max(args.concurrency))
         engine_peer(model, ids, args.concurrency, requests, args.max_tokens, args.threads, args.compile)
     summary = {"measurement": "serve_summary", "model": model_name}
     lowest, highest = min(by_level), max(by_level)
