@@ -21,7 +21,7 @@ from . import triton_support as support
 from .lif_torch import check_lif_args
 from .surrogate import SURROGATES
 
-# The kernels below are Triton programs, compiled (or interpreted) at their first launch by ``support.jit``.
+# The kernels below are Triton programs, compiled (or interpreted) at their first launch by ``support.launch``.
 
 
 def _lif_forward_kernel(
@@ -162,10 +162,11 @@ class _LIFTriton(torch.autograd.Function):
         counts = support.empty((batch, channels), torch.float32, x.device)
         checkpoints = support.empty((batch, n_chunks, channels) if save else (1,), mdtype, x.device)
         v0_arg = v0.contiguous() if v0 is not None else v_last  # not read without HAS_V0
-        support.jit(_lif_forward_kernel, x)[(batch, triton.cdiv(channels, block))](
-            x, v0_arg, params, spikes, v_last, counts, checkpoints, length, channels, n_chunks,
+        support.launch(
+            _lif_forward_kernel, (batch, triton.cdiv(channels, block)),
+            (x, v0_arg, params, spikes, v_last, counts, checkpoints, length, channels, n_chunks),
             HAS_V0=v0 is not None, HARD_RESET=reset == "hard", ACC=acc, SAVE=save, CHUNK=chunk, BLOCK_C=block,
-            num_warps=support.num_warps(block), enable_fp_fusion=False,
+            enable_fp_fusion=False,
         )  # fmt: skip
         ctx.mark_non_differentiable(counts)
         if save:
@@ -181,11 +182,13 @@ class _LIFTriton(torch.autograd.Function):
         grad_x = support.empty(x.shape, x.dtype, x.device)
         grad_v0 = support.empty((batch, channels), params.dtype, x.device)
         scratch = support.empty((batch, chunk, channels), params.dtype, x.device)
-        support.jit(_lif_backward_kernel, x)[(batch, triton.cdiv(channels, block))](
-            x, params, checkpoints, grad_spikes.contiguous(), grad_v_last.contiguous(), grad_x, grad_v0, scratch,
-            length, channels, checkpoints.shape[1],
+        support.launch(
+            _lif_backward_kernel, (batch, triton.cdiv(channels, block)),
+            (
+                x, params, checkpoints, grad_spikes.contiguous(), grad_v_last.contiguous(), grad_x, grad_v0, scratch,
+                length, channels, checkpoints.shape[1],
+            ),
             HARD_RESET=reset == "hard", SURROGATE=SURROGATES.index(surrogate), ACC=acc, CHUNK=chunk, BLOCK_C=block,
-            num_warps=support.num_warps(block),
         )  # fmt: skip
         grad_v0 = None if v0_dtype is None else grad_v0.to(v0_dtype)
         return grad_x, grad_v0, None, None, None, None, None, None, None

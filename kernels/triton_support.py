@@ -2,7 +2,7 @@
 
 Imported only when a Triton kernel runs (``import spikegpt.kernels`` never imports triton).
 
-Kernels are written as plain functions and handed to ``triton.jit`` at their first launch (``jit``), so
+Kernels are written as plain functions and handed to ``triton.jit`` at their first launch (``launch``), so
 ``TRITON_INTERPRET=1`` (Triton's CPU interpreter) takes effect whenever it is set before a launch, not only before
 an import. For the same reason they call only Triton's built-in operations (``tl.full``, not ``tl.zeros``, which
 is itself a ``@triton.jit`` function, interpreted only if the variable was set before triton was imported).
@@ -10,6 +10,7 @@ is itself a ``@triton.jit`` function, interpreted only if the variable was set b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -62,10 +63,15 @@ def check_device(tensor: torch.Tensor) -> None:
         )
 
 
-def jit(fn, tensor: torch.Tensor):
-    """The launchable kernel ``fn`` for ``tensor``: compiled for CUDA, interpreted under ``TRITON_INTERPRET=1``."""
+def launch(fn, grid: tuple[int, ...], args: tuple, **options) -> None:
+    """Run kernel ``fn`` over ``grid`` on the device of its first tensor argument: compiled for CUDA (on that
+    device, whichever is current), interpreted under ``TRITON_INTERPRET=1``. ``options`` are the kernel's
+    constexprs and launch options; ``num_warps`` follows ``BLOCK_C``."""
+    tensor = next(a for a in args if isinstance(a, torch.Tensor))
     check_device(tensor)
-    return _jitted(fn, interpreting())
+    kernel = _jitted(fn, interpreting())
+    with torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext():
+        kernel[grid](*args, num_warps=num_warps(options["BLOCK_C"]), **options)
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

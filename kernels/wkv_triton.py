@@ -22,7 +22,7 @@ import triton.language as tl
 from . import triton_support as support
 from .wkv_torch import State, check_wkv_args, fresh_state
 
-# The kernels below are Triton programs, compiled (or interpreted) at their first launch by ``support.jit``.
+# The kernels below are Triton programs, compiled (or interpreted) at their first launch by ``support.launch``.
 
 
 def _wkv_forward_kernel(
@@ -199,17 +199,17 @@ class _WKVTriton(torch.autograd.Function):
         batch, length, channels = k.shape
         acc = support.accumulator(k.dtype)
         sdtype = support.state_dtype(k.dtype)
-        k, v = k.contiguous(), v.contiguous()
+        w, u, k, v = (t.contiguous() for t in (w, u, k, v))
         state_in = torch.stack([num, den, mx]).to(sdtype)
         n_chunks = triton.cdiv(length, chunk)
         save = any(ctx.needs_input_grad[:7])
         y = support.empty(k.shape, k.dtype, k.device)
         state_out = support.empty((3, batch, channels), sdtype, k.device)
         checkpoints = support.empty((batch, n_chunks, 3, channels) if save else (1,), sdtype, k.device)
-        support.jit(_wkv_forward_kernel, k)[_grid(batch, channels, block)](
-            w.contiguous(), u.contiguous(), k, v, state_in, y, state_out, checkpoints,
-            batch, length, channels, n_chunks,
-            ACC=acc, SAVE=save, CHUNK=chunk, BLOCK_C=block, num_warps=support.num_warps(block),
+        support.launch(
+            _wkv_forward_kernel, _grid(batch, channels, block),
+            (w, u, k, v, state_in, y, state_out, checkpoints, batch, length, channels, n_chunks),
+            ACC=acc, SAVE=save, CHUNK=chunk, BLOCK_C=block,
         )  # fmt: skip
         if save:
             ctx.save_for_backward(w, u, k, v, checkpoints, state_out)
@@ -229,11 +229,14 @@ class _WKVTriton(torch.autograd.Function):
         grad_u = support.empty((batch, channels), sdtype, k.device)
         grad_state_in = support.empty((3, batch, channels), sdtype, k.device)
         scratch = support.empty((batch, chunk, 3, channels), sdtype, k.device)
-        support.jit(_wkv_backward_kernel, k)[_grid(batch, channels, block)](
-            w, u, k, v, checkpoints, state_out, grad_y.contiguous(), grad_state_out,
-            grad_k, grad_v, grad_w, grad_u, grad_state_in, scratch,
-            batch, length, channels, checkpoints.shape[1],
-            ACC=acc, CHUNK=chunk, BLOCK_C=block, num_warps=support.num_warps(block),
+        support.launch(
+            _wkv_backward_kernel, _grid(batch, channels, block),
+            (
+                w, u, k, v, checkpoints, state_out, grad_y.contiguous(), grad_state_out,
+                grad_k, grad_v, grad_w, grad_u, grad_state_in, scratch,
+                batch, length, channels, checkpoints.shape[1],
+            ),
+            ACC=acc, CHUNK=chunk, BLOCK_C=block,
         )  # fmt: skip
         grad_state = (g.to(d) for g, d in zip(grad_state_in.unbind(0), state_dtypes, strict=True))
         return grad_w.sum(0).to(w.dtype), grad_u.sum(0).to(u.dtype), grad_k, grad_v, *grad_state, None, None
