@@ -135,4 +135,7 @@ class EngineWorker:
             self.metrics.running.set(engine.running)
             self.metrics.waiting.set(engine.waiting)
             if events:
-                self._loop.call_soon_threadsafe(self._deliver, events)
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver, events)
+                except RuntimeError:  # the event loop is closed: nobody is left to deliver to
+                    return

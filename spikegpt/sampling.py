@@ -167,9 +167,9 @@ class BatchSampler:
         greedy_tokens = processed.argmax(dim=-1)
         tokens = greedy_tokens
         if not all(p.greedy for p in active):
-            for r, p in zip(rows, active, strict=True):
-                if not p.greedy:
-                    self._uniform[r] = self._rngs[r].random()
+            drawing = [r for r, p in zip(rows, active, strict=True) if not p.greedy]
+            uniforms = torch.tensor([self._rngs[r].random() for r in drawing], dtype=torch.float32)
+            self._uniform[torch.tensor(drawing)] = uniforms.to(self._uniform.device)[:, None]
             # inverse-CDF draw with the row's own uniform number; the target stays below the total, so a token of
             # zero probability is never chosen
             cdf = torch.softmax(processed, dim=-1).cumsum(dim=-1)
