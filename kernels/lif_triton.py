@@ -163,7 +163,7 @@ class _LIFTriton(torch.autograd.Function):
         checkpoints = support.empty((batch, n_chunks, channels) if save else (1,), mdtype, x.device)
         v0_arg = v0.contiguous() if v0 is not None else v_last  # not read without HAS_V0
         support.launch(
-            _lif_forward_kernel, (batch, triton.cdiv(channels, block)),
+            _lif_forward_kernel, support.grid(batch, channels, block),
             (x, v0_arg, params, spikes, v_last, counts, checkpoints, length, channels, n_chunks),
             HAS_V0=v0 is not None, HARD_RESET=reset == "hard", ACC=acc, SAVE=save, CHUNK=chunk, BLOCK_C=block,
             enable_fp_fusion=False,
@@ -183,7 +183,7 @@ class _LIFTriton(torch.autograd.Function):
         grad_v0 = support.empty((batch, channels), params.dtype, x.device)
         scratch = support.empty((batch, chunk, channels), params.dtype, x.device)
         support.launch(
-            _lif_backward_kernel, (batch, triton.cdiv(channels, block)),
+            _lif_backward_kernel, support.grid(batch, channels, block),
             (
                 x, params, checkpoints, grad_spikes.contiguous(), grad_v_last.contiguous(), grad_x, grad_v0, scratch,
                 length, channels, checkpoints.shape[1],
@@ -213,7 +213,7 @@ def lif_triton(
     """
     check_lif_args(x, v0, tau, reset, surrogate)
     support.check_device(x)
-    block = block_c or support.block_c(x.shape[2])
+    chunk, block = support.tiling(x.shape[2], chunk, block_c)
     spikes, v_last, counts = _LIFTriton.apply(
         x, v0, float(tau), float(threshold), reset, surrogate, float(alpha), chunk, block
     )

@@ -26,8 +26,17 @@ CHUNK = 16
 MAX_BLOCK_C = 64  # channels per program: many programs even for small B * C; one element per thread
 
 
-def block_c(channels: int) -> int:
-    return min(MAX_BLOCK_C, max(16, triton.next_power_of_2(channels)))
+def tiling(channels: int, chunk: int, block_c: int | None) -> tuple[int, int]:
+    """Checked ``(chunk, block_c)`` launch options; ``block_c`` None picks one for ``channels``."""
+    block = block_c or min(MAX_BLOCK_C, max(16, triton.next_power_of_2(channels)))
+    if block < 1 or block & (block - 1) or chunk < 1:
+        raise KernelArgumentError(f"chunk must be >= 1 and block_c a power of two, got chunk={chunk}, block_c={block}")
+    return chunk, block
+
+
+def grid(batch: int, channels: int, block: int) -> tuple[int, int]:
+    """One program per (batch row, block of channels)."""
+    return batch, triton.cdiv(channels, block)
 
 
 def num_warps(block: int) -> int:

@@ -189,10 +189,6 @@ def _wkv_backward_kernel(
     tl.store(grad_u_ptr + row, gu, mask=cmask)
 
 
-def _grid(batch: int, channels: int, block: int) -> tuple[int, int]:
-    return batch, triton.cdiv(channels, block)
-
-
 class _WKVTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, u, k, v, num, den, mx, chunk, block):
@@ -207,7 +203,7 @@ class _WKVTriton(torch.autograd.Function):
         state_out = support.empty((3, batch, channels), sdtype, k.device)
         checkpoints = support.empty((batch, n_chunks, 3, channels) if save else (1,), sdtype, k.device)
         support.launch(
-            _wkv_forward_kernel, _grid(batch, channels, block),
+            _wkv_forward_kernel, support.grid(batch, channels, block),
             (w, u, k, v, state_in, y, state_out, checkpoints, batch, length, channels, n_chunks),
             ACC=acc, SAVE=save, CHUNK=chunk, BLOCK_C=block,
         )  # fmt: skip
@@ -230,7 +226,7 @@ class _WKVTriton(torch.autograd.Function):
         grad_state_in = support.empty((3, batch, channels), sdtype, k.device)
         scratch = support.empty((batch, chunk, 3, channels), sdtype, k.device)
         support.launch(
-            _wkv_backward_kernel, _grid(batch, channels, block),
+            _wkv_backward_kernel, support.grid(batch, channels, block),
             (
                 w, u, k, v, checkpoints, state_out, grad_y.contiguous(), grad_state_out,
                 grad_k, grad_v, grad_w, grad_u, grad_state_in, scratch,
@@ -262,6 +258,6 @@ def wkv_triton(
         state = fresh_state(k.shape[0], k.shape[2], k.device)
     if k.shape[1] == 0:
         return k.new_empty(k.shape), tuple(s.to(support.state_dtype(k.dtype)) for s in state)
-    block = block_c or support.block_c(k.shape[2])
+    chunk, block = support.tiling(k.shape[2], chunk, block_c)
     y, *new_state = _WKVTriton.apply(w, u, k, v, *state, chunk, block)
     return y, tuple(new_state)

@@ -107,4 +107,6 @@ def test_bad_arguments_raise_typed_errors_naming_the_problem():
         lif(k, tau=1.0)
     with pytest.raises(KernelArgumentError, match="the Triton kernels take fp64, fp32, fp16 or bf16"):
         wkv_triton(w, u, k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn))
+    with pytest.raises(KernelArgumentError, match="block_c a power of two"):
+        lif_triton(k, block_c=24)
     assert issubclass(KernelArgumentError, ValueError)
