@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,12 @@ from spikegpt.serve.cli import FLAGS, settings_from_args
 
 from spikegpt.cli import build_parser, main
 
-SPIKEGPT = str(Path(sys.executable).with_name("spikegpt"))
+# the command installed beside this Python (where pip puts it), else the one on PATH
+SPIKEGPT = (
+    str(Path(sys.executable).with_name("spikegpt"))
+    if Path(sys.executable).with_name("spikegpt").exists()
+    else (shutil.which("spikegpt") or "spikegpt")
+)
 
 
 def test_help_explains_every_flag(capsys):
