@@ -21,6 +21,7 @@ from starlette.requests import Request
 from spikegpt.energy import energy_field
 from spikegpt.engine import GenerationEvent, GenerationRequest
 from spikegpt.errors import GenerationError
+from spikegpt.sampling import SamplingParams
 from spikegpt.stats import SpikeStats
 
 from .errors import APIError, invalid, server_error, shutting_down
@@ -54,7 +55,7 @@ class Job:
         fmt: CompletionFormat | ChatFormat,
         endpoint: str,
         prompts: list[Prompt],
-        params_for_choice,
+        params_for_choice: list[SamplingParams],
         logprobs: int | None,
         include_usage: bool,
         arrival: float,
