@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +29,8 @@ from .errors import APIError, invalid, server_error, shutting_down
 from .formats import ChatFormat, Choice, CompletionFormat
 from .host import ModelHost
 from .worker import QueueFullError, ShuttingDownError
+
+logger = logging.getLogger(__name__)
 
 DONE = "data: [DONE]\n\n"
 
@@ -234,6 +237,10 @@ async def stream(job: Job, generation: Generation) -> AsyncIterator[str]:
         yield DONE
     except ClientDisconnectedError:
         pass
+    except Exception:  # a bug here must still end the stream properly
+        logger.exception("stream %s failed", job.id)
+        outcome = "error"
+        yield sse(server_error().body()) + DONE
     finally:
         generation.close()
         job.host.metrics.request_done(job.endpoint, outcome)

@@ -82,3 +82,20 @@ def test_an_exception_escaping_an_engine_step_keeps_the_worker_alive(faulty):
         assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
         assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 3}).status_code == 200
     assert faulty.host.worker.outstanding == 0
+
+
+def test_a_bug_while_finishing_a_stream_still_ends_it_cleanly(faulty, monkeypatch):
+    import spikegpt.serve.generation as generation
+
+    def broken_energy(*args, **kwargs):
+        raise ValueError("injected energy failure")
+
+    monkeypatch.setattr(generation, "energy_field", broken_energy)
+    with faulty.client() as client:
+        body = {"prompt": "Hi", "max_tokens": 5, "stream": True}
+        events = sse_events(client.post("/v1/completions", json=body))
+        assert events[-1] == "[DONE]"
+        assert events[-2]["error"]["type"] == "server_error"
+        assert "injected" not in events[-2]["error"]["message"]  # internal details stay in the log
+        monkeypatch.undo()
+        assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 3}).status_code == 200
