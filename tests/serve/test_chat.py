@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from serve_helpers import run_server, stream_post, tiny_settings
 
+pytest_plugins = ["serve_fixtures"]  # the server and client fixtures
+
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
 LONG = {"ignore_eos": True}
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from serve_helpers import completion_text, stream_post
 
+pytest_plugins = ["serve_fixtures"]  # the server and client fixtures
+
 LONG = {"ignore_eos": True}  # the random tiny model may emit end-of-text at any point; these tests need lengths
 
 

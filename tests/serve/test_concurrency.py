@@ -9,6 +9,8 @@ import httpx
 import pytest
 from serve_helpers import run_server, tiny_settings
 
+pytest_plugins = ["serve_fixtures"]  # the server and client fixtures
+
 CONCURRENCY = 16
 
 

@@ -6,6 +6,8 @@ import httpx
 import pytest
 from serve_helpers import TIMEOUT, run_server, tiny_settings
 
+pytest_plugins = ["serve_fixtures"]  # the server and client fixtures
+
 OK = {"prompt": "Hi", "max_tokens": 2}
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 

@@ -10,6 +10,8 @@ from spikegpt.serve.host import load_checkpoint
 
 from spikegpt.errors import CheckpointError
 
+pytest_plugins = ["serve_fixtures"]  # the server and client fixtures
+
 
 def test_health_is_503_while_loading_then_200(tiny_model_dir):
     release = threading.Event()

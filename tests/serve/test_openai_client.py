@@ -6,6 +6,8 @@ import openai
 import pytest
 from serve_helpers import run_server, tiny_settings
 
+pytest_plugins = ["serve_fixtures"]  # the server and client fixtures
+
 EXTRA = {"ignore_eos": True}
 
 

@@ -1,4 +1,6 @@
-"""Fixtures of the serving tests: one shared server for the tests that only send requests."""
+"""The fixtures of the serving tests, loaded by the test modules that use them as a plugin
+(``pytest_plugins = ["serve_fixtures"]``): a conftest.py in this folder would shadow tests/conftest.py for the
+modules elsewhere that import from it by name."""
 
 from __future__ import annotations
 
