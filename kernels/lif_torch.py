@@ -79,6 +79,14 @@ def lif_sequential(
     return torch.stack(spikes, dim=1).to(x.dtype), v
 
 
+def _fire(v, x_t, inv_tau, threshold, reset, charged, fired):
+    """One token without autograd: writes the charged membrane and the spikes into ``charged`` and ``fired``
+    ([B, C]), returns the new membrane. The same float operations as ``lif_step``, so the same spikes."""
+    torch.add(v, (x_t - v) * inv_tau, out=charged)
+    torch.ge(charged, threshold, out=fired)
+    return charged.masked_fill(fired, 0.0) if reset == "hard" else torch.where(fired, charged - threshold, charged)
+
+
 class _LIF(torch.autograd.Function):
     """The loop of ``lif_sequential`` token-major (the same float operations, so the same spikes), keeping each
     step's charged membrane for the backward, whose only loop is a linear recurrence of two operations per
@@ -92,9 +100,7 @@ class _LIF(torch.autograd.Function):
         charged = torch.empty_like(xt)
         fired = torch.empty(xt.shape, dtype=torch.bool, device=x.device)
         for x_t, h, s in zip(xt.unbind(0), charged.unbind(0), fired.unbind(0), strict=True):
-            torch.add(v, (x_t - v) * inv_tau, out=h)
-            torch.ge(h, threshold, out=s)
-            v = h.masked_fill(s, 0.0) if reset == "hard" else torch.where(s, h - threshold, h)
+            v = _fire(v, x_t, inv_tau, threshold, reset, h, s)
         ctx.save_for_backward(charged, fired)
         ctx.config = (inv_tau, threshold, reset, surrogate, alpha, x.dtype, v0 is not None)
         return fired.to(x.dtype).transpose(0, 1), v
@@ -129,4 +135,11 @@ def lif_torch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same function as ``lif_sequential``, with a hand-written backward. Returns (spikes, v_last)."""
     check_lif_args(x, v0, tau, reset, surrogate)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or (v0 is not None and v0.requires_grad))
+    if x.shape[1] == 1 and not needs_grad:  # decoding: one token, nothing to save for a backward
+        v = _initial_membrane(x, v0)
+        charged = torch.empty_like(v)
+        fired = torch.empty(v.shape, dtype=torch.bool, device=v.device)
+        v = _fire(v, x[:, 0].to(v.dtype), 1.0 / tau, threshold, reset, charged, fired)
+        return fired.to(x.dtype)[:, None], v
     return _LIF.apply(x, v0, float(tau), float(threshold), reset, surrogate, float(alpha))

@@ -11,12 +11,13 @@ import textwrap
 import pytest
 import torch
 from kernel_numerics import wkv_inputs
+from triton_interpreter import interpreted_triton  # noqa: F401  (autouse: interpreter, NaN-filled outputs)
+
 from spikegpt.kernels import KernelArgumentError, KernelUnavailableError, kernel_backend, lif, wkv
 from spikegpt.kernels.lif_torch import lif_torch
 from spikegpt.kernels.lif_triton import lif_triton
 from spikegpt.kernels.wkv_torch import wkv_torch
 from spikegpt.kernels.wkv_triton import wkv_triton
-from triton_interpreter import interpreted_triton  # noqa: F401  (autouse: interpreter, NaN-filled outputs)
 
 
 def test_cpu_tensors_use_the_torch_reference(monkeypatch):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_numerics import grads, lif_direct, rel_err
+from triton_interpreter import interpreted_triton  # noqa: F401  (autouse: interpreter, NaN-filled outputs)
+
 from spikegpt.kernels.lif_torch import lif_torch
 from spikegpt.kernels.lif_triton import lif_triton
-from triton_interpreter import interpreted_triton  # noqa: F401  (autouse: interpreter, NaN-filled outputs)
 
 OPTIONS = {
     "hard-atan": dict(reset="hard", surrogate="atan"),

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 from kernel_numerics import grads, lif_direct, rel_err, wkv_direct, wkv_inputs
+
 from spikegpt.kernels.lif_torch import lif_sequential, lif_torch
 from spikegpt.kernels.surrogate import SURROGATES, spike, surrogate_grad, surrogate_primitive
 from spikegpt.kernels.wkv_torch import wkv_chunked, wkv_scan, wkv_sequential, wkv_torch
@@ -136,6 +137,21 @@ def test_lif_torch_spikes_are_the_definition_bit_for_bit(tau, dtype, seed):
         spikes, v_last = lif_torch(x, None, tau, 1.0, reset)
         want_spikes, want_v = lif_sequential(x, None, tau, 1.0, reset)
         assert torch.equal(spikes, want_spikes) and torch.equal(v_last, want_v)
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_lif_torch_decoding_one_token_at_a_time_is_the_definition(reset, seed):
+    """Without gradients, a single token takes a shortcut around the autograd function: it must give the
+    definition's spikes and membrane bit for bit, token after token."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randint(-2, 7, (3, 12, 33), generator=g) * 0.5).to(torch.float32)
+    want_spikes, want_v = lif_sequential(x, None, 2.0, 1.0, reset)
+    v, spikes = None, []
+    with torch.inference_mode():
+        for t in range(x.shape[1]):
+            s, v = lif_torch(x[:, t : t + 1], v, 2.0, 1.0, reset)
+            spikes.append(s)
+    assert torch.equal(torch.cat(spikes, dim=1), want_spikes) and torch.equal(v, want_v)
 
 
 @pytest.mark.parametrize("surrogate", SURROGATES)

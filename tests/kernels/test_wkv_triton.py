@@ -11,9 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_numerics import grads, rel_err, wkv_direct, wkv_inputs
+from triton_interpreter import interpreted_triton  # noqa: F401  (autouse: interpreter, NaN-filled outputs)
+
 from spikegpt.kernels.wkv_torch import wkv_torch
 from spikegpt.kernels.wkv_triton import wkv_triton
-from triton_interpreter import interpreted_triton  # noqa: F401  (autouse: interpreter, NaN-filled outputs)
 
 NAMES = ["y", "num", "den", "max", "dw", "du", "dk", "dv", "dnum", "dden", "dmax"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from spikegpt.kernels import triton_support
 
 
