@@ -162,6 +162,14 @@ def load_rank_state(path: Path, rank: int) -> dict[str, Any]:
 FP32_PARAMETERS = ("time_decay", "time_first")  # the WKV decay and bonus: exponentiated, so kept in fp32
 
 
+def _declare_fp32(config_file: Path) -> None:
+    """Weights stored in half precision still load as fp32 by default: a spike is a threshold test, and half-precision
+    arithmetic would flip some, so the model is meant to compute in fp32 (transformers upcasts on load)."""
+    config = json.loads(config_file.read_text())
+    config["dtype"] = "float32"
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def export_model(model, tokenizer, output_dir: str | Path, card: str | None = None, dtype=None) -> Path:
     """The final model into ``output_dir`` itself (a Hugging Face directory), each file written beside its target
     and renamed over it, so a killed export never leaves a truncated file. ``dtype`` (e.g. torch.bfloat16) casts
@@ -175,6 +183,8 @@ def export_model(model, tokenizer, output_dir: str | Path, card: str | None = No
             if not name.endswith(FP32_PARAMETERS):
                 param.data = param.data.to(dtype)
     model.save_pretrained(temp, safe_serialization=True)
+    if dtype is not None:
+        _declare_fp32(temp / "config.json")
     tokenizer.save_pretrained(temp)
     if card is not None:
         (temp / "README.md").write_text(card, encoding="utf-8")
