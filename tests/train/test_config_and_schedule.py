@@ -10,15 +10,15 @@ import shlex
 import pytest
 import torch
 from conftest import lively_weights_, tiny_config
-from spikegpt.train.cli import SHIPPED, command_line, config_from_args
-from spikegpt.train.config import TrainConfig, default_config_path, make_config, read_config_file
-from spikegpt.train.schedule import learning_rate, lif_threshold
-from spikegpt.train.trainer import l2wrap_penalty
 from train_helpers import offline  # noqa: F401 (offline is an autouse fixture)
 
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 from spikegpt.cli import build_parser
 from spikegpt.errors import TrainingError
+from spikegpt.train.cli import SHIPPED, command_line, config_from_args
+from spikegpt.train.config import TrainConfig, default_config_path, make_config, read_config_file
+from spikegpt.train.schedule import learning_rate, lif_threshold
+from spikegpt.train.trainer import l2wrap_penalty
 
 
 def parse(*argv: str):

@@ -10,6 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import ALPHABET
+from train_helpers import offline  # noqa: F401 (offline is an autouse fixture)
+
+from spikegpt.errors import DatasetError
+from spikegpt.tokenizer import char_tokenizer
 from spikegpt.train.data import (
     PAD,
     BlockBatches,
@@ -23,10 +27,6 @@ from spikegpt.train.data import (
     token_stream,
     tokenize_split,
 )
-from train_helpers import offline  # noqa: F401 (offline is an autouse fixture)
-
-from spikegpt.errors import DatasetError
-from spikegpt.tokenizer import char_tokenizer
 
 DOCS = ["First doc: to be, or not to be.\n", "Second, shorter.\n", "Third one; the last!\n"]
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from spikegpt.train.checkpointing import rank_state_file
 from train_helpers import offline, tiny_run_args, write_corpus  # noqa: F401 (offline is an autouse fixture)
+
+from spikegpt.train.checkpointing import rank_state_file
 
 
 def free_port() -> int:

@@ -16,12 +16,12 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
-from spikegpt.train.checkpointing import checkpoints, resolve_resume
 from train_helpers import offline, tiny_run_args, write_corpus  # noqa: F401 (offline is an autouse fixture)
 from transformers import AutoModelForCausalLM
 
 import spikegpt  # noqa: F401 (registers the model with AutoModelForCausalLM)
 from spikegpt.cli import main
+from spikegpt.train.checkpointing import checkpoints, resolve_resume
 
 
 def read_jsonl(path: Path) -> list[dict]:
