@@ -16,6 +16,7 @@ import httpx
 import torch
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
+
 from spikegpt.serve.app import create_app
 from spikegpt.serve.host import load_checkpoint
 from spikegpt.serve.settings import ServeSettings

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from spikegpt.serve.cli import FLAGS, settings_from_args
 
 from spikegpt.cli import build_parser, main
+from spikegpt.serve.cli import FLAGS, settings_from_args
 
 # the command installed beside this Python (where pip puts it), else the one on PATH
 SPIKEGPT = (

@@ -6,9 +6,9 @@ import threading
 import time
 
 from serve_helpers import metric_values, run_server, tiny_settings, wait_until_ready
-from spikegpt.serve.host import load_checkpoint
 
 from spikegpt.errors import CheckpointError
+from spikegpt.serve.host import load_checkpoint
 
 pytest_plugins = ["serve_fixtures"]  # the server and client fixtures
 
