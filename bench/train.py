@@ -20,16 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
-# bench/kernels.py would shadow the `kernels` package that transformers probes for at import: keep bench/ off the path
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 
 def emit(record: dict) -> None:

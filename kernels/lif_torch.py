@@ -67,7 +67,7 @@ def lif_sequential(
     """The definition: ``step`` for each token, differentiated by autograd. Returns (spikes [B, T, C],
     v_last [B, C]). The membrane is fp32 (fp64 for fp64 inputs); spikes have the dtype of ``x``.
 
-    ``step`` is ``lif_step`` or a function computing the same (``bench/kernels.py`` passes a compiled one).
+    ``step`` is ``lif_step`` or a function computing the same (``bench/wkv_lif.py`` passes a compiled one).
     """
     check_lif_args(x, v0, tau, reset, surrogate)
     inv_tau = 1.0 / tau

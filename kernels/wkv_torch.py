@@ -18,7 +18,7 @@ Three forms compute the same function:
   (the running maximum and the two first-order linear recurrences it stabilises) loop over tokens, a few
   operations on ``[B, C]`` slices per token; everything else is vectorised over the whole sequence. Its
   backward is the one the Triton kernel implements (see ``wkv_triton``), so this is also the readable
-  statement of that kernel's gradient. The fastest form on a CPU (``bench/kernels.py``), used by ``wkv_torch``.
+  statement of that kernel's gradient. The fastest form on a CPU (``bench/wkv_lif.py``), used by ``wkv_torch``.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def wkv_step(w, u, k_t, v_t, num, den, mx):
 def wkv_sequential(w, u, k, v, state: State | None = None, *, step=wkv_step) -> tuple[torch.Tensor, State]:
     """The definition: one stable step per token. Returns (y [B, T, C], new state).
 
-    ``step`` is ``wkv_step`` or a function computing the same (``bench/kernels.py`` passes a compiled one).
+    ``step`` is ``wkv_step`` or a function computing the same (``bench/wkv_lif.py`` passes a compiled one).
     """
     check_wkv_args(w, u, k, v, state)
     w, u, kk, vv, num, den, mx = _prepare(w, u, k, v, state)

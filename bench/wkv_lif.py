@@ -20,34 +20,27 @@ train-step  A training step (forward, backward, Adam) of a small SpikeGPT agains
 Prints one JSON object per measurement, then a summary object. Without CUDA only the torch implementations run,
 and every record says that the GPU figures are missing.
 
-    python bench/kernels.py                                   # everything
-    python bench/kernels.py --parts kernels --shapes 8x1024x2048 --dtype bf16
-    python bench/kernels.py --parts forms,train-step
+    python bench/wkv_lif.py                                   # everything
+    python bench/wkv_lif.py --parts kernels --shapes 8x1024x2048 --dtype bf16
+    python bench/wkv_lif.py --parts forms,train-step
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
+import functools
+import json
+import os
+import statistics
+import tempfile
+import time
 
-# Run as a script, this file's directory comes first on sys.path, and its name would then shadow the `kernels`
-# package that transformers probes for at import: take the directory off the path before importing anything.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
 
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-from spikegpt.kernels import lif, wkv  # noqa: E402
-from spikegpt.kernels.lif_torch import lif_sequential, lif_step, lif_torch  # noqa: E402
-from spikegpt.kernels.wkv_torch import wkv_chunked, wkv_scan, wkv_sequential, wkv_step, wkv_torch  # noqa: E402
-
-from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM  # noqa: E402
+from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
+from spikegpt.kernels import lif, wkv
+from spikegpt.kernels.lif_torch import lif_sequential, lif_step, lif_torch
+from spikegpt.kernels.wkv_torch import wkv_chunked, wkv_scan, wkv_sequential, wkv_step, wkv_torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PARTS = ("kernels", "compile", "forms", "train-step")
