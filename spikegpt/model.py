@@ -37,11 +37,12 @@ LayerState = tuple[torch.Tensor, ...]  # one block's slice of RecurrentState, in
 def token_shift(x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
     """Each token's predecessor along T; the first token's is ``previous`` (zero for a fresh sequence)."""
     first = torch.zeros_like(x[:, :1]) if previous is None else previous[:, None].to(x.dtype)
-    return torch.cat([first, x[:, :-1]], dim=1)
+    return first if x.shape[1] == 1 else torch.cat([first, x[:, :-1]], dim=1)
 
 
 def mix(x: torch.Tensor, shifted: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    return x * ratio + shifted * (1 - ratio)
+    """x·ratio + shifted·(1 − ratio), as one operation."""
+    return torch.lerp(shifted, x, ratio)
 
 
 class TimeMix(nn.Module):

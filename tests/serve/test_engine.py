@@ -101,3 +101,22 @@ def test_engine_aborts_queued_and_running_requests_and_reuses_slots(tiny_model_d
     assert result["after"][1] == "length"
     # a fresh state per request: the request served after others equals the same request served first
     assert run(Engine(model, tokenizer, max_batch=1), [requests[2]])["after"] == result["after"]
+
+
+def test_the_traced_decoding_step_is_the_models_forward_bit_for_bit(tiny_model_dir, seed):
+    """The engine's default CPU step is recorded with torch.jit.trace; it must run exactly the model's forward."""
+    from spikegpt.engine import trace_decode_step
+
+    model, _ = load_model(tiny_model_dir)
+    batch = 4
+    state = model(torch.randint(0, model.config.vocab_size, (batch, 9)), use_cache=True).state
+    tokens = torch.randint(0, model.config.vocab_size, (batch, 1))
+    step = trace_decode_step(model, tokens, model.fresh_state(batch))
+    with torch.inference_mode():
+        for _ in range(5):
+            logits, traced_state, counts = step(tokens, state)
+            out = model(tokens, state=state, output_spike_stats=True)
+            assert torch.equal(logits, out.logits[:, -1]) and torch.equal(counts, out.spike_stats.counts)
+            for ours, theirs in zip(traced_state.tensors(), out.state.tensors(), strict=True):
+                assert torch.equal(ours, theirs)
+            state, tokens = out.state, logits.argmax(-1, keepdim=True)

@@ -19,18 +19,22 @@ def faulty(tiny_model_dir):
     with run_server(tiny_settings(tiny_model_dir)) as server:
         engine = server.host.worker.engine
         poison = server.host.tokenizer.convert_tokens_to_ids(POISON)
-        original = engine.model.forward
+        original_forward, original_step = engine.model.forward, engine.decode_step
         fail_next_decode = threading.Event()
 
         def forward(input_ids=None, **kwargs):
             if input_ids.shape[1] > 1 and poison in input_ids[0].tolist():
                 raise RuntimeError("injected prefill failure")
-            if input_ids.shape[1] == 1 and fail_next_decode.is_set():
+            return original_forward(input_ids=input_ids, **kwargs)
+
+        def decode_step(tokens, state):
+            if fail_next_decode.is_set():
                 fail_next_decode.clear()
                 raise RuntimeError("injected decoding failure")
-            return original(input_ids=input_ids, **kwargs)
+            return original_step(tokens, state)
 
         engine.model.forward = forward
+        engine.decode_step = decode_step
         server.fail_next_decode = fail_next_decode
         yield server
 

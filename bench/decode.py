@@ -1,0 +1,250 @@
+"""Batch-1 decoding and prompt prefill on a CPU, fp32, random weights: our recurrent form against the peers.
+
+Peers, measured in the same run at the same dimensions (vocabulary 50277, FFN 4·d):
+  - transformers' RwkvForCausalLM (its recurrent path with ``state``);
+  - the ChatRWKV ``rwkv`` package (``pip install spikegpt[bench]``), strategy ``cpu fp32``, on an RWKV-4 checkpoint
+    of random weights written to a temporary file.
+The bound: batch-1 decoding must read every weight once per token, so tokens/s ≤ copy bandwidth ÷ parameter bytes
+read per token (the embedding contributes one row), with the copy bandwidth (bytes read + written per second by
+``Tensor.copy_``) measured in this run, both for a 512 MB buffer (main memory) and for a buffer the size of the
+weights (a small model's weights can live in a large last-level cache; the faster of the two is the bound).
+Ours is timed three ways (``--forms``): the model's forward, the serving engine's traced step, torch.compile.
+Prefill: tokens/s of our parallel form over a 512-token prompt against feeding the same prompt token by token.
+
+Prints one JSON object per measurement, then a summary object with the ratios.
+    python bench/decode.py                       # both sizes
+    python bench/decode.py --sizes 6x256 --tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+VOCAB = 50277
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def copy_bandwidth(megabytes: int = 512, repeats: int = 7) -> float:
+    """Bytes moved (read + written) per second by a large copy."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(_time(lambda: dst.copy_(src)) for _ in range(repeats))
+    return 2 * src.numel() * 4 / best
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def tokens_per_second(step, tokens: int, warmup: int = 8) -> tuple[float, float]:
+    """Median and best tokens/s of ``step()`` (one token each), over ``tokens`` timed calls."""
+    for _ in range(warmup):
+        step()
+    times = [_time(step) for _ in range(tokens)]
+    return 1 / statistics.median(times), 1 / min(times)
+
+
+def bytes_per_token(model: torch.nn.Module, embedding: torch.Tensor) -> int:
+    """Parameter bytes a batch-1 step reads: every parameter but the embedding table, plus one embedding row."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    return total - embedding.numel() * embedding.element_size() + embedding.shape[1] * embedding.element_size()
+
+
+def ours(n_layer: int, d: int):
+    from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
+
+    model = SpikeGPTForCausalLM(SpikeGPTConfig(vocab_size=VOCAB, n_layer=n_layer, n_embd=d, dropout=0.0)).eval()
+    with torch.no_grad():  # RWKV's init zeroes some projections; random weights make every matmul real work
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    return model
+
+
+def decode_steps(model) -> dict:
+    """Our batch-1 decoding step three ways: the model's forward (eager), the engine's default on a CPU (the same
+    operations traced with torch.jit.trace) and the engine's --compile (torch.compile)."""
+    from spikegpt.engine import trace_decode_step
+
+    def eager(token, state):
+        out = model(token, state=state)
+        return out.logits[:, -1], out.state, None
+
+    token = torch.tensor([[4]])
+    traced = trace_decode_step(model, token, model.fresh_state(1))
+    return {"eager": eager, "traced": traced, "compiled": torch.compile(eager, dynamic=False)}
+
+
+@torch.inference_mode()
+def bench_ours(n_layer: int, d: int, tokens: int, prefill_len: int, forms: list[str]) -> tuple[dict, dict]:
+    model = ours(n_layer, d)
+    decode = {"bytes_per_token": bytes_per_token(model, model.model.emb.weight)}
+    steps = decode_steps(model)
+    for form in forms:
+        box = {"state": model(torch.tensor([[1, 2, 3]]), use_cache=True).state, "token": torch.tensor([[4]])}
+
+        def step(run=steps[form], box=box):
+            logits, box["state"], _ = run(box["token"], box["state"])
+            box["token"] = logits.argmax(-1, keepdim=True)
+
+        started = time.perf_counter()
+        step()  # the first call traces or compiles
+        decode[f"{form}_first_call_s"] = time.perf_counter() - started
+        decode[f"{form}_tok_s"], decode[f"{form}_best_tok_s"] = tokens_per_second(step, tokens)
+
+    prompt = torch.randint(0, VOCAB, (1, prefill_len))
+    model(prompt[:, :16])  # warm up
+    parallel = min(_time(lambda: model(prompt, logits_to_keep=1)) for _ in range(3))
+
+    def token_by_token():
+        state = model.fresh_state(1)
+        for t in range(prefill_len):
+            state = model(prompt[:, t : t + 1], state=state, logits_to_keep=1).state
+
+    sequential = _time(token_by_token)
+    prefill = {
+        "prompt_tokens": prefill_len,
+        "parallel_tok_s": prefill_len / parallel,
+        "token_by_token_tok_s": prefill_len / sequential,
+        "speedup": sequential / parallel,
+    }
+    return decode, prefill
+
+
+@torch.inference_mode()
+def bench_hf(n_layer: int, d: int, tokens: int) -> dict:
+    from transformers import RwkvConfig, RwkvForCausalLM
+
+    config = RwkvConfig(
+        vocab_size=VOCAB, hidden_size=d, num_hidden_layers=n_layer, attention_hidden_size=d, intermediate_size=4 * d
+    )
+    model = RwkvForCausalLM(config).eval()
+    out = model(torch.tensor([[1, 2, 3]]), use_cache=True)
+    box = {"state": out.state, "token": torch.tensor([[4]])}
+
+    def step():
+        out = model(box["token"], state=box["state"], use_cache=True)
+        box["state"] = out.state
+        box["token"] = out.logits[:, -1].argmax(-1, keepdim=True)
+
+    median, best = tokens_per_second(step, tokens)
+    return {"tok_s": median, "best_tok_s": best}
+
+
+def rwkv4_checkpoint(path: Path, n_layer: int, d: int) -> None:
+    """Random weights in the RWKV-4 key layout the ChatRWKV package loads."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g) * 0.02
+
+    w = {"emb.weight": rand(VOCAB, d), "ln_out.weight": torch.ones(d), "ln_out.bias": torch.zeros(d)}
+    w["head.weight"] = rand(VOCAB, d)
+    for i in range(n_layer):
+        b = f"blocks.{i}"
+        for ln in ("ln0", "ln1", "ln2") if i == 0 else ("ln1", "ln2"):
+            w[f"{b}.{ln}.weight"], w[f"{b}.{ln}.bias"] = torch.ones(d), torch.zeros(d)
+        w[f"{b}.att.time_decay"], w[f"{b}.att.time_first"] = rand(d), rand(d)
+        for m in ("k", "v", "r"):
+            w[f"{b}.att.time_mix_{m}"] = torch.rand(1, 1, d, generator=g)
+        for name in ("key", "value", "receptance", "output"):
+            w[f"{b}.att.{name}.weight"] = rand(d, d)
+        w[f"{b}.ffn.time_mix_k"], w[f"{b}.ffn.time_mix_r"] = (torch.rand(1, 1, d, generator=g) for _ in range(2))
+        w[f"{b}.ffn.key.weight"], w[f"{b}.ffn.value.weight"] = rand(4 * d, d), rand(d, 4 * d)
+        w[f"{b}.ffn.receptance.weight"] = rand(d, d)
+    torch.save(w, path)
+
+
+@torch.inference_mode()
+def bench_rwkv_package(n_layer: int, d: int, tokens: int) -> dict:
+    os.environ.setdefault("RWKV_JIT_ON", "1")
+    os.environ["RWKV_CUDA_ON"] = "0"
+    try:
+        from rwkv.model import RWKV
+    except ImportError:
+        return {"missing": "the rwkv package is not installed (pip install spikegpt[bench])"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rwkv4.pth"
+        rwkv4_checkpoint(path, n_layer, d)
+        model = RWKV(model=str(path), strategy="cpu fp32", verbose=False)
+    _, state = model.forward([1, 2, 3], None)
+    box = {"state": state, "token": 4}
+
+    def step():
+        logits, box["state"] = model.forward([box["token"]], box["state"])
+        box["token"] = int(logits.argmax())
+
+    median, best = tokens_per_second(step, tokens)
+    return {"tok_s": median, "best_tok_s": best}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["6x256", "12x512"],
+        metavar="LxD",
+        help="model sizes as layers x width (default: 6x256 12x512)",
+    )
+    parser.add_argument("--tokens", type=int, default=48, help="decoding steps timed per model (default: 48)")
+    parser.add_argument("--prefill", type=int, default=512, help="prompt length for the prefill test (default: 512)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--forms",
+        nargs="+",
+        default=["eager", "traced", "compiled"],
+        choices=["eager", "traced", "compiled"],
+        help="our decoding steps to time: the eager forward, the engine's traced step (its CPU "
+        "default), torch.compile (engine --compile; compiling takes ~30 s per size) (default: all)",
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dram = copy_bandwidth()
+    emit({"measure": "copy_bandwidth", "megabytes": 512, "bytes_per_s": dram, "threads": torch.get_num_threads()})
+    summary = {"measure": "summary", "copy_bandwidth_gb_s": dram / 1e9, "sizes": {}}
+    for size in args.sizes:
+        n_layer, d = (int(x) for x in size.lower().split("x"))
+        dims = {"n_layer": n_layer, "n_embd": d, "vocab": VOCAB}
+        decode, prefill = bench_ours(n_layer, d, args.tokens, args.prefill, args.forms)
+        weight_bytes = decode["bytes_per_token"]
+        # the weights may fit in a large last-level cache: copying a buffer of their size measures that level
+        at_size = copy_bandwidth(megabytes=max(1, weight_bytes // 2**20))
+        emit({"measure": "copy_bandwidth", "megabytes": weight_bytes // 2**20, "bytes_per_s": at_size})
+        bound = max(dram, at_size) / weight_bytes
+        hf = bench_hf(n_layer, d, args.tokens)
+        pkg = bench_rwkv_package(n_layer, d, args.tokens)
+        emit({"measure": "decode", "model": "spikegpt (ours)", **dims, **decode, "bound_tok_s": bound})
+        emit({"measure": "decode", "model": "transformers RwkvForCausalLM", **dims, **hf})
+        emit({"measure": "decode", "model": "rwkv package cpu fp32", **dims, **pkg})
+        emit({"measure": "prefill", "model": "spikegpt (ours)", **dims, **prefill})
+        row = {"bound_tok_s": bound, "hf_tok_s": hf["tok_s"], "rwkv_package_tok_s": pkg.get("tok_s")}
+        for form in args.forms:
+            ours_tok_s = decode[f"{form}_tok_s"]
+            row[form] = {
+                "tok_s": ours_tok_s,
+                "fraction_of_bound": ours_tok_s / bound,
+                "vs_hf": ours_tok_s / hf["tok_s"],
+                "vs_rwkv_package": ours_tok_s / pkg["tok_s"] if "tok_s" in pkg else None,
+            }
+        row["prefill_speedup"] = prefill["speedup"]
+        summary["sizes"][size] = row
+    emit(summary)
+
+
+if __name__ == "__main__":
+    main()
