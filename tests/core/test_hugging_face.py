@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -98,3 +101,29 @@ def test_load_model_rejects_truncated_weights(tmp_path, tiny_model_dir):
         (broken / item.name).write_bytes(data[: len(data) // 2] if item.name == "model.safetensors" else data)
     with pytest.raises(CheckpointError, match="cannot load"):
         load_model(broken)
+
+
+def test_a_hub_id_loads_from_the_hub_cache(tmp_path, tiny_model_dir):
+    """The Hub cannot be reached here, so the Hub id resolves through a local Hugging Face cache laid out as the Hub
+    client writes it (HF_HUB_OFFLINE=1): the same from_pretrained code path, minus the download."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-spikegpt"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    for item in tiny_model_dir.iterdir():
+        (snapshot / item.name).write_bytes(item.read_bytes())
+    script = (
+        "from spikegpt.checkpoint import load_model\n"
+        "model, tokenizer = load_model('someone/tiny-spikegpt')\n"
+        "print(type(model).__name__, model.config.n_layer, len(tokenizer))\n"
+        "try:\n"
+        "    load_model('someone/not-there')\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["SpikeGPTForCausalLM", "2", str(len(ALPHABET) + 1), "CheckpointError"]
