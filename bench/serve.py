@@ -34,10 +34,6 @@ from pathlib import Path
 
 import httpx
 
-# `python bench/serve.py` puts this folder first on sys.path, where bench/kernels.py would shadow the installed
-# `kernels` package that transformers probes for
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 PROMPT_TEXT = (
     "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
     "Arise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief.\n"
