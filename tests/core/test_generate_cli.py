@@ -14,19 +14,8 @@ def spikegpt(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def test_generate_streams_text_and_a_summary(tiny_model_dir):
-    result = spikegpt(
-        "generate",
-        "--model",
-        str(tiny_model_dir),
-        "--prompt",
-        "To be, or not",
-        "--max-new-tokens",
-        "25",
-        "--seed",
-        "3",
-        "--temperature",
-        "0.9",
-    )
+    args = ("generate", "--model", str(tiny_model_dir), "--prompt", "To be, or not", "--max-new-tokens", "25")
+    result = spikegpt(*args, "--seed", "3", "--temperature", "0.9")
     assert result.returncode == 0, result.stderr
     summary = result.stderr.strip().splitlines()[-1]
     match = re.search(
@@ -36,19 +25,7 @@ def test_generate_streams_text_and_a_summary(tiny_model_dir):
     generated, reason = int(match.group(1)), match.group(2)
     assert (generated == 25 and reason == "length") or (generated <= 25 and reason == "stop")
     assert len(result.stdout.strip("\n")) > 0
-    again = spikegpt(
-        "generate",
-        "--model",
-        str(tiny_model_dir),
-        "--prompt",
-        "To be, or not",
-        "--max-new-tokens",
-        "25",
-        "--seed",
-        "3",
-        "--temperature",
-        "0.9",
-    )
+    again = spikegpt(*args, "--seed", "3", "--temperature", "0.9")
     assert again.stdout == result.stdout, "the same seed must give the same text"
 
 
