@@ -24,7 +24,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from spikegpt.kernels import wkv
+from spikegpt.kernels import fresh_state, wkv
 
 from .config import SpikeGPTConfig
 from .neuron import EmbeddingSpikes, LIFLayer
@@ -140,7 +140,7 @@ class Block(nn.Module):
             x = x / 2
         x = self.drop(x)
         if wkv_state is None:  # layer 0 with ffn_pre and a fresh sequence: its WKV slot stays fresh
-            wkv_state = RecurrentState.fresh(x.shape[0], 1, x.shape[2], x.device).layer(0)[2:5]
+            wkv_state = fresh_state(x.shape[0], x.shape[2], x.device)
         return x, (att_shift, ffn_shift, *wkv_state, att_v, ffn_v), (att_count, ffn_count)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-FRESH_WKV_MAX = -1e38  # "no tokens yet" exponent of the stable WKV state (RWKV-4's CUDA kernel uses the same)
+from spikegpt.kernels.wkv_torch import FRESH_MAX
 
 
 @dataclass
@@ -49,7 +49,7 @@ class RecurrentState:
             ffn_shift=torch.zeros(shape, device=device, dtype=dtype),
             wkv_num=torch.zeros(shape, **fp32),
             wkv_den=torch.zeros(shape, **fp32),
-            wkv_max=torch.full(shape, FRESH_WKV_MAX, **fp32),
+            wkv_max=torch.full(shape, FRESH_MAX, **fp32),
             att_v=torch.zeros(shape, **fp32),
             ffn_v=torch.zeros(shape, **fp32),
         )
