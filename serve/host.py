@@ -24,6 +24,7 @@ from spikegpt.sampling import SamplingParams
 from .errors import APIError, shutting_down
 from .formats import TokenTexts
 from .metrics import ServerMetrics
+from .protocol import ServerLimits
 from .settings import ServeSettings, SettingsError
 from .worker import EngineWorker
 
@@ -58,6 +59,7 @@ class ModelHost:
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self.token_texts: TokenTexts | None = None
         self.worker: EngineWorker | None = None
+        self.limits: ServerLimits | None = None  # what requests are validated against, once the model is loaded
 
     @property
     def config(self):
@@ -81,6 +83,8 @@ class ModelHost:
             return
         self.model, self.tokenizer, self.token_texts = model, tokenizer, TokenTexts(tokenizer)
         self.worker = EngineWorker(engine, self.settings.max_queue, self.metrics)
+        s = self.settings
+        self.limits = ServerLimits(model.config.vocab_size, s.max_prompt_tokens, s.max_tokens_cap, self.worker.capacity)
         self.worker.start()
         if self.status == "loading":
             self.status = "ready"
