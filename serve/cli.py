@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from spikegpt.commands.common import add_model_arguments
 
@@ -132,13 +133,21 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
 
 def _draining_server(config, host):
-    """A uvicorn server that, when it begins to shut down, lets the host end requests in flight cleanly."""
+    """A uvicorn server that, when it begins to shut down, lets the host end requests in flight cleanly, and whose
+    process exits with status 0 after a clean shutdown on SIGTERM or SIGINT (uvicorn would re-raise the signal)."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:
             host.begin_shutdown()
             await super().shutdown(sockets)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                if not self.force_exit:  # shut down as asked: nothing left to re-raise
+                    self._captured_signals.clear()
 
     return DrainingServer(config)
 

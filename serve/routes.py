@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from .chat import render_chat
@@ -15,6 +15,7 @@ from .formats import ChatFormat, CompletionFormat
 from .generation import Generation, Job, Prompt, complete, stream
 from .host import ModelHost
 from .lifecycle import RequestLife
+from .openapi import GENERATION_RESPONSES, HEALTH_RESPONSES, METRICS_RESPONSES, TOKENIZER_RESPONSES, errors, json_body
 from .protocol import (
     Body,
     ChatCompletionRequest,
@@ -55,7 +56,7 @@ async def _read(request: Request, body_type: type[Body]) -> tuple[ModelHost, Bod
     return host, body
 
 
-@router.get("/health")
+@router.get("/health", responses=HEALTH_RESPONSES)
 async def health(request: Request) -> JSONResponse:
     """200 when requests can be served; 503 while loading, after a failed load, and while shutting down."""
     host = _host(request)
@@ -65,7 +66,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if host.status == "ready" else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSES)
 async def metrics(request: Request) -> Response:
     data, content_type = _host(request).metrics.exposition()
     return Response(data, media_type=content_type)
@@ -75,12 +76,12 @@ def _model_card(host: ModelHost) -> dict:
     return {"id": host.model_name, "object": "model", "created": host.created, "owned_by": "spikegpt"}
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=errors(401))
 async def list_models(request: Request) -> dict:
     return {"object": "list", "data": [_model_card(_host(request))]}
 
 
-@router.get("/v1/models/{model:path}")
+@router.get("/v1/models/{model:path}", responses=errors(401, 404))
 async def retrieve_model(request: Request, model: str) -> dict:
     host = _host(request)
     host.check_model(model)
@@ -144,17 +145,17 @@ async def _generate(request: Request, endpoint: str, body_type: type[Body], buil
     return JSONResponse(result)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=json_body(CompletionRequest), responses=GENERATION_RESPONSES)
 async def completions(request: Request) -> Response:
     return await _generate(request, "completions", CompletionRequest, _completion_job)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=json_body(ChatCompletionRequest), responses=GENERATION_RESPONSES)
 async def chat_completions(request: Request) -> Response:
     return await _generate(request, "chat/completions", ChatCompletionRequest, _chat_job)
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", openapi_extra=json_body(TokenizeRequest), responses=TOKENIZER_RESPONSES)
 async def tokenize(request: Request) -> dict:
     host, body = await _read(request, TokenizeRequest)
     if body.messages is not None:
@@ -165,7 +166,7 @@ async def tokenize(request: Request) -> dict:
     return {"tokens": ids, "count": len(ids), "max_model_len": host.settings.max_prompt_tokens}
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", openapi_extra=json_body(DetokenizeRequest), responses=TOKENIZER_RESPONSES)
 async def detokenize(request: Request) -> dict:
     host, body = await _read(request, DetokenizeRequest)
     return {"prompt": host.tokenizer.decode(body.tokens)}
