@@ -30,6 +30,18 @@ def test_greedy_takes_the_most_likely_token():
     assert set(draws(SamplingParams(temperature=0), SamplingParams(seed=1))) == {VOCAB - 1}
 
 
+def test_a_temperature_or_top_p_too_small_for_float32_is_greedy():
+    """1e-300 is 0 in the sampler's float32 rows: it must not divide by it or drop every token."""
+    for params in (
+        SamplingParams(temperature=1e-300, seed=1),
+        SamplingParams(temperature=1e-39, seed=1),
+        SamplingParams(top_p=1e-46, seed=1),
+        SamplingParams(top_p=1e-300, min_p=0.5, top_k=3, seed=1),
+    ):
+        assert params.greedy
+        assert set(draws(params, SamplingParams(seed=2), n=20)) == {VOCAB - 1}
+
+
 def test_top_k_top_p_and_min_p_keep_only_the_likely_tokens():
     assert set(draws(SamplingParams(top_k=3, seed=2), SamplingParams(seed=1))) == {9, 10, 11}
     # probabilities of the top tokens: 0.39, 0.24, 0.15, 0.09 ...: top_p keeps up to the token that crosses it
