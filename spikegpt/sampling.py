@@ -237,8 +237,6 @@ class BatchSampler:
             tokens = torch.where(self._greedy, greedy_tokens, drawn)
         index = torch.tensor(rows, device=tokens.device)
         chosen = tokens[index]
-        self._output_counts.index_put_((index, chosen), torch.ones_like(chosen, dtype=torch.float32), accumulate=True)
-        self._seen[index, chosen] = True
         choices = [TokenChoice(t) for t in chosen.tolist()]
         wanted = [i for i, p in enumerate(active) if p.logprobs is not None]
         if wanted:
@@ -250,4 +248,7 @@ class BatchSampler:
             for i, value, top in zip(wanted, values, tops, strict=True):
                 choices[i].logprob = value
                 choices[i].top_logprobs = top[: active[i].logprobs]
+        # the penalties' history changes last, so that a call that fails leaves every row as it was
+        self._output_counts.index_put_((index, chosen), torch.ones_like(chosen, dtype=torch.float32), accumulate=True)
+        self._seen[index, chosen] = True
         return tokens, choices
