@@ -88,9 +88,12 @@ def test_eval_command_matches_the_training_loops_evaluation(finished_run, capsys
     assert result["bits_per_character"] == pytest.approx(result["bits_per_byte"])
 
 
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, precision):
+    """Through accelerate's save_state / load_state: weights, optimizer, RNG and data position (bf16 autocast on
+    a CPU as well)."""
     corpus = write_corpus(tmp_path / "corpus.txt")
-    common = dict(dropout=0.1, lr_decay_steps=6, eval_interval=0, save_interval=3)
+    common = dict(dropout=0.1, lr_decay_steps=6, eval_interval=0, save_interval=3, precision=precision)
     assert main(tiny_run_args(corpus, tmp_path / "straight", **common)) == 0
     AcceleratorState._reset_state(reset_partial_state=True)
     assert main(tiny_run_args(corpus, tmp_path / "split", max_steps=3, **common)) == 0
