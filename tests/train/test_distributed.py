@@ -8,21 +8,39 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 from conftest import free_port
 from safetensors.torch import load_file
 from train_helpers import offline, tiny_run_args, write_corpus  # noqa: F401 (offline is an autouse fixture)
+
+ACCELERATE = Path(__file__).resolve().parents[2] / "train" / "configs" / "accelerate"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "machines"),
+    [("single-gpu", "NO", 1), ("multi-gpu", "MULTI_GPU", 1), ("multi-node", "MULTI_GPU", 2), ("fsdp", "FSDP", 1)],
+)
+def test_the_example_accelerate_configs_are_valid(name, kind, machines):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from spikegpt.model import Block
+
+    config = load_config_from_file(str(ACCELERATE / f"{name}.yaml"))
+    assert config.distributed_type == kind and config.num_machines == machines
+    if kind == "FSDP":  # the wrapped unit names a real module of the model
+        assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == Block.__name__
 
 
 def test_accelerate_launch_two_processes(tmp_path):
     corpus = write_corpus(tmp_path / "corpus.txt")
     out = tmp_path / "out"
     args = tiny_run_args(corpus, out, max_steps=4, save_interval=4, eval_interval=4, log_interval=2)[1:]
-    # --multi_gpu on a machine without GPUs starts gloo processes (MULTI_CPU); --cpu would start only one
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    # the shipped multi-GPU config: on a machine without GPUs it starts gloo processes (MULTI_CPU)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE / "multi-gpu.yaml")]
+    launch += ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port())]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [*launch, "-m", "spikegpt.train", *args], env=env, capture_output=True, text=True, timeout=300
