@@ -16,6 +16,8 @@ from conftest import free_port
 from safetensors.torch import load_file
 from train_helpers import offline, tiny_run_args, write_corpus  # noqa: F401 (offline is an autouse fixture)
 
+from spikegpt.cli import main
+
 ACCELERATE = Path(__file__).resolve().parents[2] / "train" / "configs" / "accelerate"
 
 
@@ -34,7 +36,7 @@ def test_the_example_accelerate_configs_are_valid(name, kind, machines):
         assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == Block.__name__
 
 
-def test_accelerate_launch_two_processes(tmp_path):
+def test_accelerate_launch_two_processes(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "corpus.txt")
     out = tmp_path / "out"
     args = tiny_run_args(corpus, out, max_steps=4, save_interval=4, eval_interval=4, log_interval=2)[1:]
@@ -60,3 +62,6 @@ def test_accelerate_launch_two_processes(tmp_path):
     assert not torch.equal(rank0["torch_manual_seed"], rank1["torch_manual_seed"])
     assert "do not share" not in done.stderr  # one directory seen by both: one copy of the checkpoint
     assert load_file(out / "model.safetensors").keys()
+    # one process cannot continue it exactly: a one-line error, before anything is loaded
+    assert main([*tiny_run_args(corpus, out, max_steps=6), "--resume"]) == 1
+    assert "written by 2 processes; resume it with 2" in capsys.readouterr().err
