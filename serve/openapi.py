@@ -62,8 +62,12 @@ GENERATION_RESPONSES = {
 }
 TOKENIZER_RESPONSES = {200: {"description": "the result"}, **errors(400, 401, 404, 413, 415, 503)}
 HEALTH_RESPONSES = {
+    200: {"description": "live: loading the model, serving or draining"},
+    503: {"description": "the model failed to load (with the error)", "content": {"application/json": {}}},
+}
+READY_RESPONSES = {
     200: {"description": "ready: requests can be served"},
-    503: {"description": "loading, failed (with the error) or shutting down", "content": {"application/json": {}}},
+    503: {"description": "loading, failed (with the error) or draining", "content": {"application/json": {}}},
 }
 METRICS_RESPONSES = {
     200: {"description": "Prometheus' text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
