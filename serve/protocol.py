@@ -111,10 +111,12 @@ class _Generation(_Body):
             raise ValueError("stop sequences must not be empty")
         return value
 
-    @field_validator("max_tokens")
+    @field_validator("max_tokens", "max_completion_tokens", check_fields=False)  # chat's is its alias
     @classmethod
     def _max_tokens(cls, value, info: ValidationInfo):
-        check_max_tokens(value, _limits(info))
+        cap = _limits(info).max_tokens_cap
+        if value is not None and value > cap:
+            raise ValueError(f"this server generates at most {cap} tokens per sequence, got {value}")
         return value
 
     @model_validator(mode="after")
@@ -153,11 +155,6 @@ class _Generation(_Body):
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
         )
-
-
-def check_max_tokens(value: int | None, limits: ServerLimits) -> None:
-    if value is not None and value > limits.max_tokens_cap:
-        raise ValueError(f"this server generates at most {limits.max_tokens_cap} tokens per sequence, got {value}")
 
 
 def _prompt_problem(ids: list[int], limits: ServerLimits) -> str | None:
@@ -253,12 +250,6 @@ class ChatCompletionRequest(_Generation):
     top_logprobs: _int("logprobs") | None = None
     response_format: ResponseFormat | None = None
     tools: Annotated[list[dict] | None, refused("tools (function calling) are not supported by this model")] = None
-
-    @field_validator("max_completion_tokens")
-    @classmethod
-    def _max_completion_tokens(cls, value, info: ValidationInfo):
-        check_max_tokens(value, _limits(info))
-        return value
 
     @model_validator(mode="after")
     def _logprobs_and_sequences(self, info: ValidationInfo):
