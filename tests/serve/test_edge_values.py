@@ -5,6 +5,7 @@ server still admits ``--max-batch`` + ``--max-queue`` sequences (no slot or queu
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
@@ -87,36 +88,40 @@ def small(tiny_model_dir):
         yield server
 
 
+def check_answer(client, path: str, body: dict) -> int:
+    response = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert response.status_code in (200, 400), (path, str(body)[:200], response.text[:300])
+    if response.status_code == 400:
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}, response.text
+        assert error["type"] == "invalid_request_error" and "Traceback" not in error["message"]
+    else:
+        assert "error" not in response.json()
+    return response.status_code
+
+
 def test_edge_values_in_every_field_never_hurt_the_server(small):
     requests = edge_requests()
     long_body = {"prompt": "Hello", "max_tokens": 2000, "ignore_eos": True, "seed": 3, "stream": True}
-    statuses = {}
+    # a few requests at a time beside the long stream, never more sequences than the server holds (so no 429)
+    senders = small.host.settings.max_batch + small.host.settings.max_queue - 1
     with (
-        small.client() as client,
+        small.client() as client,  # httpx clients are thread-safe: one connection per request in flight
         small.client() as beside,
         beside.stream("POST", "/v1/completions", json=long_body) as long_stream,
+        ThreadPoolExecutor(senders) as pool,
     ):
         assert long_stream.status_code == 200
         lines = long_stream.iter_lines()
         first = next(line for line in lines if line)
-        for path, body in requests:
-            response = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-            assert response.status_code in (200, 400), (path, str(body)[:200], response.text[:300])
-            if response.status_code == 400:
-                error = response.json()["error"]
-                assert set(error) == {"message", "type", "param", "code"}, response.text
-                assert error["type"] == "invalid_request_error" and "Traceback" not in error["message"]
-            else:
-                answer = response.json()
-                assert "error" not in answer
+        statuses = list(pool.map(lambda request: check_answer(client, *request), requests))
         rest = [first, *(line for line in lines if line)]
     events = [line.removeprefix("data: ") for line in rest]
     assert events[-1] == "[DONE]"
     last = json.loads(events[-2])
     assert "error" not in last and last["choices"][0]["finish_reason"] == "length"
     assert sum(len(c["text"]) for e in events[:-1] for c in json.loads(e)["choices"]) > 0
-    assert statuses[200] > 50 and statuses[400] > 100  # both kinds were exercised
+    assert statuses.count(200) > 50 and statuses.count(400) > 100  # both kinds were exercised
     wait_for(lambda: small.host.worker.outstanding == 0)
     # every slot and queue place is free again: max_batch + max_queue streams are all admitted
     capacity = small.host.settings.max_batch + small.host.settings.max_queue
