@@ -34,6 +34,7 @@ class _Body(BaseModel):
 
 class StreamOptions(_Body):
     include_usage: bool = False
+    include_spikes: bool = False  # each chunk's choice carries its tokens' spike counts per site
 
 
 class _Generation(_Body):
@@ -70,6 +71,10 @@ class _Generation(_Body):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def include_spikes(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_spikes)
 
     def check_stream_options(self) -> None:
         if self.stream_options is not None and not self.stream:

@@ -51,7 +51,10 @@ async def metrics(request: Request) -> Response:
 
 
 def _model_card(host: ModelHost) -> dict:
-    return {"id": host.model_name, "object": "model", "created": host.created, "owned_by": "spikegpt"}
+    card = {"id": host.model_name, "object": "model", "created": host.created, "owned_by": "spikegpt"}
+    if host.model is not None:
+        card["spiking"] = host.spiking()
+    return card
 
 
 @router.get("/v1/models")
@@ -103,7 +106,8 @@ def _completion_job(host: ModelHost, body: CompletionRequest, arrival: float) ->
     prompts = [_encode_prompt(host, p, body.echo) for p in body.prompt]
     params = [body.sampling_params(max_tokens, body.logprobs, c) for c in range(body.n)]
     fmt = CompletionFormat(host.token_texts)
-    return Job(host, fmt, "completions", prompts, params, body.logprobs, body.include_usage, arrival, body.echo)
+    spikes = body.include_spikes
+    return Job(host, fmt, "completions", prompts, params, body.logprobs, body.include_usage, arrival, body.echo, spikes)
 
 
 def _chat_job(host: ModelHost, body: ChatCompletionRequest, arrival: float) -> Job:
@@ -114,7 +118,8 @@ def _chat_job(host: ModelHost, body: ChatCompletionRequest, arrival: float) -> J
     k = body.logprobs_k
     params = [body.sampling_params(max_tokens, k, c, chat.stop) for c in range(body.n)]
     fmt = ChatFormat(host.token_texts)
-    return Job(host, fmt, "chat/completions", [Prompt(ids, None)], params, k, body.include_usage, arrival)
+    prompts, usage, spikes = [Prompt(ids, None)], body.include_usage, body.include_spikes
+    return Job(host, fmt, "chat/completions", prompts, params, k, usage, arrival, include_spikes=spikes)
 
 
 def _outcome(error: APIError) -> str:
