@@ -24,8 +24,9 @@ def format_joules(j: float | None) -> str:
     """Energy with a readable unit and three significant figures: 1.234e-6 → '1.23 µJ'."""
     if j is None:
         return "-"
+    rounded = float(f"{j:.3g}")  # the unit of the rounded value: 999.7 nJ is 1 µJ, not 1e+03 nJ
     for scale, unit in _JOULE_UNITS:
-        if abs(j) >= scale:
+        if abs(rounded) >= scale:
             return f"{j / scale:.3g} {unit}"
     return f"{j / 1e-12:.3g} pJ" if j else "0 J"
 

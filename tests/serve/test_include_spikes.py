@@ -60,6 +60,7 @@ def test_chat_chunks_carry_spikes_and_the_usage_chunk_none(client):
     options = {"include_spikes": True, "include_usage": True}
     events = stream_post(client, "/v1/chat/completions", {**body, "stream_options": options})
     *chunks, usage_chunk, done = events
+    assert done == "[DONE]"
     assert "spikes" not in chunks[0]["choices"][0]  # the role chunk carries no token
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 5
     per_token = spike_entries(chunks)[0]
