@@ -85,3 +85,8 @@ def test_the_figure_shows_the_total_and_the_baselines(seed):
         assert "spiking off" in shown and "vanilla GPT" in shown and "SpikeGPT, rule strict" in shown
     finally:
         pyplot().close(fig)
+
+
+def test_joules_take_the_unit_of_the_rounded_value():
+    assert format_joules(999.7e-9) == "1 µJ"  # not "1e+03 nJ"
+    assert format_joules(1.234e-6) == "1.23 µJ" and format_joules(0.0) == "0 J" and format_joules(None) == "-"
