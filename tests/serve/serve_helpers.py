@@ -1,5 +1,5 @@
 """Helpers of the serving tests: a real server (uvicorn in a thread, on a free 127.0.0.1 port, serving a saved
-model) and ways to talk to it over real HTTP."""
+model, or ``spikegpt serve`` in a subprocess) and ways to talk to it over real HTTP."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def run_server(settings: ServeSettings, loader=load_checkpoint, wait_ready: bool
 def wait_until_ready(server: RunningServer, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     with server.client() as client:
-        while client.get("/health").status_code != 200:
+        while client.get("/ready").status_code != 200:
             assert time.monotonic() < deadline, "the model did not load"
             time.sleep(0.02)
 
@@ -156,7 +156,7 @@ class ServerProcess:
     def wait_ready(self, timeout: float = 120) -> str:
         assert self.started.wait(timeout), "".join(self.log)
         deadline = time.monotonic() + timeout
-        while httpx.get(self.url + "/health", timeout=5).status_code != 200:
+        while httpx.get(self.url + "/ready", timeout=5).status_code != 200:
             assert time.monotonic() < deadline, "".join(self.log)
             time.sleep(0.05)
         return self.url
