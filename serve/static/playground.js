@@ -382,12 +382,12 @@ function fact(list, name, value, attrs = {}) {
 
 function renderUsage(usage) {
   const list = $("usage");
-  fact(list, "prompt tokens", usage.prompt_tokens);
+  fact(list, "prompt tokens", usage.prompt_tokens, { "data-field": "prompt_tokens" });
   const details = usage.prompt_tokens_details;
   if (details && details.cached_tokens !== undefined && details.cached_tokens !== null) {
-    fact(list, "from cache", details.cached_tokens, { id: "cached-tokens" });
+    fact(list, "from cache", details.cached_tokens, { "data-field": "cached_tokens" });
   }
-  fact(list, "generated tokens", usage.completion_tokens);
+  fact(list, "generated tokens", usage.completion_tokens, { "data-field": "completion_tokens" });
 }
 
 const BASELINE_NAMES = { spiking_off: "spiking off", vanilla_gpt: "vanilla GPT" };

@@ -171,7 +171,30 @@ def test_the_page_streams_and_shows_the_apis_figures_for_the_same_seeded_request
             format_joules(b["energy_j"]) for b in report["baselines"].values()
         ]
     assert page.evaluate("() => document.getElementById('model-placement').textContent") == "residual"
-    assert page.evaluate("() => document.getElementById('cached-tokens')") is None  # no cache: not shown
+    assert usage_facts(page) == {"prompt_tokens": "19", "completion_tokens": str(usage["completion_tokens"])}
+
+
+def usage_facts(page: Page) -> dict:
+    return page.evaluate(
+        "() => Object.fromEntries([...document.querySelectorAll('#usage [data-field]')]"
+        ".map(f => [f.dataset.field, f.querySelector('dd').textContent]))"
+    )
+
+
+def test_cached_prompt_tokens_are_shown_when_the_usage_has_them(page, served):
+    """The server reports ``usage.prompt_tokens_details.cached_tokens`` once its state cache lands (another
+    issue); until then a real stream of this server is replayed to the page with that field added, through
+    Playwright's request interception."""
+    body = {"prompt": "ROMEO:", "max_tokens": 4, "seed": 1, "ignore_eos": True, "logprobs": 0, "stream": True,
+            "stream_options": {"include_usage": True, "include_spikes": True}}  # fmt: skip
+    with api(served) as client, client.stream("POST", "/v1/completions", json=body) as response:
+        events = sse_events(response)
+    events[-2]["usage"]["prompt_tokens_details"] = {"cached_tokens": 5}
+    recorded = "".join(f"data: {e if e == '[DONE]' else json.dumps(e)}\n\n" for e in events)
+    page.page.route("**/v1/completions", lambda route: route.fulfill(body=recorded, content_type="text/event-stream"))
+    page.generate()
+    page.wait_done()
+    assert usage_facts(page) == {"prompt_tokens": "6", "cached_tokens": "5", "completion_tokens": "4"}
 
 
 def test_tokens_stream_in_by_keyboard_and_escape_stops(page):
@@ -245,8 +268,8 @@ def test_chat_mode_by_keyboard_in_a_narrow_window_with_labels(browser, served):
         body = json.loads(sent.value.post_data)
         assert body["messages"] == [{"role": "user", "content": "Speak of the moon."}]
         rows = page.evaluate(RASTER)
-        assert len(rows) == body["max_tokens"] or page.evaluate("() => document.getElementById('output').textContent")
         assert rows and all(len(r) == 5 for r in rows)
+        assert len(rows) == int(usage_facts(page)["completion_tokens"])
         # narrow: nothing wider than the window but the raster, which scrolls in its own box
         assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
         page.expect("#energy article.rule").to_have_count(2)
@@ -271,7 +294,7 @@ def test_the_page_and_its_files_are_served_with_a_same_origin_policy(client):
         response = client.get(f"/playground/{name}")
         assert response.status_code == 200 and kind in response.headers["content-type"]
         assert response.headers["content-security-policy"] == page.headers["content-security-policy"]
-    assert "http" not in re.sub(r"https?://\S*(w3\.org)\S*", "", page.text)  # no link to anywhere else
+    assert "http" not in page.text  # no absolute address: nothing from anywhere else
     assert client.get("/playground/nothing.js").status_code == 404
 
 
