@@ -103,7 +103,7 @@ class _Generation(_Body):
 
 class CompletionRequest(_Generation):
     prompt: Any = Field(...)
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    max_tokens: int | None = Field(16, ge=0)  # OpenAI's default; 0 (legacy API): score the prompt, generate nothing
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: Annotated[int | None, refused("best_of other than 1 is not supported by this server; use n", 1)] = None

@@ -1,5 +1,6 @@
 """The HTTP endpoints: OpenAI's ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/models``, vLLM's
-``/tokenize`` and ``/detokenize``, and ``/health`` and ``/metrics`` for operators."""
+``/tokenize``, ``/detokenize`` and ``/tokenizer_info`` (which lm-evaluation-harness's remote tokenizer reads), and
+``/health`` and ``/metrics`` for operators."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from spikegpt.tokenizer import CHAT_TEMPLATE, encode_counting_unknown
 
 from .chat import render_chat
 from .errors import APIError, invalid
@@ -83,19 +86,19 @@ def _max_tokens(host: ModelHost, requested: int | None, param: str) -> int:
     cap = host.settings.max_tokens_cap
     if requested is not None and requested > cap:
         raise invalid(f"{param} is {requested}; this server generates at most {cap} tokens per sequence", param)
-    return requested or cap
+    return cap if requested is None else requested
 
 
 def _encode_prompt(host: ModelHost, prompt: str | list[int], echo: bool) -> Prompt:
     if isinstance(prompt, list):
         _check_token_ids(host, prompt, "prompt")
         return Prompt(_check_length(host, prompt, "prompt"), host.tokenizer.decode(prompt) if echo else None)
-    ids = host.tokenizer.encode(prompt)
+    ids, unknown = encode_counting_unknown(host.tokenizer, prompt)
     if not ids:  # an empty prompt starts a new document, as after an end-of-text token
         if host.tokenizer.eos_token_id is None:
             raise invalid("the prompt is empty and the model has no end-of-text token to start from", "prompt")
         ids = [host.tokenizer.eos_token_id]
-    return Prompt(_check_length(host, ids, "prompt"), prompt if echo else None)
+    return Prompt(_check_length(host, ids, "prompt"), prompt if echo else None, unknown)
 
 
 def _completion_job(host: ModelHost, body: CompletionRequest, arrival: float) -> Job:
@@ -110,11 +113,12 @@ def _chat_job(host: ModelHost, body: ChatCompletionRequest, arrival: float) -> J
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     max_tokens = _max_tokens(host, body.requested_max_tokens, param)
     chat = render_chat(host.tokenizer, body.messages)
-    ids = _check_length(host, host.tokenizer.encode(chat.text, add_special_tokens=chat.add_special_tokens), "messages")
+    ids, unknown = encode_counting_unknown(host.tokenizer, chat.text, add_special_tokens=False)
+    _check_length(host, ids, "messages")
     k = body.logprobs_k
     params = [body.sampling_params(max_tokens, k, c, chat.stop) for c in range(body.n)]
     fmt = ChatFormat(host.token_texts)
-    return Job(host, fmt, "chat/completions", [Prompt(ids, None)], params, k, body.include_usage, arrival)
+    return Job(host, fmt, "chat/completions", [Prompt(ids, None, unknown)], params, k, body.include_usage, arrival)
 
 
 def _outcome(error: APIError) -> str:
@@ -167,11 +171,35 @@ async def tokenize(request: Request) -> dict:
     if (body.prompt is None) == (body.messages is None):
         raise invalid("give exactly one of prompt and messages")
     if body.messages is not None:
-        chat = render_chat(host.tokenizer, body.messages)
-        ids = host.tokenizer.encode(chat.text, add_special_tokens=chat.add_special_tokens)
+        text, add_special_tokens = render_chat(host.tokenizer, body.messages).text, False
     else:
-        ids = host.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
-    return {"tokens": ids, "count": len(ids), "max_model_len": host.settings.max_prompt_tokens}
+        text, add_special_tokens = body.prompt, body.add_special_tokens
+    ids, unknown = encode_counting_unknown(host.tokenizer, text, add_special_tokens)
+    return {
+        "tokens": ids,
+        "count": len(ids),
+        "max_model_len": host.settings.max_prompt_tokens,
+        "unknown_characters": unknown,  # characters the vocabulary cannot spell, each one unknown token
+    }
+
+
+@router.get("/tokenizer_info")
+async def tokenizer_info(request: Request) -> dict:
+    """The tokenizer's special tokens and chat template (vLLM's endpoint), so that clients such as
+    lm-evaluation-harness tokenize through this server instead of looking for the tokenizer on the Hub."""
+    host = _host(request)
+    host.require_ready()
+    tokenizer = host.tokenizer
+    return {
+        "tokenizer_class": type(tokenizer).__name__,
+        "eos_token": tokenizer.eos_token,
+        "bos_token": tokenizer.bos_token,
+        "pad_token": tokenizer.pad_token,
+        "unk_token": tokenizer.unk_token,
+        "chat_template": tokenizer.chat_template or CHAT_TEMPLATE,
+        "model_max_length": host.settings.max_prompt_tokens,
+        "vocab_size": host.config.vocab_size,
+    }
 
 
 @router.post("/detokenize")

@@ -193,7 +193,11 @@ class Engine:
             ready = []
         while self._waiting and None in self.slots:
             seq = self._admit(self._waiting.pop(0), events)
-            if seq is not None:
+            if seq is not None and seq.request.params.max_tokens == 0:  # score-only: done after the prefill
+                event = self._finish(seq, "length", None)
+                event.prompt_logprobs = seq.prompt_logprobs
+                events.append(event)
+            elif seq is not None:
                 ready.append(seq)
         if ready:
             self._sample(ready, events)

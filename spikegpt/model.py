@@ -354,6 +354,17 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
             )
         return SpikeGPTCausalLMOutput(loss=loss, logits=logits, state=out.state, spike_stats=out.spike_stats)
 
+    # generate(): the recurrent state is this model's cache, carried in model_kwargs["state"] (a cache name
+    # GenerationMixin knows). No DynamicCache is made beside it: beam search reorders the first cache it finds, and
+    # reordering an empty DynamicCache instead of the state would let the beams read each other's history.
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False
+
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
-        model_kwargs["state"] = outputs.state  # the recurrent state is this model's cache
+        model_kwargs["state"] = outputs.state
         return super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
+
+    def _reorder_cache(self, state: RecurrentState, beam_idx: torch.LongTensor) -> RecurrentState:
+        """Beam search's hook: row i of the next step continues the sequence in row ``beam_idx[i]``."""
+        return state.select(beam_idx.to(state.att_shift.device))

@@ -30,7 +30,7 @@ class SamplingParams:
     token's log-probability and the k most likely alternatives (raw model distribution, before any processing).
     """
 
-    max_tokens: int = 16
+    max_tokens: int = 16  # 0: score the prompt only (with prompt log-probabilities), generate nothing
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -46,7 +46,7 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.max_tokens >= 1, "max_tokens", "must be at least 1"),
+            (self.max_tokens >= 0, "max_tokens", "must not be negative"),
             (math.isfinite(self.temperature) and 0 <= self.temperature <= 100, "temperature", "must be in [0, 100]"),
             (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
             (self.top_k >= 0, "top_k", "must be 0 (off) or positive"),
