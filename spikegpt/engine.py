@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +85,20 @@ class _DecodeStep(torch.nn.Module):
         return (out.logits[:, -1], out.spike_stats.counts, *out.state.tensors())
 
 
+@contextmanager
+def _transformers_logs_silenced():
+    """Tracing also reads ``loss_function`` of the inner ``SpikeGPTModel``, which has no loss (the head's forward
+    computes it) and for which transformers would log "`loss_type=None` was set in the config but it is
+    unrecognized": nothing a user can act on."""
+    hf_logger = logging.getLogger("transformers")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hf_logger.setLevel(level)
+
+
 def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState):
     """One recurrent step at a fixed batch shape (``tokens`` ``[B, 1]``), recorded with ``torch.jit.trace``: a
     function ``(tokens, state) -> (last logits [B, vocab], new state, spike counts [B, sites])`` that runs the very
@@ -93,9 +108,11 @@ def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: R
     TorchScript is deprecated in favour of torch.compile, which fuses more but takes a minute to compile on a small
     CPU (``compile=True``); ``torch.export`` runs slower than eager here. Tracing takes a fraction of a second and
     doubles the decoding speed of a small model, so it stays while the pinned torch has it."""
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _transformers_logs_silenced():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: intended
         warnings.simplefilter("ignore", DeprecationWarning)
+        # tracing reads every attribute of every module, deprecated properties of PreTrainedModel included
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         traced = torch.jit.trace(_DecodeStep(model), (tokens, *state.tensors()), check_trace=False)
 
     def step(tokens: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState, torch.Tensor]:

@@ -27,7 +27,9 @@ from transformers.utils import ModelOutput
 from spikegpt.kernels import fresh_state, wkv
 
 from .config import SpikeGPTConfig
+from .hub_code import AUTO_MAP, write_code_files
 from .neuron import EmbeddingSpikes, LIFLayer
+from .progress import transformers_bars_on_terminal
 from .state import RecurrentState
 from .stats import SpikeStats, site_names
 
@@ -177,9 +179,19 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
         super().post_init()
         self.column_major_linears()
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """Hugging Face's save, plus the ``auto_map`` and code files that load the checkpoint without ``import
+        spikegpt`` (``trust_remote_code=True``; see ``hub_code``)."""
+        self.config.auto_map = dict(AUTO_MAP)
+        with transformers_bars_on_terminal():
+            super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_code_files(save_directory)
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
+        with transformers_bars_on_terminal():
+            loaded = super().from_pretrained(*args, **kwargs)
         (loaded[0] if isinstance(loaded, tuple) else loaded).column_major_linears()
         return loaded
 

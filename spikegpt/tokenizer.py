@@ -61,6 +61,8 @@ def _complete(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
     """What a checkpoint saved before the chat template and the unknown token needs to behave like a new one."""
     if not tokenizer.chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
+    for where_it_was_loaded_from in ("is_local", "local_files_only"):  # not settings to save with a checkpoint
+        tokenizer.init_kwargs.pop(where_it_was_loaded_from, None)
     model = tokenizer.backend_tokenizer.model
     if _spells_characters(tokenizer) and model.unk_token is None and tokenizer.eos_token is not None:
         # an older character vocabulary dropped unknown characters; its end-of-text token stands in for them now

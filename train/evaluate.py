@@ -111,7 +111,7 @@ def evaluate(model, eval_set: EvalSet, batch_size: int, accelerator=None, device
     batches = list(_batches(mine, batch_size))
     autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
     with autocast:
-        for batch in tqdm(batches, desc="evaluating", leave=False, disable=not progress or rank != 0):
+        for batch in tqdm(batches, desc="evaluating", leave=False, disable=None if progress and rank == 0 else True):
             ids = torch.from_numpy(batch.astype(np.int64)).to(device)
             out = model(ids[:, :-1], output_spike_stats=True)
             targets = ids[:, 1:]
