@@ -168,7 +168,9 @@ class Trainer:
             self.data = training_data(corpus, self.tokenizer, cfg, self.ctx_len, rank, self.world)
         validation = self.data.validation
         self.eval_set = (
-            make_eval_set(validation, self.tokenizer, cfg.eval_max_blocks) if validation is not None else None
+            make_eval_set(validation, self.tokenizer, cfg.eval_max_blocks, self.data.validation_unknown)
+            if validation is not None
+            else None
         )
         n_params = sum(p.numel() for p in model.parameters())
 

@@ -86,7 +86,7 @@ def test_a_directorys_file_names_give_its_splits(tmp_path, tokenizer):
     corpus = load_corpus(source(folder))
     assert list(iter_texts(corpus, "train")) == DOCS[:2] and list(iter_texts(corpus, "validation")) == DOCS[2:]
     streams = split_streams(corpus, tokenizer, "train", "validation", 0.1)
-    assert tokenizer.decode(streams.validation.tolist(), skip_special_tokens=True) == DOCS[2]
+    assert tokenizer.decode(streams.validation.ids.tolist(), skip_special_tokens=True) == DOCS[2]
 
 
 @pytest.mark.parametrize("ctx_len", [1, 3, 7, 16, 100])
@@ -111,8 +111,8 @@ def test_missing_validation_split_is_the_tail_of_the_training_tokens(tmp_path, t
     corpus = load_corpus(source(path))
     streams = split_streams(corpus, tokenizer, "train", "validation", 0.1)
     full = tokenizer.encode(text)
-    assert streams.train.tolist() == full[:900] and streams.validation.tolist() == full[900:]
-    assert eval_stream(corpus, tokenizer, "validation", "train", 0.1).tolist() == full[900:]
+    assert streams.train.ids.tolist() == full[:900] and streams.validation.ids.tolist() == full[900:]
+    assert eval_stream(corpus, tokenizer, "validation", "train", 0.1).ids.tolist() == full[900:]
 
 
 def test_block_batches_cover_each_epoch_once_and_resume(tmp_path):
