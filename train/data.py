@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from spikegpt.errors import DatasetError
+from spikegpt.progress import on_terminal
 from spikegpt.tokenizer import may_lose_characters, unknown_bytes
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ def load_corpus(source: DataSource) -> Corpus:
     """All splits of ``source``; raises ``DatasetError`` with what to do when it cannot be loaded."""
     import datasets
 
+    if not on_terminal():  # datasets' bars (generating splits, tokenizing) are cursor codes in a log
+        datasets.disable_progress_bars()
     files = _local_files(source.dataset)
     if files is not None and all(Path(f).stat().st_size == 0 for f in files):
         raise DatasetError(f"{source.dataset}: empty; it holds no text to train on")
