@@ -32,6 +32,7 @@ from .neuron import EmbeddingSpikes, LIFLayer
 from .progress import transformers_bars_on_terminal
 from .state import RecurrentState
 from .stats import SpikeStats, site_names
+from .tracing import generate_step
 
 LayerState = tuple[torch.Tensor, ...]  # one block's slice of RecurrentState, in its field order
 
@@ -333,6 +334,7 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         output_spike_stats: bool = False,
         logits_to_keep: int = 0,
+        decoding: bool = False,
         **kwargs,
     ) -> SpikeGPTCausalLMOutput:
         """Logits for every position of ``input_ids`` ``[B, T]``, continuing from ``state`` when given.
@@ -340,12 +342,18 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         ``labels`` ``[B, T]`` (usually ``input_ids``) are shifted inside: position t predicts label t + 1; -100 is
         ignored. ``attention_mask`` is accepted for ``generate()`` but must be all ones: a recurrent model reads
         every token, so batches must not be padded. ``logits_to_keep`` > 0 computes only the last positions' logits.
+        ``decoding`` (set by ``generate()`` after the prompt): one token per row from ``state``, through the traced
+        recurrent step where it can serve (the same operations, bit for bit, without Python between them).
         """
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError(
                 "SpikeGPT reads every token of every row: padded batches (attention_mask with zeros) are not "
                 "supported; generate sequences of different lengths separately"
             )
+        if decoding and state is not None and input_ids is not None and input_ids.shape[1] == 1:
+            if labels is None and not output_spike_stats and (step := generate_step(self, input_ids, state)):
+                logits, state, _ = step(input_ids, state)
+                return SpikeGPTCausalLMOutput(logits=logits[:, None], state=state)
         out = self.model(
             input_ids=input_ids,
             state=state,
@@ -375,6 +383,7 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         model_kwargs["state"] = outputs.state
+        model_kwargs["decoding"] = True  # from now on one token per step (see forward)
         return super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
 
     def _reorder_cache(self, state: RecurrentState, beam_idx: torch.LongTensor) -> RecurrentState:

@@ -168,3 +168,20 @@ def test_one_beam_is_greedy(seed):
     prompt = torch.randint(0, model.config.vocab_size, (1, 6))
     beam = model.generate(prompt, num_beams=1, max_new_tokens=10, do_sample=False)
     assert torch.equal(beam, manual_loop(model, prompt, 10, lambda logits: logits.argmax(-1, keepdim=True)))
+
+
+@torch.no_grad()
+def test_generate_decodes_through_the_traced_step_bit_for_bit(seed):
+    """generate() decodes with the traced recurrent step (the engine's, for its speed); its logits are the eager
+    forward's exactly."""
+    from spikegpt.tracing import _GENERATE_STEPS
+
+    model = lively_weights_(SpikeGPTForCausalLM(tiny_config()), seed).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (2, 5))
+    out = model.generate(prompt, max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    assert list(_GENERATE_STEPS[model]) == [(2, prompt.device, torch.float32)]
+    eager = model(prompt, use_cache=True)
+    for step, logits in enumerate(out.logits):
+        assert torch.equal(logits, eager.logits[:, -1].float()), step
+        token = out.sequences[:, prompt.shape[1] + step : prompt.shape[1] + step + 1]
+        eager = model(token, state=eager.state)
