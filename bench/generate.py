@@ -27,6 +27,7 @@ PROMPT = "ROMEO:"
 
 def time_generate(model, ids: torch.Tensor, tokens: int) -> float:
     """Decoding tokens/s of generate(): the time of a 1-token call (prompt + first token) is subtracted."""
+
     def run(n: int) -> float:
         started = time.perf_counter()
         model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)

@@ -8,7 +8,6 @@ template, the unknown token):  python scripts/refresh_bundled_model.py
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 from pathlib import Path

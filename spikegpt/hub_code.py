@@ -7,6 +7,8 @@ say how to install it.
 
 from __future__ import annotations
 
+import json
+import textwrap
 from pathlib import Path
 
 INSTALL_HINT = (
@@ -14,15 +16,19 @@ INSTALL_HINT = (
     "this Python environment; install it (pip install spikegpt) and load the checkpoint again"
 )
 
-_HEADER = '''"""Loads SpikeGPT from the installed spikegpt package (this file holds no model code; spikegpt writes it with
-every checkpoint so that transformers' Auto classes load the model with trust_remote_code=True)."""
+_HEADER = '''"""Loads SpikeGPT from the installed spikegpt package (this file holds no model code; spikegpt
+writes it with every checkpoint so that transformers' Auto classes load the model with trust_remote_code=True)."""
 
+# transformers does not count imports inside a try block among a file's requirements, so this message is the one
+# a user without the package sees
 try:
     {imports}
-except ImportError as error:  # transformers skips imports inside try blocks when it checks a file's requirements
-    raise ImportError({hint!r}) from error
+except ImportError as error:
+    raise ImportError(
+{hint}
+    ) from error
 
-__all__ = {names!r}
+__all__ = {names}
 '''
 
 CODE_FILES = {
@@ -42,7 +48,9 @@ AUTO_MAP = {
 
 def code_file_text(name: str) -> str:
     imports, names = CODE_FILES[name]
-    return _HEADER.format(imports=imports, hint=INSTALL_HINT, names=names)
+    pieces = textwrap.wrap(INSTALL_HINT, 100, drop_whitespace=False)
+    hint = "\n".join(f"        {json.dumps(piece)}" for piece in pieces)
+    return _HEADER.format(imports=imports, hint=hint, names=json.dumps(names))
 
 
 def write_code_files(directory: str | Path) -> None:

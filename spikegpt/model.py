@@ -350,8 +350,10 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
                 "SpikeGPT reads every token of every row: padded batches (attention_mask with zeros) are not "
                 "supported; generate sequences of different lengths separately"
             )
-        if decoding and state is not None and input_ids is not None and input_ids.shape[1] == 1:
-            if labels is None and not output_spike_stats and (step := generate_step(self, input_ids, state)):
+        one_token = state is not None and input_ids is not None and input_ids.shape[1] == 1
+        if decoding and one_token and labels is None and not output_spike_stats:
+            step = generate_step(self, input_ids, state)
+            if step is not None:
                 logits, state, _ = step(input_ids, state)
                 return SpikeGPTCausalLMOutput(logits=logits[:, None], state=state)
         out = self.model(

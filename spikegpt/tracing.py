@@ -21,6 +21,7 @@ from .state import RecurrentState
 if TYPE_CHECKING:
     from .model import SpikeGPTForCausalLM
 
+
 class _DecodeStep(torch.nn.Module):
     def __init__(self, model: SpikeGPTForCausalLM):
         super().__init__()
@@ -66,7 +67,6 @@ def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: R
         return logits, RecurrentState(*tensors), counts
 
     return step
-
 
 
 # per model, its traced steps by (batch, device, dtype); a weak reference, so a step never keeps its model alive

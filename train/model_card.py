@@ -19,7 +19,7 @@ CARD_METADATA = (
 )
 HOW_TO_LOAD = (
     "Its code is the `spikegpt` package (`pip install spikegpt`): `AutoModelForCausalLM.from_pretrained(DIR, "
-    "trust_remote_code=True)` and `pipeline(\"text-generation\", model=DIR, trust_remote_code=True)` load it "
+    'trust_remote_code=True)` and `pipeline("text-generation", model=DIR, trust_remote_code=True)` load it '
     "through the small code files saved beside the weights, which import the installed package; or run "
     "`spikegpt generate --model DIR`."
 )

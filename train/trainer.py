@@ -217,7 +217,7 @@ class Trainer:
         window = _Window(self.unwrapped, accelerator.device)
         evaluation = None
         progress = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
-                        disable=None if self.main else True, mininterval=2.0)  # fmt: skip (None: on a terminal only)
+                        disable=None if self.main else True, mininterval=2.0)  # fmt: skip
         model.train()
         while self.step < self.total_steps:
             lr = learning_rate(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, self.decay_steps)

@@ -44,9 +44,10 @@ def test_unknown_bytes_count_every_byte_of_the_lost_characters():
     text = "In 1990 the café 🙂"
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     counts = unknown_bytes(tokenizer, text, encoded["offset_mapping"], encoded["input_ids"])
-    assert sum(counts) == len("1990".encode()) + len("aé".encode()) + len("🙂".encode())
-    assert len(text.encode()) == sum(counts) + len(tokenizer.decode([i for i, c in zip(encoded["input_ids"], counts,
-                                                                                       strict=True) if not c]))
+    assert sum(counts) == len(b"1990") + len("aé".encode()) + len("🙂".encode())
+    assert len(text.encode()) == sum(counts) + len(
+        tokenizer.decode([i for i, c in zip(encoded["input_ids"], counts, strict=True) if not c])
+    )
 
 
 def test_an_older_character_vocabulary_gains_an_unknown_token_and_the_chat_template(tmp_path):

@@ -63,7 +63,12 @@ def test_include_usage_adds_a_final_usage_chunk(client):
     *chunks, usage_chunk, done = events
     assert done == "[DONE]"
     assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"] == {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18, "unknown_characters": 0}
+    assert usage_chunk["usage"] == {
+        "prompt_tokens": 11,
+        "completion_tokens": 7,
+        "total_tokens": 18,
+        "unknown_characters": 0,
+    }
     check_energy(usage_chunk["energy"], 7)
     assert all(c["usage"] is None for c in chunks)
 

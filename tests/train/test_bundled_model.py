@@ -56,7 +56,8 @@ def test_the_bundled_files_are_what_saving_writes_now(tmp_path):
     assert {"chat_template.jinja", "configuration_spikegpt.py", "modeling_spikegpt.py"} <= set(written)
     for name, data in written.items():
         if name != "model.safetensors":
-            assert (BUNDLED / name).read_bytes() == data, f"{name} is stale: run python scripts/refresh_bundled_model.py"
+            stale = f"{name} is stale: run python scripts/refresh_bundled_model.py"
+            assert (BUNDLED / name).read_bytes() == data, stale
 
 
 def test_the_model_cards_say_what_loads_them():

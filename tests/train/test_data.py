@@ -187,11 +187,10 @@ UNKNOWN_DOCS = ["In 1990 the café — 東京\n", "plain text\n", "naïve ☃ sn
 def test_eval_counts_every_byte_and_reports_the_unknown_ones(tmp_path, tokenizer, capsys):
     """``spikegpt eval`` on text with characters outside the model's vocabulary: bits per byte are over every byte
     of the text the targets spell (the unknown characters' too), and how many were unknown is reported."""
-    from spikegpt.cli import main
-
     from conftest import lively_weights_, tiny_config
 
     from spikegpt import SpikeGPTForCausalLM
+    from spikegpt.cli import main
 
     model_dir = tmp_path / "model"
     model = lively_weights_(SpikeGPTForCausalLM(tiny_config(eos_token_id=tokenizer.eos_token_id)), seed=3)
