@@ -87,23 +87,33 @@ def load_tokenizer(source: str | os.PathLike) -> PreTrainedTokenizerFast:
         raise TokenizerError(f"cannot load a tokenizer from {source}: {first_line}") from e
 
 
-def char_tokenizer(chars: Iterable[str], end_of_text: bool = True) -> PreTrainedTokenizerFast:
+def char_tokenizer(
+    chars: Iterable[str], end_of_text: bool = True, unknown: str | None = ""
+) -> PreTrainedTokenizerFast:
     """A character vocabulary (the original SpikeGPT's enwik8 set-up): token i is the i-th distinct character of
     ``chars`` (pass ``sorted(set(text))`` for a canonical order), then ``<|endoftext|>`` if ``end_of_text``.
 
-    A character outside the vocabulary becomes the unknown token, one per character (never silently dropped):
-    ``<|endoftext|>`` when there is one (GPT-2's convention, which keeps the vocabulary at one token past the
-    characters), else an added ``<|unk|>``."""
+    A character outside the vocabulary becomes the unknown token, one per character (never silently dropped). By
+    default (``unknown=""``) that is ``<|endoftext|>`` when there is one (GPT-2's convention, which keeps the
+    vocabulary at one token past the characters), else an added ``<|unk|>``; ``unknown`` may instead name one of
+    ``chars`` (the original's placeholder character), or be None for a vocabulary that must keep its size and has
+    no token to spare (unknown characters then get no token: ``may_lose_characters`` is False, so say so)."""
     ordered = list(dict.fromkeys(chars))
     if not ordered or any(len(ch) != 1 for ch in ordered):
         raise TokenizerError("a character vocabulary needs at least one character, each a single code point")
+    if unknown and unknown not in ordered:
+        raise TokenizerError(f"the unknown token {unknown!r} must be one of the vocabulary's characters")
     vocab = {ch: i for i, ch in enumerate(ordered)}
-    special = END_OF_TEXT if end_of_text else UNKNOWN
-    vocab[special] = len(vocab)
+    specials = [END_OF_TEXT] if end_of_text else []
+    if unknown == "":
+        unknown = END_OF_TEXT if end_of_text else UNKNOWN
+        specials = [unknown]
+    for special in specials:
+        vocab[special] = len(vocab)
     # no merges: one token per character; fuse_unk off: one unknown token per unknown character
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=special, fuse_unk=False))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=unknown, fuse_unk=False))
     tokenizer.decoder = decoders.Fuse()
-    tokenizer.add_special_tokens([special])
+    tokenizer.add_special_tokens(specials)
     return _wrap(tokenizer)
 
 
