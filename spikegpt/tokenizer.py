@@ -87,9 +87,7 @@ def load_tokenizer(source: str | os.PathLike) -> PreTrainedTokenizerFast:
         raise TokenizerError(f"cannot load a tokenizer from {source}: {first_line}") from e
 
 
-def char_tokenizer(
-    chars: Iterable[str], end_of_text: bool = True, unknown: str | None = ""
-) -> PreTrainedTokenizerFast:
+def char_tokenizer(chars: Iterable[str], end_of_text: bool = True, unknown: str | None = "") -> PreTrainedTokenizerFast:
     """A character vocabulary (the original SpikeGPT's enwik8 set-up): token i is the i-th distinct character of
     ``chars`` (pass ``sorted(set(text))`` for a canonical order), then ``<|endoftext|>`` if ``end_of_text``.
 
