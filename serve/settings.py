@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from spikegpt.errors import SpikeGPTError
+from spikegpt.quantize import WEIGHT_BITS
 
 ENV_PREFIX = "SPIKEGPT_"
 BUNDLED_MODEL_NAME = "spikegpt-shakespeare"
@@ -30,6 +31,7 @@ class ServeSettings:
     served_model_name: str | None = None  # None: derived from `model`
     device: str = "cpu"
     dtype: str = "auto"
+    weight_bits: int | None = None  # quantize the weights after loading (spikegpt.quantize); None: as stored
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 16
@@ -62,6 +64,9 @@ class ServeSettings:
             raise SettingsError(f"shutdown_grace must be 0 or more seconds, got {self.shutdown_grace}")
         if self.compile and not self.batch_invariant:
             raise SettingsError("compile needs batch_invariant (the compiled step has one fixed shape)")
+        if self.weight_bits is not None and self.weight_bits not in WEIGHT_BITS:
+            choices = ", ".join(map(str, WEIGHT_BITS))
+            raise SettingsError(f"weight_bits must be one of {choices}, got {self.weight_bits}")
         if self.api_key is not None and not self.api_key:
             raise SettingsError("api_key must not be empty (leave it unset to serve without a key)")
 

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load_model
 
-    model, tokenizer = load_model(args.model, args.device, args.dtype)
+    model, tokenizer = load_model(args.model, args.device, args.dtype, args.weight_bits)
     ids = tokenizer.encode(text)[: args.max_tokens]
     if not ids:
         raise EnergyError("the text is empty: nothing to read")

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         seed=args.seed,
     )
-    model, tokenizer = load_model(args.model, args.device, args.dtype)
+    model, tokenizer = load_model(args.model, args.device, args.dtype, args.weight_bits)
     engine = Engine(model, tokenizer, max_batch=1, compile=args.compile)
     prompt_ids = tokenizer.encode(args.prompt)
     start = time.perf_counter()
