@@ -14,7 +14,8 @@ in floating point.
 The grid is symmetric (no zero point): a crossbar stores ±w as a pair of conductances and an integer datapath
 multiplies signed codes, so zero must be exact. A quantized checkpoint stores ``w_q`` in float32 and records
 ``weight_bits`` in its config: every loader reads it as an ordinary model that computes the quantized function,
-and the codes and scales come back from it exactly (``quantize_weight`` of a grid is the same grid).
+and the codes come back from it exactly (``quantize_weight`` of a grid gives the same codes; the scales agree to
+float32 rounding, exactly for 8 and 4 bits in practice since the row maximum sets them).
 """
 
 from __future__ import annotations
@@ -58,11 +59,21 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return codes.float() * scale
 
 
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, bits: int) -> torch.Tensor:
+        return dequantize(*quantize_weight(weight, bits)).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
 def fake_quantize(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """The quantized weights in the forward, the identity in the backward (the straight-through estimator): the
-    loss sees the grid, the float master weights receive the gradient as if no rounding had happened."""
-    quantized = dequantize(*quantize_weight(weight, bits)).to(weight.dtype)
-    return weight + (quantized - weight).detach()
+    """The quantized weights in the forward (exactly the grid ``quantize_model_`` writes), the identity in the
+    backward (the straight-through estimator): the loss sees the grid, the float master weights receive the
+    gradient as if no rounding had happened."""
+    return _StraightThrough.apply(weight, bits)
 
 
 def quantized_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
