@@ -7,10 +7,11 @@ CPU, torch 2.13):
 - ``dynamic``: ``torch.ops.quantized.linear_dynamic`` (torch.ao dynamic quantization, fbgemm on x86): int8 weights
   with one scale per output channel (exactly the model's codes and scales), each call quantizing its input per
   tensor to 8 bits (7 with fbgemm's ``reduce_range``, which keeps its int16 partial sums from saturating) and
-  accumulating in int32; one input scale per sequence of a batch, so a row's result never depends on the other
-  rows (the engine's batch invariance). The input rounding makes the product differ from the dequantized fp32
-  product by about 1% of its largest output (tests/core/test_int8_kernels.py), which can flip a spike near
-  threshold.
+  accumulating in int32; one input scale per token, so a row's result never depends on the other rows (the
+  engine's batch invariance). It runs the decoding steps (one token per sequence); prompts, read many tokens at
+  once, keep the fp32 product of the same grid weights. The input rounding makes the product differ from the
+  dequantized fp32 product by about 1% of its largest output (tests/core/test_int8_kernels.py), which can flip a
+  spike near threshold (its cost in bits per byte: bench/hardware_study.py).
 - ``weight_only``: ``torch._weight_int8pack_mm``: int8 weights, fp32 inputs and accumulation, within 2e-6 of the
   dequantized fp32 product; on this CPU its batch-1 product runs slower than fp32 (measured in the bench), so it
   is not the default.
@@ -35,11 +36,16 @@ DEFAULT_INT8_KERNEL = "dynamic"  # chosen by measurement: bench/int8_decode.py
 
 
 def _dynamic_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    # One input scale per sequence (row of the batch): a per-tensor scale over a batch would make a row's result
-    # depend on the other rows, breaking the engine's batch invariance.
-    if x.dim() > 1 and x.shape[0] > 1:
-        return torch.stack([torch.ops.quantized.linear_dynamic(row, self.int8_packed, True) for row in x.unbind(0)])
-    return torch.ops.quantized.linear_dynamic(x, self.int8_packed, True)
+    if x.dim() == 3 and x.shape[1] > 1:  # a prompt (or a scored text): the fp32 product of the grid weights
+        return F.linear(x, self.weight, self.bias)
+    # Decoding: one input scale per token. A per-tensor scale over a batch would make a row's result depend on
+    # the other rows (breaking the engine's batch invariance) and differ from the prompt's function.
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] == 1:
+        out = torch.ops.quantized.linear_dynamic(rows, self.int8_packed, True)
+    else:
+        out = torch.cat([torch.ops.quantized.linear_dynamic(row, self.int8_packed, True) for row in rows.split(1)])
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def _weight_only_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:

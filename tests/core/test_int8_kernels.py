@@ -34,10 +34,18 @@ def test_int8_products_match_the_dequantized_fp32_product(kernel, tolerance):
     assert use_int8_kernels_(model, kernel) == len(references)
     g = torch.Generator().manual_seed(6)
     for name, linear in quantized_linears(model):
-        x = torch.randn(3, 5, linear.in_features, generator=g)  # fresh inputs, batch and time dimensions
+        x = torch.randn(3, 1, linear.in_features, generator=g)  # fresh inputs: a decoding step of 3 sequences
         out = linear(x)
-        assert out.shape == (3, 5, linear.out_features) and torch.isfinite(out).all()
+        assert out.shape == (3, 1, linear.out_features) and torch.isfinite(out).all()
         assert relative_error(out, x.double() @ references[name].T) <= tolerance, name
+
+
+def test_prompts_keep_the_fp32_product_of_the_grid_weights():
+    model = quantize_model_(tiny_model(seed=3), 8)
+    ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(8))
+    expected = model(ids).logits
+    use_int8_kernels_(model)
+    assert torch.equal(model(ids).logits, expected)
 
 
 def test_a_rows_int8_result_does_not_depend_on_the_other_rows():
