@@ -71,7 +71,7 @@ class HardwareProfile:
         lines += [f"{key} = {getattr(self, key)!r}" for key in COST_FIELDS]
         for key in WIDTH_FIELDS:
             if getattr(self, key):
-                lines += ["", f"[{key}]", *(f'"{bits}" = {pj!r}' for bits, pj in getattr(self, key))]
+                lines += [f"[{key}]", *(f'"{bits}" = {pj!r}' for bits, pj in getattr(self, key))]
         return "\n".join(lines) + "\n"
 
 
