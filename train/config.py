@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spikegpt.errors import TrainingError
-from spikegpt.quantize import WEIGHT_BITS
+from spikegpt.errors import ConfigError, TrainingError
+from spikegpt.quantize import WEIGHT_BITS, check_weight_bits
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -183,9 +183,10 @@ class TrainConfig:
         if self.threshold_start is not None and self.threshold_anneal_steps == 0:
             raise TrainingError("threshold_start needs threshold_anneal_steps > 0 (the length of the ramp)")
         if self.weight_bits is not None:
-            if self.weight_bits not in WEIGHT_BITS or isinstance(self.weight_bits, bool):
-                raise TrainingError(f"weight_bits must be one of {', '.join(map(str, WEIGHT_BITS))}, got "
-                                    f"{self.weight_bits!r}")  # fmt: skip
+            try:
+                check_weight_bits(self.weight_bits)
+            except ConfigError as e:
+                raise TrainingError(str(e)) from e
             if self.export_dtype != "fp32":
                 raise TrainingError("weight_bits needs export_dtype fp32: only fp32 holds every grid value exactly")
         if self.push_to_hub and not self.hub_id:
