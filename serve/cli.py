@@ -74,7 +74,8 @@ FLAGS = {
         dict(metavar="FILE"),
     ),
     "--energy-profile": (
-        "hardware profile pricing the energy field: 45nm-fp32, 45nm-fp16, 45nm-int8, loihi, or a .toml/.json file",
+        "hardware profile pricing the energy field: 45nm-fp32, 45nm-fp16, 45nm-int8, loihi, openspike-130nm, "
+        "rram-cim-22nm, or a .toml/.json file",
         "45nm-fp32",
         dict(metavar="NAME|PATH"),
     ),

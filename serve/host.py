@@ -35,7 +35,7 @@ Loader = Callable[[ServeSettings], tuple[SpikeGPTForCausalLM, PreTrainedTokenize
 
 
 def load_checkpoint(settings: ServeSettings) -> tuple[SpikeGPTForCausalLM, PreTrainedTokenizerFast]:
-    return load_model(settings.model, settings.device, settings.dtype)
+    return load_model(settings.model, settings.device, settings.dtype, settings.weight_bits)
 
 
 class ModelHost:

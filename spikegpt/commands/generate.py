@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         seed=args.seed,
     )
-    model, tokenizer = load_model(args.model, args.device, args.dtype)
+    model, tokenizer = load_model(args.model, args.device, args.dtype, args.weight_bits)
     engine = Engine(model, tokenizer, max_batch=1, compile=args.compile)
     prompt_ids = tokenizer.encode(args.prompt) or (
         [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

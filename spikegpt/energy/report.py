@@ -36,8 +36,18 @@ BASELINES = {
 }
 
 
-def _energy(terms: tuple[Term, ...], profile: HardwareProfile) -> float:
-    return sum(t.count * profile.joules(t.kind) for t in terms)
+# The terms of ``accounting`` that are products reading a weight matrix: a profile prices them at the model's
+# weight width (``config.weight_bits``, None for float weights); every other term reads no weights.
+WEIGHT_TERMS = frozenset(("key", "value", "receptance", "output", "head"))
+
+
+def term_joules(term: Term, profile: HardwareProfile, weight_bits: int | None = None) -> float:
+    """Energy of one operation of ``term``, at ``weight_bits`` if the term reads weights."""
+    return profile.joules(term.kind, weight_bits if term.name in WEIGHT_TERMS else None)
+
+
+def _energy(terms: tuple[Term, ...], profile: HardwareProfile, weight_bits: int | None = None) -> float:
+    return sum(t.count * term_joules(t, profile, weight_bits) for t in terms)
 
 
 @dataclass(frozen=True)
@@ -46,13 +56,17 @@ class LayerEnergy:
 
     ops: LayerOps
     profile: HardwareProfile
+    weight_bits: int | None = None
 
     @property
     def energy_j(self) -> float:
-        return _energy(self.ops.terms, self.profile)
+        return _energy(self.ops.terms, self.profile, self.weight_bits)
 
     def energy_by_kind(self) -> dict[str, float]:
-        return {kind: self.ops.count(kind) * self.profile.joules(kind) for kind in KINDS}
+        return {
+            kind: _energy(tuple(t for t in self.ops.terms if t.kind == kind), self.profile, self.weight_bits)
+            for kind in KINDS
+        }
 
     def to_dict(self, terms: bool = False) -> dict:
         out = {
@@ -67,7 +81,12 @@ class LayerEnergy:
             out["rate_from"] = self.ops.input_site
         if terms:
             out["terms"] = [
-                {"name": t.name, "kind": t.kind, "count": t.count, "energy_j": t.count * self.profile.joules(t.kind)}
+                {
+                    "name": t.name,
+                    "kind": t.kind,
+                    "count": t.count,
+                    "energy_j": t.count * term_joules(t, self.profile, self.weight_bits),
+                }
                 for t in self.ops.terms
             ]
         return out
@@ -100,6 +119,7 @@ class EnergyReport:
     firing_rate: float
     layers: tuple[LayerEnergy, ...]
     baselines: tuple[Baseline, ...]
+    weight_bits: int | None = None  # the width the products were priced at (None: float weights)
     excludes: tuple[str, ...] = EXCLUDES
     note: str = NOTE
 
@@ -131,6 +151,7 @@ class EnergyReport:
             "rule": self.rule,
             "rule_description": self.rule_description,
             "profile": self.profile.name,
+            "weight_bits": self.weight_bits,
             "tokens": self.tokens,
             "generated_tokens": self.generated_tokens,
             "head_tokens": self.head_tokens,
@@ -162,11 +183,12 @@ def energy_report(
     totals.check(config)
     profile = resolve_profile(profile)
     head_tokens = totals.tokens if head_tokens is None else head_tokens
-    layers = tuple(LayerEnergy(ops, profile) for ops in count_operations(totals, config, rule, head_tokens))
+    bits = config.weight_bits
+    layers = tuple(LayerEnergy(ops, profile, bits) for ops in count_operations(totals, config, rule, head_tokens))
     energy = sum(layer.energy_j for layer in layers)
     spiking_off = count_operations(totals, config, "strict", head_tokens, spiking=False)
-    baseline_energy = {
-        "spiking_off": sum(_energy(ops.terms, profile) for ops in spiking_off),
+    baseline_energy = {  # spiking_off is this model, weights included; vanilla_gpt is the paper's float formula
+        "spiking_off": sum(_energy(ops.terms, profile, bits) for ops in spiking_off),
         "vanilla_gpt": _energy(vanilla_gpt_operations(totals.row_tokens, config), profile),
     }
     baselines = tuple(
@@ -174,7 +196,7 @@ def energy_report(
         for name, joules in baseline_energy.items()
     )
     return EnergyReport(
-        rule, profile, totals.tokens, generated_tokens, head_tokens, totals.firing_rate, layers, baselines
+        rule, profile, totals.tokens, generated_tokens, head_tokens, totals.firing_rate, layers, baselines, bits
     )
 
 
