@@ -19,6 +19,7 @@ many sequences at once costs little more than serving one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import warnings
@@ -29,6 +30,7 @@ from transformers import PreTrainedTokenizerFast
 
 from spikegpt.kernels import kernel_backend
 
+from .decoding import Crossovers, DecodeProducts, prepare_weights
 from .errors import GenerationError
 from .model import SpikeGPTForCausalLM
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
@@ -84,7 +86,9 @@ class _DecodeStep(torch.nn.Module):
         return (out.logits[:, -1], out.spike_stats.counts, *out.state.tensors())
 
 
-def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState):
+def trace_decode_step(
+    model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState, products: DecodeProducts | None = None
+):
     """One recurrent step at a fixed batch shape (``tokens`` ``[B, 1]``), recorded with ``torch.jit.trace``: a
     function ``(tokens, state) -> (last logits [B, vocab], new state, spike counts [B, sites])`` that runs the very
     same operations as the model's forward, without the Python interpreter between them. Only for the torch
@@ -92,8 +96,12 @@ def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: R
 
     TorchScript is deprecated in favour of torch.compile, which fuses more but takes a minute to compile on a small
     CPU (``compile=True``); ``torch.export`` runs slower than eager here. Tracing takes a fraction of a second and
-    doubles the decoding speed of a small model, so it stays while the pinned torch has it."""
-    with torch.no_grad(), warnings.catch_warnings():
+    doubles the decoding speed of a small model, so it stays while the pinned torch has it.
+
+    ``products``: the choice of dense or event-driven products to record. An event-driven product is the operator
+    ``spikegpt::sparse_linear``, which the trace records as one call with a fixed output shape; which weight rows
+    it reads, and whether it falls back to dense, is decided inside the call at every step."""
+    with torch.no_grad(), warnings.catch_warnings(), products or contextlib.nullcontext():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: intended
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(_DecodeStep(model), (tokens, *state.tensors()), check_trace=False)
@@ -123,12 +131,17 @@ class Engine:
         batch_invariant: bool = True,
         prefill_chunk: int = 1024,
         compile: bool = False,
+        decode: str = "auto",
+        crossovers: Crossovers | None = None,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if compile and not batch_invariant:
             raise ValueError("compile needs batch_invariant: the compiled step has one fixed shape")
         self.model = model.eval()
+        # dense or event-driven products in the decoding step (decode: auto, dense, sparse); prefill stays dense
+        self.products = DecodeProducts(model, decode, max_batch, crossovers)
+        prepare_weights(model, decode)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.batch_invariant = batch_invariant
@@ -150,8 +163,8 @@ class Engine:
         # operations without Python between them. Either way a row's result still depends on nothing but the row.
         if compile:
             self.decode_step = torch.compile(self._model_step, dynamic=False)
-        elif batch_invariant and kernel_backend(self.next_tokens) == "torch":
-            self.decode_step = trace_decode_step(model, self.next_tokens, self.state)
+        elif batch_invariant and kernel_backend(self.next_tokens, steps=1) == "torch":
+            self.decode_step = trace_decode_step(model, self.next_tokens, self.state, self.products)
         else:
             self.decode_step = self._model_step
 
@@ -299,7 +312,8 @@ class Engine:
 
     def _model_step(self, tokens: torch.Tensor, state: RecurrentState) -> tuple:
         """One recurrent step: (last logits [B, vocab], new state, spike counts [B, sites])."""
-        out = self.model(tokens, state=state, output_spike_stats=True)
+        with self.products:
+            out = self.model(tokens, state=state, output_spike_stats=True)
         return out.logits[:, -1], out.state, out.spike_stats.counts
 
     def _sample(self, ready: list[_Sequence], events: list[GenerationEvent]) -> None:

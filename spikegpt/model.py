@@ -173,27 +173,6 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
     _is_stateful = True
     supports_gradient_checkpointing = False
 
-    def post_init(self) -> None:
-        super().post_init()
-        self.column_major_linears()
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
-        (loaded[0] if isinstance(loaded, tuple) else loaded).column_major_linears()
-        return loaded
-
-    def column_major_linears(self) -> None:
-        """Store every Linear weight transposed in memory: still shaped [out, in], but [in, out] contiguous.
-
-        ``F.linear`` then multiplies by a contiguous ``W.T``, which a CPU streams at full memory bandwidth in the
-        batch-1 products of decoding (the head of a 50k vocabulary: 3.4 ms instead of 8.7 ms here, REFERENCES.md);
-        large products run as fast either way. Loading, saving and optimisers keep working unchanged.
-        """
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and module.weight.is_contiguous():
-                module.weight.data = module.weight.data.t().contiguous().t()
-
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """RWKV-4's initialisation (decay and bonus curves, mixing ramps, orthogonal or zero projections), which the
