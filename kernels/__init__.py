@@ -127,23 +127,42 @@ def lif(
     return spikes, v_last
 
 
-@torch.library.custom_op("spikegpt::sparse_linear", mutates_args=())
+# The operator ``spikegpt::sparse_linear``: ``torch.jit.trace`` records a call to it as one node with a fixed output
+# shape, so a traced decoding step keeps its data-dependent sparsity inside the call (torch.compile sees it as one
+# opaque call too, through the shape function below). Registered with a plain ``torch.library.Library``, whose
+# calls cost less than ``torch.library.custom_op``'s wrapper: it runs dozens of times per decoded token.
+def _registered() -> bool:
+    """Whether the operator exists already: this file can be imported a second time as a top-level ``kernels``
+    (transformers probes for a package of that name, and a repository checkout on ``sys.path`` has one)."""
+    try:
+        torch.ops.spikegpt.sparse_linear  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+_FIRST_IMPORT = not _registered()
+
+
 def sparse_linear(x: torch.Tensor, weight: torch.Tensor, max_density: float = 1.0) -> torch.Tensor:
     """``F.linear(x, weight)`` (no bias) for x ``[..., in]`` with many zeros (floating, or integer spike counts),
-    reading only the weight rows of nonzero inputs; inference only (no gradient).
+    reading only the weight rows of nonzero inputs; for inference (it has no gradient).
 
-    ``max_density`` is the crossover: a product whose inputs are denser than it is computed densely, because
-    then the dense product is faster. On a CPU each row decides for itself by its own fraction of nonzero inputs
-    (a row's result never depends on the other rows); in Triton, which reads each active weight row once for the
-    whole batch, the batch decides by the fraction of inputs active in any row (the union). 1 (the default):
-    always event-driven; 0: dense unless every input is zero.
+    ``max_density`` is the crossover: inputs denser than it are multiplied densely, because then the dense product
+    is faster. On a CPU each row decides for itself by its own fraction of nonzero inputs (a row's result never
+    depends on the other rows); in Triton, which reads each active weight row once for the whole batch, the batch
+    decides by the fraction of inputs active in any row (the union). 1 (the default): always event-driven; 0:
+    dense unless the inputs are all zero.
 
-    Registered as the operator ``torch.ops.spikegpt.sparse_linear``: ``torch.jit.trace`` records it as one call
-    with a fixed output shape, so a traced decoding step keeps its data-dependent sparsity inside the call.
-    Results equal the dense product up to summation order (exact for binary inputs and small integer counts
-    up to that order); the weight is best stored input-major (``weight.t()`` contiguous).
+    Results equal the dense product up to summation order (for binary inputs and small integer counts every
+    product term is exact, so only the order of the additions differs). The weight is best stored input-major
+    (``weight.t()`` contiguous), as the engine lays out the decoding products; an output-major one works too.
     """
-    if x.shape[-1] != weight.shape[1] or weight.dim() != 2:
+    return torch.ops.spikegpt.sparse_linear.default(x, weight, max_density)
+
+
+def _sparse_linear(x: torch.Tensor, weight: torch.Tensor, max_density: float = 1.0) -> torch.Tensor:
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
         raise KernelArgumentError(
             f"sparse_linear takes x [..., in] and weight [out, in], got {list(x.shape)} and {list(weight.shape)}"
         )
@@ -154,7 +173,7 @@ def sparse_linear(x: torch.Tensor, weight: torch.Tensor, max_density: float = 1.
         from .sparse_triton import active_union, sparse_linear_triton
 
         union = active_union(flat)
-        if bool(union[1] > max_density * flat.shape[1]):  # one synchronisation: the batch's decision
+        if max_density < 1.0 and bool(union[1] > max_density * flat.shape[1]):  # a host read: the batch decides
             y = torch.nn.functional.linear(flat.to(weight.dtype), weight)
         else:
             y = sparse_linear_triton(flat, weight, union)
@@ -163,6 +182,12 @@ def sparse_linear(x: torch.Tensor, weight: torch.Tensor, max_density: float = 1.
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
-@sparse_linear.register_fake
 def _sparse_linear_shape(x: torch.Tensor, weight: torch.Tensor, max_density: float = 1.0) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=weight.dtype)
+
+
+if _FIRST_IMPORT:
+    _LIBRARY = torch.library.Library("spikegpt", "DEF")
+    _LIBRARY.define("sparse_linear(Tensor x, Tensor weight, float max_density=1.0) -> Tensor")
+    _LIBRARY.impl("sparse_linear", _sparse_linear, "CompositeExplicitAutograd")
+    torch.library.register_fake("spikegpt::sparse_linear", _sparse_linear_shape, lib=_LIBRARY)

@@ -31,15 +31,17 @@ def input_major(weight: torch.Tensor) -> bool:
 def sparse_linear_torch(x: torch.Tensor, weight: torch.Tensor, max_density: float = 1.0) -> torch.Tensor:
     """``x`` ``[M, in]`` (floating or integer) times ``weight`` ``[out, in]``ᵀ → ``[M, out]`` in the weight's dtype.
 
-    Rows with at most ``max_density · in`` nonzero inputs are computed from their active weight rows only; the
-    others by the dense product (all of them at ``max_density = 1``, only all-zero rows at 0).
+    Rows with at most ``max_density · in`` nonzero inputs are computed from their active weight rows only, the
+    others by the dense product: at ``max_density = 1`` every row is event-driven, at 0 only all-zero rows.
     """
-    n_in = x.shape[1]
-    nnz = x.ne(0).sum(dim=1)
-    sparse_rows = nnz <= max_density * n_in
-    if not bool(sparse_rows.any()):
+    nnz = torch.count_nonzero(x, dim=1)
+    if max_density >= 1.0:
+        return _active_rows_product(x, weight, nnz)
+    sparse_rows = nnz <= max_density * x.shape[1]
+    n_sparse = int(sparse_rows.sum())  # the one host read of the decision
+    if n_sparse == 0:
         return F.linear(x.to(weight.dtype), weight)
-    if bool(sparse_rows.all()):
+    if n_sparse == x.shape[0]:
         return _active_rows_product(x, weight, nnz)
     # Mixed: the dense rows come from the full fixed-shape product (a row's result in it does not depend on the
     # other rows' values), the sparse rows are overwritten with their event-driven sums.

@@ -4,9 +4,11 @@ On a GPU one weight row is read once for the whole batch, so what the product co
 rows' active inputs. The union is compacted on the device at a fixed capacity (a cumulative sum and a scatter, no
 data-dependent shape and no host synchronisation): ``index`` ``[in]`` lists the active inputs first, ``count``
 ``[1]`` says how many. Each program then owns ``BLOCK_N`` outputs of ``BLOCK_M`` rows and walks the active inputs
-``BLOCK_K`` at a time (the trip count is loaded from ``count``), loading ``x[:, i]`` and the contiguous row
-``W.T[i, n-block]`` of each: with the weight input-major the loads along the outputs are coalesced. Accumulation
-is fp32 (fp64 for fp64 weights); the output has the weight's dtype.
+``BLOCK_K`` at a time (the trip count is loaded from ``count``), loading ``x[:, i]`` and the row
+``W.T[i, n-block]`` of each: with the weight input-major the loads along the outputs are contiguous and coalesced.
+Each output is accumulated in index order, one active input after another (no reduction tree), so a row's result
+does not depend on which inputs the other rows activated (theirs add exact zeros). Accumulation is fp32 (fp64 for
+fp64 weights); the output has the weight's dtype. Only Triton built-ins are called (see ``triton_support``).
 """
 
 from __future__ import annotations
@@ -45,16 +47,12 @@ def _sparse_linear_kernel(
     count = tl.load(count_ptr)
     acc = tl.full([BLOCK_M, BLOCK_C], 0, ACC)
     for start in range(0, count, BLOCK_K):
-        ks = start + tl.arange(0, BLOCK_K)
-        kmask = ks < count
-        rows = tl.load(index_ptr + ks, mask=kmask, other=0)
-        xs = tl.load(x_ptr + ms[:, None].to(tl.int64) * K + rows[None, :], mask=mmask[:, None] & kmask[None, :], other=0)
-        ws = tl.load(
-            w_ptr + rows[:, None] * stride_wk + ns[None, :].to(tl.int64) * stride_wn,
-            mask=kmask[:, None] & nmask[None, :],
-            other=0,
-        )
-        acc += tl.sum(xs.to(ACC)[:, :, None] * ws.to(ACC)[None, :, :], axis=1)
+        for j in tl.static_range(BLOCK_K):  # unrolled: the BLOCK_K rows' loads are in flight together
+            live = start + j < count
+            row = tl.load(index_ptr + start + j, mask=live, other=0)
+            xs = tl.load(x_ptr + ms.to(tl.int64) * K + row, mask=mmask & live, other=0).to(ACC)
+            ws = tl.load(w_ptr + row * stride_wk + ns.to(tl.int64) * stride_wn, mask=nmask & live, other=0).to(ACC)
+            acc += xs[:, None] * ws[None, :]
     out = y_ptr + ms[:, None].to(tl.int64) * N + ns[None, :]
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from spikegpt.commands.common import add_model_arguments
+from spikegpt.decoding import DECODE_HELP, DECODE_MODES
 
 from .settings import ENV_PREFIX, ServeSettings
 
@@ -92,6 +93,7 @@ FLAGS = {
         "off",
         dict(action=argparse.BooleanOptionalAction),
     ),
+    "--decode": (DECODE_HELP, "auto", dict(choices=DECODE_MODES)),
     "--shutdown-grace": (
         "on SIGTERM or SIGINT, seconds that requests in flight may run on before their streams are ended with an "
         "error event",

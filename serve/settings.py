@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from spikegpt.decoding import DECODE_MODES
 from spikegpt.errors import SpikeGPTError
 
 ENV_PREFIX = "SPIKEGPT_"
@@ -44,6 +45,7 @@ class ServeSettings:
     threads: int | None = None  # None: half the CPU cores, at least one
     batch_invariant: bool = True
     compile: bool = False  # torch.compile the decoding step (needs a C++ compiler; slower start, faster steps)
+    decode: str = "auto"  # the decoding step's products: auto, dense or sparse (spikegpt.decoding)
     shutdown_grace: float = 30.0
     access_log: bool = True
     log_level: str = "info"
@@ -62,6 +64,8 @@ class ServeSettings:
             raise SettingsError(f"shutdown_grace must be 0 or more seconds, got {self.shutdown_grace}")
         if self.compile and not self.batch_invariant:
             raise SettingsError("compile needs batch_invariant (the compiled step has one fixed shape)")
+        if self.decode not in DECODE_MODES:
+            raise SettingsError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.api_key is not None and not self.api_key:
             raise SettingsError("api_key must not be empty (leave it unset to serve without a key)")
 

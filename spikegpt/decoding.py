@@ -39,6 +39,11 @@ from .model import ChannelMix
 logger = logging.getLogger(__name__)
 
 DECODE_MODES = ("auto", "dense", "sparse")
+DECODE_HELP = (
+    "products of the decoding step: dense (every weight read), sparse (products whose inputs are mostly zero read "
+    "only the weight rows of nonzero inputs) or auto (sparse below the crossover bench/crossover.py measured for "
+    "this machine and model shape, dense above it)"
+)
 # The fraction of active inputs below which "auto" reads only the active rows when nothing was measured: below
 # the ~35-40% at which a gather of active rows broke even on a CPU (REFERENCES.md, "Spike-driven models"), so an
 # unmeasured machine errs towards dense.

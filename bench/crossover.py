@@ -1,0 +1,113 @@
+"""The crossover of event-driven products on this machine: up to which fraction of active inputs ``sparse_linear``
+(only the weight rows of nonzero inputs) beats the dense product, per product shape and batch size.
+
+For every product shape of the given model sizes (d→d, d→4d, 4d→d and the d→vocabulary head) and every batch size,
+the inputs get a fraction p of nonzero values, drawn independently per row (so a batch's union of active inputs
+fills in as real activations do), on a grid of p; both products are timed (median of ``--repeats``) and the
+crossover is where the event-driven time meets the dense one (linear interpolation between grid points; 0 if the
+event-driven product never wins, 1 if it always does). The weights are input-major, as the engine lays them out.
+
+The crossovers are merged into the file the engine reads for ``--decode auto`` (``spikegpt.decoding``:
+``$SPIKEGPT_CROSSOVER``, else ``~/.cache/spikegpt/crossover.json``), keyed by this machine and the product's dtype,
+batch and shape. Prints one JSON object per shape and batch, then a summary.
+    python bench/crossover.py                             # 6x256 12x512 12x768, batches 1 and 16
+    python bench/crossover.py --sizes 4x192 --vocab 65 --batches 1 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from spikegpt.decoding import Crossovers, machine_id, product_key
+from spikegpt.kernels import sparse_linear
+
+GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def product_shapes(sizes: list[str], vocab: int) -> list[tuple[int, int]]:
+    shapes = set()
+    for size in sizes:
+        d = int(size.lower().split("x")[1])
+        shapes |= {(d, d), (d, 4 * d), (4 * d, d), (d, vocab)}
+    return sorted(shapes)
+
+
+def crossover_of(densities: list[float], dense: list[float], sparse: list[float]) -> float:
+    """The density at which the event-driven time meets the dense one."""
+    if sparse[0] > dense[0]:
+        return 0.0
+    for i in range(1, len(densities)):
+        if sparse[i] > dense[i]:
+            before, after = dense[i - 1] - sparse[i - 1], dense[i] - sparse[i]  # >= 0, then < 0
+            return densities[i - 1] + (densities[i] - densities[i - 1]) * before / (before - after)
+    return 1.0
+
+
+@torch.inference_mode()
+def measure(n_in: int, n_out: int, batch: int, dtype: torch.dtype, repeats: int) -> dict:
+    g = torch.Generator().manual_seed(n_in * 7 + n_out)
+    weight = torch.randn(n_out, n_in, generator=g, dtype=torch.float32).to(dtype).t().contiguous().t()
+    dense_s, sparse_s = [], []
+    for p in GRID:
+        x = torch.randn(batch, n_in, generator=g) * (torch.rand(batch, n_in, generator=g) < p)
+        x = x.to(dtype)
+        dense_s.append(median_seconds(lambda x=x: F.linear(x, weight), repeats))
+        sparse_s.append(median_seconds(lambda x=x: sparse_linear(x, weight, 1.0), repeats))
+    return {
+        "n_in": n_in,
+        "n_out": n_out,
+        "batch": batch,
+        "dtype": str(dtype).removeprefix("torch."),
+        "densities": list(GRID),
+        "dense_ms": [round(t * 1e3, 4) for t in dense_s],
+        "sparse_ms": [round(t * 1e3, 4) for t in sparse_s],
+        "crossover": round(crossover_of(list(GRID), dense_s, sparse_s), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["6x256", "12x512", "12x768"], metavar="LxD")
+    parser.add_argument("--vocab", type=int, default=50277, help="vocabulary of the head (default: 50277)")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16], help="batch sizes (default: 1 16)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--repeats", type=int, default=15, help="timed calls per point (default: 15)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", default=None, help="crossover file to update (default: the one the engine reads)")
+    parser.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    products = {}
+    for n_in, n_out in product_shapes(args.sizes, args.vocab):
+        for batch in args.batches:
+            record = measure(n_in, n_out, batch, dtype, args.repeats)
+            print(json.dumps({"measure": "crossover", **record}), flush=True)
+            products[product_key(dtype, batch, n_in, n_out)] = record["crossover"]
+    device = torch.device("cpu")
+    summary = {"measure": "summary", "machine": machine_id(device), "crossovers": products}
+    if not args.dry_run:
+        summary["written"] = str(Crossovers(machine_id(device), products).save(Path(args.out) if args.out else None))
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
