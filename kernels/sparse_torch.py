@@ -57,6 +57,4 @@ def _active_rows_product(x: torch.Tensor, weight: torch.Tensor, nnz: torch.Tenso
         return F.linear(x.index_select(1, columns).to(weight.dtype), weight.index_select(1, columns))
     rows, cols = x.nonzero(as_tuple=True)  # row-major order: each row's active inputs, in index order
     offsets = torch.cumsum(nnz, dim=0) - nnz
-    return F.embedding_bag(
-        cols, weight.t(), offsets, mode="sum", per_sample_weights=x[rows, cols].to(weight.dtype)
-    )
+    return F.embedding_bag(cols, weight.t(), offsets, mode="sum", per_sample_weights=x[rows, cols].to(weight.dtype))

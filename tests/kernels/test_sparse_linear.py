@@ -98,7 +98,9 @@ def test_a_rows_result_does_not_depend_on_the_other_rows(seed):
 def test_the_crossover_sends_a_dense_batch_to_the_dense_product(monkeypatch, seed):
     calls = []
     event_driven = sparse_torch._active_rows_product
-    monkeypatch.setattr(sparse_torch, "_active_rows_product", lambda *a: calls.append(a[0].shape[0]) or event_driven(*a))
+    monkeypatch.setattr(
+        sparse_torch, "_active_rows_product", lambda *a: calls.append(a[0].shape[0]) or event_driven(*a)
+    )
     w = weight_of(20, 100, seed=seed)
     dense_batch = inputs(16, 100, 0.8, seed=seed)
     assert torch.equal(sparse_linear(dense_batch, w, 0.3), F.linear(dense_batch, w))
