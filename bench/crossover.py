@@ -31,14 +31,16 @@ from spikegpt.kernels import sparse_linear
 GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
+def median_seconds(fn, repeats: int, device: torch.device) -> float:
+    def timed() -> float:
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    timed()
+    return statistics.median(timed() for _ in range(repeats))
 
 
 def product_shapes(sizes: list[str], vocab: int) -> list[tuple[int, int]]:
@@ -61,15 +63,15 @@ def crossover_of(densities: list[float], dense: list[float], sparse: list[float]
 
 
 @torch.inference_mode()
-def measure(n_in: int, n_out: int, batch: int, dtype: torch.dtype, repeats: int) -> dict:
+def measure(n_in: int, n_out: int, batch: int, dtype: torch.dtype, repeats: int, device: torch.device) -> dict:
     g = torch.Generator().manual_seed(n_in * 7 + n_out)
-    weight = torch.randn(n_out, n_in, generator=g, dtype=torch.float32).to(dtype).t().contiguous().t()
+    weight = torch.randn(n_out, n_in, generator=g).to(device, dtype).t().contiguous().t()
     dense_s, sparse_s = [], []
     for p in GRID:
         x = torch.randn(batch, n_in, generator=g) * (torch.rand(batch, n_in, generator=g) < p)
-        x = x.to(dtype)
-        dense_s.append(median_seconds(lambda x=x: F.linear(x, weight), repeats))
-        sparse_s.append(median_seconds(lambda x=x: sparse_linear(x, weight, 1.0), repeats))
+        x = x.to(device, dtype)
+        dense_s.append(median_seconds(lambda x=x: F.linear(x, weight), repeats, device))
+        sparse_s.append(median_seconds(lambda x=x: sparse_linear(x, weight, 1.0), repeats, device))
     return {
         "n_in": n_in,
         "n_out": n_out,
@@ -90,19 +92,20 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per point (default: 15)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--out", default=None, help="crossover file to update (default: the one the engine reads)")
     parser.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    device = torch.device(args.device)
     products = {}
     for n_in, n_out in product_shapes(args.sizes, args.vocab):
         for batch in args.batches:
-            record = measure(n_in, n_out, batch, dtype, args.repeats)
+            record = measure(n_in, n_out, batch, dtype, args.repeats, device)
             print(json.dumps({"measure": "crossover", **record}), flush=True)
             products[product_key(dtype, batch, n_in, n_out)] = record["crossover"]
-    device = torch.device("cpu")
     summary = {"measure": "summary", "machine": machine_id(device), "crossovers": products}
     if not args.dry_run:
         summary["written"] = str(Crossovers(machine_id(device), products).save(Path(args.out) if args.out else None))

@@ -110,6 +110,7 @@ def trace_decode_step(
         logits, counts, *tensors = traced(tokens, *state.tensors())
         return logits, RecurrentState(*tensors), counts
 
+    step.traced = traced  # the recorded graph, for inspection
     return step
 
 
