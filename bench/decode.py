@@ -75,6 +75,19 @@ def tokens_per_second(step, tokens: int, warmup: int = 8) -> tuple[float, float]
     return 1 / statistics.median(times), 1 / min(times)
 
 
+def interleaved_steps_per_second(runs: dict, steps: int, warmup: int) -> dict[str, tuple[float, float]]:
+    """Median and best steps/s of each ``runs[name]()``, timed in turn (one step of each, then again), so that a
+    machine whose load changes during the run slows every variant alike and their ratios stay meaningful."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times = {name: [] for name in runs}
+    for _ in range(steps):
+        for name, run in runs.items():
+            times[name].append(_time(run))
+    return {name: (1 / statistics.median(t), 1 / min(t)) for name, t in times.items()}
+
+
 def bytes_per_token(model: torch.nn.Module, embedding: torch.Tensor) -> int:
     """Parameter bytes a batch-1 step reads: every parameter but the embedding table, plus one embedding row."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -315,6 +328,7 @@ def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], f
                 "union_density": measured["union"],
                 "crossover_source": crossovers.source,
             }
+            runs = {}
             for mode in args.decode:
                 tokens = torch.randint(0, VOCAB, (batch, 1), device=DEVICE)
                 step = trace_decode_step(
@@ -326,7 +340,8 @@ def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], f
                     logits, box["state"], _ = step(box["token"], box["state"])
                     box["token"] = logits.argmax(-1, keepdim=True)
 
-                steps_s, best_steps_s = tokens_per_second(run, args.tokens, warmup=args.warmup)
+                runs[mode] = run
+            for mode, (steps_s, best_steps_s) in interleaved_steps_per_second(runs, args.tokens, args.warmup).items():
                 record[f"{mode}_tok_s"] = steps_s * batch
                 record[f"{mode}_best_tok_s"] = best_steps_s * batch
                 bytes_read = read["dense" if mode == "dense" else "sparse"]

@@ -14,6 +14,10 @@ are decoded (cheaper at low concurrency for large models, but the last bits of a
 size). The step's cost is then mostly fixed (per-operation overhead plus the padded rows), which is why serving
 many sequences at once costs little more than serving one.
 
+``decode`` chooses the decoding step's products (``spikegpt.decoding``): dense, event-driven (only the weight rows
+of nonzero inputs) or ``auto`` (event-driven below the crossover measured for this machine). On a CPU each row
+decides for itself, so batch invariance holds in every mode. Prompts are always read with dense products.
+
 ``submit`` and ``abort`` may be called from any thread; ``step`` from one thread only.
 """
 
