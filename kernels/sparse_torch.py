@@ -34,6 +34,14 @@ def sparse_linear_torch(x: torch.Tensor, weight: torch.Tensor, max_density: floa
     Rows with at most ``max_density · in`` nonzero inputs are computed from their active weight rows only, the
     others by the dense product: at ``max_density = 1`` every row is event-driven, at 0 only all-zero rows.
     """
+    if x.shape[0] == 1 and input_major(weight):  # batch-1 decoding: the fewest operations
+        cols = x[0].nonzero().squeeze(1)
+        if cols.numel() > max_density * x.shape[1]:
+            return F.linear(x.to(weight.dtype), weight)
+        if cols.numel() == 0:  # (a bag of fixed length 0 is refused)
+            return torch.zeros(1, weight.shape[0], dtype=weight.dtype, device=x.device)
+        values = x[0, cols].to(weight.dtype)
+        return F.embedding_bag(cols[None], weight.t(), mode="sum", per_sample_weights=values[None])
     nnz = torch.count_nonzero(x, dim=1)
     if max_density >= 1.0:
         return _active_rows_product(x, weight, nnz)
