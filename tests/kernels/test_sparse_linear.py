@@ -49,15 +49,20 @@ def assert_close_to_definition(y, x, w):
     assert ((y.double() - exact).abs() <= allowed).all()
 
 
+def products_over_shapes(products, shapes, density, layout, dtype, seed):
+    for rows, n_in, n_out in shapes:
+        x = inputs(rows, n_in, density, seed=seed, dtype=dtype)
+        w = weight_of(n_out, n_in, seed=seed, dtype=dtype, layout=layout)
+        for product in products:
+            assert_close_to_definition(product(x, w), x, w)
+
+
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("layout", ["input-major", "output-major"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_torch_path_equals_the_dense_product(density, layout, dtype, seed):
-    for rows, n_in, n_out in ((1, 37, 45), (5, 64, 3), (3, 1, 17)):
-        x = inputs(rows, n_in, density, seed=seed, dtype=dtype)
-        w = weight_of(n_out, n_in, seed=seed, dtype=dtype, layout=layout)
-        assert_close_to_definition(sparse_linear(x, w), x, w)
-        assert_close_to_definition(sparse_linear_torch(x, w, 0.5), x, w)
+    products = (sparse_linear, lambda x, w: sparse_linear_torch(x, w, 0.5))
+    products_over_shapes(products, ((1, 37, 45), (5, 64, 3), (3, 1, 17)), density, layout, dtype, seed)
 
 
 @pytest.mark.parametrize("kind", ["binary", "counts"])
@@ -117,10 +122,8 @@ def test_the_crossover_sends_a_dense_batch_to_the_dense_product(monkeypatch, see
 @pytest.mark.parametrize("layout", ["input-major", "output-major"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_triton_kernel_equals_the_definition(density, layout, dtype, seed):
-    for rows, n_in, n_out in ((1, 37, 45), (3, 20, 130), (17, 5, 1)):
-        x = inputs(rows, n_in, density, seed=seed, dtype=dtype)
-        w = weight_of(n_out, n_in, seed=seed, dtype=dtype, layout=layout)
-        assert_close_to_definition(sparse_linear_triton(x, w), x, w)
+    shapes = ((1, 37, 45), (3, 20, 130), (17, 5, 1))
+    products_over_shapes((sparse_linear_triton,), shapes, density, layout, dtype, seed)
 
 
 def test_triton_kernel_on_spike_counts_and_through_the_dispatch(monkeypatch, seed):
