@@ -111,7 +111,7 @@ def ours(n_layer: int, d: int, **config):
 def decode_steps(model) -> dict:
     """Our batch-1 decoding step three ways: the model's forward (eager), the engine's default on a CPU (the same
     operations traced with torch.jit.trace) and the engine's --compile (torch.compile)."""
-    from spikegpt.engine import trace_decode_step
+    from spikegpt.tracing import trace_decode_step
 
     def eager(token, state):
         out = model(token, state=state)
@@ -295,7 +295,7 @@ def at_size_bandwidth(weight_bytes: int) -> float:
 def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], float, int]:
     """Event-driven decoding records, the bound's bandwidth and the dense step's weight bytes."""
     from spikegpt.decoding import Crossovers, DecodeProducts, sparse_candidates
-    from spikegpt.engine import trace_decode_step
+    from spikegpt.tracing import trace_decode_step
 
     model, emulated = placement_model(n_layer, d, args.placement)
     candidates = sparse_candidates(model)

@@ -22,9 +22,10 @@ from spikegpt.decoding import (
     product_key,
     sparse_candidates,
 )
-from spikegpt.engine import Engine, GenerationRequest, trace_decode_step
+from spikegpt.engine import Engine, GenerationRequest
 from spikegpt.errors import DecodeModeError
 from spikegpt.sampling import SamplingParams
+from spikegpt.tracing import trace_decode_step
 
 PROMPTS = ("ROMEO:\nWhat say you", "First Citizen:\nBefore we proceed", "KING HENRY:\n", "O, ")
 
