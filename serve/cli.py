@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 
 from spikegpt.commands.common import add_model_arguments
+from spikegpt.decoding import DECODE_HELP, DECODE_MODES
 
 from .settings import ENV_PREFIX, ServeSettings
 
@@ -96,6 +97,7 @@ FLAGS = {
         "off",
         dict(action=argparse.BooleanOptionalAction),
     ),
+    "--decode": (DECODE_HELP, "auto", dict(choices=DECODE_MODES)),
     "--shutdown-grace": (
         "on SIGTERM or SIGINT, seconds that requests in flight may run on before their streams are ended with an "
         "error event",

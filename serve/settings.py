@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from spikegpt.decoding import DECODE_MODES
 from spikegpt.errors import ConfigError, SpikeGPTError
 from spikegpt.quantize import check_weight_bits
 
@@ -47,6 +48,7 @@ class ServeSettings:
     threads: int | None = None  # None: half the CPUs this process may use (available_cpus), at least one
     batch_invariant: bool = True
     compile: bool = False  # torch.compile the decoding step (needs a C++ compiler; slower start, faster steps)
+    decode: str = "auto"  # the decoding step's products: auto, dense or sparse (spikegpt.decoding)
     shutdown_grace: float = 30.0
     access_log: bool = True
     log_level: str = "info"
@@ -70,6 +72,8 @@ class ServeSettings:
                 check_weight_bits(self.weight_bits)
             except ConfigError as e:
                 raise SettingsError(str(e)) from e
+        if self.decode not in DECODE_MODES:
+            raise SettingsError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.api_key is not None and not self.api_key:
             raise SettingsError("api_key must not be empty (leave it unset to serve without a key)")
 
