@@ -1,0 +1,188 @@
+"""Chunked, batched prefill with one fixed shape, so that a prefix's state is the same bits however it was reached.
+
+Every prompt is read in chunks of ``chunk`` tokens that start at absolute multiples of ``chunk``; each call runs
+``rows`` such chunks (one per prompt, zero-padded rows when fewer prompts wait) as one ``[rows, chunk]`` forward.
+With the shapes held fixed, a row's result is bitwise independent of the other rows (REFERENCES.md, "Batch
+variance"), so the state after ``k * chunk`` tokens of a prompt does not depend on what else was prefilled, on
+how many calls it took, or on whether the first chunks were computed now or restored from the prefix-state
+cache. The rest of a prompt (fewer than ``chunk`` tokens) is fed through the engine's fixed-shape decoding step,
+which is batch-invariant too.
+
+``Prefiller`` keeps the prompts being read (``PrefillTask``) and runs one call at a time: requests first, in
+arrival order, then background tasks (computing a cache entry at the end of a finished sequence) in the rows left
+over. It stores states at cache points as tasks pass them and knows which prefixes are about to be stored, so a
+request that shares one can wait for it instead of computing it again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .model import SpikeGPTForCausalLM
+from .state import RecurrentState
+from .state_cache import StateCache
+
+
+def aligned(n: int, chunk: int) -> int:
+    """The last chunk boundary at or before ``n`` tokens."""
+    return n - n % chunk
+
+
+@dataclass(eq=False)
+class PrefillTask:
+    """Tokens ``[position, end)`` of ``tokens`` still to read by chunks (both multiples of the chunk), from
+    ``state`` (batch 1), the state after ``tokens[:position]``.
+
+    scores: called with (first position, logits of every position of a chunk ``[chunk, vocab]``) for prompt
+        log-probabilities. background: runs only in rows no request needs.
+    After the last chunk: ``logits`` (the last position's, ``[vocab]``), ``counts`` (spikes per site), ``computed``
+    (tokens read).
+    """
+
+    tokens: list[int]
+    position: int
+    end: int
+    state: RecurrentState
+    keys: list[str] = field(default_factory=list)
+    scores: Callable[[int, torch.Tensor], None] | None = None
+    background: bool = False
+    counts: torch.Tensor | None = None
+    computed: int = 0
+    logits: torch.Tensor | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.position >= self.end
+
+
+class ChunkRunner:
+    """One ``[rows, chunk]`` forward over the next chunk of up to ``rows`` tasks."""
+
+    def __init__(self, model: SpikeGPTForCausalLM, rows: int, chunk: int):
+        if rows < 1 or chunk < 1:
+            raise ValueError(f"prefill rows and chunk must be at least 1, got {rows} and {chunk}")
+        self.model = model
+        self.rows = rows
+        self.chunk = chunk
+        self.device = model.head.weight.device
+        self._padding = model.fresh_state(1)
+
+    def __call__(self, tasks: list[PrefillTask]) -> None:
+        """Advance each task by one chunk (its state, counts, and last logits)."""
+        if not 0 < len(tasks) <= self.rows:
+            raise ValueError(f"a prefill call takes 1 to {self.rows} tasks, got {len(tasks)}")
+        c = self.chunk
+        ids = torch.zeros(self.rows, c, dtype=torch.long, device=self.device)
+        for i, task in enumerate(tasks):
+            ids[i] = torch.tensor(task.tokens[task.position : task.position + c], device=self.device)
+        state = RecurrentState.stack([t.state for t in tasks] + [self._padding] * (self.rows - len(tasks)))
+        out = self.model.model(ids, state=state, output_spike_stats=True)
+        hidden = out.last_hidden_state
+        counts = out.spike_stats.counts
+        for i, task in enumerate(tasks):
+            if task.scores is not None:
+                task.scores(task.position, self.model.head(hidden[i]))
+            task.state = out.state.select([i])
+            task.counts = counts[i].clone() if task.counts is None else task.counts + counts[i]
+            task.computed += c
+            task.position += c
+            # the head of one row at a time: a product's result can depend on its row's place among a few rows
+            # (edge tiles of the matrix kernel), never on its own [1, n_embd] shape
+            task.logits = self.model.head(hidden[i, -1:])[0] if task.done else None
+
+
+class Prefiller:
+    """The prompts being prefilled, one fixed-shape call at a time, storing states in ``cache`` at every multiple
+    of ``stride`` tokens and at each task's end."""
+
+    def __init__(
+        self, model: SpikeGPTForCausalLM, rows: int, chunk: int, cache: StateCache | None = None, stride: int = 64
+    ):
+        if stride < chunk or stride % chunk:
+            raise ValueError(f"the cache stride must be a multiple of the prefill chunk {chunk}, got {stride}")
+        self.run_chunk = ChunkRunner(model, rows, chunk)
+        self.rows = rows
+        self.chunk = chunk
+        self.cache = cache
+        self.stride = stride
+        self.tasks: list[PrefillTask] = []
+        self._upcoming: Counter[str] = Counter()  # keys of cache points the tasks have yet to reach
+
+    def _store_points(self, task: PrefillTask) -> list[int]:
+        """Token counts after which ``task``'s state is stored, ahead of it."""
+        if self.cache is None:
+            return []
+        points = [p for p in range(task.position + self.chunk, task.end + 1, self.chunk) if p % self.stride == 0]
+        if task.end > task.position and (not points or points[-1] != task.end):
+            points.append(task.end)
+        return points
+
+    def add(self, task: PrefillTask) -> None:
+        if self.cache is not None and not task.keys:
+            task.keys = self.cache.keys(task.tokens[: task.end])
+        self.tasks.append(task)
+        for p in self._store_points(task):
+            self._upcoming[task.keys[p // self.chunk - 1]] += 1
+
+    def remove(self, task: PrefillTask) -> None:
+        self.tasks.remove(task)
+        for p in self._store_points(task):
+            self._upcoming[task.keys[p // self.chunk - 1]] -= 1
+        self._upcoming += Counter()  # drop zero counts
+
+    def upcoming(self, keys: list[str], limit: int) -> int:
+        """The longest prefix (in tokens, at most ``limit``) with these ``keys`` that a task is about to store."""
+        for k in range(min(limit // self.chunk, len(keys)), 0, -1):
+            if self._upcoming[keys[k - 1]] > 0:
+                return k * self.chunk
+        return 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.tasks)
+
+    def step(self) -> list[PrefillTask]:
+        """One call over the first tasks (requests first); returns those that finished (or failed: ``error``)."""
+        chosen = [t for t in self.tasks if not t.background][: self.rows]
+        chosen += [t for t in self.tasks if t.background][: self.rows - len(chosen)]
+        if not chosen:
+            return []
+        try:
+            self.run_chunk(chosen)
+        except Exception as e:
+            for task in chosen:
+                task.error = f"{type(e).__name__}: {e}"
+            for task in chosen:
+                self.remove(task)
+            raise PrefillError(chosen) from e
+        for task in chosen:
+            self._reached(task)
+        finished = [t for t in chosen if t.done]
+        for task in finished:
+            self.remove(task)
+        return finished
+
+    def _reached(self, task: PrefillTask) -> None:
+        """Store the task's state if it just passed a cache point."""
+        if self.cache is None:
+            return
+        p = task.position
+        if p % self.stride == 0 or p == task.end:
+            key = task.keys[p // self.chunk - 1]
+            self.cache.store(task.tokens[:p], key, task.state)
+            self._upcoming[key] -= 1
+            if self._upcoming[key] <= 0:
+                del self._upcoming[key]
+
+
+class PrefillError(Exception):
+    """A prefill call failed; ``tasks`` were in it (each has ``error`` set and has left the prefiller)."""
+
+    def __init__(self, tasks: list[PrefillTask]):
+        super().__init__(tasks[0].error if tasks else "prefill failed")
+        self.tasks = tasks

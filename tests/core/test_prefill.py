@@ -1,0 +1,93 @@
+"""Chunked batched prefill: a prefix's state and logits are the same bits whoever it shares the call with, and
+whether its first chunks were computed in this call sequence or restored from a stored state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spikegpt import SpikeGPTForCausalLM
+from spikegpt.prefill import ChunkRunner, Prefiller, PrefillTask, aligned
+from spikegpt.state import RecurrentState
+from spikegpt.state_cache import StateCache
+
+from conftest import lively_weights_, tiny_config
+
+CHUNK, ROWS = 8, 3
+
+
+@pytest.fixture(scope="module")
+def model() -> SpikeGPTForCausalLM:
+    return lively_weights_(SpikeGPTForCausalLM(tiny_config()), seed=11).eval()
+
+
+def prompt(generator: torch.Generator, n: int, vocab: int) -> list[int]:
+    return torch.randint(0, vocab, (n,), generator=generator).tolist()
+
+
+def read(model, tasks: list[PrefillTask], rows: int = ROWS) -> None:
+    """Run the tasks to their ends, ``rows`` at a time, in any grouping the arrival order gives."""
+    runner = ChunkRunner(model, rows, CHUNK)
+    with torch.inference_mode():
+        while not all(t.done for t in tasks):
+            runner([t for t in tasks if not t.done][:rows])
+
+
+def same_state(a: RecurrentState, b: RecurrentState) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.tensors(), b.tensors(), strict=True))
+
+
+def test_a_row_is_the_same_bits_alone_or_among_others_and_restored(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    mine = prompt(g, 5 * CHUNK, vocab)
+    alone = PrefillTask(mine, 0, len(mine), model.fresh_state(1))
+    read(model, [alone])
+    # among others of other lengths, in another row and another grouping per call
+    others = [PrefillTask(prompt(g, n * CHUNK, vocab), 0, n * CHUNK, model.fresh_state(1)) for n in (2, 7, 1, 3)]
+    crowded = PrefillTask(mine, 0, len(mine), model.fresh_state(1))
+    read(model, [*others[:2], crowded, *others[2:]])
+    assert same_state(alone.state, crowded.state) and torch.equal(alone.logits, crowded.logits)
+    assert torch.equal(alone.counts, crowded.counts)
+    # restored at every boundary: the state there, then the rest read from it
+    for split in range(CHUNK, len(mine), CHUNK):
+        head = PrefillTask(mine, 0, split, model.fresh_state(1))
+        read(model, [head])
+        rest = PrefillTask(mine, split, len(mine), head.state.clone())
+        read(model, [rest, *[PrefillTask(o.tokens, 0, o.end, model.fresh_state(1)) for o in others[:1]]])
+        assert same_state(alone.state, rest.state) and torch.equal(alone.logits, rest.logits), split
+
+
+def test_chunks_compute_the_models_function(model, seed):
+    """The chunked reading is the model's forward (to float tolerance: only the call shapes differ)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = prompt(g, 3 * CHUNK, model.config.vocab_size)
+    task = PrefillTask(tokens, 0, len(tokens), model.fresh_state(1))
+    read(model, [task])
+    with torch.inference_mode():
+        out = model(torch.tensor([tokens]), use_cache=True)
+    torch.testing.assert_close(task.logits, out.logits[0, -1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(task.state.wkv_den, out.state.wkv_den, rtol=1e-4, atol=1e-4)
+
+
+def test_prefiller_stores_states_at_stride_and_end_and_announces_them(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    cache = StateCache(CHUNK, "test", 1 << 20)
+    prefiller = Prefiller(model, ROWS, CHUNK, cache, stride=2 * CHUNK)
+    tokens = prompt(g, 5 * CHUNK + 3, model.config.vocab_size)
+    end = aligned(len(tokens), CHUNK)
+    task = PrefillTask(tokens, 0, end, model.fresh_state(1))
+    prefiller.add(task)
+    keys = cache.keys(tokens)
+    assert prefiller.upcoming(keys, len(tokens)) == end  # the end, then 4 chunks, then 2
+    assert prefiller.upcoming(keys, end - 1) == 4 * CHUNK
+    with torch.inference_mode():
+        finished = []
+        while prefiller.busy:
+            finished += prefiller.step()
+    assert finished == [task] and prefiller.upcoming(keys, len(tokens)) == 0
+    assert cache.stats.stored == 3  # 2 and 4 chunks (the stride), 5 (the end)
+    n, state = cache.lookup(tokens, len(tokens) - 1)
+    assert n == end and same_state(state, task.state)
+    n, _ = cache.lookup(tokens, end - 1)
+    assert n == 4 * CHUNK
