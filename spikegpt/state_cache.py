@@ -237,7 +237,9 @@ class DiskTier:
                 unreadable,
             )
         self._evict()
-        logger.info("state cache: %d state file(s) in %s (%d bytes)", len(self._index), self.directory, self.stats.disk_bytes)
+        logger.info(
+            "state cache: %d state file(s) in %s (%d bytes)", len(self._index), self.directory, self.stats.disk_bytes
+        )
 
     def load(self, key: str, expected: bytes, device: torch.device) -> RecurrentState | None:
         if key not in self._index:
@@ -269,7 +271,9 @@ class DiskTier:
             return
         from safetensors.torch import save_file
 
-        tensors = {f.name: t[0].detach().cpu().contiguous() for f, t in zip(fields(state), state.tensors(), strict=True)}
+        tensors = {
+            f.name: t[0].detach().cpu().contiguous() for f, t in zip(fields(state), state.tensors(), strict=True)
+        }
         tensors["tokens"] = torch.frombuffer(bytearray(expected), dtype=torch.int32)
         path = self._path(key)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import lively_weights_, tiny_config
 
 from spikegpt import SpikeGPTForCausalLM
 from spikegpt.prefill import ChunkRunner, Prefiller, PrefillTask, aligned
 from spikegpt.state import RecurrentState
 from spikegpt.state_cache import StateCache
-
-from conftest import lively_weights_, tiny_config
 
 CHUNK, ROWS = 8, 3
 

@@ -7,12 +7,11 @@ import logging
 
 import pytest
 import torch
+from conftest import lively_weights_, tiny_config
 
 from spikegpt import SpikeGPTForCausalLM
 from spikegpt.state import RecurrentState
 from spikegpt.state_cache import StateCache, model_fingerprint
-
-from conftest import lively_weights_, tiny_config
 
 CHUNK = 4
 
@@ -36,7 +35,7 @@ def test_longest_verified_prefix_within_the_limit():
     assert cache.lookup(tokens[:12], 11)[0] == 4
     other = [99, *tokens[1:]]
     assert cache.lookup(other, 19) == (0, None)
-    n, found = cache.lookup(tokens, 19)
+    _, found = cache.lookup(tokens, 19)
     found.att_v += 1  # a copy: the entry is unchanged
     assert torch.equal(cache.lookup(tokens, 19)[1].att_v, state(3.0).att_v)
     assert (cache.stats.hits, cache.stats.misses, cache.stats.cached_tokens) == (5, 1, 12 + 4 + 4 + 12 + 12)
