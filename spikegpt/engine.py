@@ -1,11 +1,19 @@
 """Batched streaming generation over recurrent-state slots.
 
 The engine owns the model and every sequence's state. Each ``step()``: every running sequence advances by one
-token in a single batched recurrent step; then requests that arrived are admitted into free slots and prefilled
-with the parallel form (one request at a time, so a prompt's computation never depends on what else is running);
-then one batched sampling pass picks the next token of every running and newly admitted sequence. Finished and
-aborted sequences leave at once and their slot is reused; a fresh request always starts from a fresh state, so
-nothing leaks between requests.
+token in a single batched recurrent step; then requests that arrived are admitted into free slots, starting from
+the longest prefix of their prompt in the prefix-state cache (when there is one); then prompts are read in
+fixed-shape chunks (``spikegpt.prefill``: several prompts per call, one call per step while other sequences are
+decoding, so a long prompt never stalls them); then one batched sampling pass picks the next token of every
+sequence whose prompt is read. A prompt's last few tokens (fewer than a chunk) go through the decoding step like
+generated ones. Finished and aborted sequences leave at once and their slot is reused; a request starts from a
+fresh state or a cached one, never from another request's, so nothing leaks between requests.
+
+Bit-exactness: chunks start at absolute multiples of the chunk and always have the shape ``[rows, chunk]``, and
+cache entries sit only at chunk boundaries, so a prompt's arithmetic is the same whether its first chunks were
+computed or restored; a cache hit gives the same logits, text and log-probabilities as a server without cache.
+At the end of a finished sequence, the state at its last chunk boundary is computed again by chunks in the
+background (rows no request needs), so the next turn of a conversation hits.
 
 With ``batch_invariant`` (the default) the decoding step and the sampling pass always run all ``max_batch`` rows,
 whatever is running: on a CPU a row's result then does not depend on the other rows or on how many there are, so
@@ -31,14 +39,16 @@ from spikegpt.kernels import kernel_backend
 
 from .errors import GenerationError
 from .model import SpikeGPTForCausalLM
+from .prefill import Prefiller, PrefillError, PrefillTask, aligned
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
 from .state import RecurrentState
+from .state_cache import StateCache, model_fingerprint
 from .stats import SpikeStats
 from .textstream import TextStream
 
 logger = logging.getLogger(__name__)
 
-PROMPT_LOGPROBS_CHUNK = 128  # positions whose full-vocabulary logits are held at once for prompt logprobs
+IDLE_PREFILL_CALLS = 8  # prefill calls per step while no sequence is decoding (none waits for the step)
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,10 @@ class GenerationEvent:
     text: newly released text (may be empty while a possible stop string is held back).
     token: the token this event is about (None on a final event that carries no token).
     finish_reason: None while running; then "stop" (EOS, stop token or stop string), "length", "abort" or "error".
-    stats: on the final event, the spikes of every token the model processed for this request.
+    stats: on the final event, the spikes of every token the model processed for this request (prompt tokens
+        restored from the cache were not processed and are not in it).
     prompt_logprobs: on the first event, when asked for: None for the first prompt token, then one choice each.
+    cached_tokens: prompt tokens restored from the prefix-state cache instead of computed.
     """
 
     request_id: str
@@ -72,6 +84,7 @@ class GenerationEvent:
     stats: SpikeStats | None = None
     error: str | None = None
     prompt_logprobs: list[TokenChoice | None] | None = None
+    cached_tokens: int = 0
 
 
 class _DecodeStep(torch.nn.Module):
@@ -106,12 +119,21 @@ def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: R
 
 
 class _Sequence:
+    """A request in a slot. phase: "prefill" (its prompt is read by chunks), "feed" (its prompt's last tokens go
+    through the decoding step; ``fed`` of them so far), "decode" (generating)."""
+
     def __init__(self, request: GenerationRequest, slot: int, text: TextStream):
         self.request = request
         self.slot = slot
         self.text = text
         self.completion_tokens = 0
         self.prompt_logprobs: list[TokenChoice | None] | None = None
+        self.phase = "prefill"
+        self.fed = 0
+        self.task: PrefillTask | None = None
+        self.cached_tokens = 0
+        self.generated: list[int] = []
+        self.boundary: tuple[int, RecurrentState] | None = None  # the last chunk boundary read, and its state
 
 
 class Engine:
@@ -121,9 +143,18 @@ class Engine:
         tokenizer: PreTrainedTokenizerFast,
         max_batch: int = 16,
         batch_invariant: bool = True,
-        prefill_chunk: int = 1024,
+        prefill_chunk: int = 16,
         compile: bool = False,
+        prefill_rows: int | None = None,
+        state_cache_bytes: int = 0,
+        state_cache_dir: str | None = None,
+        state_cache_dir_bytes: int = 1 << 30,
+        cache_stride: int = 64,
     ):
+        """``prefill_chunk`` tokens per prompt and ``prefill_rows`` prompts (default: up to 4) per prefill call;
+        ``state_cache_bytes`` > 0 keeps states at every ``cache_stride`` tokens of a prompt, at its last chunk
+        boundary and at a finished sequence's, in memory (and in ``state_cache_dir`` within
+        ``state_cache_dir_bytes``, tagged with the model's fingerprint)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if compile and not batch_invariant:
@@ -133,6 +164,7 @@ class Engine:
         self.max_batch = max_batch
         self.batch_invariant = batch_invariant
         self.prefill_chunk = prefill_chunk
+        self.prefill_rows = prefill_rows or min(4, max_batch)
         self.device = model.head.weight.device
         self.vocab_size = model.config.vocab_size
         self.eos_token_id = tokenizer.eos_token_id
@@ -145,6 +177,10 @@ class Engine:
         self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: list[GenerationRequest] = []
+        self._keys: dict[str, list[str]] = {}  # cache keys of waiting prompts' prefixes
+        self.cache = self._state_cache(state_cache_bytes, state_cache_dir, state_cache_dir_bytes)
+        self.prefiller = Prefiller(model, self.prefill_rows, prefill_chunk, self.cache, cache_stride)
+        self._owners: dict[PrefillTask, _Sequence] = {}
         # The fixed-shape step's hundreds of small operations cost more than its arithmetic on a CPU: compiled,
         # they become a few fused kernels (compiled once, at the first step); traced, TorchScript runs the same
         # operations without Python between them. Either way a row's result still depends on nothing but the row.
@@ -154,6 +190,18 @@ class Engine:
             self.decode_step = trace_decode_step(model, self.next_tokens, self.state)
         else:
             self.decode_step = self._model_step
+
+    def _state_cache(self, max_bytes: int, directory: str | None, dir_bytes: int) -> StateCache | None:
+        if max_bytes <= 0:
+            return None
+        # what decides the arithmetic of a stored state, besides the weights: the prefill shape, dtype, device,
+        # kernels and torch's own version
+        layout = (
+            f"chunk={self.prefill_chunk};rows={self.prefill_rows};dtype={self.model.dtype};"
+            f"device={self.device.type};kernels={kernel_backend(self.next_tokens)};torch={torch.__version__}"
+        )
+        fingerprint = model_fingerprint(self.model) if directory is not None else "this process"
+        return StateCache(self.prefill_chunk, f"{fingerprint};{layout}", max_bytes, directory, dir_bytes, self.device)
 
     # -- called from any thread -------------------------------------------------------------------------------
     def check(self, request: GenerationRequest) -> None:
@@ -182,21 +230,24 @@ class Engine:
         return len(self._waiting)
 
     def has_work(self) -> bool:
-        return self.running > 0 or bool(self._waiting) or not self._inbox.empty()
+        return self.running > 0 or bool(self._waiting) or not self._inbox.empty() or self.prefiller.busy
 
     @torch.inference_mode()
     def step(self) -> list[GenerationEvent]:
         events: list[GenerationEvent] = []
         self._drain_inbox(events)
-        ready = [s for s in self.slots if s is not None]
-        if ready and not self._decode(ready, events):
+        stepping = [s for s in self.slots if s is not None and s.phase != "prefill"]
+        if stepping and self._decode(stepping, events):
+            ready = [s for s in stepping if self._fed(s)]
+        else:
             ready = []
-        while self._waiting and None in self.slots:
-            seq = self._admit(self._waiting.pop(0), events)
-            if seq is not None:
-                ready.append(seq)
+        self._admit_waiting()
+        ready += self._read_prompts(events, busy=bool(stepping))
         if ready:
             self._sample(ready, events)
+        for seq in self.slots:  # the next prompt token of sequences still feeding theirs
+            if seq is not None and seq.phase == "feed":
+                self.next_tokens[seq.slot, 0] = seq.request.prompt_ids[seq.fed]
         return events
 
     def fail_all(self, message: str) -> list[GenerationEvent]:
@@ -209,6 +260,8 @@ class Engine:
         for seq in self.slots:
             if seq is not None:
                 events.append(self._finish(seq, "error", None, error=message))
+        for task in list(self.prefiller.tasks):  # background ones
+            self.prefiller.remove(task)
         return events
 
     def _rejected(self, request: GenerationRequest, reason: str, error: str | None = None) -> GenerationEvent:
@@ -223,57 +276,129 @@ class Engine:
             for i, request in enumerate(self._waiting):
                 if request.request_id == item:
                     del self._waiting[i]
+                    self._keys.pop(item, None)
                     events.append(self._rejected(request, "abort"))
                     break
             for seq in self.slots:
                 if seq is not None and seq.request.request_id == item:
                     events.append(self._finish(seq, "abort", None))
 
-    def _prefill(self, request: GenerationRequest) -> tuple:
-        """Run the prompt with the parallel form: (state, last logits [vocab], stats, prompt logprobs or None)."""
-        ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
-        want = request.prompt_logprobs
-        chunk = min(self.prefill_chunk, PROMPT_LOGPROBS_CHUNK) if want is not None else self.prefill_chunk
-        state, stats, logits = None, None, None
-        prompt_logprobs: list[TokenChoice | None] = [None]
-        for start in range(0, ids.shape[1], chunk):
-            piece = ids[:, start : start + chunk]
-            out = self.model(
-                piece,
-                state=state,
-                use_cache=True,
-                output_spike_stats=True,
-                logits_to_keep=0 if want is not None else 1,
-            )
-            state, logits = out.state, out.logits[0]
-            stats = out.spike_stats if stats is None else stats + out.spike_stats
-            if want is not None:
-                # position t predicts prompt token t + 1 (the last position predicts the first generated token)
-                targets = ids[0, start + 1 : start + 1 + piece.shape[1]]
-                scored = torch.log_softmax(logits[: len(targets)].float(), dim=-1)
-                values, tops = top_logprobs(scored, targets, want)
-                prompt_logprobs += [
-                    TokenChoice(t, v, top) for t, v, top in zip(targets.tolist(), values, tops, strict=True)
-                ]
-        return state, logits[-1], stats, prompt_logprobs if want is not None else None
+    def _prefix_keys(self, request: GenerationRequest) -> list[str]:
+        keys = self._keys.get(request.request_id)
+        if keys is None:
+            keys = self._keys[request.request_id] = self.cache.keys(request.prompt_ids)
+        return keys
 
-    def _admit(self, request: GenerationRequest, events: list[GenerationEvent]) -> _Sequence | None:
+    def _admit_waiting(self) -> None:
+        """Give free slots to waiting requests in arrival order. A request whose prompt shares a prefix that a
+        prompt being read is about to store waits for it (computing it twice would cost rows, not time)."""
+        waiting, self._waiting = self._waiting, []
+        for request in waiting:
+            if None not in self.slots:
+                self._waiting.append(request)
+                continue
+            if self.cache is not None and request.prompt_logprobs is None:
+                keys, limit = self._prefix_keys(request), len(request.prompt_ids) - 1
+                if self.prefiller.upcoming(keys, limit) > self.cache.longest(request.prompt_ids, limit, keys):
+                    self._waiting.append(request)
+                    continue
+            self._admit(request)
+
+    def _admit(self, request: GenerationRequest) -> None:
+        """Claim a slot; start from the longest cached prefix (not for prompt log-probabilities, which need every
+        position's logits); read the rest by chunks, or feed it if less than a chunk is left."""
         slot = self.slots.index(None)
-        try:
-            state, logits, stats, prompt_logprobs = self._prefill(request)
-        except Exception as e:  # one bad request must not stop the others
-            logger.exception("prefill failed for request %s", request.request_id)
-            events.append(self._rejected(request, "error", str(e)))
-            return None
-        self.state.write_rows([slot], state)
-        self.logits[slot] = logits
-        self.counts[slot] = stats.counts[0]
-        self.tokens[slot] = stats.tokens[0]
-        self.sampler.start(slot, request.params, request.prompt_ids)
+        prompt = request.prompt_ids
+        keys = self._keys.pop(request.request_id, None)
+        start, state = 0, None
+        if self.cache is not None and request.prompt_logprobs is None:
+            start, state = self.cache.lookup(prompt, len(prompt) - 1, keys)
         seq = _Sequence(request, slot, TextStream(self.tokenizer, request.params.stop))
-        seq.prompt_logprobs = prompt_logprobs
+        seq.cached_tokens = start
+        if request.prompt_logprobs is not None:
+            seq.prompt_logprobs = [None]
         self.slots[slot] = seq
-        return seq
+        self.sampler.start(slot, request.params, prompt)
+        state = state if state is not None else self.model.fresh_state(1)
+        end = aligned(len(prompt), self.prefill_chunk)
+        if start < end:
+            scores = (lambda position, logits: self._score(seq, position, logits)) if seq.prompt_logprobs else None
+            seq.task = PrefillTask(prompt, start, end, state, scores=scores)
+            self._owners[seq.task] = seq
+            self.prefiller.add(seq.task)
+        else:
+            self._prompt_read(seq, start, state, None, 0)
+
+    def _read_prompts(self, events: list[GenerationEvent], busy: bool) -> list[_Sequence]:
+        """Prefill calls: one while other sequences are decoding (their next token waits for it), else several,
+        until a prompt is read. Returns the sequences whose whole prompt is read (ready to sample)."""
+        ready: list[_Sequence] = []
+        for _ in range(1 if busy else IDLE_PREFILL_CALLS):
+            if not self.prefiller.busy:
+                break
+            try:
+                finished = self.prefiller.step()
+            except PrefillError as e:
+                logger.exception("prefill failed")
+                finished = e.tasks
+            progressed = False
+            for task in finished:
+                seq = self._owners.pop(task, None)
+                if seq is None:
+                    continue  # a background task: its states are stored
+                if task.error is not None:
+                    seq.task = None
+                    events.append(self._finish(seq, "error", None, error=task.error))
+                    continue
+                self._prompt_read(seq, task.end, task.state, task.logits, task.computed, task.counts)
+                progressed = True
+                if seq.phase == "decode":
+                    ready.append(seq)
+            if progressed:
+                break
+        return ready
+
+    def _prompt_read(self, seq: _Sequence, end: int, state, logits, computed: int, counts=None) -> None:
+        """The prompt's chunks are read (or restored): into the slot; then feed the rest or sample."""
+        slot = seq.slot
+        seq.task = None
+        self.state.write_rows([slot], state)
+        if counts is None:
+            self.counts[slot] = 0
+        else:
+            self.counts[slot] = counts
+        self.tokens[slot] = computed
+        if self.cache is not None:
+            seq.boundary = (end, state)
+        if end == len(seq.request.prompt_ids):
+            self.logits[slot] = logits
+            seq.phase = "decode"
+        else:
+            seq.phase, seq.fed = "feed", end
+
+    def _fed(self, seq: _Sequence) -> bool:
+        """After a decoding step: a feeding sequence has read one more prompt token; True if it is now ready to
+        sample (or was already decoding)."""
+        if seq.phase == "decode":
+            return True
+        if seq.prompt_logprobs is not None:
+            self._score(seq, seq.fed, self.logits[seq.slot : seq.slot + 1])
+        seq.fed += 1
+        if seq.fed == len(seq.request.prompt_ids):
+            seq.phase = "decode"
+            return True
+        return False
+
+    def _score(self, seq: _Sequence, position: int, logits: torch.Tensor) -> None:
+        """Prompt log-probabilities from the logits at ``position`` onwards (position t predicts token t + 1)."""
+        prompt = seq.request.prompt_ids
+        targets = torch.tensor(prompt[position + 1 : position + 1 + logits.shape[0]], device=logits.device)
+        if not len(targets):
+            return
+        scored = torch.log_softmax(logits[: len(targets)].float(), dim=-1)
+        values, tops = top_logprobs(scored, targets, seq.request.prompt_logprobs)
+        choices = zip(targets.tolist(), values, tops, strict=True)
+        seq.prompt_logprobs += [TokenChoice(t, v, top) for t, v, top in choices]
 
     def _decode(self, running: list[_Sequence], events: list[GenerationEvent]) -> bool:
         """One recurrent step for the running sequences; on failure they all end with an error (returns False)."""
@@ -312,6 +437,7 @@ class Engine:
             return
         self.next_tokens[:, 0] = tokens
         for seq, choice in zip(ready, choices, strict=True):
+            seq.generated.append(choice.token_id)
             self._advance(seq, choice, events)
 
     def _advance(self, seq: _Sequence, choice: TokenChoice, events: list[GenerationEvent]) -> None:
@@ -332,6 +458,7 @@ class Engine:
                 event = GenerationEvent(
                     request.request_id, text, choice, len(request.prompt_ids), seq.completion_tokens
                 )
+        event.cached_tokens = seq.cached_tokens
         event.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
         events.append(event)
 
@@ -340,6 +467,11 @@ class Engine:
     ) -> GenerationEvent:
         self.slots[seq.slot] = None
         self.sampler.release(seq.slot)
+        if seq.task is not None:  # aborted or failed while its prompt was read
+            self.prefiller.remove(seq.task)
+            self._owners.pop(seq.task, None)
+        elif reason in ("stop", "length"):
+            self._cache_the_end(seq)
         stats = SpikeStats(
             counts=self.counts[seq.slot : seq.slot + 1].clone(),
             tokens=self.tokens[seq.slot : seq.slot + 1].clone(),
@@ -355,4 +487,17 @@ class Engine:
             reason,
             stats,
             error,
+            cached_tokens=seq.cached_tokens,
         )
+
+    def _cache_the_end(self, seq: _Sequence) -> None:
+        """Read the finished sequence (prompt and reply) by chunks in the background, from its prompt's last chunk
+        boundary to the sequence's, so the next turn of a conversation starts from there. Its decoding steps
+        computed those tokens by other arithmetic, which a cold next turn would not reproduce bit for bit."""
+        if self.cache is None or seq.boundary is None:
+            return
+        tokens = seq.request.prompt_ids + seq.generated
+        start, state = seq.boundary
+        end = aligned(len(tokens), self.prefill_chunk)
+        if end > start:
+            self.prefiller.add(PrefillTask(tokens, start, end, state, background=True))

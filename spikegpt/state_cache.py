@@ -151,6 +151,13 @@ class StateCache:
         self._remember(key, expected, state)
         return state.clone()
 
+    def longest(self, tokens: list[int], limit: int, keys: list[str]) -> int:
+        """How long a prefix ``lookup`` would probably find (by key only: not verified, not counted, no file read)."""
+        for k in range(min(limit // self.chunk, len(keys)), 0, -1):
+            if keys[k - 1] in self._memory or (self.disk is not None and keys[k - 1] in self.disk):
+                return k * self.chunk
+        return 0
+
     def contains(self, tokens: list[int], key: str) -> bool:
         entry = self._memory.get(key)
         return entry is not None and entry.tokens == token_bytes(tokens)
@@ -199,6 +206,9 @@ class DiskTier:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._index: OrderedDict[str, int] = OrderedDict()  # key -> file size, least recently used first
         self._scan()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
 
     def _path(self, key: str) -> Path:
         return self.directory / f"{key}{SUFFIX}"
