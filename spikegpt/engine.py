@@ -149,10 +149,11 @@ class Engine:
         state_cache_bytes: int = 0,
         state_cache_dir: str | None = None,
         state_cache_dir_bytes: int = 1 << 30,
-        cache_stride: int = 64,
+        cache_stride: int | None = None,
     ):
         """``prefill_chunk`` tokens per prompt and ``prefill_rows`` prompts (default: up to 4) per prefill call;
-        ``state_cache_bytes`` > 0 keeps states at every ``cache_stride`` tokens of a prompt, at its last chunk
+        ``state_cache_bytes`` > 0 keeps states at every ``cache_stride`` tokens (a multiple of the chunk; default:
+        about 64) of a prompt, at its last chunk
         boundary and at a finished sequence's, in memory (and in ``state_cache_dir`` within
         ``state_cache_dir_bytes``, tagged with the model's fingerprint)."""
         if max_batch < 1:
@@ -179,7 +180,8 @@ class Engine:
         self._waiting: list[GenerationRequest] = []
         self._keys: dict[str, list[str]] = {}  # cache keys of waiting prompts' prefixes
         self.cache = self._state_cache(state_cache_bytes, state_cache_dir, state_cache_dir_bytes)
-        self.prefiller = Prefiller(model, self.prefill_rows, prefill_chunk, self.cache, cache_stride)
+        stride = cache_stride or prefill_chunk * max(1, 64 // prefill_chunk)
+        self.prefiller = Prefiller(model, self.prefill_rows, prefill_chunk, self.cache, stride)
         self._owners: dict[PrefillTask, _Sequence] = {}
         # The fixed-shape step's hundreds of small operations cost more than its arithmetic on a CPU: compiled,
         # they become a few fused kernels (compiled once, at the first step); traced, TorchScript runs the same
@@ -202,6 +204,16 @@ class Engine:
         )
         fingerprint = model_fingerprint(self.model) if directory is not None else "this process"
         return StateCache(self.prefill_chunk, f"{fingerprint};{layout}", max_bytes, directory, dir_bytes, self.device)
+
+    def warm_up(self) -> None:
+        """One prefill call and a tiny request, so that the first client does not pay for the first call of every
+        operation. Nothing is cached."""
+        c = self.prefill_chunk
+        with torch.inference_mode():
+            self.prefiller.run_chunk([PrefillTask([0] * c, 0, c, self.model.fresh_state(1))])
+        self.submit(GenerationRequest("warm-up", [0], SamplingParams(max_tokens=2, temperature=1.0, seed=0)))
+        while self.has_work():
+            self.step()
 
     # -- called from any thread -------------------------------------------------------------------------------
     def check(self, request: GenerationRequest) -> None:

@@ -125,7 +125,10 @@ class StateCache:
     # -- lookups ----------------------------------------------------------------------------------------------
     def lookup(self, tokens: list[int], limit: int, keys: list[str] | None = None) -> tuple[int, RecurrentState | None]:
         """The longest cached prefix of ``tokens`` no longer than ``limit`` tokens: (its length, a copy of its
-        state, batch 1), or (0, None). Counted as one hit or miss."""
+        state, batch 1), or (0, None). Counted as one hit or miss, unless ``limit`` is under one chunk (nothing
+        could be found)."""
+        if limit < self.chunk:
+            return 0, None
         keys = self.keys(tokens) if keys is None else keys
         for k in range(min(limit // self.chunk, len(keys)), 0, -1):
             n = k * self.chunk
