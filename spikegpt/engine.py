@@ -39,7 +39,7 @@ from spikegpt.kernels import kernel_backend
 
 from .errors import GenerationError
 from .model import SpikeGPTForCausalLM
-from .prefill import Prefiller, PrefillError, PrefillTask, aligned
+from .prefill import Prefiller, PrefillTask, aligned
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
 from .state import RecurrentState
 from .state_cache import StateCache, model_fingerprint
@@ -311,7 +311,9 @@ class Engine:
                 continue
             if self.cache is not None and request.prompt_logprobs is None:
                 keys, limit = self._prefix_keys(request), len(request.prompt_ids) - 1
-                if self.prefiller.upcoming(keys, limit) > self.cache.longest(request.prompt_ids, limit, keys):
+                upcoming = self.prefiller.upcoming(keys, limit)
+                if upcoming > self.cache.longest(request.prompt_ids, limit, keys):
+                    self.prefiller.promote(keys, upcoming)
                     self._waiting.append(request)
                     continue
             self._admit(request)
@@ -348,11 +350,7 @@ class Engine:
         for _ in range(1 if busy else IDLE_PREFILL_CALLS):
             if not self.prefiller.busy:
                 break
-            try:
-                finished = self.prefiller.step()
-            except PrefillError as e:
-                logger.exception("prefill failed")
-                finished = e.tasks
+            finished = self.prefiller.step()
             progressed = False
             for task in finished:
                 seq = self._owners.pop(task, None)

@@ -16,6 +16,7 @@ request that shares one can wait for it instead of computing it again.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ import torch
 from .model import SpikeGPTForCausalLM
 from .state import RecurrentState
 from .state_cache import StateCache
+
+logger = logging.getLogger(__name__)
 
 
 def aligned(n: int, chunk: int) -> int:
@@ -50,6 +53,7 @@ class PrefillTask:
     keys: list[str] = field(default_factory=list)
     scores: Callable[[int, torch.Tensor], None] | None = None
     background: bool = False
+    awaited: bool = False  # a background task that a waiting request needs
     counts: torch.Tensor | None = None
     computed: int = 0
     logits: torch.Tensor | None = None
@@ -73,7 +77,8 @@ class ChunkRunner:
         self._padding = model.fresh_state(1)
 
     def __call__(self, tasks: list[PrefillTask]) -> None:
-        """Advance each task by one chunk (its state, counts, and last logits)."""
+        """Advance each task by one chunk (its state, counts, and last logits). Raises if the forward fails (no
+        task changed); a task whose own part fails afterwards (its scores) gets ``error`` instead."""
         if not 0 < len(tasks) <= self.rows:
             raise ValueError(f"a prefill call takes 1 to {self.rows} tasks, got {len(tasks)}")
         c = self.chunk
@@ -85,15 +90,20 @@ class ChunkRunner:
         hidden = out.last_hidden_state
         counts = out.spike_stats.counts
         for i, task in enumerate(tasks):
-            if task.scores is not None:
-                task.scores(task.position, self.model.head(hidden[i]))
+            try:
+                if task.scores is not None:
+                    task.scores(task.position, self.model.head(hidden[i]))
+                # the head of one row at a time: a product's result can depend on its row's place among a few
+                # rows (edge tiles of the matrix kernel), never on its own [1, n_embd] shape
+                logits = self.model.head(hidden[i, -1:])[0] if task.position + c >= task.end else None
+            except Exception as e:
+                task.error = f"{type(e).__name__}: {e}"
+                continue
             task.state = out.state.select([i])
             task.counts = counts[i].clone() if task.counts is None else task.counts + counts[i]
             task.computed += c
             task.position += c
-            # the head of one row at a time: a product's result can depend on its row's place among a few rows
-            # (edge tiles of the matrix kernel), never on its own [1, n_embd] shape
-            task.logits = self.model.head(hidden[i, -1:])[0] if task.done else None
+            task.logits = logits
 
 
 class Prefiller:
@@ -117,7 +127,10 @@ class Prefiller:
         """Token counts after which ``task``'s state is stored, ahead of it."""
         if self.cache is None:
             return []
-        points = [p for p in range(task.position + self.chunk, task.end + 1, self.chunk) if p % self.stride == 0]
+        # a finished sequence's reply (background) at every boundary: the next turn re-tokenises the reply's text,
+        # which may part from the generated tokens near its end
+        stride = self.chunk if task.background else self.stride
+        points = [p for p in range(task.position + self.chunk, task.end + 1, self.chunk) if p % stride == 0]
         if task.end > task.position and (not points or points[-1] != task.end):
             points.append(task.end)
         return points
@@ -146,23 +159,39 @@ class Prefiller:
     def busy(self) -> bool:
         return bool(self.tasks)
 
+    def promote(self, keys: list[str], length: int) -> None:
+        """A request waits for the prefix of ``length`` tokens named by ``keys``: the background tasks about to
+        store it run as requests do, not only in rows left over."""
+        k = length // self.chunk
+        for task in self.tasks:
+            if task.background and len(task.keys) >= k and task.keys[k - 1] == keys[k - 1]:
+                task.awaited = True
+
     def step(self) -> list[PrefillTask]:
-        """One call over the first tasks (requests first); returns those that finished (or failed: ``error``)."""
-        chosen = [t for t in self.tasks if not t.background][: self.rows]
-        chosen += [t for t in self.tasks if t.background][: self.rows - len(chosen)]
+        """One call over the first tasks (requests first); returns those that finished or failed (``error``), which
+        have left. If the call fails, each of its tasks is tried alone (the same bits: the shape is the same), so
+        that only a task that fails by itself fails."""
+        first = [t for t in self.tasks if not t.background or t.awaited]
+        chosen = (first + [t for t in self.tasks if t.background and not t.awaited])[: self.rows]
         if not chosen:
             return []
         try:
             self.run_chunk(chosen)
         except Exception as e:
-            for task in chosen:
-                task.error = f"{type(e).__name__}: {e}"
-            for task in chosen:
-                self.remove(task)
-            raise PrefillError(chosen) from e
+            if len(chosen) == 1:
+                logger.exception("a prefill call failed")
+                chosen[0].error = f"{type(e).__name__}: {e}"
+            else:
+                for task in chosen:
+                    try:
+                        self.run_chunk([task])
+                    except Exception as alone:
+                        logger.exception("a prefill call failed")
+                        task.error = f"{type(alone).__name__}: {alone}"
         for task in chosen:
-            self._reached(task)
-        finished = [t for t in chosen if t.done]
+            if task.error is None:
+                self._reached(task)
+        finished = [t for t in chosen if t.done or t.error is not None]
         for task in finished:
             self.remove(task)
         return finished
@@ -172,17 +201,9 @@ class Prefiller:
         if self.cache is None:
             return
         p = task.position
-        if p % self.stride == 0 or p == task.end:
+        if p % (self.chunk if task.background else self.stride) == 0 or p == task.end:
             key = task.keys[p // self.chunk - 1]
             self.cache.store(task.tokens[:p], key, task.state)
             self._upcoming[key] -= 1
             if self._upcoming[key] <= 0:
                 del self._upcoming[key]
-
-
-class PrefillError(Exception):
-    """A prefill call failed; ``tasks`` were in it (each has ``error`` set and has left the prefiller)."""
-
-    def __init__(self, tasks: list[PrefillTask]):
-        super().__init__(tasks[0].error if tasks else "prefill failed")
-        self.tasks = tasks

@@ -90,3 +90,28 @@ def test_prefiller_stores_states_at_stride_and_end_and_announces_them(model, see
     assert n == end and same_state(state, task.state)
     n, _ = cache.lookup(tokens, end - 1)
     assert n == 4 * CHUNK
+
+
+def test_a_failing_task_fails_alone_and_the_others_are_unchanged(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    tokens = prompt(g, 2 * CHUNK, vocab)
+    reference = PrefillTask(tokens, 0, len(tokens), model.fresh_state(1))
+    read(model, [reference])
+    prefiller = Prefiller(model, ROWS, CHUNK)
+    good = PrefillTask(tokens, 0, len(tokens), model.fresh_state(1))
+    broken_state = PrefillTask(tokens, 0, len(tokens), RecurrentState.fresh(1, 2, 5))  # another model's shape
+
+    def fail(position, logits):
+        raise RuntimeError("scores failed")
+
+    broken_scores = PrefillTask(tokens, 0, len(tokens), model.fresh_state(1), scores=fail)
+    for task in (broken_state, good, broken_scores):
+        prefiller.add(task)
+    finished = []
+    with torch.inference_mode():
+        while prefiller.busy:
+            finished += prefiller.step()
+    assert {id(t) for t in finished} == {id(broken_state), id(good), id(broken_scores)}
+    assert broken_state.error and "scores failed" in broken_scores.error and good.error is None
+    assert same_state(good.state, reference.state) and torch.equal(good.logits, reference.logits)
