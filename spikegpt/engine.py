@@ -151,11 +151,10 @@ class Engine:
         state_cache_dir_bytes: int = 1 << 30,
         cache_stride: int | None = None,
     ):
-        """``prefill_chunk`` tokens per prompt and ``prefill_rows`` prompts (default: up to 4) per prefill call;
-        ``state_cache_bytes`` > 0 keeps states at every ``cache_stride`` tokens (a multiple of the chunk; default:
-        about 64) of a prompt, at its last chunk
-        boundary and at a finished sequence's, in memory (and in ``state_cache_dir`` within
-        ``state_cache_dir_bytes``, tagged with the model's fingerprint)."""
+        """``prefill_chunk`` tokens per prompt and ``prefill_rows`` prompts (default: up to 4) per prefill call.
+        ``state_cache_bytes`` > 0 turns on the prefix-state cache: states at every ``cache_stride`` tokens of a
+        prompt (a multiple of the chunk; default: about 64), at its last chunk boundary and at a finished
+        sequence's, in memory, and in ``state_cache_dir`` (within ``state_cache_dir_bytes``) when given."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if compile and not batch_invariant:
@@ -269,6 +268,7 @@ class Engine:
         for request in self._waiting:
             events.append(self._rejected(request, "error", message))
         self._waiting.clear()
+        self._keys.clear()
         for seq in self.slots:
             if seq is not None:
                 events.append(self._finish(seq, "error", None, error=message))
