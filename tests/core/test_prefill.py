@@ -24,6 +24,11 @@ def prompt(generator: torch.Generator, n: int, vocab: int) -> list[int]:
     return torch.randint(0, vocab, (n,), generator=generator).tolist()
 
 
+def whole(model, tokens: list[int], **kwargs) -> PrefillTask:
+    """A task reading all of ``tokens`` from a fresh state."""
+    return PrefillTask(tokens, 0, len(tokens), model.fresh_state(1), **kwargs)
+
+
 def read(model, tasks: list[PrefillTask], rows: int = ROWS) -> None:
     """Run the tasks to their ends, ``rows`` at a time, in any grouping the arrival order gives."""
     runner = ChunkRunner(model, rows, CHUNK)
@@ -40,11 +45,11 @@ def test_a_row_is_the_same_bits_alone_or_among_others_and_restored(model, seed):
     g = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
     mine = prompt(g, 5 * CHUNK, vocab)
-    alone = PrefillTask(mine, 0, len(mine), model.fresh_state(1))
+    alone = whole(model, mine)
     read(model, [alone])
     # among others of other lengths, in another row and another grouping per call
-    others = [PrefillTask(prompt(g, n * CHUNK, vocab), 0, n * CHUNK, model.fresh_state(1)) for n in (2, 7, 1, 3)]
-    crowded = PrefillTask(mine, 0, len(mine), model.fresh_state(1))
+    others = [whole(model, prompt(g, n * CHUNK, vocab)) for n in (2, 7, 1, 3)]
+    crowded = whole(model, mine)
     read(model, [*others[:2], crowded, *others[2:]])
     assert same_state(alone.state, crowded.state) and torch.equal(alone.logits, crowded.logits)
     assert torch.equal(alone.counts, crowded.counts)
@@ -53,7 +58,7 @@ def test_a_row_is_the_same_bits_alone_or_among_others_and_restored(model, seed):
         head = PrefillTask(mine, 0, split, model.fresh_state(1))
         read(model, [head])
         rest = PrefillTask(mine, split, len(mine), head.state.clone())
-        read(model, [rest, *[PrefillTask(o.tokens, 0, o.end, model.fresh_state(1)) for o in others[:1]]])
+        read(model, [rest, whole(model, others[0].tokens)])
         assert same_state(alone.state, rest.state) and torch.equal(alone.logits, rest.logits), split
 
 
@@ -61,7 +66,7 @@ def test_chunks_compute_the_models_function(model, seed):
     """The chunked reading is the model's forward (to float tolerance: only the call shapes differ)."""
     g = torch.Generator().manual_seed(seed)
     tokens = prompt(g, 3 * CHUNK, model.config.vocab_size)
-    task = PrefillTask(tokens, 0, len(tokens), model.fresh_state(1))
+    task = whole(model, tokens)
     read(model, [task])
     with torch.inference_mode():
         out = model(torch.tensor([tokens]), use_cache=True)
@@ -93,19 +98,17 @@ def test_prefiller_stores_states_at_stride_and_end_and_announces_them(model, see
 
 
 def test_a_failing_task_fails_alone_and_the_others_are_unchanged(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    vocab = model.config.vocab_size
-    tokens = prompt(g, 2 * CHUNK, vocab)
-    reference = PrefillTask(tokens, 0, len(tokens), model.fresh_state(1))
+    tokens = prompt(torch.Generator().manual_seed(seed), 2 * CHUNK, model.config.vocab_size)
+    reference = whole(model, tokens)
     read(model, [reference])
     prefiller = Prefiller(model, ROWS, CHUNK)
-    good = PrefillTask(tokens, 0, len(tokens), model.fresh_state(1))
+    good = whole(model, tokens)
     broken_state = PrefillTask(tokens, 0, len(tokens), RecurrentState.fresh(1, 2, 5))  # another model's shape
 
     def fail(position, logits):
         raise RuntimeError("scores failed")
 
-    broken_scores = PrefillTask(tokens, 0, len(tokens), model.fresh_state(1), scores=fail)
+    broken_scores = whole(model, tokens, scores=fail)
     for task in (broken_state, good, broken_scores):
         prefiller.add(task)
     finished = []
