@@ -44,7 +44,7 @@ class ServeSettings:
     threads: int | None = None  # None: half the CPU cores, at least one
     batch_invariant: bool = True
     compile: bool = False  # torch.compile the decoding step (needs a C++ compiler; slower start, faster steps)
-    prefill_chunk: int = 16  # tokens per prompt per prefill call (also the prefix-state cache's granularity)
+    prefill_chunk: int = 8  # tokens per prompt per prefill call (also the prefix-state cache's granularity)
     prefill_rows: int = 4  # prompts per prefill call
     state_cache_mb: int = 256  # prefix-state cache in memory; 0 turns it off
     state_cache_dir: str | None = None  # keep cached states here too, across restarts

@@ -143,7 +143,7 @@ class Engine:
         tokenizer: PreTrainedTokenizerFast,
         max_batch: int = 16,
         batch_invariant: bool = True,
-        prefill_chunk: int = 16,
+        prefill_chunk: int = 8,
         compile: bool = False,
         prefill_rows: int | None = None,
         state_cache_bytes: int = 0,
