@@ -345,14 +345,17 @@ class Engine:
 
     def _read_prompts(self, events: list[GenerationEvent], busy: bool) -> list[_Sequence]:
         """Prefill calls: one while other sequences are decoding (their next token waits for it), else several,
-        until a prompt is read. Returns the sequences whose whole prompt is read (ready to sample)."""
+        until a prompt is read. Background tasks ride in rows no request needs; a call of background tasks alone
+        runs only while nothing decodes, one per step (so a request arriving meanwhile waits for one call at most).
+        Returns the sequences whose whole prompt is read (ready to sample)."""
         ready: list[_Sequence] = []
         for _ in range(1 if busy else IDLE_PREFILL_CALLS):
-            if not self.prefiller.busy:
+            if not self.prefiller.urgent:
+                if not busy and self.prefiller.busy:
+                    self.prefiller.step(background=True)
                 break
-            finished = self.prefiller.step()
             progressed = False
-            for task in finished:
+            for task in self.prefiller.step():
                 seq = self._owners.pop(task, None)
                 if seq is None:
                     continue  # a background task: its states are stored

@@ -29,6 +29,8 @@ from .state_cache import StateCache
 
 logger = logging.getLogger(__name__)
 
+MAX_BACKGROUND = 16  # background tasks kept waiting for spare rows
+
 
 def aligned(n: int, chunk: int) -> int:
     """The last chunk boundary at or before ``n`` tokens."""
@@ -136,8 +138,14 @@ class Prefiller:
         return points
 
     def add(self, task: PrefillTask) -> None:
+        """Queue a task. Background tasks beyond ``MAX_BACKGROUND`` push out the oldest: under sustained load spare
+        rows are rare, and a sequence finished long ago is the least likely to be continued."""
         if self.cache is not None and not task.keys:
             task.keys = self.cache.keys(task.tokens[: task.end])
+        if task.background:
+            queued = [t for t in self.tasks if t.background and not t.awaited]
+            for old in queued[: max(0, len(queued) + 1 - MAX_BACKGROUND)]:
+                self.remove(old)
         self.tasks.append(task)
         for p in self._store_points(task):
             self._upcoming[task.keys[p // self.chunk - 1]] += 1
@@ -167,11 +175,19 @@ class Prefiller:
             if task.background and len(task.keys) >= k and task.keys[k - 1] == keys[k - 1]:
                 task.awaited = True
 
-    def step(self) -> list[PrefillTask]:
-        """One call over the first tasks (requests first); returns those that finished or failed (``error``), which
-        have left. If the call fails, each of its tasks is tried alone (the same bits: the shape is the same), so
-        that only a task that fails by itself fails."""
+    @property
+    def urgent(self) -> bool:
+        """Whether a task that someone waits for is queued (a request's, or a background one a request awaits)."""
+        return any(not t.background or t.awaited for t in self.tasks)
+
+    def step(self, background: bool = True) -> list[PrefillTask]:
+        """One call over the first tasks (requests first; background tasks only in the rows left over, or alone when
+        ``background``); returns those that finished or failed (``error``), which have left. If the call fails, each
+        of its tasks is tried alone (the same bits: the shape is the same), so only a task that fails by itself
+        fails."""
         first = [t for t in self.tasks if not t.background or t.awaited]
+        if not first and not background:
+            return []
         chosen = (first + [t for t in self.tasks if t.background and not t.awaited])[: self.rows]
         if not chosen:
             return []
