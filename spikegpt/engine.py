@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -49,6 +50,9 @@ from .textstream import TextStream
 logger = logging.getLogger(__name__)
 
 IDLE_PREFILL_CALLS = 8  # prefill calls per step while no sequence is decoding (none waits for the step)
+# background tasks run alone only after this long with nothing else to do: in a busy server the next request is
+# usually a few milliseconds away, and should not find a call in its way
+BACKGROUND_AFTER_IDLE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,7 @@ class Engine:
         stride = cache_stride or prefill_chunk * max(1, 64 // prefill_chunk)
         self.prefiller = Prefiller(model, self.prefill_rows, prefill_chunk, self.cache, stride)
         self._owners: dict[PrefillTask, _Sequence] = {}
+        self._active_at = time.monotonic()  # when the engine last had work besides background tasks
         # The fixed-shape step's hundreds of small operations cost more than its arithmetic on a CPU: compiled,
         # they become a few fused kernels (compiled once, at the first step); traced, TorchScript runs the same
         # operations without Python between them. Either way a row's result still depends on nothing but the row.
@@ -241,19 +246,32 @@ class Engine:
         return len(self._waiting)
 
     def has_work(self) -> bool:
-        return self.running > 0 or bool(self._waiting) or not self._inbox.empty() or self.prefiller.busy
+        """Whether ``step`` has something to do now (background tasks count once the engine has been idle for
+        ``BACKGROUND_AFTER_IDLE_S``; ``has_background`` says whether there are any)."""
+        if self.running > 0 or self._waiting or not self._inbox.empty() or self.prefiller.urgent:
+            return True
+        return self.prefiller.busy and time.monotonic() - self._active_at >= BACKGROUND_AFTER_IDLE_S
+
+    @property
+    def has_background(self) -> bool:
+        return self.prefiller.busy
 
     @torch.inference_mode()
     def step(self) -> list[GenerationEvent]:
         events: list[GenerationEvent] = []
         self._drain_inbox(events)
+        working = bool(self.running or self._waiting or self.prefiller.urgent)
+        now = time.monotonic()
+        if working:
+            self._active_at = now
+        idle = not working and now - self._active_at >= BACKGROUND_AFTER_IDLE_S
         stepping = [s for s in self.slots if s is not None and s.phase != "prefill"]
         if stepping and self._decode(stepping, events):
             ready = [s for s in stepping if self._fed(s)]
         else:
             ready = []
         self._admit_waiting()
-        ready += self._read_prompts(events, busy=bool(stepping))
+        ready += self._read_prompts(events, busy=bool(stepping), idle=idle)
         if ready:
             self._sample(ready, events)
         for seq in self.slots:  # the next prompt token of sequences still feeding theirs
@@ -343,15 +361,15 @@ class Engine:
         else:
             self._prompt_read(seq, start, state, None, 0)
 
-    def _read_prompts(self, events: list[GenerationEvent], busy: bool) -> list[_Sequence]:
+    def _read_prompts(self, events: list[GenerationEvent], busy: bool, idle: bool) -> list[_Sequence]:
         """Prefill calls: one while other sequences are decoding (their next token waits for it), else several,
         until a prompt is read. Background tasks ride in rows no request needs; a call of background tasks alone
-        runs only while nothing decodes, one per step (so a request arriving meanwhile waits for one call at most).
-        Returns the sequences whose whole prompt is read (ready to sample)."""
+        runs only when the engine is ``idle`` (nothing else for a while), one per step, so a request arriving
+        meanwhile waits for one call at most. Returns the sequences whose whole prompt is read (ready to sample)."""
         ready: list[_Sequence] = []
         for _ in range(1 if busy else IDLE_PREFILL_CALLS):
             if not self.prefiller.urgent:
-                if not busy and self.prefiller.busy:
+                if idle and self.prefiller.busy:
                     self.prefiller.step(background=True)
                 break
             progressed = False

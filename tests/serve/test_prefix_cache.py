@@ -4,11 +4,13 @@ keeps a seeded request's output the same alone and under load; spike statistics 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from spikegpt.checkpoint import load_model
-from spikegpt.engine import Engine, GenerationRequest
+from spikegpt.engine import BACKGROUND_AFTER_IDLE_S, Engine, GenerationRequest
 from spikegpt.sampling import SamplingParams
 
 CHUNK, STRIDE, BATCH = 8, 16, 4
@@ -124,9 +126,20 @@ def test_the_next_turn_of_a_conversation_hits_at_the_end_of_the_last(tiny, cold)
     first = run(warm, [request("t1", turn1, max_tokens=20)])["t1"]
     assert first == {**run(cold, [request("t1", turn1, max_tokens=20)])["t1"], "stats": first["stats"]}
     turn2 = turn1 + first["tokens"] + prompt(9, offset=5)
+    # arriving at once, the next turn waits for the end of turn 1 to be read again by chunks
     hit = run(warm, [request("t2", turn2)])["t2"]
-    assert hit["cached"] == (27 + 20) // CHUNK * CHUNK  # the end of turn 1, read again by chunks
+    end = (27 + 20) // CHUNK * CHUNK
+    assert hit["cached"] == end
     assert same(hit, run(cold, [request("t2", turn2)])["t2"], warm, cold, "t2", "t2")
+    # arriving later, it finds it done: the engine read it in the background once idle
+    later = turn2 + hit["tokens"] + prompt(5, offset=6)
+    assert warm.has_background  # (the cold run above may already have taken longer than the idle wait)
+    time.sleep(BACKGROUND_AFTER_IDLE_S)
+    while warm.has_work():
+        warm.step()
+    assert not warm.has_background
+    keys = warm.cache.keys(later)
+    assert warm.cache.longest(later, len(later) - 1, keys) == (len(turn2) + 12) // CHUNK * CHUNK
 
 
 def test_prompt_logprobs_are_computed_and_equal_with_the_cache_on(tiny, cold):
