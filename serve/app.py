@@ -19,6 +19,7 @@ from .errors import install_error_handlers
 from .host import Loader, ModelHost, load_checkpoint
 from .metrics import ServerMetrics
 from .middleware import ApiKeyMiddleware, BodySizeLimitMiddleware
+from .openapi import install_openapi
 from .routes import router
 from .settings import ServeSettings
 
@@ -28,7 +29,7 @@ def create_app(
     loader: Loader = load_checkpoint,
     on_load_error: Callable[[Exception], None] | None = None,
 ) -> FastAPI:
-    """The server's app. The model loads in the background once the app starts (``/health`` says when it is
+    """The server's app. The model loads in the background once the app starts (``/ready`` says when it is
     ready); ``loader`` replaces how it is loaded, ``on_load_error`` hears if that fails."""
     settings = settings or ServeSettings.from_env()
     host = ModelHost(settings, ServerMetrics(), loader, on_load_error)
@@ -47,6 +48,7 @@ def create_app(
     app.state.host = host
     install_error_handlers(app)
     app.include_router(router)
+    install_openapi(app)
     # the last added runs first: CORS (so that every answer carries its headers), then the key, then the size limit
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     if settings.api_key:

@@ -1,7 +1,8 @@
-"""``ModelHost``: the served model, its tokenizer and engine worker, and the state ``/health`` reports.
+"""``ModelHost``: the served model, its tokenizer and engine worker, and the state ``/health`` and ``/ready`` report.
 
-The model loads in the background after the server starts, so ``/health`` answers 503 (``loading``) at once and
-200 when the first request can be served; the generation endpoints answer 503 until then.
+The model loads in the background after the server starts, so ``/ready`` answers 503 (``loading``) at once and
+200 when the first request can be served; the generation endpoints answer 503 until then. On SIGTERM the host
+drains: ``/ready`` and new requests get 503 while the requests in flight finish (or are ended at the grace).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from spikegpt.model import SpikeGPTForCausalLM
 from .errors import APIError, shutting_down
 from .formats import TokenTexts
 from .metrics import ServerMetrics
+from .protocol import ServerLimits
 from .settings import ServeSettings, SettingsError
 from .worker import EngineWorker
 
@@ -57,6 +59,7 @@ class ModelHost:
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self.token_texts: TokenTexts | None = None
         self.worker: EngineWorker | None = None
+        self.limits: ServerLimits | None = None  # what requests are validated against, once the model is loaded
 
     @property
     def config(self):
@@ -94,6 +97,8 @@ class ModelHost:
             return
         self.model, self.tokenizer, self.token_texts = model, tokenizer, TokenTexts(tokenizer)
         self.worker = EngineWorker(engine, self.settings.max_queue, self.metrics)
+        s = self.settings
+        self.limits = ServerLimits(model.config.vocab_size, s.max_prompt_tokens, s.max_tokens_cap, self.worker.capacity)
         self.worker.start()
         if self.status == "loading":
             self.status = "ready"
@@ -138,6 +143,11 @@ class ModelHost:
             grace = self.settings.shutdown_grace
             logger.info("shutting down: %d sequences in flight get %.0f s to finish", self.worker.outstanding, grace)
             asyncio.get_running_loop().call_later(grace, self.worker.abort_all)
+
+    async def drained(self, poll: float = 0.02) -> None:
+        """Return once no sequence is left in the engine (``begin_shutdown`` ends them all at the grace)."""
+        while self.worker is not None and self.worker.outstanding:
+            await asyncio.sleep(poll)
 
     async def close(self) -> None:
         self.status = "shutting_down"

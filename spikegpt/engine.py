@@ -22,6 +22,12 @@ are decoded (cheaper at low concurrency for large models, but the last bits of a
 size). The step's cost is then mostly fixed (per-operation overhead plus the padded rows), which is why serving
 many sequences at once costs little more than serving one.
 
+Faults are isolated per request: a failure while admitting, prefilling, sampling or detokenising one request
+ends that request alone, with a final event whose finish_reason is "error" and whose ``error`` names the stage
+(never the exception's text: that goes to the log); its slot is freed at once. A failed prefill call is retried
+prompt by prompt (the same shape, so the same bits), so only a prompt that fails by itself fails. Only a failure
+of the batched decoding step ends every sequence in it, each with its final event and its slot back.
+
 ``submit`` and ``abort`` may be called from any thread; ``step`` from one thread only.
 """
 
@@ -38,7 +44,6 @@ from transformers import PreTrainedTokenizerFast
 
 from spikegpt.kernels import kernel_backend
 
-from .errors import GenerationError
 from .model import SpikeGPTForCausalLM
 from .prefill import Prefiller, PrefillTask, aligned
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
@@ -75,6 +80,8 @@ class GenerationEvent:
     finish_reason: None while running; then "stop" (EOS, stop token or stop string), "length", "abort" or "error".
     stats: on the final event, the spikes of every token the model processed for this request (prompt tokens
         restored from the cache were not processed and are not in it).
+    error: with finish_reason "error", the stage that failed ("admit", "prefill", "decode", "sample",
+        "detokenize"); the details are in the log.
     prompt_logprobs: on the first event, when asked for: None for the first prompt token, then one choice each.
     cached_tokens: prompt tokens restored from the prefix-state cache instead of computed.
     """
@@ -220,16 +227,9 @@ class Engine:
             self.step()
 
     # -- called from any thread -------------------------------------------------------------------------------
-    def check(self, request: GenerationRequest) -> None:
-        """Raise GenerationError if the engine cannot run ``request``."""
-        if not request.prompt_ids:
-            raise GenerationError("the prompt is empty: give at least one token", param="prompt")
-        if any(not 0 <= t < self.vocab_size for t in request.prompt_ids):
-            raise GenerationError(f"prompt token ids must be in [0, {self.vocab_size})", param="prompt")
-
     def submit(self, request: GenerationRequest) -> None:
-        """Queue a request; it is admitted at the start of a later step. Raises GenerationError if invalid."""
-        self.check(request)
+        """Queue a request; it is admitted at the start of a later step. The server has validated it; a request
+        the engine cannot run (an empty prompt, a token outside the vocabulary) ends with an "admit" error."""
         self._inbox.put(("submit", request))
 
     def abort(self, request_id: str) -> None:
@@ -270,7 +270,7 @@ class Engine:
             ready = [s for s in stepping if self._fed(s)]
         else:
             ready = []
-        self._admit_waiting()
+        self._admit_waiting(events)
         ready += self._read_prompts(events, busy=bool(stepping), idle=idle)
         if ready:
             self._sample(ready, events)
@@ -279,17 +279,17 @@ class Engine:
                 self.next_tokens[seq.slot, 0] = seq.request.prompt_ids[seq.fed]
         return events
 
-    def fail_all(self, message: str) -> list[GenerationEvent]:
+    def fail_all(self) -> list[GenerationEvent]:
         """End every queued and running request with an error (after an unexpected failure of ``step``)."""
         events: list[GenerationEvent] = []
         self._drain_inbox(events)
         for request in self._waiting:
-            events.append(self._rejected(request, "error", message))
+            events.append(self._rejected(request, "error", "step"))
         self._waiting.clear()
         self._keys.clear()
         for seq in self.slots:
             if seq is not None:
-                events.append(self._finish(seq, "error", None, error=message))
+                events.append(self._finish(seq, "error", None, error="step"))
         for task in list(self.prefiller.tasks):  # background ones
             self.prefiller.remove(task)
         return events
@@ -313,13 +313,16 @@ class Engine:
                 if seq is not None and seq.request.request_id == item:
                     events.append(self._finish(seq, "abort", None))
 
+    def _valid(self, prompt: list[int]) -> bool:
+        return bool(prompt) and all(0 <= t < self.vocab_size for t in prompt)
+
     def _prefix_keys(self, request: GenerationRequest) -> list[str]:
         keys = self._keys.get(request.request_id)
         if keys is None:
             keys = self._keys[request.request_id] = self.cache.keys(request.prompt_ids)
         return keys
 
-    def _admit_waiting(self) -> None:
+    def _admit_waiting(self, events: list[GenerationEvent]) -> None:
         """Give free slots to waiting requests in arrival order. A request whose prompt shares a prefix that a
         prompt being read is about to store waits for it (computing it twice would cost rows, not time)."""
         waiting, self._waiting = self._waiting, []
@@ -327,39 +330,51 @@ class Engine:
             if None not in self.slots:
                 self._waiting.append(request)
                 continue
-            if self.cache is not None and request.prompt_logprobs is None:
+            if self.cache is not None and request.prompt_logprobs is None and self._valid(request.prompt_ids):
                 keys, limit = self._prefix_keys(request), len(request.prompt_ids) - 1
                 upcoming = self.prefiller.upcoming(keys, limit)
                 if upcoming > self.cache.longest(request.prompt_ids, limit, keys):
                     self.prefiller.promote(keys, upcoming)
                     self._waiting.append(request)
                     continue
-            self._admit(request)
+            self._admit(request, events)
 
-    def _admit(self, request: GenerationRequest) -> None:
+    def _admit(self, request: GenerationRequest, events: list[GenerationEvent]) -> None:
         """Claim a slot; start from the longest cached prefix (not for prompt log-probabilities, which need every
-        position's logits); read the rest by chunks, or feed it if less than a chunk is left."""
+        position's logits); read the rest by chunks, or feed it if less than a chunk is left. On any failure the
+        request alone ends with an "admit" error and the slot stays free."""
         slot = self.slots.index(None)
         prompt = request.prompt_ids
         keys = self._keys.pop(request.request_id, None)
-        start, state = 0, None
-        if self.cache is not None and request.prompt_logprobs is None:
-            start, state = self.cache.lookup(prompt, len(prompt) - 1, keys)
-        seq = _Sequence(request, slot, TextStream(self.tokenizer, request.params.stop))
-        seq.cached_tokens = start
-        if request.prompt_logprobs is not None:
-            seq.prompt_logprobs = [None]
+        try:
+            if not self._valid(prompt):
+                raise ValueError(f"prompt token ids must be a non-empty list in [0, {self.vocab_size})")
+            start, state = 0, None
+            if self.cache is not None and request.prompt_logprobs is None:
+                start, state = self.cache.lookup(prompt, len(prompt) - 1, keys)
+            seq = _Sequence(request, slot, TextStream(self.tokenizer, request.params.stop))
+            seq.cached_tokens = start
+            if request.prompt_logprobs is not None:
+                seq.prompt_logprobs = [None]
+            self.sampler.start(slot, request.params, prompt)
+            state = state if state is not None else self.model.fresh_state(1)
+            end = aligned(len(prompt), self.prefill_chunk)
+            if start < end:
+                scores = (lambda position, logits: self._score(seq, position, logits)) if seq.prompt_logprobs else None
+                task = PrefillTask(prompt, start, end, state, scores=scores)
+            else:
+                task = None
+                self._prompt_read(seq, start, state, None, 0)
+        except Exception:  # one bad request must not stop the others
+            logger.exception("admit failed for request %s", request.request_id)
+            self.sampler.release(slot)
+            events.append(self._rejected(request, "error", "admit"))
+            return
         self.slots[slot] = seq
-        self.sampler.start(slot, request.params, prompt)
-        state = state if state is not None else self.model.fresh_state(1)
-        end = aligned(len(prompt), self.prefill_chunk)
-        if start < end:
-            scores = (lambda position, logits: self._score(seq, position, logits)) if seq.prompt_logprobs else None
-            seq.task = PrefillTask(prompt, start, end, state, scores=scores)
-            self._owners[seq.task] = seq
-            self.prefiller.add(seq.task)
-        else:
-            self._prompt_read(seq, start, state, None, 0)
+        if task is not None:
+            seq.task = task
+            self._owners[task] = seq
+            self.prefiller.add(task)
 
     def _read_prompts(self, events: list[GenerationEvent], busy: bool, idle: bool) -> list[_Sequence]:
         """Prefill calls: one while other sequences are decoding (their next token waits for it), else several,
@@ -377,9 +392,9 @@ class Engine:
                 seq = self._owners.pop(task, None)
                 if seq is None:
                     continue  # a background task: its states are stored
-                if task.error is not None:
+                if task.error is not None:  # logged by the prefiller
                     seq.task = None
-                    events.append(self._finish(seq, "error", None, error=task.error))
+                    events.append(self._finish(seq, "error", None, error="prefill"))
                     continue
                 self._prompt_read(seq, task.end, task.state, task.logits, task.computed, task.counts)
                 progressed = True
@@ -446,10 +461,10 @@ class Engine:
                 self.logits[rows] = logits.float()
                 self.counts[rows] += counts
                 self.tokens[rows] += 1
-        except Exception as e:
-            logger.exception("decoding step failed")
+        except Exception:  # the batched step itself: every sequence in it ends
+            logger.exception("decoding step failed; ending the %d sequences in it", len(running))
             for seq in running:
-                events.append(self._finish(seq, "error", None, error=str(e)))
+                events.append(self._finish(seq, "error", None, error="decode"))
             return False
         return True
 
@@ -459,15 +474,28 @@ class Engine:
         return out.logits[:, -1], out.state, out.spike_stats.counts
 
     def _sample(self, ready: list[_Sequence], events: list[GenerationEvent]) -> None:
+        """One batched sampling pass; if it fails, each sequence is sampled alone with the same random numbers (a
+        row's result never depends on the others), so only a sequence that fails by itself ends."""
+        slots = [s.slot for s in ready]
+        uniforms = self.sampler.draw(slots)
         try:
-            tokens, choices = self.sampler.sample(self.logits, [s.slot for s in ready])
-        except Exception as e:
-            logger.exception("sampling failed")
-            for seq in ready:
-                events.append(self._finish(seq, "error", None, error=str(e)))
+            tokens, choices = self.sampler.sample(self.logits, slots, uniforms)
+        except Exception:
+            logger.exception("batched sampling failed; sampling its %d sequences one by one", len(ready))
+        else:
+            self.next_tokens[:, 0] = tokens
+            for seq, choice in zip(ready, choices, strict=True):
+                seq.generated.append(choice.token_id)
+                self._advance(seq, choice, events)
             return
-        self.next_tokens[:, 0] = tokens
-        for seq, choice in zip(ready, choices, strict=True):
+        for seq, uniform in zip(ready, uniforms, strict=True):
+            try:
+                tokens, (choice,) = self.sampler.sample(self.logits, [seq.slot], [uniform])
+            except Exception:
+                logger.exception("sampling failed for request %s", seq.request.request_id)
+                events.append(self._finish(seq, "error", None, error="sample"))
+                continue
+            self.next_tokens[seq.slot, 0] = tokens[seq.slot]
             seq.generated.append(choice.token_id)
             self._advance(seq, choice, events)
 
@@ -475,20 +503,26 @@ class Engine:
         """Take the sequence's next token and decide whether it is finished."""
         params = seq.request.params
         seq.completion_tokens += 1
-        is_eos = choice.token_id == self.eos_token_id and not params.ignore_eos
-        if is_eos or choice.token_id in params.stop_token_ids:
-            event = self._finish(seq, "stop", choice)
-        else:
-            text = seq.text.push(choice.token_id)
-            if seq.text.stopped:
-                event = self._finish(seq, "stop", choice, text)
-            elif seq.completion_tokens >= params.max_tokens:
-                event = self._finish(seq, "length", choice, text + seq.text.finish())
+        try:
+            is_eos = choice.token_id == self.eos_token_id and not params.ignore_eos
+            if is_eos or choice.token_id in params.stop_token_ids:
+                event = self._finish(seq, "stop", choice)
             else:
-                request = seq.request
-                event = GenerationEvent(
-                    request.request_id, text, choice, len(request.prompt_ids), seq.completion_tokens
-                )
+                text = seq.text.push(choice.token_id)
+                if seq.text.stopped:
+                    event = self._finish(seq, "stop", choice, text)
+                elif seq.completion_tokens >= params.max_tokens:
+                    event = self._finish(seq, "length", choice, text)
+                else:
+                    request = seq.request
+                    event = GenerationEvent(
+                        request.request_id, text, choice, len(request.prompt_ids), seq.completion_tokens
+                    )
+        except Exception:
+            logger.exception("detokenizing failed for request %s", seq.request.request_id)
+            if self.slots[seq.slot] is seq:
+                events.append(self._finish(seq, "error", None, error="detokenize"))
+            return
         event.cached_tokens = seq.cached_tokens
         event.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
         events.append(event)
@@ -496,6 +530,10 @@ class Engine:
     def _finish(
         self, seq: _Sequence, reason: str, choice: TokenChoice | None, text: str = "", error: str | None = None
     ) -> GenerationEvent:
+        """End the sequence: free its slot and, when it ended normally (EOS, stop token or string, length), release
+        the text held back for a possible stop string."""
+        if reason in ("stop", "length"):
+            text += seq.text.finish()
         self.slots[seq.slot] = None
         self.sampler.release(seq.slot)
         if seq.task is not None:  # aborted or failed while its prompt was read
