@@ -235,7 +235,7 @@ class ServerProcess:
         if not self._started.wait(timeout):
             raise RuntimeError("the server did not start")
         deadline = time.monotonic() + timeout
-        while httpx.get(self.url + "/health", timeout=5).status_code != 200:
+        while httpx.get(self.url + "/ready", timeout=5).status_code != 200:  # /health is liveness only
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError("the server did not become ready")
             time.sleep(0.1)
