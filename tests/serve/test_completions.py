@@ -37,15 +37,17 @@ def test_completion_shape_usage_and_energy(client, server):
     (choice,) = body["choices"]
     assert choice["index"] == 0 and choice["finish_reason"] == "length" and choice["logprobs"] is None
     assert len(choice["text"]) == 12  # one character per token
+    cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached in (0, 8)  # the prompt's first 8-token chunk, when an earlier request on this server read it
     assert body["usage"] == {
         "prompt_tokens": 11,
         "completion_tokens": 12,
         "total_tokens": 23,
-        "prompt_tokens_details": {"cached_tokens": 0},  # shorter than one prefill chunk: nothing to cache
+        "prompt_tokens_details": {"cached_tokens": cached},
     }
     check_energy(body["energy"], 12)
-    # the model processed the prompt and every generated token but the last
-    assert body["energy"]["tokens"] == 11 + 12 - 1
+    # the model processed the prompt (but what came from the cache) and every generated token but the last
+    assert body["energy"]["tokens"] == 11 - cached + 12 - 1 and body["energy"]["cached_prompt_tokens"] == cached
 
 
 def test_streaming_matches_non_streaming_and_ends_with_energy(client):
@@ -60,7 +62,8 @@ def test_streaming_matches_non_streaming_and_ends_with_energy(client):
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
     assert all("energy" not in c for c in chunks[:-1])
     check_energy(chunks[-1]["energy"], 30)
-    assert chunks[-1]["energy"]["rules"] == whole["energy"]["rules"]  # same spikes, same estimate
+    if chunks[-1]["energy"]["cached_prompt_tokens"] == whole["energy"]["cached_prompt_tokens"]:
+        assert chunks[-1]["energy"]["rules"] == whole["energy"]["rules"]  # same spikes, same estimate
 
 
 def test_include_usage_adds_a_final_usage_chunk(client):
@@ -68,11 +71,13 @@ def test_include_usage_adds_a_final_usage_chunk(client):
     *chunks, usage_chunk, done = events
     assert done == "[DONE]"
     assert usage_chunk["choices"] == []
+    cached = usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached in (0, 8) and usage_chunk["energy"]["cached_prompt_tokens"] == cached
     assert usage_chunk["usage"] == {
         "prompt_tokens": 11,
         "completion_tokens": 7,
         "total_tokens": 18,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached},
     }
     check_energy(usage_chunk["energy"], 7)
     assert all(c["usage"] is None for c in chunks)
