@@ -20,6 +20,7 @@ from .host import Loader, ModelHost, load_checkpoint
 from .metrics import ServerMetrics
 from .middleware import ApiKeyMiddleware, BodySizeLimitMiddleware
 from .openapi import install_openapi
+from .playground import install_playground
 from .routes import router
 from .settings import ServeSettings
 
@@ -49,6 +50,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     install_openapi(app)
+    install_playground(app)
     # the last added runs first: CORS (so that every answer carries its headers), then the key, then the size limit
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     if settings.api_key:

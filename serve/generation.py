@@ -25,7 +25,7 @@ from spikegpt.sampling import SamplingParams
 from spikegpt.stats import SpikeStats
 
 from .errors import APIError, ClientDisconnectedError, server_error, shutting_down
-from .formats import ChatFormat, Choice, CompletionFormat
+from .formats import ChatFormat, Choice, CompletionFormat, token_spikes
 from .host import ModelHost
 from .lifecycle import RequestLife
 from .worker import QueueFullError, ShuttingDownError
@@ -58,11 +58,13 @@ class Job:
         logprobs: int | None,
         include_usage: bool,
         prompt_logprobs: bool = False,
+        include_spikes: bool = False,
     ):
         self.host = host
         self.fmt = fmt
         self.life = life
         self.include_usage = include_usage
+        self.include_spikes = include_spikes
         self.wants_logprobs = logprobs is not None
         self.id = fmt.id_prefix + uuid.uuid4().hex
         self.created = int(time.time())
@@ -75,7 +77,7 @@ class Job:
             for c, params in enumerate(params_for_choice):
                 request_id = f"{self.id}-{p_index * n + c}"
                 want_prompt = logprobs if prompt_logprobs and prompt.echo is not None else None
-                self.requests.append(GenerationRequest(request_id, prompt.ids, params, want_prompt))
+                self.requests.append(GenerationRequest(request_id, prompt.ids, params, want_prompt, include_spikes))
                 self.choices[request_id] = Choice(p_index * n + c, request_id, prompt.ids, prompt.echo)
                 self.prompt_of[request_id] = p_index
 
@@ -225,6 +227,8 @@ async def stream(job: Job, generation: Generation) -> AsyncIterator[str]:
                 text, entries = choice.absorb(events, job.wants_logprobs)
                 logprobs = entries if job.wants_logprobs else None
                 chunk_choice = fmt.chunk_choice(choice, text, logprobs, choice.finish_reason)
+                if job.include_spikes:
+                    chunk_choice["spikes"] = token_spikes(events)
                 chunks.append({**envelope, "choices": [chunk_choice]})
             failure = job.failure()
             if failure is not None:

@@ -65,6 +65,18 @@ class ModelHost:
     def config(self):
         return self.model.config
 
+    def spiking(self) -> dict:
+        """How to read the model's spike counts (the model card's ``spiking``): where the spikes are, the sites in
+        the order of every list of counts, and the values each site produces per token (count / (tokens * width)
+        is a firing rate)."""
+        config = self.config
+        return {
+            "placement": getattr(config, "spike_placement", "residual"),  # the published placement is the default
+            "sites": list(self.model.model.sites),
+            "site_width": config.n_embd,
+            "n_layer": config.n_layer,
+        }
+
     async def load(self) -> None:
         started = time.monotonic()
         try:

@@ -80,6 +80,7 @@ class _Body(BaseModel):
 
 class StreamOptions(_Body):
     include_usage: bool | None = False
+    include_spikes: bool | None = False  # each chunk's choice carries its tokens' spike counts per site
 
 
 class _Generation(_Body):
@@ -102,6 +103,14 @@ class _Generation(_Body):
     ignore_eos: bool | None = False
     logit_bias: Annotated[dict[str, float] | None, refused("logit_bias is not supported by this server")] = None
     max_tokens: _int("max_tokens") | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_count(cls, value):
+        # before the type check, so that too many stops get this message rather than the union's "a valid string"
+        if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop sequences, got {len(value)}")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -128,6 +137,10 @@ class _Generation(_Body):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def include_spikes(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_spikes)
 
     def check_sequences(self, prompts: int, info: ValidationInfo) -> None:
         capacity = _limits(info).max_sequences

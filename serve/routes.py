@@ -94,7 +94,10 @@ async def metrics(request: Request) -> Response:
 
 
 def _model_card(host: ModelHost) -> dict:
-    return {"id": host.model_name, "object": "model", "created": host.created, "owned_by": "spikegpt"}
+    card = {"id": host.model_name, "object": "model", "created": host.created, "owned_by": "spikegpt"}
+    if host.model is not None:
+        card["spiking"] = host.spiking()
+    return card
 
 
 @router.get("/v1/models", responses=errors(401))
@@ -125,7 +128,7 @@ def _completion_job(host: ModelHost, body: CompletionRequest, life: RequestLife)
     prompts = [_encode_prompt(host, p, body.echo) for p in body.prompt]
     params = [body.sampling_params(max_tokens, body.logprobs, c) for c in range(body.n)]
     fmt = CompletionFormat(host.token_texts)
-    return Job(host, fmt, life, prompts, params, body.logprobs, body.include_usage, body.echo)
+    return Job(host, fmt, life, prompts, params, body.logprobs, body.include_usage, body.echo, body.include_spikes)
 
 
 def _chat_job(host: ModelHost, body: ChatCompletionRequest, life: RequestLife) -> Job:
@@ -136,7 +139,7 @@ def _chat_job(host: ModelHost, body: ChatCompletionRequest, life: RequestLife) -
     k = body.logprobs_k
     params = [body.sampling_params(max_tokens, k, c, chat.stop) for c in range(body.n)]
     fmt = ChatFormat(host.token_texts)
-    return Job(host, fmt, life, [Prompt(ids, None)], params, k, body.include_usage)
+    return Job(host, fmt, life, [Prompt(ids, None)], params, k, body.include_usage, include_spikes=body.include_spikes)
 
 
 async def _generate(request: Request, endpoint: str, body_type: type[Body], build: Callable) -> Response:

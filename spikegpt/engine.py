@@ -63,12 +63,25 @@ BACKGROUND_AFTER_IDLE_S = 0.05
 @dataclass(frozen=True)
 class GenerationRequest:
     """One sequence to generate. ``prompt_logprobs`` k (with echo and logprobs) asks for every prompt token's
-    log-probability and its k best alternatives, on the first event."""
+    log-probability and its k best alternatives, on the first event. ``token_spikes`` asks for every token's
+    spikes on its event (one host transfer per step, for the rows that ask)."""
 
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
     prompt_logprobs: int | None = None
+    token_spikes: bool = False
+
+
+@dataclass(frozen=True)
+class TokenSpikes:
+    """The spikes of the forward pass whose logits a token was sampled from: for the first generated token the
+    prompt's pass (``tokens``: the prompt tokens it read), for each later one the step that read the token
+    before it (``tokens`` = 1). ``counts``: spikes per site, in the model's site order (``SpikeStats.sites``).
+    Summed over a sequence's events they are exactly its final ``stats``."""
+
+    tokens: int
+    counts: list[int]
 
 
 @dataclass
@@ -84,6 +97,7 @@ class GenerationEvent:
         "detokenize"); the details are in the log.
     prompt_logprobs: on the first event, when asked for: None for the first prompt token, then one choice each.
     cached_tokens: prompt tokens restored from the prefix-state cache instead of computed.
+    spikes: with the request's ``token_spikes``, on every event that carries a token.
     """
 
     request_id: str
@@ -96,6 +110,7 @@ class GenerationEvent:
     error: str | None = None
     prompt_logprobs: list[TokenChoice | None] | None = None
     cached_tokens: int = 0
+    spikes: TokenSpikes | None = None
 
 
 class _DecodeStep(torch.nn.Module):
@@ -145,6 +160,7 @@ class _Sequence:
         self.cached_tokens = 0
         self.generated: list[int] = []
         self.boundary: tuple[int, RecurrentState] | None = None  # the last chunk boundary read, and its state
+        self.reported: tuple[int, list[int]] | None = None  # with token_spikes: (tokens, counts) reported so far
 
 
 class Engine:
@@ -478,6 +494,7 @@ class Engine:
         row's result never depends on the others), so only a sequence that fails by itself ends."""
         slots = [s.slot for s in ready]
         uniforms = self.sampler.draw(slots)
+        spikes = self._token_spikes(ready)
         try:
             tokens, choices = self.sampler.sample(self.logits, slots, uniforms)
         except Exception:
@@ -486,7 +503,7 @@ class Engine:
             self.next_tokens[:, 0] = tokens
             for seq, choice in zip(ready, choices, strict=True):
                 seq.generated.append(choice.token_id)
-                self._advance(seq, choice, events)
+                self._advance(seq, choice, events, spikes.get(seq.slot))
             return
         for seq, uniform in zip(ready, uniforms, strict=True):
             try:
@@ -497,10 +514,28 @@ class Engine:
                 continue
             self.next_tokens[seq.slot, 0] = tokens[seq.slot]
             seq.generated.append(choice.token_id)
-            self._advance(seq, choice, events)
+            self._advance(seq, choice, events, spikes.get(seq.slot))
 
-    def _advance(self, seq: _Sequence, choice: TokenChoice, events: list[GenerationEvent]) -> None:
-        """Take the sequence's next token and decide whether it is finished."""
+    def _token_spikes(self, ready: list[_Sequence]) -> dict[int, TokenSpikes]:
+        """The spikes since the last report of each sequence that asks for them, by slot: the difference of its
+        running totals, so that what is reported always adds up to the final statistics."""
+        asking = [seq for seq in ready if seq.request.token_spikes]
+        if not asking:
+            return {}
+        rows = [seq.slot for seq in asking]
+        # counts hold whole numbers in fp32: the integer cast is exact; one tensor, one transfer
+        flat = torch.cat([self.counts[rows].long(), self.tokens[rows, None]], dim=1).tolist()
+        out = {}
+        for seq, (*counts, tokens) in zip(asking, flat, strict=True):
+            old_tokens, old_counts = seq.reported or (0, [0] * len(counts))
+            out[seq.slot] = TokenSpikes(tokens - old_tokens, [c - o for c, o in zip(counts, old_counts, strict=True)])
+            seq.reported = (tokens, counts)
+        return out
+
+    def _advance(
+        self, seq: _Sequence, choice: TokenChoice, events: list[GenerationEvent], spikes: TokenSpikes | None = None
+    ) -> None:
+        """Take the sequence's next token (and the spikes that led to it) and decide whether it is finished."""
         params = seq.request.params
         seq.completion_tokens += 1
         try:
@@ -525,6 +560,7 @@ class Engine:
             return
         event.cached_tokens = seq.cached_tokens
         event.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
+        event.spikes = spikes
         events.append(event)
 
     def _finish(
