@@ -31,7 +31,8 @@ EXCLUDES = (
 BASELINES = {
     "spiking_off": "the same architecture with every spike function the identity: every product a MAC, no neurons",
     "vanilla_gpt": "SpikeGPT, TMLR 2024, Table 1 formula for a GPT of the same depth and width over the same "
-    "sequences: 3Td^2 + 2T^2d + T^2 + 2T^2 + FFN MACs per layer (no output projection, LayerNorm or head)",
+    "sequences, read in windows of the context length: 3Td^2 + 2T^2d + T^2 + 2T^2 + FFN MACs per layer and "
+    "window of T tokens (no output projection, LayerNorm or head)",
 }
 
 

@@ -44,6 +44,7 @@ def test_completion_shape_usage_and_energy(client, server):
         "completion_tokens": 12,
         "total_tokens": 23,
         "prompt_tokens_details": {"cached_tokens": cached},
+        "unknown_characters": 0,
     }
     check_energy(body["energy"], 12)
     # the model processed the prompt (but what came from the cache) and every generated token but the last
@@ -78,6 +79,7 @@ def test_include_usage_adds_a_final_usage_chunk(client):
         "completion_tokens": 7,
         "total_tokens": 18,
         "prompt_tokens_details": {"cached_tokens": cached},
+        "unknown_characters": 0,
     }
     check_energy(usage_chunk["energy"], 7)
     assert all(c["usage"] is None for c in chunks)
