@@ -98,6 +98,34 @@ FLAGS = {
         dict(action=argparse.BooleanOptionalAction),
     ),
     "--decode": (DECODE_HELP, "auto", dict(choices=DECODE_MODES)),
+    "--prefill-chunk": (
+        "prompt tokens per prompt and prefill call: prompts are read in fixed-shape chunks at multiples of this, "
+        "interleaved with decoding steps (one call per step while sequences decode); also where states are cached",
+        DEFAULTS.prefill_chunk,
+        dict(type=int, metavar="N"),
+    ),
+    "--prefill-rows": (
+        "prompts read together in one prefill call (the call always has this many rows, for batch invariance)",
+        DEFAULTS.prefill_rows,
+        dict(type=int, metavar="N"),
+    ),
+    "--state-cache-mb": (
+        "prefix-state cache in memory: states at chunk boundaries of prompts and finished sequences, so a request "
+        "sharing a prefix (a system prompt, the earlier turns of a chat) prefills only the rest; 0 turns it off",
+        DEFAULTS.state_cache_mb,
+        dict(type=int, metavar="MB"),
+    ),
+    "--state-cache-dir": (
+        "also keep cached states in this directory (safetensors, tagged with the model's fingerprint), so they "
+        "survive a restart",
+        "memory only",
+        dict(metavar="DIR"),
+    ),
+    "--state-cache-dir-mb": (
+        "the most the state directory holds of this model's states; least recently used files go first",
+        DEFAULTS.state_cache_dir_mb,
+        dict(type=int, metavar="MB"),
+    ),
     "--shutdown-grace": (
         "on SIGTERM or SIGINT, seconds that requests in flight may run on before their streams are ended with an "
         "error event",

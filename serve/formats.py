@@ -45,6 +45,7 @@ class Choice:
     started: bool = False
     finish_reason: str | None = None
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens restored from the prefix-state cache
     stats: SpikeStats | None = None
     error: str | None = None
 
@@ -61,6 +62,7 @@ class Choice:
             if wants_logprobs and event.token is not None:
                 entries.append(event.token)
             self.completion_tokens = max(self.completion_tokens, event.completion_tokens)
+            self.cached_tokens = event.cached_tokens
             if event.finish_reason is not None:
                 self.finish_reason, self.stats, self.error = event.finish_reason, event.stats, event.error
         self.text += text

@@ -73,6 +73,7 @@ class Job:
         self.unknown_characters = sum(p.unknown for p in prompts)
         self.requests: list[GenerationRequest] = []
         self.choices: dict[str, Choice] = {}
+        self.prompt_of: dict[str, int] = {}  # request id -> index of its prompt
         n = len(params_for_choice)
         for p_index, prompt in enumerate(prompts):
             for c, params in enumerate(params_for_choice):
@@ -80,10 +81,21 @@ class Job:
                 want_prompt = logprobs if prompt_logprobs and prompt.echo is not None else None
                 self.requests.append(GenerationRequest(request_id, prompt.ids, params, want_prompt, include_spikes))
                 self.choices[request_id] = Choice(p_index * n + c, request_id, prompt.ids, prompt.echo)
+                self.prompt_of[request_id] = p_index
 
     @property
     def completion_tokens(self) -> int:
         return sum(c.completion_tokens for c in self.choices.values())
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens served from the prefix-state cache, as OpenAI counts them: once per prompt (like
+        ``prompt_tokens``), the least that any of its choices found."""
+        per_prompt: dict[int, int] = {}
+        for request_id, choice in self.choices.items():
+            p = self.prompt_of[request_id]
+            per_prompt[p] = min(per_prompt.get(p, choice.cached_tokens), choice.cached_tokens)
+        return sum(per_prompt.values())
 
     def usage(self) -> dict:
         completion = self.completion_tokens
@@ -91,13 +103,16 @@ class Job:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
             "unknown_characters": self.unknown_characters,  # of the prompt: each became the unknown token
         }
 
     def energy(self) -> dict:
         stats = [c.stats for c in self.choices.values() if c.stats is not None]
         host = self.host
-        return energy_field(SpikeStats.stack(stats), host.config, self.completion_tokens, host.energy_profile)
+        cached = sum(c.cached_tokens for c in self.choices.values())  # every sequence's, as the stats are
+        generated, profile = self.completion_tokens, host.energy_profile
+        return energy_field(SpikeStats.stack(stats), host.config, generated, profile, cached_prompt_tokens=cached)
 
     def envelope(self, object_name: str) -> dict:
         return {"id": self.id, "object": object_name, "created": self.created, "model": self.host.model_name}

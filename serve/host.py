@@ -18,9 +18,8 @@ from transformers import PreTrainedTokenizerFast
 
 from spikegpt.checkpoint import load_model
 from spikegpt.energy import resolve_profile
-from spikegpt.engine import Engine, GenerationRequest
+from spikegpt.engine import Engine
 from spikegpt.model import SpikeGPTForCausalLM
-from spikegpt.sampling import SamplingParams
 
 from .errors import APIError, shutting_down
 from .formats import TokenTexts
@@ -86,8 +85,23 @@ class ModelHost:
             if self.chat_template is not None:
                 tokenizer.chat_template = self.chat_template
             s = self.settings
-            engine = Engine(model, tokenizer, s.max_batch, s.batch_invariant, compile=s.compile, decode=s.decode)
-            await asyncio.to_thread(_warm_up, engine)
+            engine = await asyncio.to_thread(
+                Engine,
+                model,
+                tokenizer,
+                s.max_batch,
+                s.batch_invariant,
+                compile=s.compile,
+                decode=s.decode,
+                prefill_chunk=s.prefill_chunk,
+                prefill_rows=s.prefill_rows,
+                state_cache_bytes=s.state_cache_mb << 20,
+                state_cache_dir=s.state_cache_dir,
+                state_cache_dir_bytes=s.state_cache_dir_mb << 20,
+            )
+            if engine.cache is not None:
+                self.metrics.watch_state_cache(engine.cache.stats)
+            await asyncio.to_thread(engine.warm_up)
         except Exception as e:
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"
             logger.error("cannot serve the model: %s", self.error)
@@ -161,10 +175,3 @@ def _read_chat_template(path: str | None) -> str | None:
         return Path(path).read_text()
     except OSError as e:
         raise SettingsError(f"cannot read the chat template {path}: {e.strerror or e}") from e
-
-
-def _warm_up(engine: Engine) -> None:
-    """Run one tiny request, so that the first client does not pay for the first call of every operation."""
-    engine.submit(GenerationRequest("warm-up", [0], SamplingParams(max_tokens=2, temperature=1.0, seed=0)))
-    while engine.has_work():
-        engine.step()

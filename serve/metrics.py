@@ -7,6 +7,9 @@ Each app has its own registry, so several apps in one process (tests) never shar
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from spikegpt.state_cache import CacheStats
 
 PREFIX = "spikegpt:"
 
@@ -74,6 +77,11 @@ class ServerMetrics:
             registry=r,
         )
 
+    def watch_state_cache(self, stats: CacheStats) -> None:
+        """Export the prefix-state cache's own counters, read at each scrape (the cache keeps them; nothing here
+        can drift from them)."""
+        self.registry.register(_StateCacheCollector(stats))
+
     def request_done(self, endpoint: str, outcome: str) -> None:
         self.requests.labels(endpoint=endpoint, outcome=outcome).inc()
 
@@ -88,3 +96,34 @@ class ServerMetrics:
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _StateCacheCollector:
+    def __init__(self, stats: CacheStats):
+        self.stats = stats
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        s = self.stats
+        counters = (
+            ("hits", "Requests that started from a cached prefix state", s.hits),
+            ("misses", "Requests (prompts longer than one chunk) that found no cached prefix", s.misses),
+            ("cached_tokens", "Prompt tokens restored from the cache instead of computed", s.cached_tokens),
+        )
+        for name, text, value in counters:
+            family = CounterMetricFamily(PREFIX + "state_cache_" + name, text)
+            family.add_metric([], value)
+            yield family
+        tiers = (("memory", s.evictions, s.bytes, s.entries), ("disk", s.disk_evictions, s.disk_bytes, s.disk_entries))
+        evictions = CounterMetricFamily(
+            PREFIX + "state_cache_evictions", "Cached states dropped to stay within the size bound", labels=["tier"]
+        )
+        held = GaugeMetricFamily(PREFIX + "state_cache_bytes", "Bytes of cached states held", labels=["tier"])
+        entries = GaugeMetricFamily(PREFIX + "state_cache_entries", "Cached states held", labels=["tier"])
+        for tier, evicted, nbytes, count in tiers:
+            evictions.add_metric([tier], evicted)
+            held.add_metric([tier], nbytes)
+            entries.add_metric([tier], count)
+        yield from (evictions, held, entries)

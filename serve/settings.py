@@ -49,12 +49,25 @@ class ServeSettings:
     batch_invariant: bool = True
     compile: bool = False  # torch.compile the decoding step (needs a C++ compiler; slower start, faster steps)
     decode: str = "auto"  # the decoding step's products: auto, dense or sparse (spikegpt.decoding)
+    prefill_chunk: int = 8  # tokens per prompt per prefill call (also the prefix-state cache's granularity)
+    prefill_rows: int = 4  # prompts per prefill call
+    state_cache_mb: int = 256  # prefix-state cache in memory; 0 turns it off
+    state_cache_dir: str | None = None  # keep cached states here too, across restarts
+    state_cache_dir_mb: int = 1024  # the most that directory holds of this model's states
     shutdown_grace: float = 30.0
     access_log: bool = True
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        at_least_one = ("max_batch", "max_prompt_tokens", "max_tokens_cap", "max_body_bytes", "threads")
+        at_least_one = (
+            "max_batch",
+            "max_prompt_tokens",
+            "max_tokens_cap",
+            "max_body_bytes",
+            "threads",
+            "prefill_chunk",
+            "prefill_rows",
+        )
         for name in at_least_one:
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -63,6 +76,10 @@ class ServeSettings:
             raise SettingsError(f"port must be in [0, 65535] (0: any free port), got {self.port}")
         if self.max_queue < 0:
             raise SettingsError(f"max_queue must be 0 or more, got {self.max_queue}")
+        if self.state_cache_mb < 0 or self.state_cache_dir_mb < 0:
+            raise SettingsError("state_cache_mb and state_cache_dir_mb must be 0 or more")
+        if self.state_cache_dir is not None and not self.state_cache_mb:
+            raise SettingsError("state_cache_dir needs the cache on (state_cache_mb > 0)")
         if self.shutdown_grace < 0:
             raise SettingsError(f"shutdown_grace must be 0 or more seconds, got {self.shutdown_grace}")
         if self.compile and not self.batch_invariant:

@@ -115,7 +115,8 @@ class EngineWorker:
         engine = self.engine
         while not self._stopping:
             if not engine.has_work():
-                self._wake.wait()
+                # background prefill (cache entries of finished sequences) waits for the engine to be idle
+                self._wake.wait(timeout=0.05 if engine.has_background else None)
                 self._wake.clear()
                 continue
             try:

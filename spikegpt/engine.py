@@ -1,11 +1,19 @@
 """Batched streaming generation over recurrent-state slots.
 
 The engine owns the model and every sequence's state. Each ``step()``: every running sequence advances by one
-token in a single batched recurrent step; then requests that arrived are admitted into free slots and prefilled
-with the parallel form (one request at a time, so a prompt's computation never depends on what else is running);
-then one batched sampling pass picks the next token of every running and newly admitted sequence. Finished and
-aborted sequences leave at once and their slot is reused; a fresh request always starts from a fresh state, so
-nothing leaks between requests.
+token in a single batched recurrent step; then requests that arrived are admitted into free slots, starting from
+the longest prefix of their prompt in the prefix-state cache (when there is one); then prompts are read in
+fixed-shape chunks (``spikegpt.prefill``: several prompts per call, one call per step while other sequences are
+decoding, so a long prompt never stalls them); then one batched sampling pass picks the next token of every
+sequence whose prompt is read. A prompt's last few tokens (fewer than a chunk) go through the decoding step like
+generated ones. Finished and aborted sequences leave at once and their slot is reused; a request starts from a
+fresh state or a cached one, never from another request's, so nothing leaks between requests.
+
+Bit-exactness: chunks start at absolute multiples of the chunk and always have the shape ``[rows, chunk]``, and
+cache entries sit only at chunk boundaries, so a prompt's arithmetic is the same whether its first chunks were
+computed or restored; a cache hit gives the same logits, text and log-probabilities as a server without cache.
+At the end of a finished sequence, the state at its last chunk boundary is computed again by chunks in the
+background (rows no request needs), so the next turn of a conversation hits.
 
 With ``batch_invariant`` (the default) the decoding step and the sampling pass always run all ``max_batch`` rows,
 whatever is running: on a CPU a row's result then does not depend on the other rows or on how many there are, so
@@ -20,8 +28,9 @@ decides for itself, so batch invariance holds in every mode. Prompts are always 
 
 Faults are isolated per request: a failure while admitting, prefilling, sampling or detokenising one request
 ends that request alone, with a final event whose finish_reason is "error" and whose ``error`` names the stage
-(never the exception's text: that goes to the log); its slot is freed at once. Only a failure of the batched
-decoding step ends every sequence in it, each with its final event and its slot back.
+(never the exception's text: that goes to the log); its slot is freed at once. A failed prefill call is retried
+prompt by prompt (the same shape, so the same bits), so only a prompt that fails by itself fails. Only a failure
+of the batched decoding step ends every sequence in it, each with its final event and its slot back.
 
 ``submit`` and ``abort`` may be called from any thread; ``step`` from one thread only.
 """
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from dataclasses import dataclass
 
 import torch
@@ -41,15 +51,20 @@ from .decoding import Crossovers, DecodeProducts, prepare_weights
 from .errors import ConfigError
 from .int8_kernels import use_int8_kernels_
 from .model import SpikeGPTForCausalLM
+from .prefill import Prefiller, PrefillTask, aligned
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
 from .state import RecurrentState
+from .state_cache import StateCache, model_fingerprint
 from .stats import SpikeStats
 from .textstream import TextStream
 from .tracing import trace_decode_step
 
 logger = logging.getLogger(__name__)
 
-PROMPT_LOGPROBS_CHUNK = 128  # positions whose full-vocabulary logits are held at once for prompt logprobs
+IDLE_PREFILL_CALLS = 8  # prefill calls per step while no sequence is decoding (none waits for the step)
+# background tasks run alone only after this long with nothing else to do: in a busy server the next request is
+# usually a few milliseconds away, and should not find a call in its way
+BACKGROUND_AFTER_IDLE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -83,10 +98,12 @@ class GenerationEvent:
     text: newly released text (may be empty while a possible stop string is held back).
     token: the token this event is about (None on a final event that carries no token).
     finish_reason: None while running; then "stop" (EOS, stop token or stop string), "length", "abort" or "error".
-    stats: on the final event, the spikes of every token the model processed for this request.
+    stats: on the final event, the spikes of every token the model processed for this request (prompt tokens
+        restored from the cache were not processed and are not in it).
     error: with finish_reason "error", the stage that failed ("admit", "prefill", "decode", "sample",
         "detokenize"); the details are in the log.
     prompt_logprobs: on the first event, when asked for: None for the first prompt token, then one choice each.
+    cached_tokens: prompt tokens restored from the prefix-state cache instead of computed.
     spikes: with the request's ``token_spikes``, on every event that carries a token.
     """
 
@@ -99,16 +116,26 @@ class GenerationEvent:
     stats: SpikeStats | None = None
     error: str | None = None
     prompt_logprobs: list[TokenChoice | None] | None = None
+    cached_tokens: int = 0
     spikes: TokenSpikes | None = None
 
 
 class _Sequence:
+    """A request in a slot. phase: "prefill" (its prompt is read by chunks), "feed" (its prompt's last tokens go
+    through the decoding step; ``fed`` of them so far), "decode" (generating)."""
+
     def __init__(self, request: GenerationRequest, slot: int, text: TextStream):
         self.request = request
         self.slot = slot
         self.text = text
         self.completion_tokens = 0
         self.prompt_logprobs: list[TokenChoice | None] | None = None
+        self.phase = "prefill"
+        self.fed = 0
+        self.task: PrefillTask | None = None
+        self.cached_tokens = 0
+        self.generated: list[int] = []
+        self.boundary: tuple[int, RecurrentState] | None = None  # the last chunk boundary read, and its state
         self.reported: tuple[int, list[int]] | None = None  # with token_spikes: (tokens, counts) reported so far
 
 
@@ -119,11 +146,20 @@ class Engine:
         tokenizer: PreTrainedTokenizerFast,
         max_batch: int = 16,
         batch_invariant: bool = True,
-        prefill_chunk: int = 1024,
+        prefill_chunk: int = 8,
         compile: bool = False,
         decode: str = "auto",
         crossovers: Crossovers | None = None,
+        prefill_rows: int | None = None,
+        state_cache_bytes: int = 0,
+        state_cache_dir: str | None = None,
+        state_cache_dir_bytes: int = 1 << 30,
+        cache_stride: int | None = None,
     ):
+        """``prefill_chunk`` tokens per prompt and ``prefill_rows`` prompts (default: up to 4) per prefill call.
+        ``state_cache_bytes`` > 0 turns on the prefix-state cache: states at every ``cache_stride`` tokens of a
+        prompt (a multiple of the chunk; default: about 64), at its last chunk boundary and at a finished
+        sequence's, in memory, and in ``state_cache_dir`` (within ``state_cache_dir_bytes``) when given."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if compile and not batch_invariant:
@@ -144,6 +180,7 @@ class Engine:
         self.max_batch = max_batch
         self.batch_invariant = batch_invariant
         self.prefill_chunk = prefill_chunk
+        self.prefill_rows = prefill_rows or min(4, max_batch)
         self.vocab_size = model.config.vocab_size
         self.eos_token_id = tokenizer.eos_token_id
         self.state = model.fresh_state(max_batch)
@@ -155,6 +192,12 @@ class Engine:
         self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: list[GenerationRequest] = []
+        self._keys: dict[str, list[str]] = {}  # cache keys of waiting prompts' prefixes
+        self.cache = self._state_cache(state_cache_bytes, state_cache_dir, state_cache_dir_bytes)
+        stride = cache_stride or prefill_chunk * max(1, 64 // prefill_chunk)
+        self.prefiller = Prefiller(model, self.prefill_rows, prefill_chunk, self.cache, stride)
+        self._owners: dict[PrefillTask, _Sequence] = {}
+        self._active_at = time.monotonic()  # when the engine last had work besides background tasks
         # The fixed-shape step's hundreds of small operations cost more than its arithmetic on a CPU: compiled,
         # they become a few fused kernels (compiled once, at the first step); traced, TorchScript runs the same
         # operations without Python between them. Either way a row's result still depends on nothing but the row.
@@ -164,6 +207,28 @@ class Engine:
             self.decode_step = trace_decode_step(model, self.next_tokens, self.state, self.products)
         else:
             self.decode_step = self._model_step
+
+    def _state_cache(self, max_bytes: int, directory: str | None, dir_bytes: int) -> StateCache | None:
+        if max_bytes <= 0:
+            return None
+        # what decides the arithmetic of a stored state, besides the weights: the prefill shape, dtype, device,
+        # kernels and torch's own version
+        layout = (
+            f"chunk={self.prefill_chunk};rows={self.prefill_rows};dtype={self.model.dtype};"
+            f"device={self.device.type};kernels={kernel_backend(self.next_tokens)};torch={torch.__version__}"
+        )
+        fingerprint = model_fingerprint(self.model) if directory is not None else "this process"
+        return StateCache(self.prefill_chunk, f"{fingerprint};{layout}", max_bytes, directory, dir_bytes, self.device)
+
+    def warm_up(self) -> None:
+        """One prefill call and a tiny request, so that the first client does not pay for the first call of every
+        operation. Nothing is cached."""
+        c = self.prefill_chunk
+        with torch.inference_mode():
+            self.prefiller.run_chunk([PrefillTask([0] * c, 0, c, self.model.fresh_state(1))])
+        self.submit(GenerationRequest("warm-up", [0], SamplingParams(max_tokens=2, temperature=1.0, seed=0)))
+        while self.has_work():
+            self.step()
 
     # -- called from any thread -------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> None:
@@ -185,25 +250,42 @@ class Engine:
         return len(self._waiting)
 
     def has_work(self) -> bool:
-        return self.running > 0 or bool(self._waiting) or not self._inbox.empty()
+        """Whether ``step`` has something to do now (background tasks count once the engine has been idle for
+        ``BACKGROUND_AFTER_IDLE_S``; ``has_background`` says whether there are any)."""
+        if self.running > 0 or self._waiting or not self._inbox.empty() or self.prefiller.urgent:
+            return True
+        return self.prefiller.busy and time.monotonic() - self._active_at >= BACKGROUND_AFTER_IDLE_S
+
+    @property
+    def has_background(self) -> bool:
+        return self.prefiller.busy
 
     @torch.inference_mode()
     def step(self) -> list[GenerationEvent]:
         events: list[GenerationEvent] = []
         self._drain_inbox(events)
-        ready = [s for s in self.slots if s is not None]
-        if ready and not self._decode(ready, events):
+        working = bool(self.running or self._waiting or self.prefiller.urgent)
+        now = time.monotonic()
+        if working:
+            self._active_at = now
+        idle = not working and now - self._active_at >= BACKGROUND_AFTER_IDLE_S
+        stepping = [s for s in self.slots if s is not None and s.phase != "prefill"]
+        if stepping and self._decode(stepping, events):
+            ready = [s for s in stepping if self._fed(s)]
+        else:
             ready = []
-        while self._waiting and None in self.slots:
-            seq = self._admit(self._waiting.pop(0), events)
-            if seq is not None and seq.request.params.max_tokens == 0:  # score-only: done after the prefill
-                event = self._finish(seq, "length", None)
-                event.prompt_logprobs = seq.prompt_logprobs
-                events.append(event)
-            elif seq is not None:
-                ready.append(seq)
+        self._admit_waiting(events)
+        ready += self._read_prompts(events, busy=bool(stepping), idle=idle)
+        for seq in [s for s in ready if s.request.params.max_tokens == 0]:  # score-only: done once the prompt is read
+            event = self._finish(seq, "length", None)
+            event.prompt_logprobs = seq.prompt_logprobs
+            events.append(event)
+        ready = [s for s in ready if s.request.params.max_tokens != 0]
         if ready:
             self._sample(ready, events)
+        for seq in self.slots:  # the next prompt token of sequences still feeding theirs
+            if seq is not None and seq.phase == "feed":
+                self.next_tokens[seq.slot, 0] = seq.request.prompt_ids[seq.fed]
         return events
 
     def fail_all(self) -> list[GenerationEvent]:
@@ -213,9 +295,12 @@ class Engine:
         for request in self._waiting:
             events.append(self._rejected(request, "error", "step"))
         self._waiting.clear()
+        self._keys.clear()
         for seq in self.slots:
             if seq is not None:
                 events.append(self._finish(seq, "error", None, error="step"))
+        for task in list(self.prefiller.tasks):  # background ones
+            self.prefiller.remove(task)
         return events
 
     def _rejected(self, request: GenerationRequest, reason: str, error: str | None = None) -> GenerationEvent:
@@ -230,64 +315,145 @@ class Engine:
             for i, request in enumerate(self._waiting):
                 if request.request_id == item:
                     del self._waiting[i]
+                    self._keys.pop(item, None)
                     events.append(self._rejected(request, "abort"))
                     break
             for seq in self.slots:
                 if seq is not None and seq.request.request_id == item:
                     events.append(self._finish(seq, "abort", None))
 
-    def _prefill(self, request: GenerationRequest) -> tuple:
-        """Run the prompt with the parallel form: (state, last logits [vocab], stats, prompt logprobs or None)."""
-        ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
-        want = request.prompt_logprobs
-        chunk = min(self.prefill_chunk, PROMPT_LOGPROBS_CHUNK) if want is not None else self.prefill_chunk
-        state, stats, logits = None, None, None
-        prompt_logprobs: list[TokenChoice | None] = [None]
-        for start in range(0, ids.shape[1], chunk):
-            piece = ids[:, start : start + chunk]
-            out = self.model(
-                piece,
-                state=state,
-                use_cache=True,
-                output_spike_stats=True,
-                logits_to_keep=0 if want is not None else 1,
-            )
-            state, logits = out.state, out.logits[0]
-            stats = out.spike_stats if stats is None else stats + out.spike_stats
-            if want is not None:
-                # position t predicts prompt token t + 1 (the last position predicts the first generated token)
-                targets = ids[0, start + 1 : start + 1 + piece.shape[1]]
-                scored = torch.log_softmax(logits[: len(targets)].float(), dim=-1)
-                values, tops = top_logprobs(scored, targets, want)
-                prompt_logprobs += [
-                    TokenChoice(t, v, top) for t, v, top in zip(targets.tolist(), values, tops, strict=True)
-                ]
-        return state, logits[-1], stats, prompt_logprobs if want is not None else None
+    def _valid(self, prompt: list[int]) -> bool:
+        return bool(prompt) and all(0 <= t < self.vocab_size for t in prompt)
 
-    def _admit(self, request: GenerationRequest, events: list[GenerationEvent]) -> _Sequence | None:
-        """Prefill ``request`` into a free slot; on any failure it alone ends with an error and the slot stays free."""
+    def _prefix_keys(self, request: GenerationRequest) -> list[str]:
+        keys = self._keys.get(request.request_id)
+        if keys is None:
+            keys = self._keys[request.request_id] = self.cache.keys(request.prompt_ids)
+        return keys
+
+    def _admit_waiting(self, events: list[GenerationEvent]) -> None:
+        """Give free slots to waiting requests in arrival order. A request whose prompt shares a prefix that a
+        prompt being read is about to store waits for it (computing it twice would cost rows, not time)."""
+        waiting, self._waiting = self._waiting, []
+        for request in waiting:
+            if None not in self.slots:
+                self._waiting.append(request)
+                continue
+            if self.cache is not None and request.prompt_logprobs is None and self._valid(request.prompt_ids):
+                keys, limit = self._prefix_keys(request), len(request.prompt_ids) - 1
+                upcoming = self.prefiller.upcoming(keys, limit)
+                if upcoming > self.cache.longest(request.prompt_ids, limit, keys):
+                    self.prefiller.promote(keys, upcoming)
+                    self._waiting.append(request)
+                    continue
+            self._admit(request, events)
+
+    def _admit(self, request: GenerationRequest, events: list[GenerationEvent]) -> None:
+        """Claim a slot; start from the longest cached prefix (not for prompt log-probabilities, which need every
+        position's logits); read the rest by chunks, or feed it if less than a chunk is left. On any failure the
+        request alone ends with an "admit" error and the slot stays free."""
         slot = self.slots.index(None)
-        stage = "admit"
+        prompt = request.prompt_ids
+        keys = self._keys.pop(request.request_id, None)
         try:
-            if not request.prompt_ids or not all(0 <= t < self.vocab_size for t in request.prompt_ids):
+            if not self._valid(prompt):
                 raise ValueError(f"prompt token ids must be a non-empty list in [0, {self.vocab_size})")
-            stage = "prefill"
-            state, logits, stats, prompt_logprobs = self._prefill(request)
-            stage = "admit"
-            self.state.write_rows([slot], state)
-            self.logits[slot] = logits
-            self.counts[slot] = stats.counts[0]
-            self.tokens[slot] = stats.tokens[0]
-            self.sampler.start(slot, request.params, request.prompt_ids)
+            start, state = 0, None
+            if self.cache is not None and request.prompt_logprobs is None:
+                start, state = self.cache.lookup(prompt, len(prompt) - 1, keys)
             seq = _Sequence(request, slot, TextStream(self.tokenizer, request.params.stop))
+            seq.cached_tokens = start
+            if request.prompt_logprobs is not None:
+                seq.prompt_logprobs = [None]
+            self.sampler.start(slot, request.params, prompt)
+            state = state if state is not None else self.model.fresh_state(1)
+            end = aligned(len(prompt), self.prefill_chunk)
+            if start < end:
+                scores = (lambda position, logits: self._score(seq, position, logits)) if seq.prompt_logprobs else None
+                task = PrefillTask(prompt, start, end, state, scores=scores)
+            else:
+                task = None
+                self._prompt_read(seq, start, state, None, 0)
         except Exception:  # one bad request must not stop the others
-            logger.exception("%s failed for request %s", stage, request.request_id)
+            logger.exception("admit failed for request %s", request.request_id)
             self.sampler.release(slot)
-            events.append(self._rejected(request, "error", stage))
-            return None
-        seq.prompt_logprobs = prompt_logprobs
+            events.append(self._rejected(request, "error", "admit"))
+            return
         self.slots[slot] = seq
-        return seq
+        if task is not None:
+            seq.task = task
+            self._owners[task] = seq
+            self.prefiller.add(task)
+
+    def _read_prompts(self, events: list[GenerationEvent], busy: bool, idle: bool) -> list[_Sequence]:
+        """Prefill calls: one while other sequences are decoding (their next token waits for it), else several,
+        until a prompt is read. Background tasks ride in rows no request needs; a call of background tasks alone
+        runs only when the engine is ``idle`` (nothing else for a while), one per step, so a request arriving
+        meanwhile waits for one call at most. Returns the sequences whose whole prompt is read (ready to sample)."""
+        ready: list[_Sequence] = []
+        for _ in range(1 if busy else IDLE_PREFILL_CALLS):
+            if not self.prefiller.urgent:
+                if idle and self.prefiller.busy:
+                    self.prefiller.step(background=True)
+                break
+            progressed = False
+            for task in self.prefiller.step():
+                seq = self._owners.pop(task, None)
+                if seq is None:
+                    continue  # a background task: its states are stored
+                if task.error is not None:  # logged by the prefiller
+                    seq.task = None
+                    events.append(self._finish(seq, "error", None, error="prefill"))
+                    continue
+                self._prompt_read(seq, task.end, task.state, task.logits, task.computed, task.counts)
+                progressed = True
+                if seq.phase == "decode":
+                    ready.append(seq)
+            if progressed:
+                break
+        return ready
+
+    def _prompt_read(self, seq: _Sequence, end: int, state, logits, computed: int, counts=None) -> None:
+        """The prompt's chunks are read (or restored): into the slot; then feed the rest or sample."""
+        slot = seq.slot
+        seq.task = None
+        self.state.write_rows([slot], state)
+        if counts is None:
+            self.counts[slot] = 0
+        else:
+            self.counts[slot] = counts
+        self.tokens[slot] = computed
+        if self.cache is not None:
+            seq.boundary = (end, state)
+        if end == len(seq.request.prompt_ids):
+            self.logits[slot] = logits
+            seq.phase = "decode"
+        else:
+            seq.phase, seq.fed = "feed", end
+
+    def _fed(self, seq: _Sequence) -> bool:
+        """After a decoding step: a feeding sequence has read one more prompt token; True if it is now ready to
+        sample (or was already decoding)."""
+        if seq.phase == "decode":
+            return True
+        if seq.prompt_logprobs is not None:
+            self._score(seq, seq.fed, self.logits[seq.slot : seq.slot + 1])
+        seq.fed += 1
+        if seq.fed == len(seq.request.prompt_ids):
+            seq.phase = "decode"
+            return True
+        return False
+
+    def _score(self, seq: _Sequence, position: int, logits: torch.Tensor) -> None:
+        """Prompt log-probabilities from the logits at ``position`` onwards (position t predicts token t + 1)."""
+        prompt = seq.request.prompt_ids
+        targets = torch.tensor(prompt[position + 1 : position + 1 + logits.shape[0]], device=logits.device)
+        if not len(targets):
+            return
+        scored = torch.log_softmax(logits[: len(targets)].float(), dim=-1)
+        values, tops = top_logprobs(scored, targets, seq.request.prompt_logprobs)
+        choices = zip(targets.tolist(), values, tops, strict=True)
+        seq.prompt_logprobs += [TokenChoice(t, v, top) for t, v, top in choices]
 
     def _decode(self, running: list[_Sequence], events: list[GenerationEvent]) -> bool:
         """One recurrent step for the running sequences; on failure they all end with an error (returns False)."""
@@ -330,6 +496,7 @@ class Engine:
         else:
             self.next_tokens[:, 0] = tokens
             for seq, choice in zip(ready, choices, strict=True):
+                seq.generated.append(choice.token_id)
                 self._advance(seq, choice, events, spikes.get(seq.slot))
             return
         for seq, uniform in zip(ready, uniforms, strict=True):
@@ -340,6 +507,7 @@ class Engine:
                 events.append(self._finish(seq, "error", None, error="sample"))
                 continue
             self.next_tokens[seq.slot, 0] = tokens[seq.slot]
+            seq.generated.append(choice.token_id)
             self._advance(seq, choice, events, spikes.get(seq.slot))
 
     def _token_spikes(self, ready: list[_Sequence]) -> dict[int, TokenSpikes]:
@@ -384,6 +552,7 @@ class Engine:
             if self.slots[seq.slot] is seq:
                 events.append(self._finish(seq, "error", None, error="detokenize"))
             return
+        event.cached_tokens = seq.cached_tokens
         event.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
         event.spikes = spikes
         events.append(event)
@@ -397,6 +566,11 @@ class Engine:
             text += seq.text.finish()
         self.slots[seq.slot] = None
         self.sampler.release(seq.slot)
+        if seq.task is not None:  # aborted or failed while its prompt was read
+            self.prefiller.remove(seq.task)
+            self._owners.pop(seq.task, None)
+        elif reason in ("stop", "length"):
+            self._cache_the_end(seq)
         stats = SpikeStats(
             counts=self.counts[seq.slot : seq.slot + 1].clone(),
             tokens=self.tokens[seq.slot : seq.slot + 1].clone(),
@@ -412,4 +586,17 @@ class Engine:
             reason,
             stats,
             error,
+            cached_tokens=seq.cached_tokens,
         )
+
+    def _cache_the_end(self, seq: _Sequence) -> None:
+        """Read the finished sequence (prompt and reply) by chunks in the background, from its prompt's last chunk
+        boundary to the sequence's, so the next turn of a conversation starts from there. Its decoding steps
+        computed those tokens by other arithmetic, which a cold next turn would not reproduce bit for bit."""
+        if self.cache is None or seq.boundary is None:
+            return
+        tokens = seq.request.prompt_ids + seq.generated
+        start, state = seq.boundary
+        end = aligned(len(tokens), self.prefill_chunk)
+        if end > start:
+            self.prefiller.add(PrefillTask(tokens, start, end, state, background=True))

@@ -205,11 +205,13 @@ def energy_field(
     config: SpikeGPTConfig,
     generated_tokens: int,
     profile: str | HardwareProfile | None = None,
+    cached_prompt_tokens: int = 0,
 ) -> dict:
     """The server's ``"energy"`` field for one request: both rules' reports from one host transfer.
 
     ``stats`` covers every token the model processed for the request; the head is counted once per generated
-    token, the positions whose logits the engine computes to sample from.
+    token, the positions whose logits the engine computes to sample from. ``cached_prompt_tokens``: prompt tokens
+    whose state came from the prefix-state cache, so were not computed (nor counted) for this request.
     """
     totals = SpikeTotals.from_stats(stats)
     profile = resolve_profile(profile)
@@ -219,6 +221,7 @@ def energy_field(
         "profile": profile.name,
         "tokens": totals.tokens,
         "generated_tokens": generated_tokens,
+        "cached_prompt_tokens": cached_prompt_tokens,
         "rules": {rule: report.to_dict() for rule, report in reports.items()},
         "note": NOTE,
     }

@@ -37,10 +37,18 @@ def test_completion_shape_usage_and_energy(client, server):
     (choice,) = body["choices"]
     assert choice["index"] == 0 and choice["finish_reason"] == "length" and choice["logprobs"] is None
     assert len(choice["text"]) == 12  # one character per token
-    assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 12, "total_tokens": 23, "unknown_characters": 0}
+    cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached in (0, 8)  # the prompt's first 8-token chunk, when an earlier request on this server read it
+    assert body["usage"] == {
+        "prompt_tokens": 11,
+        "completion_tokens": 12,
+        "total_tokens": 23,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "unknown_characters": 0,
+    }
     check_energy(body["energy"], 12)
-    # the model processed the prompt and every generated token but the last
-    assert body["energy"]["tokens"] == 11 + 12 - 1
+    # the model processed the prompt (but what came from the cache) and every generated token but the last
+    assert body["energy"]["tokens"] == 11 - cached + 12 - 1 and body["energy"]["cached_prompt_tokens"] == cached
 
 
 def test_streaming_matches_non_streaming_and_ends_with_energy(client):
@@ -55,7 +63,8 @@ def test_streaming_matches_non_streaming_and_ends_with_energy(client):
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
     assert all("energy" not in c for c in chunks[:-1])
     check_energy(chunks[-1]["energy"], 30)
-    assert chunks[-1]["energy"]["rules"] == whole["energy"]["rules"]  # same spikes, same estimate
+    if chunks[-1]["energy"]["cached_prompt_tokens"] == whole["energy"]["cached_prompt_tokens"]:
+        assert chunks[-1]["energy"]["rules"] == whole["energy"]["rules"]  # same spikes, same estimate
 
 
 def test_include_usage_adds_a_final_usage_chunk(client):
@@ -63,10 +72,13 @@ def test_include_usage_adds_a_final_usage_chunk(client):
     *chunks, usage_chunk, done = events
     assert done == "[DONE]"
     assert usage_chunk["choices"] == []
+    cached = usage_chunk["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached in (0, 8) and usage_chunk["energy"]["cached_prompt_tokens"] == cached
     assert usage_chunk["usage"] == {
         "prompt_tokens": 11,
         "completion_tokens": 7,
         "total_tokens": 18,
+        "prompt_tokens_details": {"cached_tokens": cached},
         "unknown_characters": 0,
     }
     check_energy(usage_chunk["energy"], 7)

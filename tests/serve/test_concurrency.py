@@ -65,7 +65,13 @@ def check_concurrent_equals_alone(server) -> None:
     assert sorted(i for kind, i in log[:first_finish] if kind == "first") == list(range(CONCURRENCY))
     assert all(len(logprobs) == 120 for _, logprobs, _ in together)
     for i in range(CONCURRENCY):
-        assert together[i] == alone[i], f"request {i} changed under concurrency"
+        (text, logprobs, energy), (text_alone, logprobs_alone, energy_alone) = together[i], alone[i]
+        assert (text, logprobs) == (text_alone, logprobs_alone), f"request {i} changed under concurrency"
+        # the energy covers what was computed: the alone run cached prompt states the concurrent run starts from
+        computed_or_cached = energy["tokens"] + energy["cached_prompt_tokens"]
+        assert computed_or_cached == energy_alone["tokens"] + energy_alone["cached_prompt_tokens"]
+        if energy["cached_prompt_tokens"] == energy_alone["cached_prompt_tokens"]:
+            assert energy == energy_alone
 
 
 def test_sixteen_concurrent_streams_equal_each_request_alone(server):

@@ -1,7 +1,7 @@
 """A failure inside one request never stops the engine worker or harms the other requests.
 
-Failures are injected into the real model's forward (a request whose prompt holds a poisoned character fails in
-its prefill; a flag makes the next decoding step fail) and into the engine's step itself.
+Failures are injected into the real engine (a prefill call reading a poisoned character fails; a flag makes the
+next decoding step fail) and into the engine's step itself.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ def faulty(tiny_model_dir):
     with run_server(tiny_settings(tiny_model_dir)) as server:
         engine = server.host.worker.engine
         poison = server.host.tokenizer.convert_tokens_to_ids(POISON)
-        original_forward, original_step = engine.model.forward, engine.decode_step
+        original_chunk, original_step = engine.prefiller.run_chunk, engine.decode_step
         fail_next_decode = threading.Event()
 
-        def forward(input_ids=None, **kwargs):
-            if input_ids.shape[1] > 1 and poison in input_ids[0].tolist():
+        def run_chunk(tasks):
+            if any(poison in t.tokens[t.position : t.position + engine.prefill_chunk] for t in tasks):
                 raise RuntimeError("injected prefill failure")
-            return original_forward(input_ids=input_ids, **kwargs)
+            return original_chunk(tasks)
 
         def decode_step(tokens, state):
             if fail_next_decode.is_set():
@@ -34,7 +34,7 @@ def faulty(tiny_model_dir):
                 raise RuntimeError("injected decoding failure")
             return original_step(tokens, state)
 
-        engine.model.forward = forward
+        engine.prefiller.run_chunk = run_chunk
         engine.decode_step = decode_step
         server.fail_next_decode = fail_next_decode
         yield server
@@ -46,7 +46,8 @@ def test_a_failing_prefill_fails_only_its_request(faulty):
         with other.stream("POST", "/v1/completions", json=body) as good:
             lines = good.iter_lines()
             next(lines)
-            bad = client.post("/v1/completions", json={"prompt": f"x{POISON}x", "max_tokens": 5})
+            poisoned = f"x{POISON}" + "x" * 20  # the poison in the first prefill chunk
+            bad = client.post("/v1/completions", json={"prompt": poisoned, "max_tokens": 5})
             assert bad.status_code == 500
             error = bad.json()["error"]
             assert error["type"] == "server_error" and "Traceback" not in error["message"]
@@ -131,13 +132,16 @@ def inject(engine, stage: str, monkeypatch) -> None:
 
         monkeypatch.setattr(engine.sampler, "start", failing_start)
     elif stage == "prefill":
-        prefill = engine._prefill
+        run_chunk = engine.prefiller.run_chunk
 
-        def failing_prefill(request):
-            _fail_if_marked(request.params.stop, stage)
-            return prefill(request)
+        def failing_chunk(tasks):  # the whole call fails; the engine then retries its prompts one by one
+            for task in tasks:
+                seq = engine._owners.get(task)
+                if seq is not None:
+                    _fail_if_marked(seq.request.params.stop, stage)
+            return run_chunk(tasks)
 
-        monkeypatch.setattr(engine, "_prefill", failing_prefill)
+        monkeypatch.setattr(engine.prefiller, "run_chunk", failing_chunk)
     elif stage == "sample":
         sample, calls = engine.sampler.sample, []
 

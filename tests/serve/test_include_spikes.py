@@ -39,13 +39,16 @@ def test_counts_add_up_to_the_final_report(client):
     chunks = events[:-1]
     entries = spike_entries(chunks)
     assert sorted(entries) == [0, 1]
+    energy = chunks[-1]["energy"]
     for per_token in entries.values():
         assert len(per_token) == 9
-        assert [e["tokens"] for e in per_token] == [11] + [1] * 8  # the prompt, then one token per step
+        # the prompt's pass (what of the prompt was computed, not restored from the state cache), then one token
+        # per step
+        assert [e["tokens"] for e in per_token[1:]] == [1] * 8
         for e in per_token:
             assert len(e["counts"]) == len(sites)
             assert all(isinstance(c, int) and 0 <= c <= e["tokens"] * 32 for c in e["counts"])  # width 32
-    energy = chunks[-1]["energy"]
+    assert sum(11 - per_token[0]["tokens"] for per_token in entries.values()) == energy["cached_prompt_tokens"]
     every = entries[0] + entries[1]
     assert sum(e["tokens"] for e in every) == energy["tokens"]
     for report in energy["rules"].values():
@@ -64,7 +67,9 @@ def test_chat_chunks_carry_spikes_and_the_usage_chunk_none(client):
     assert "spikes" not in chunks[0]["choices"][0]  # the role chunk carries no token
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 5
     per_token = spike_entries(chunks)[0]
-    assert len(per_token) == 5 and per_token[0]["tokens"] == usage_chunk["usage"]["prompt_tokens"]
+    usage = usage_chunk["usage"]
+    computed = usage["prompt_tokens"] - usage["prompt_tokens_details"]["cached_tokens"]  # the rest was restored
+    assert len(per_token) == 5 and per_token[0]["tokens"] == computed
     strict = usage_chunk["energy"]["rules"]["strict"]
     assert sum_counts(per_token) == [layer["spikes"] for layer in strict["layers"] if layer["site"] is not None]
 

@@ -33,6 +33,9 @@ def served(tiny_model_dir):
     server = ServerProcess(
         "--model", str(tiny_model_dir), "--api-key", KEY, "--max-batch", "1", "--max-queue", "0",
         "--max-tokens-cap", "100000",
+        # the same request twice must do the same work: with the prefix-state cache the second would start from
+        # the first's prompt state and report fewer spikes for its prompt
+        "--state-cache-mb", "0",
     )  # fmt: skip
     try:
         server.wait_ready()
@@ -171,7 +174,12 @@ def test_the_page_streams_and_shows_the_apis_figures_for_the_same_seeded_request
             format_joules(b["energy_j"]) for b in report["baselines"].values()
         ]
     assert page.evaluate("() => document.getElementById('model-placement').textContent") == "residual"
-    assert usage_facts(page) == {"prompt_tokens": "19", "completion_tokens": str(usage["completion_tokens"])}
+    # the server always reports prompt_tokens_details (0 here: the cache is off)
+    assert usage_facts(page) == {
+        "prompt_tokens": "19",
+        "cached_tokens": "0",
+        "completion_tokens": str(usage["completion_tokens"]),
+    }
 
 
 def usage_facts(page: Page) -> dict:
