@@ -81,12 +81,13 @@ class _DecodeStep(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(tokens, state=RecurrentState(*state), output_spike_stats=True)
-        return (out.logits[:, -1], out.spike_stats.counts, *out.state.tensors())
+        return (out.logits[:, -1], out.spike_stats.counts, out.spike_stats.reads, *out.state.tensors())
 
 
 def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState):
     """One recurrent step at a fixed batch shape (``tokens`` ``[B, 1]``), recorded with ``torch.jit.trace``: a
-    function ``(tokens, state) -> (last logits [B, vocab], new state, spike counts [B, sites])`` that runs the very
+    function ``(tokens, state) -> (last logits [B, vocab], new state, (spike counts [B, sites], projection reads
+    [B, projections, 2]))`` that runs the very
     same operations as the model's forward, without the Python interpreter between them. Only for the torch
     kernels (a Triton launch cannot be traced) and only for the traced shape.
 
@@ -98,9 +99,9 @@ def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: R
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(_DecodeStep(model), (tokens, *state.tensors()), check_trace=False)
 
-    def step(tokens: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState, torch.Tensor]:
-        logits, counts, *tensors = traced(tokens, *state.tensors())
-        return logits, RecurrentState(*tensors), counts
+    def step(tokens: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState, tuple]:
+        logits, counts, reads, *tensors = traced(tokens, *state.tensors())
+        return logits, RecurrentState(*tensors), (counts, reads)
 
     return step
 
@@ -141,8 +142,12 @@ class Engine:
         self.sampler = BatchSampler(max_batch, self.vocab_size, self.device)
         self.logits = torch.zeros(max_batch, self.vocab_size, device=self.device)
         self.next_tokens = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
-        self.counts = torch.zeros(max_batch, len(model.model.sites), device=self.device)
-        self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        # each row's spike statistics since its prompt, as whole numbers (int64: exact however long it runs)
+        whole = dict(dtype=torch.long, device=self.device)
+        self.counts = torch.zeros(max_batch, len(model.model.sites), **whole)
+        self.reads = torch.zeros(max_batch, len(model.model.projections), 2, **whole)
+        self.tokens = torch.zeros(max_batch, **whole)
+        self.head_tokens = torch.zeros(max_batch, **whole)  # positions whose logits were computed
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: list[GenerationRequest] = []
         # The fixed-shape step's hundreds of small operations cost more than its arithmetic on a CPU: compiled,
@@ -268,7 +273,9 @@ class Engine:
         self.state.write_rows([slot], state)
         self.logits[slot] = logits
         self.counts[slot] = stats.counts[0]
+        self.reads[slot] = stats.reads[0]
         self.tokens[slot] = stats.tokens[0]
+        self.head_tokens[slot] = stats.head_tokens[0]
         self.sampler.start(slot, request.params, request.prompt_ids)
         seq = _Sequence(request, slot, TextStream(self.tokenizer, request.params.stop))
         seq.prompt_logprobs = prompt_logprobs
@@ -280,16 +287,20 @@ class Engine:
         rows = None if self.batch_invariant else torch.tensor([s.slot for s in running], device=self.device)
         try:
             if rows is None:
-                logits, self.state, counts = self.decode_step(self.next_tokens, self.state)
+                logits, self.state, (counts, reads) = self.decode_step(self.next_tokens, self.state)
                 self.logits.copy_(logits)
                 self.counts += counts
+                self.reads += reads
                 self.tokens += 1
+                self.head_tokens += 1
             else:
-                logits, state, counts = self._model_step(self.next_tokens[rows], self.state.select(rows))
+                logits, state, (counts, reads) = self._model_step(self.next_tokens[rows], self.state.select(rows))
                 self.state.write_rows(rows, state)
                 self.logits[rows] = logits.float()
                 self.counts[rows] += counts
+                self.reads[rows] += reads
                 self.tokens[rows] += 1
+                self.head_tokens[rows] += 1
         except Exception as e:
             logger.exception("decoding step failed")
             for seq in running:
@@ -298,9 +309,9 @@ class Engine:
         return True
 
     def _model_step(self, tokens: torch.Tensor, state: RecurrentState) -> tuple:
-        """One recurrent step: (last logits [B, vocab], new state, spike counts [B, sites])."""
+        """One recurrent step: (last logits [B, vocab], new state, (spike counts [B, sites], reads))."""
         out = self.model(tokens, state=state, output_spike_stats=True)
-        return out.logits[:, -1], out.state, out.spike_stats.counts
+        return out.logits[:, -1], out.state, (out.spike_stats.counts, out.spike_stats.reads)
 
     def _sample(self, ready: list[_Sequence], events: list[GenerationEvent]) -> None:
         try:
@@ -340,11 +351,15 @@ class Engine:
     ) -> GenerationEvent:
         self.slots[seq.slot] = None
         self.sampler.release(seq.slot)
+        row = slice(seq.slot, seq.slot + 1)
         stats = SpikeStats(
-            counts=self.counts[seq.slot : seq.slot + 1].clone(),
-            tokens=self.tokens[seq.slot : seq.slot + 1].clone(),
+            counts=self.counts[row].clone(),
+            tokens=self.tokens[row].clone(),
             sites=self.model.model.sites,
             n_embd=self.model.config.n_embd,
+            reads=self.reads[row].clone(),
+            projections=self.model.model.projections,
+            head_tokens=self.head_tokens[row].clone(),
         )
         return GenerationEvent(
             seq.request.request_id,

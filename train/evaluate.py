@@ -1,4 +1,5 @@
-"""Evaluation: loss, perplexity, bits per byte (and per character) and per-site firing rates over packed blocks.
+"""Evaluation: loss, perplexity, bits per byte (and per character), per-site firing rates and what each projection
+read (zero inputs, spikes per input) over packed blocks.
 
 ``spikegpt eval`` and the training loop both call ``evaluate``. Each block starts from a fresh state, as in
 training. Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the text the targets spell, so
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from spikegpt.stats import SpikeStats
+from spikegpt.stats import SpikeStats, projection_fan_in
 
 from .data import PAD
 
@@ -49,26 +50,42 @@ def make_eval_set(blocks: np.ndarray, tokenizer, max_blocks: int | None = None) 
 class SpikeTotals:
     """Spike counts summed over batches on the device (no host sync until ``stats`` is read)."""
 
-    def __init__(self, sites: tuple[str, ...], n_embd: int, device):
-        self.sites, self.n_embd = sites, n_embd
-        self.counts = torch.zeros(len(sites), dtype=torch.float64, device=device)
+    def __init__(self, model, device):
+        self.sites, self.projections = model.model.sites, model.model.projections
+        self.n_embd, self.ffn_hidden = model.config.n_embd, model.config.ffn_hidden
+        self.counts = torch.zeros(len(self.sites), dtype=torch.long, device=device)
+        self.reads = torch.zeros(len(self.projections), 2, dtype=torch.long, device=device)
         self.tokens = torch.zeros((), dtype=torch.long, device=device)
 
     def add(self, stats: SpikeStats) -> None:
         self.counts += stats.counts.sum(dim=0)
+        self.reads += stats.reads.sum(dim=0)
         self.tokens += stats.tokens.sum()
 
     def reduce(self, accelerator) -> None:
         """Sum over the processes of ``accelerator``."""
         if accelerator is not None and accelerator.num_processes > 1:
             self.counts = accelerator.reduce(self.counts, reduction="sum")
+            self.reads = accelerator.reduce(self.reads, reduction="sum")
             self.tokens = accelerator.reduce(self.tokens, reduction="sum")
 
     def stats(self) -> SpikeStats:
-        return SpikeStats(self.counts[None], self.tokens[None], self.sites, self.n_embd)
+        return SpikeStats(
+            self.counts[None], self.tokens[None], self.sites, self.n_embd, self.reads[None], self.projections
+        )
 
     def site_rates(self) -> dict[str, float]:
         return dict(zip(self.sites, self.stats().site_rates().tolist(), strict=True))
+
+    def input_stats(self) -> dict[str, dict[str, float]]:
+        """Per projection: the fraction of its input elements that were zero and the spikes it read per input
+        element (the summed counts; 0 for real-valued inputs, which carry no spikes)."""
+        reads, tokens = self.reads.tolist(), int(self.tokens)
+        out = {}
+        for name, (nonzero, spikes) in zip(self.projections, reads, strict=True):
+            elements = max(tokens * projection_fan_in(name, self.n_embd, self.ffn_hidden), 1)
+            out[name] = {"zero_fraction": 1 - nonzero / elements, "spikes_per_input": spikes / elements}
+        return out
 
 
 @dataclass
@@ -82,6 +99,8 @@ class EvalResult:
     bytes: int
     firing_rate: float  # fraction of all values at all spiking sites that were spikes
     site_rates: dict[str, float]  # per site: the embedding, then each block's att.lif and ffn.lif
+    inputs: dict[str, dict[str, float]]  # per projection: zero_fraction and spikes_per_input of what it read
+    input_zero_fraction: float  # over all projections' input elements
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,7 +125,7 @@ def evaluate(model, eval_set: EvalSet, batch_size: int, accelerator=None, device
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    spikes = SpikeTotals(model.model.sites, model.config.n_embd, device)
+    spikes = SpikeTotals(model, device)
     mine = eval_set.blocks[rank::world]
     batches = list(_batches(mine, batch_size))
     autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
@@ -138,4 +157,14 @@ def evaluate(model, eval_set: EvalSet, batch_size: int, accelerator=None, device
         bytes=eval_set.n_bytes,
         firing_rate=float(spikes.stats().firing_rate()),
         site_rates=spikes.site_rates(),
+        inputs=spikes.input_stats(),
+        input_zero_fraction=_zero_fraction(spikes),
     )
+
+
+def _zero_fraction(spikes: SpikeTotals) -> float:
+    widths = torch.tensor(
+        [projection_fan_in(p, spikes.n_embd, spikes.ffn_hidden) for p in spikes.projections], dtype=torch.long
+    )
+    elements = int((widths * spikes.tokens.cpu()).sum())
+    return 1 - int(spikes.reads[:, 0].sum()) / max(elements, 1)

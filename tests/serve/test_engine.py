@@ -114,9 +114,10 @@ def test_the_traced_decoding_step_is_the_models_forward_bit_for_bit(tiny_model_d
     step = trace_decode_step(model, tokens, model.fresh_state(batch))
     with torch.inference_mode():
         for _ in range(5):
-            logits, traced_state, counts = step(tokens, state)
+            logits, traced_state, (counts, reads) = step(tokens, state)
             out = model(tokens, state=state, output_spike_stats=True)
             assert torch.equal(logits, out.logits[:, -1]) and torch.equal(counts, out.spike_stats.counts)
+            assert torch.equal(reads, out.spike_stats.reads)
             for ours, theirs in zip(traced_state.tensors(), out.state.tensors(), strict=True):
                 assert torch.equal(ours, theirs)
             state, tokens = out.state, logits.argmax(-1, keepdim=True)
