@@ -121,3 +121,24 @@ def test_the_traced_decoding_step_is_the_models_forward_bit_for_bit(tiny_model_d
             for ours, theirs in zip(traced_state.tensors(), out.state.tensors(), strict=True):
                 assert torch.equal(ours, theirs)
             state, tokens = out.state, logits.argmax(-1, keepdim=True)
+
+
+def test_engine_counts_the_logits_it_computes_and_keeps_counts_whole(tiny_model_dir):
+    """head_tokens: one per chunk of a chunked prefill, every prompt position when prompt logprobs are asked for,
+    then one per decoding step; the counters are int64 (issue 9, item 6)."""
+    model, tokenizer = load_model(tiny_model_dir)
+    engine = Engine(model, tokenizer, max_batch=2, prefill_chunk=4)
+    ids = tokenizer.encode("Hello there")  # 11 tokens: three prefill chunks of at most 4
+    params = SamplingParams(max_tokens=5, ignore_eos=True, seed=1)
+    finals = {}
+    for request in (GenerationRequest("chunked", ids, params), GenerationRequest("scored", ids, params, 2)):
+        engine.submit(request)
+    while engine.has_work():
+        finals.update({e.request_id: e for e in engine.step() if e.finish_reason})
+    chunked, scored = finals["chunked"].stats, finals["scored"].stats
+    assert chunked.counts.dtype == chunked.reads.dtype == chunked.head_tokens.dtype == torch.long
+    # 5 tokens sampled: the first from the prefill's logits, 4 more from decoding steps
+    assert chunked.head_tokens.tolist() == [3 + 4]
+    assert scored.head_tokens.tolist() == [11 + 4]
+    assert chunked.tokens.tolist() == scored.tokens.tolist() == [11 + 4]
+    assert torch.equal(chunked.reads, scored.reads)  # what the products read does not depend on the chunking
