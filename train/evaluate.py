@@ -116,10 +116,18 @@ def _batches(blocks: np.ndarray, batch_size: int):
         yield blocks[i : i + 1, : lengths[i]]
 
 
-@torch.no_grad()
 def evaluate(model, eval_set: EvalSet, batch_size: int, accelerator=None, device=None, progress: bool = True):
     """Evaluate ``model`` (unwrapped) on ``eval_set``; with an ``accelerator``, the blocks are shared among its
     processes and the sums reduced, so every process returns the same result."""
+    return evaluate_with_stats(model, eval_set, batch_size, accelerator, device, progress)[0]
+
+
+@torch.no_grad()
+def evaluate_with_stats(
+    model, eval_set: EvalSet, batch_size: int, accelerator=None, device=None, progress: bool = True
+) -> tuple[EvalResult, SpikeStats]:
+    """``evaluate``, and the spike statistics of the whole evaluation (one row; every position's logits computed),
+    ready for an energy report."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     device = accelerator.device if accelerator is not None else (device or next(model.parameters()).device)
     was_training = model.training
@@ -147,7 +155,7 @@ def evaluate(model, eval_set: EvalSet, batch_size: int, accelerator=None, device
     model.train(was_training)
     nats = float(loss_sum) / max(eval_set.n_tokens, 1)
     bits = float(loss_sum) / math.log(2)
-    return EvalResult(
+    result = EvalResult(
         loss=nats,
         perplexity=math.exp(min(nats, 700.0)),
         bits_per_token=nats / math.log(2),
@@ -160,6 +168,9 @@ def evaluate(model, eval_set: EvalSet, batch_size: int, accelerator=None, device
         inputs=spikes.input_stats(),
         input_zero_fraction=_zero_fraction(spikes),
     )
+    stats = spikes.stats()
+    stats.head_tokens = stats.tokens.clone()
+    return result, stats
 
 
 def _zero_fraction(spikes: SpikeTotals) -> float:
