@@ -117,10 +117,19 @@ def projection_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="the corpus (Tiny Shakespeare's input.txt)")
-    parser.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
-                        help="a model directory or training checkpoint, with its name in the table (repeat)")  # fmt: skip
-    parser.add_argument("--twin-bits-per-byte", type=float, default=None,
-                        help="held-out bits per byte of the non-spiking twin, when its checkpoint is not at hand")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a model directory or training checkpoint, with its name in the table (repeat)",
+    )
+    parser.add_argument(
+        "--twin-bits-per-byte",
+        type=float,
+        default=None,
+        help="held-out bits per byte of the non-spiking twin, when its checkpoint is not at hand",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="blocks per forward pass (default 16)")
     parser.add_argument("--max-blocks", type=int, default=None, help="evaluate only the first N held-out blocks")
     parser.add_argument("--profile", default=None, help="energy profile (default 45nm-fp32; e.g. 45nm-int8)")

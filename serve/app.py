@@ -28,7 +28,7 @@ def create_app(
     loader: Loader = load_checkpoint,
     on_load_error: Callable[[Exception], None] | None = None,
 ) -> FastAPI:
-    """The server's app. The model loads in the background once the app starts (``/health`` says when it is
+    """The server's app. The model loads in the background once the app starts (``/ready`` says when it is
     ready); ``loader`` replaces how it is loaded, ``on_load_error`` hears if that fails."""
     settings = settings or ServeSettings.from_env()
     host = ModelHost(settings, ServerMetrics(), loader, on_load_error)

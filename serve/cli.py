@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from spikegpt.commands.common import add_model_arguments
 
@@ -10,8 +11,9 @@ from .settings import ENV_PREFIX, ServeSettings
 
 DESCRIPTION = """\
 Serve a SpikeGPT model over an OpenAI-compatible HTTP API: POST /v1/completions and /v1/chat/completions
-(streaming with server-sent events), GET /v1/models, POST /tokenize and /detokenize, GET /health (503 while
-the model loads) and GET /metrics (Prometheus). Every response, and the last chunk of every stream, carries an
+(streaming with server-sent events), GET /v1/models, POST /tokenize and /detokenize, GET /health (liveness:
+503 only after a failed load), GET /ready (readiness: 503 while the model loads and while draining after
+SIGTERM) and GET /metrics (Prometheus). Every response, and the last chunk of every stream, carries an
 "energy" field: the request's measured firing rates and the estimated energy of its arithmetic.
 
 Concurrent requests share one batch: each prompt is read with the parallel form, then every running sequence
@@ -55,7 +57,7 @@ FLAGS = {
         dict(type=int, metavar="N"),
     ),
     "--api-key": (
-        "require 'Authorization: Bearer KEY' on /v1/*, /tokenize and /detokenize (/health and /metrics stay "
+        "require 'Authorization: Bearer KEY' on /v1/*, /tokenize and /detokenize (/health, /ready, /metrics stay "
         "open); prefer the environment variable, which the process list does not show",
         "no key",
         dict(metavar="KEY"),
@@ -77,7 +79,7 @@ FLAGS = {
     ),
     "--threads": (
         "CPU threads for the model's arithmetic; the rest are left to HTTP",
-        "half the cores, at least 1",
+        "half the CPUs this process may use (its affinity mask, capped by a container's CPU quota), at least 1",
         dict(type=int, metavar="N"),
     ),
     "--batch-invariant": (
@@ -88,7 +90,7 @@ FLAGS = {
     ),
     "--compile": (
         "compile the decoding step with torch.compile (needs a C++ compiler): the model loads a minute slower "
-        "(/health says loading meanwhile), then each step runs several times faster on a CPU",
+        "(/ready says loading meanwhile), then each step runs several times faster on a CPU",
         "off",
         dict(action=argparse.BooleanOptionalAction),
     ),
@@ -132,12 +134,18 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
 
 def _draining_server(config, host):
-    """A uvicorn server that, when it begins to shut down, lets the host end requests in flight cleanly."""
+    """A uvicorn server that drains before it shuts down: on SIGTERM the host stops taking requests (``/ready``
+    and new requests answer 503, which a load balancer retries elsewhere) and the requests in flight run to their
+    end or the grace, all while the port stays open; only then does uvicorn close it (a second signal: at once)."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:
             host.begin_shutdown()
+            drained = asyncio.ensure_future(host.drained())
+            while not drained.done() and not self.force_exit:
+                await asyncio.wait([drained], timeout=0.05)
+            drained.cancel()
             await super().shutdown(sockets)
 
     return DrainingServer(config)

@@ -1,7 +1,8 @@
-"""``ModelHost``: the served model, its tokenizer and engine worker, and the state ``/health`` reports.
+"""``ModelHost``: the served model, its tokenizer and engine worker, and the state ``/health`` and ``/ready`` report.
 
-The model loads in the background after the server starts, so ``/health`` answers 503 (``loading``) at once and
-200 when the first request can be served; the generation endpoints answer 503 until then.
+The model loads in the background after the server starts, so ``/ready`` answers 503 (``loading``) at once and
+200 when the first request can be served; the generation endpoints answer 503 until then. On SIGTERM the host
+drains: ``/ready`` and new requests get 503 while the requests in flight finish (or are ended at the grace).
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ class ModelHost:
             grace = self.settings.shutdown_grace
             logger.info("shutting down: %d sequences in flight get %.0f s to finish", self.worker.outstanding, grace)
             asyncio.get_running_loop().call_later(grace, self.worker.abort_all)
+
+    async def drained(self, poll: float = 0.02) -> None:
+        """Return once no sequence is left in the engine (``begin_shutdown`` ends them all at the grace)."""
+        while self.worker is not None and self.worker.outstanding:
+            await asyncio.sleep(poll)
 
     async def close(self) -> None:
         self.status = "shutting_down"

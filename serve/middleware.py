@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import APIError
 
-PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")  # /health and /metrics stay open
+PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")  # /health, /ready and /metrics stay open
 
 
 def _digest(value: bytes) -> bytes:

@@ -1,5 +1,6 @@
 """The HTTP endpoints: OpenAI's ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/models``, vLLM's
-``/tokenize`` and ``/detokenize``, and ``/health`` and ``/metrics`` for operators."""
+``/tokenize`` and ``/detokenize``, and ``/health`` (liveness), ``/ready`` (readiness) and ``/metrics`` for
+operators."""
 
 from __future__ import annotations
 
@@ -34,14 +35,26 @@ async def _read(request: Request, body_type: type[Body]) -> tuple[ModelHost, Bod
     return host, body
 
 
-@router.get("/health")
-async def health(request: Request) -> JSONResponse:
-    """200 when requests can be served; 503 while loading, after a failed load, and while shutting down."""
-    host = _host(request)
+def _status(host: ModelHost, ok: bool) -> JSONResponse:
     body = {"status": host.status, "model": host.model_name}
     if host.error:
         body["error"] = host.error
-    return JSONResponse(body, status_code=200 if host.status == "ready" else 503)
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """Liveness: 200 while the server is up, loading its model, serving or draining; 503 after a failed load."""
+    host = _host(request)
+    return _status(host, host.status != "failed")
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: 200 when requests can be served; 503 while loading, after a failed load, and while draining
+    after SIGTERM (so a load balancer stops sending requests before the server goes away)."""
+    host = _host(request)
+    return _status(host, host.status == "ready")
 
 
 @router.get("/metrics")

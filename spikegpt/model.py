@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -32,6 +31,7 @@ from .state import RecurrentState
 from .stats import SpikeStats, projection_names, site_names
 
 LayerState = tuple[torch.Tensor, ...]  # one block's slice of RecurrentState, in its field order
+IGNORE_INDEX = -100  # a label the loss skips: a position without a target (padding)
 
 
 def token_shift(x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
@@ -402,6 +402,8 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         state: RecurrentState | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_spike_stats: bool = False,
@@ -410,9 +412,14 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
     ) -> SpikeGPTCausalLMOutput:
         """Logits for every position of ``input_ids`` ``[B, T]``, continuing from ``state`` when given.
 
-        ``labels`` ``[B, T]`` (usually ``input_ids``) are shifted inside: position t predicts label t + 1; -100 is
-        ignored. ``attention_mask`` is accepted for ``generate()`` but must be all ones: a recurrent model reads
-        every token, so batches must not be padded. ``logits_to_keep`` > 0 computes only the last positions' logits.
+        The loss (transformers' causal-LM cross-entropy, the one training and evaluation use): ``labels`` ``[B, T]``
+        (usually ``input_ids``) are shifted inside, position t predicts label t + 1; or ``shift_labels`` ``[B, T]``
+        are already position t's targets (a packed block's next tokens). ``IGNORE_INDEX`` (-100) marks a position
+        without a target (padding). It is the mean over the targets, or their sum divided by
+        ``num_items_in_batch`` when given (the target count of a whole accumulated batch or evaluation set).
+
+        ``attention_mask`` is accepted for ``generate()`` but must be all ones: a recurrent model reads every token,
+        so batches must not be padded. ``logits_to_keep`` > 0 computes only the last positions' logits.
         """
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError(
@@ -434,11 +441,14 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         if stats is not None:
             stats.head_tokens = torch.full_like(stats.tokens, hidden.shape[1])
         loss = None
-        if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                labels[:, 1:].reshape(-1).to(logits.device),
-                ignore_index=-100,
+        if labels is not None or shift_labels is not None:
+            loss = self.loss_function(
+                logits,
+                labels,
+                vocab_size=self.config.vocab_size,
+                shift_labels=shift_labels.contiguous() if shift_labels is not None else None,  # a view of a block
+                num_items_in_batch=num_items_in_batch,
+                ignore_index=IGNORE_INDEX,
             )
         return SpikeGPTCausalLMOutput(loss=loss, logits=logits, state=out.state, spike_stats=stats)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,13 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # A small alphabet the tests write their own text in.
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\n-é"
+
+
+def free_port() -> int:
+    """A loopback port free at the moment of asking (for processes that must be told their port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tiny_config(**overrides) -> SpikeGPTConfig:

@@ -1,11 +1,16 @@
-"""Training checkpoints: Hugging Face model directories plus the state that resumes a run exactly.
+"""Training checkpoints through ``accelerate``'s own state, plus the final Hugging Face model directory.
 
-``OUTPUT/checkpoint-STEP/`` holds ``config.json``, ``model.safetensors`` and the tokenizer (so it loads like any
-model), ``optimizer.pt``, one ``rank_state_R.pt`` per process (RNG and data position) and ``trainer_state.json``
+``OUTPUT/checkpoint-STEP/`` holds what ``Accelerator.save_state`` writes (the weights, the optimizer, the gradient
+scaler, every process's RNG and the registered data position, each in whatever form the backend needs: whole for
+DDP, sharded for FSDP and DeepSpeed ZeRO), the model's ``config.json``, the tokenizer and ``trainer_state.json``
 (step, tokens seen, the run's options). It is written into a temporary directory, flushed to disk, then renamed:
 a save killed midway leaves only a ``.tmp-*`` directory, never a half-written checkpoint. ``trainer_state.json``
 is written last and marks a checkpoint complete. The learning-rate schedule is a function of the step, so the
 step is the scheduler's whole state.
+
+Without a filesystem shared by the machines (``per_node``), every machine's first process writes the whole
+checkpoint into that machine's output directory and each process its own RNG beside it, so every machine can
+resume from its own disk.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
-OPTIMIZER = "optimizer.pt"
 TEMP_PREFIX = ".tmp-"
 # what a published model directory holds (no optimizer or run state)
 MODEL_FILES = (
@@ -38,10 +42,6 @@ MODEL_FILES = (
     "README.md",
     "config.json",  # last: a directory with config.json is taken for a model
 )
-
-
-def rank_state_file(rank: int) -> str:
-    return f"rank_state_{rank}.pt"
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -58,13 +58,19 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def resolve_resume(resume: str, output_dir: str | Path) -> Path:
-    """The checkpoint ``--resume`` names: 'latest' (in ``output_dir``) or a checkpoint directory."""
+def resolve_resume(resume: str, output_dir: str | Path, accelerator=None) -> Path:
+    """The checkpoint ``--resume`` names: 'latest' (in ``output_dir``) or a checkpoint directory. With an
+    ``accelerator`` (every process calls this), 'latest' is the newest step every process finds complete: a run
+    killed while saving may have finished that save on one machine and not on another."""
     if resume == "latest":
-        found = checkpoints(output_dir)
-        if not found:
+        steps = {checkpoint_step(p) for p in checkpoints(output_dir)}
+        if accelerator is not None and accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            steps = set.intersection(*gather_object([steps]))
+        if not steps:
             raise TrainingError(f"--resume latest: no complete checkpoint in {output_dir}")
-        return found[-1]
+        return Path(output_dir) / f"{PREFIX}{max(steps)}"
     path = Path(resume).expanduser()
     if not (path / TRAINER_STATE).is_file():
         raise TrainingError(f"--resume {resume}: not a complete training checkpoint (no {TRAINER_STATE})")
@@ -112,28 +118,30 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 def save_checkpoint(
     accelerator,
-    model,
+    model_config,
     tokenizer,
-    optimizer,
     trainer_state: dict[str, Any],
-    rank_state: dict[str, Any],
     output_dir: str | Path,
     keep_last: int,
+    per_node: bool = False,
 ) -> Path:
-    """Write ``checkpoint-STEP`` atomically (every process calls this) and delete all but the newest ``keep_last``."""
+    """Write ``checkpoint-STEP`` atomically (every process calls this) and delete all but the newest ``keep_last``.
+
+    ``per_node``: the output directory is not shared by the machines, so each machine writes its own copy (the
+    ``accelerator`` must have been told so, ``project_configuration.save_on_each_node``)."""
     root = Path(output_dir)
     final = root / f"{PREFIX}{trainer_state['step']}"
     temp = root / f"{TEMP_PREFIX}{final.name}"
-    if accelerator.is_main_process:
+    writes = accelerator.is_local_main_process if per_node else accelerator.is_main_process
+    if writes:
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(rank_state, temp / rank_state_file(accelerator.process_index))
+    accelerator.save_state(str(temp))
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(temp, safe_serialization=True)
+    if writes:
+        model_config.save_pretrained(temp)
         tokenizer.save_pretrained(temp)
-        torch.save(optimizer.state_dict(), temp / OPTIMIZER)
         (temp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
         _fsync_tree(temp)
         _replace_dir(temp, final)
@@ -148,43 +156,46 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     return json.loads((path / TRAINER_STATE).read_text())
 
 
-def load_optimizer_state(path: Path) -> dict[str, Any]:
-    return torch.load(path / OPTIMIZER, map_location="cpu", weights_only=True)
+class DataPosition:
+    """Where every process is in its training data, registered with ``accelerate`` for its checkpoints.
 
+    ``accelerate`` asks every process for ``state_dict`` but keeps only the main process's answer, so the answer
+    holds every process's position (gathered) and each takes back its own."""
 
-def load_rank_state(path: Path, rank: int) -> dict[str, Any]:
-    file = path / rank_state_file(rank)
-    if not file.is_file():
-        raise TrainingError(f"{path} was written by fewer processes (no {file.name}); resume with the same number")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    def __init__(self, batches, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def state_dict(self) -> dict[str, Any]:
+        from accelerate.utils import gather_object
+
+        return {"ranks": gather_object([self.batches.state_dict()]) if self.world > 1 else [self.batches.state_dict()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches.load_state_dict(state["ranks"][self.rank])  # the process count was checked before
 
 
 FP32_PARAMETERS = ("time_decay", "time_first")  # the WKV decay and bonus: exponentiated, so kept in fp32
 
 
-def _declare_fp32(config_file: Path) -> None:
-    """Weights stored in half precision still load as fp32 by default: a spike is a threshold test, and half-precision
-    arithmetic would flip some, so the model is meant to compute in fp32 (transformers upcasts on load)."""
-    config = json.loads(config_file.read_text())
-    config["dtype"] = "float32"
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def export_model(model, tokenizer, output_dir: str | Path, card: str | None = None, dtype=None) -> Path:
+def export_model(
+    model, state_dict: dict[str, torch.Tensor], tokenizer, output_dir: str | Path, card: str | None = None, dtype=None
+) -> Path:
     """The final model into ``output_dir`` itself (a Hugging Face directory), each file written beside its target
-    and renamed over it, so a killed export never leaves a truncated file. ``dtype`` (e.g. torch.bfloat16) casts
-    the model in place, all but its time_decay and time_first, before it is written."""
+    and renamed over it, so a killed export never leaves a truncated file. ``state_dict`` is the whole model's
+    (``Accelerator.get_state_dict``, which gathers FSDP and ZeRO-3 shards); ``dtype`` (e.g. torch.bfloat16) stores
+    all of it but time_decay and time_first in that type, while the config still says float32: a spike is a
+    threshold test, and half-precision arithmetic would flip some, so the model is meant to compute in fp32
+    (transformers upcasts on load)."""
     root = Path(output_dir)
     temp = root / f"{TEMP_PREFIX}export"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
     if dtype is not None:
-        for name, param in model.named_parameters():
-            if not name.endswith(FP32_PARAMETERS):
-                param.data = param.data.to(dtype)
-    model.save_pretrained(temp, safe_serialization=True)
-    if dtype is not None:
-        _declare_fp32(temp / "config.json")
+        state_dict = {
+            name: t if name.endswith(FP32_PARAMETERS) or not t.is_floating_point() else t.to(dtype)
+            for name, t in state_dict.items()
+        }
+    model.save_pretrained(temp, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(temp)
     if card is not None:
         (temp / "README.md").write_text(card, encoding="utf-8")

@@ -23,7 +23,10 @@ MODEL_FLAGS = {
     "ctx_len": (int, "context length trained on (tokens per block)"),
     "dropout": (float, "dropout on the residual stream after each block (the original: 0.03)"),
     "lif_threshold": (float, "LIF firing threshold (the target of threshold annealing)"),
-    "spike_placement": (str, "where the spikes go: 'residual' (published SpikeGPT) or 'inputs' (every projection reads spikes)"),
+    "spike_placement": (
+        str,
+        "where the spikes go: 'residual' (published SpikeGPT) or 'inputs' (every projection reads spikes)",
+    ),
     "input_spikes": (str, "with --spike-placement inputs: 'binary' (LIF spikes) or 'counts' (integer spike counts)"),
     "spike_count_max": (int, "with --input-spikes counts: K, the largest count (inputs in -K..K)"),
     "spike_count_scale": (float, "with --input-spikes counts: k in the adaptive threshold mean|x| / k"),

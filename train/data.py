@@ -5,7 +5,8 @@ Every dataset goes through ``datasets.load_dataset``: a Hub name as it is, local
 (separated by the tokenizer's end-of-text token, except for plain text files, whose lines are the file's own
 text) and packed into blocks of ``ctx_len + 1`` tokens with a stride of ``ctx_len``: block i holds inputs
 ``t[i·ctx_len : (i+1)·ctx_len]`` and their next tokens, so every token after the first is a target exactly once;
-the last, shorter block is padded with ``PAD`` (ignored by the loss).
+the last, shorter block is padded with ``PAD``. Padding is never fed to the model: evaluation reads that block cut
+to its length, training leaves it out (fewer than ``ctx_len`` tokens).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from spikegpt.errors import DatasetError
+from spikegpt.model import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-PAD = -100  # label value the loss ignores; never fed to the model as an input
+PAD = IGNORE_INDEX  # the label value the model's loss ignores; never fed to the model as an input
 BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -326,7 +328,9 @@ def training_data(corpus: Corpus, tokenizer, options, ctx_len: int, rank: int = 
         streams = split_streams(
             corpus, tokenizer, options.train_split, options.validation_split, options.validation_fraction
         )
-        batches = BlockBatches(pack(streams.train, ctx_len), options.batch_size, options.seed, rank, world)
+        blocks = pack(streams.train, ctx_len)
+        full = blocks[(blocks != PAD).all(axis=1)]  # the padded tail is left out of training
+        batches = BlockBatches(full, options.batch_size, options.seed, rank, world)
         validation = pack(streams.validation, ctx_len) if streams.validation is not None else None
         return TrainingData(batches, validation if validation is not None and len(validation) else None)
     train = corpus.split(options.train_split)

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spikegpt.stats import SpikeStats, projection_fan_in
@@ -132,7 +131,8 @@ def evaluate_with_stats(
     device = accelerator.device if accelerator is not None else (device or next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # the mean loss, summed batch by batch
+    n_targets = max(eval_set.n_tokens, 1)
     spikes = SpikeTotals(model, device)
     mine = eval_set.blocks[rank::world]
     batches = list(_batches(mine, batch_size))
@@ -140,21 +140,16 @@ def evaluate_with_stats(
     with autocast:
         for batch in tqdm(batches, desc="evaluating", leave=False, disable=not progress or rank != 0):
             ids = torch.from_numpy(batch.astype(np.int64)).to(device)
-            out = model(ids[:, :-1], output_spike_stats=True)
-            targets = ids[:, 1:]
-            loss_sum += F.cross_entropy(
-                out.logits.reshape(-1, out.logits.shape[-1]).float(),
-                targets.reshape(-1),
-                ignore_index=PAD,
-                reduction="sum",
-            )
+            # the model's loss over the whole set's target count: this batch's share of the mean
+            out = model(ids[:, :-1], shift_labels=ids[:, 1:], num_items_in_batch=n_targets, output_spike_stats=True)
+            loss_sum += out.loss
             spikes.add(out.spike_stats)
     if accelerator is not None and world > 1:
         loss_sum = accelerator.reduce(loss_sum, reduction="sum")
     spikes.reduce(accelerator)
     model.train(was_training)
-    nats = float(loss_sum) / max(eval_set.n_tokens, 1)
-    bits = float(loss_sum) / math.log(2)
+    nats = float(loss_sum)
+    bits = nats * n_targets / math.log(2)
     result = EvalResult(
         loss=nats,
         perplexity=math.exp(min(nats, 700.0)),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,33 +17,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 from spikegpt.errors import ConfigError, TrainingError
 from spikegpt.tokenizer import load_tokenizer
 
-from .checkpointing import (
-    export_model,
-    load_optimizer_state,
-    load_rank_state,
-    load_trainer_state,
-    resolve_resume,
-    save_checkpoint,
-)
+from .checkpointing import DataPosition, export_model, load_trainer_state, resolve_resume, save_checkpoint
 from .config import ACCELERATE_PRECISION, TrainConfig
-from .data import PAD, DataSource, load_corpus, training_data
+from .data import DataSource, load_corpus, training_data
 from .evaluate import EvalResult, SpikeTotals, evaluate, make_eval_set
 from .metrics import MetricsLog
 from .model_card import model_card
+from .nodes import share_tokenizer, shared_output_dir
 from .schedule import learning_rate, lif_threshold
 from .vocabulary import resolve_tokenizer
 
 logger = logging.getLogger(__name__)
 
 EXPORT_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-SHARED_TOKENIZER = ".tmp-tokenizer"
 L2WRAP_FACTOR = 1e-4  # the original SpikeGPT's L2Wrap (src/model.py)
 
 
@@ -63,40 +54,35 @@ def l2wrap_penalty(logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * L2WRAP_FACTOR * logits.float().amax(dim=-1).square().mean()
 
 
-def _model_source(cfg: TrainConfig, resume_from: Path | None) -> str | None:
-    """Where the weights come from: the checkpoint being resumed, ``--init-from``, or nowhere (a fresh model)."""
-    return str(resume_from) if resume_from is not None else cfg.init_from
-
-
-def build_model(cfg: TrainConfig, tokenizer, source: str | None) -> SpikeGPTForCausalLM:
-    """A fresh model sized for ``tokenizer``, or the one at ``source`` with ``cfg.model`` overriding its config."""
+def build_model(cfg: TrainConfig, tokenizer, resume_from: Path | None = None) -> SpikeGPTForCausalLM:
+    """A fresh model sized for ``tokenizer``, the ``--init-from`` one with ``cfg.model`` overriding its config, or
+    (resuming) one shaped by the checkpoint's config, whose weights come with the rest of its state."""
     try:
-        if source is None:
+        if resume_from is not None:
+            return SpikeGPTForCausalLM(SpikeGPTConfig.from_pretrained(resume_from))
+        if cfg.init_from is None:
             config = SpikeGPTConfig(
                 vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, **cfg.fresh_model_fields()
             )
             return SpikeGPTForCausalLM(config)
-        model = SpikeGPTForCausalLM.from_pretrained(source, dtype=torch.float32, **cfg.model)
+        model = SpikeGPTForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32, **cfg.model)
     except TypeError as e:
         raise ConfigError(f"invalid model option: {e}") from e
     if len(tokenizer) > model.config.vocab_size:
-        raise TrainingError(f"the tokenizer has {len(tokenizer)} tokens but {source} only {model.config.vocab_size}")
+        raise TrainingError(
+            f"the tokenizer has {len(tokenizer)} tokens but {cfg.init_from} only {model.config.vocab_size}"
+        )
     return model
 
 
-def _shared_tokenizer(accelerator, cfg: TrainConfig, corpus, resume_from: Path | None, output_dir: Path):
-    """The run's tokenizer: a resumed run's own; otherwise resolved once by the main process and read back by the
-    others (a learnt vocabulary must be the same on every process)."""
+def _run_tokenizer(accelerator, cfg: TrainConfig, corpus, resume_from: Path | None):
+    """The run's tokenizer: a resumed run's own (every machine holds its checkpoint); otherwise resolved once by
+    the main process and sent to the others (a learnt vocabulary must be the same on every process)."""
     if resume_from is not None:
         return load_tokenizer(resume_from)
-    shared = output_dir / SHARED_TOKENIZER
-    if accelerator.is_main_process:
-        tokenizer = resolve_tokenizer(cfg.tokenizer, cfg.init_from, corpus, cfg.train_split, cfg.vocab_size)
-        tokenizer.save_pretrained(shared)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        tokenizer = load_tokenizer(shared)
-    return tokenizer
+    return share_tokenizer(
+        accelerator, lambda: resolve_tokenizer(cfg.tokenizer, cfg.init_from, corpus, cfg.train_split, cfg.vocab_size)
+    )
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -115,20 +101,6 @@ def _total_steps(cfg: TrainConfig, tokens_per_step: int) -> int:
     if cfg.max_tokens is not None:
         limits.append(math.ceil(cfg.max_tokens / tokens_per_step))
     return min(limits)
-
-
-def _rank_state(batches) -> dict:
-    state = {"torch_rng": torch.get_rng_state(), "data": batches.state_dict()}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rank_state(state: dict, batches) -> None:
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    batches.load_state_dict(state["data"])
 
 
 def _eval_record(step: int, tokens: int, result: EvalResult) -> dict:
@@ -154,17 +126,22 @@ class Trainer:
         self.accelerator = accelerator = Accelerator(mixed_precision=ACCELERATE_PRECISION[cfg.precision], cpu=cpu)
         self.main, rank, self.world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
         self.output_dir = Path(cfg.output_dir)
-        resume_from = resolve_resume(cfg.resume, self.output_dir) if cfg.resume else None
         logger.info("process %d of %d on %s (%s)", rank, self.world, accelerator.device, accelerator.distributed_type)
-        if self.main:
+        if accelerator.is_local_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+        # without a shared filesystem every machine keeps whole checkpoints in its own output directory
+        self.per_node = not shared_output_dir(accelerator, self.output_dir)
+        accelerator.project_configuration.save_on_each_node = self.per_node
+        if self.per_node and self.main:
+            logger.info("the machines do not share %s: each keeps its own checkpoints there", self.output_dir)
+        resume_from = resolve_resume(cfg.resume, self.output_dir, accelerator) if cfg.resume else None
         set_seed(cfg.seed)  # the same initial weights on every process
 
         with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
             source = DataSource(cfg.dataset, cfg.dataset_config, cfg.text_field, cfg.cache_dir, cfg.streaming)
             corpus = load_corpus(source)
-        self.tokenizer = _shared_tokenizer(accelerator, cfg, corpus, resume_from, self.output_dir)
-        model = build_model(cfg, self.tokenizer, _model_source(cfg, resume_from))
+        self.tokenizer = _run_tokenizer(accelerator, cfg, corpus, resume_from)
+        model = build_model(cfg, self.tokenizer, resume_from)
         self.ctx_len = model.config.ctx_len
         with accelerator.main_process_first():
             self.data = training_data(corpus, self.tokenizer, cfg, self.ctx_len, rank, self.world)
@@ -176,13 +153,15 @@ class Trainer:
 
         self.model, self.optimizer = accelerator.prepare(model, _optimizer(model, cfg))
         self.unwrapped = accelerator.unwrap_model(self.model)
+        # save_state / load_state carry the data position along with the weights, optimizer, scaler and RNGs
+        accelerator.register_for_checkpointing(DataPosition(self.data.batches, rank, self.world))
         self.tokens_per_step = cfg.batch_size * self.ctx_len * cfg.grad_accum * self.world
         self.total_steps = _total_steps(cfg, self.tokens_per_step)
         self.decay_steps = cfg.lr_decay_steps or self.total_steps
         self.step, self.tokens_seen, self.elapsed_before = 0, 0, 0.0
         self.threshold_target = self.unwrapped.config.lif_threshold
         if resume_from is not None:
-            self._restore(resume_from, rank)
+            self._restore(resume_from)
         else:
             set_seed(cfg.seed + 1 + rank)  # dropout differs across processes
         if self.main:
@@ -197,15 +176,15 @@ class Trainer:
         self.metrics = MetricsLog(self.output_dir, resume_step=resume_step) if self.main else None
         self.started = time.perf_counter()
 
-    def _restore(self, checkpoint: Path, rank: int) -> None:
+    def _restore(self, checkpoint: Path) -> None:
         state = load_trainer_state(checkpoint)
+        if state["world_size"] != self.world:
+            raise TrainingError(
+                f"{checkpoint} was written by {state['world_size']} processes; resume it with {state['world_size']}"
+            )
+        self.accelerator.load_state(str(checkpoint))  # weights, optimizer, scaler, this process's RNG, data position
         self.step, self.tokens_seen, self.elapsed_before = state["step"], state["tokens"], state["wall_time_s"]
         self.threshold_target = state["lif_threshold_target"]
-        if state["world_size"] != self.world:
-            logger.warning("resuming a %d-process run with %d processes: the data order changes", state["world_size"],
-                           self.world)  # fmt: skip
-        self.optimizer.load_state_dict(load_optimizer_state(checkpoint))
-        _restore_rank_state(load_rank_state(checkpoint, rank), self.data.batches)
         logger.info("resumed from %s at step %d", checkpoint, self.step)
 
     def wall_time(self) -> float:
@@ -249,12 +228,10 @@ class Trainer:
     def _micro_step(self, block: np.ndarray, sync: bool, window: _Window) -> None:
         """Forward and backward of one micro-batch; gradients are all-reduced only when ``sync``."""
         accelerator, cfg = self.accelerator, self.cfg
-        ids = torch.from_numpy(block.astype(np.int64)).to(accelerator.device)
-        inputs, targets = ids[:, :-1].clamp(min=0), ids[:, 1:]  # a PAD input's own target is PAD: ignored
+        ids = torch.from_numpy(block.astype(np.int64)).to(accelerator.device)  # full blocks: no padding
         with nullcontext() if sync else accelerator.no_sync(self.model), accelerator.autocast():
-            out = self.model(inputs, output_spike_stats=True)
-            logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
-            loss = F.cross_entropy(logits, targets.reshape(-1), ignore_index=PAD)
+            out = self.model(ids[:, :-1], shift_labels=ids[:, 1:], output_spike_stats=True)
+            loss = out.loss
             objective = loss + l2wrap_penalty(out.logits) if cfg.l2wrap else loss
         accelerator.backward(objective / cfg.grad_accum)
         window.loss_sum += loss.detach() / cfg.grad_accum
@@ -304,18 +281,19 @@ class Trainer:
             "command": self.command,
             "validation": evaluation.to_dict() if evaluation is not None else None,
         }
-        save_checkpoint(self.accelerator, self.model, self.tokenizer, self.optimizer, trainer_state,
-                        _rank_state(self.data.batches), self.output_dir, self.cfg.keep_last)  # fmt: skip
+        save_checkpoint(self.accelerator, self.unwrapped.config, self.tokenizer, trainer_state, self.output_dir,
+                        self.cfg.keep_last, per_node=self.per_node)  # fmt: skip
 
     def _finish(self, evaluation: EvalResult | None) -> TrainSummary:
         """The final model into the output directory (and the Hub)."""
         cfg, wall_time = self.cfg, self.wall_time()
+        state_dict = self.accelerator.get_state_dict(self.model)  # every process: FSDP and ZeRO-3 gather shards
         if self.main:
             self.unwrapped.config.lif_threshold = self.threshold_target
             card = model_card(cfg, self.unwrapped.config, self.step, self.tokens_seen, wall_time, evaluation,
                               self.command)  # fmt: skip
-            export_model(self.unwrapped, self.tokenizer, self.output_dir, card, dtype=EXPORT_DTYPES[cfg.export_dtype])
-            shutil.rmtree(self.output_dir / SHARED_TOKENIZER, ignore_errors=True)
+            export_model(self.unwrapped, state_dict, self.tokenizer, self.output_dir, card,
+                         dtype=EXPORT_DTYPES[cfg.export_dtype])  # fmt: skip
             self.metrics.close()
             logger.info("trained %d steps (%d tokens) in %.0f s; model in %s", self.step, self.tokens_seen,
                         wall_time, self.output_dir)  # fmt: skip

@@ -65,14 +65,16 @@ row for the output projection, LayerNorms, neurons, token shift, gates or head; 
 Rule ``paper`` on an ``inputs`` model: the input spikes the table scales by are each projection's own, so its
 projections count as in strict (S·d_out AC) and only WKV differs (6·T·d MAC).
 
-Baselines: ``equal_bit_int8`` is a dense model of equal bit width: the spiking_off count with every block
-projection a dense int8 MAC (0.23 pJ, Horowitz 2014, 45 nm), the rest priced by the report's profile; Yan et al.
-(arXiv 2409.08290) find an SNN beats such an equal-bit quantized network only below about 6% spike rate once data
-movement is counted (here it is not). ``spiking_off`` is the same architecture with every spike function the identity (counted as strict on
+Baselines: ``spiking_off`` is the same architecture with every spike function the identity (counted as strict on
 a non-spiking model: no thresholds, no neurons, residual additions of real values as elementwise steps, every
 product a MAC); ``vanilla_gpt`` is the paper's formula for a GPT of the same width and depth over the same
 tokens, per layer and per sequence of T tokens: E_MAC · (3·T·d² + 2·T²·d + T² + 2·T² + FL_MLP) with
 FL_MLP = 2·T·d·F (Table 1's rows only: no output projection, LayerNorm, embedding or head).
+
+``equal_bit_int8`` is a dense model of equal bit width: the spiking_off count with every block projection a dense
+int8 MAC (0.23 pJ, Horowitz 2014, 45 nm), the rest priced by the report's profile. Yan et al. (arXiv 2409.08290)
+find an SNN beats such an equal-bit quantized network only below about 6% spike rate once data movement is
+counted (here it is not).
 """
 
 from __future__ import annotations

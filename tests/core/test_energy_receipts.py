@@ -17,7 +17,9 @@ from spikegpt.stats import SpikeStats, projection_names, site_names
 ONE_PJ_EACH = HardwareProfile("unit", mac_pj=1.0, ac_pj=1.0, neuron_pj=1.0, elementwise_pj=1.0)
 # d = 4, F = 8, V = 5, two blocks; two sequences of 3 and 2 tokens: T = 5
 SHAPE = dict(n_embd=4, ffn_hidden=8, vocab_size=5, n_layer=2)
-PROJECTIONS = projection_names(2, False)  # per block: att.key, .value, .receptance, .output, ffn.key, .receptance, .value
+PROJECTIONS = projection_names(
+    2, False
+)  # per block: att.key, .value, .receptance, .output, ffn.key, .receptance, .value
 FAN_OUT = [4, 4, 4, 4, 8, 4, 4] * 2
 FAN_IN = [4, 4, 4, 4, 4, 4, 8] * 2
 # made-up reads per row and projection: (nonzero elements, summed counts)
@@ -85,7 +87,9 @@ def test_event_and_strict_differ_exactly_by_the_zero_inputs():
     per_layer = [0, sum(zeros[0:4]), sum(zeros[4:7]), sum(zeros[7:11]), sum(zeros[11:14]), 0]
     assert [s.count("mac") - e.count("mac") for s, e in zip(strict, event, strict=True)] == per_layer
     for s, e in zip(strict, event, strict=True):
-        assert [s.count(k) for k in ("ac", "neuron", "elementwise")] == [e.count(k) for k in ("ac", "neuron", "elementwise")]
+        assert [s.count(k) for k in ("ac", "neuron", "elementwise")] == [
+            e.count(k) for k in ("ac", "neuron", "elementwise")
+        ]
         for ts, te in zip(s.terms, e.terms, strict=True):  # term by term, only the products differ
             assert ts.name == te.name and (ts.count == te.count or ts.kind == "mac")
 

@@ -7,6 +7,7 @@ import torch
 from conftest import lively_weights_, tiny_config
 
 from spikegpt import RecurrentState, SpikeGPTForCausalLM
+from spikegpt.model import IGNORE_INDEX
 
 SPLITS = [
     [1] * 23,  # token by token
@@ -128,6 +129,25 @@ def test_labels_give_shifted_cross_entropy(seed):
         out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), ids[:, 1:].reshape(-1)
     )
     torch.testing.assert_close(out.loss, expected)
+
+
+def test_shift_labels_ignore_padding_and_sum_over_num_items(seed):
+    """The one loss training and evaluation use: targets already aligned with the positions, -100 skipped, and
+    ``num_items_in_batch`` turning the mean into sum / count (a whole accumulated batch's count)."""
+    model = make_model(seed)
+    block = torch.randint(0, model.config.vocab_size, (2, 13))
+    targets = block[:, 1:].clone()
+    targets[1, 8:] = IGNORE_INDEX
+    out = model(block[:, :-1], shift_labels=targets)
+    kept = targets.reshape(-1) != IGNORE_INDEX
+    per_position = torch.nn.functional.cross_entropy(
+        out.logits.reshape(-1, out.logits.shape[-1]), targets.reshape(-1).clamp(min=0), reduction="none"
+    )
+    torch.testing.assert_close(out.loss, per_position[kept].mean())
+    summed = model(block[:, :-1], shift_labels=targets, num_items_in_batch=100).loss
+    torch.testing.assert_close(summed, per_position[kept].sum() / 100)
+    # the same loss as `labels` shifted inside, on the block itself
+    torch.testing.assert_close(model(block, labels=block).loss, model(block[:, :-1], shift_labels=block[:, 1:]).loss)
 
 
 def test_gradients_reach_every_parameter(seed):

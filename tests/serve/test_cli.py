@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import signal
 import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
 
 import httpx
 import pytest
+from serve_helpers import SPIKEGPT, ServerProcess
 
 from spikegpt.cli import build_parser, main
 from spikegpt.serve.cli import FLAGS, settings_from_args
-
-# the command installed beside this Python (where pip puts it), else the one on PATH
-SPIKEGPT = (
-    str(Path(sys.executable).with_name("spikegpt"))
-    if Path(sys.executable).with_name("spikegpt").exists()
-    else (shutil.which("spikegpt") or "spikegpt")
-)
 
 
 def test_help_explains_every_flag(capsys):
@@ -56,40 +43,6 @@ def test_a_bad_variable_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("SPIKEGPT_MAX_BATCH", "lots")
     with pytest.raises(SettingsError, match="SPIKEGPT_MAX_BATCH"):
         ServeSettings.from_env()
-
-
-class ServerProcess:
-    """``spikegpt serve`` in a subprocess on a port the OS picks (read back from its log)."""
-
-    def __init__(self, *args: str):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        command = [SPIKEGPT, "serve", "--port", "0", "--threads", "1", "--no-access-log", *args]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-        self.log: list[str] = []
-        self.started = threading.Event()
-        self.url = None
-        threading.Thread(target=self._read_log, daemon=True).start()
-
-    def _read_log(self) -> None:
-        for line in self.process.stderr:
-            self.log.append(line)
-            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-            if found:
-                self.url = found.group(1)
-                self.started.set()
-
-    def wait_ready(self, timeout: float = 120) -> str:
-        assert self.started.wait(timeout), "".join(self.log)
-        deadline = time.monotonic() + timeout
-        while httpx.get(self.url + "/health", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, "".join(self.log)
-            time.sleep(0.05)
-        return self.url
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=30)
 
 
 def test_a_model_that_cannot_load_exits_1_with_one_line():

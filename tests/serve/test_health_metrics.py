@@ -1,4 +1,5 @@
-"""/health while loading, after a failed load and when ready; /metrics counters as requests come and go."""
+"""/health (liveness) and /ready (readiness) while loading, after a failed load and when ready; /metrics counters as
+requests come and go."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from spikegpt.serve.host import load_checkpoint
 pytest_plugins = ["serve_fixtures"]  # the server and client fixtures
 
 
-def test_health_is_503_while_loading_then_200(tiny_model_dir):
+def test_ready_is_503_while_loading_then_200_and_health_200_throughout(tiny_model_dir):
     release = threading.Event()
 
     def slow_loader(settings):
@@ -22,13 +23,16 @@ def test_health_is_503_while_loading_then_200(tiny_model_dir):
 
     settings = tiny_settings(tiny_model_dir)
     with run_server(settings, loader=slow_loader, wait_ready=False) as server, server.client() as client:
-        loading = client.get("/health")
+        loading = client.get("/ready")
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        alive = client.get("/health")  # a liveness probe must not restart a server that is still loading
+        assert alive.status_code == 200 and alive.json()["status"] == "loading"
         refused = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_loading"
         release.set()
         wait_until_ready(server)
-        assert client.get("/health").json() == {"status": "ready", "model": server.host.model_name}
+        assert client.get("/ready").json() == {"status": "ready", "model": server.host.model_name}
+        assert client.get("/health").status_code == 200
         assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
 
 
@@ -43,7 +47,7 @@ def test_health_reports_a_failed_load(tiny_model_dir):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert health["status"] == "failed" and "truncated" in health["error"]
-        assert client.get("/health").status_code == 503
+        assert client.get("/health").status_code == 503 and client.get("/ready").status_code == 503
         assert client.post("/v1/completions", json={"prompt": "Hi"}).json()["error"]["code"] == "model_failed"
 
 
