@@ -19,6 +19,8 @@ from .errors import install_error_handlers
 from .host import Loader, ModelHost, load_checkpoint
 from .metrics import ServerMetrics
 from .middleware import ApiKeyMiddleware, BodySizeLimitMiddleware
+from .openapi import install_openapi
+from .playground import install_playground
 from .routes import router
 from .settings import ServeSettings
 
@@ -47,6 +49,8 @@ def create_app(
     app.state.host = host
     install_error_handlers(app)
     app.include_router(router)
+    install_openapi(app)
+    install_playground(app)
     # the last added runs first: CORS (so that every answer carries its headers), then the key, then the size limit
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     if settings.api_key:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 
 from spikegpt.commands.common import add_model_arguments
 
@@ -136,7 +137,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 def _draining_server(config, host):
     """A uvicorn server that drains before it shuts down: on SIGTERM the host stops taking requests (``/ready``
     and new requests answer 503, which a load balancer retries elsewhere) and the requests in flight run to their
-    end or the grace, all while the port stays open; only then does uvicorn close it (a second signal: at once)."""
+    end or the grace, all while the port stays open; only then does uvicorn close it (a second signal: at once).
+    After a clean shutdown the process exits with status 0 (uvicorn alone would re-raise the signal)."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
@@ -147,6 +149,13 @@ def _draining_server(config, host):
                 await asyncio.wait([drained], timeout=0.05)
             drained.cancel()
             await super().shutdown(sockets)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                if not self.force_exit:  # shut down as asked: nothing left to re-raise
+                    self._captured_signals.clear()
 
     return DrainingServer(config)
 

@@ -10,7 +10,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,16 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class ClientDisconnectedError(Exception):
+    """The client closed the connection before the response was complete."""
+
+
+def unsupported_media_type(content_type: str | None) -> APIError:
+    got = f"got {content_type!r}" if content_type else "got none"
+    message = f"the request body must be JSON, sent with 'Content-Type: application/json' ({got})"
+    return APIError(415, message, code="unsupported_media_type")
 
 
 def invalid(message: str, param: str | None = None) -> APIError:
@@ -99,6 +109,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}"
         return APIError(exc.status_code, message, type=kind, headers=exc.headers).response()
+
+    @app.exception_handler(ClientDisconnectedError)
+    async def client_left(request: Request, exc: ClientDisconnectedError) -> Response:
+        logger.info("%s %s cancelled: the client left while sending its request", request.method, request.url.path)
+        return Response(status_code=204)  # nobody is listening any more
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

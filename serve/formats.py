@@ -68,6 +68,12 @@ class Choice:
         return text, entries
 
 
+def token_spikes(events: list[GenerationEvent]) -> list[dict]:
+    """A chunk's ``spikes`` (with ``stream_options.include_spikes``): for each token the chunk carries, the tokens
+    the model read to produce it and the spikes at every site, in the model's site order."""
+    return [{"tokens": e.spikes.tokens, "counts": e.spikes.counts} for e in events if e.spikes is not None]
+
+
 class _Format:
     id_prefix: str
     object: str  # of a whole response

@@ -21,22 +21,18 @@ from starlette.requests import Request
 
 from spikegpt.energy import energy_field
 from spikegpt.engine import GenerationEvent, GenerationRequest
-from spikegpt.errors import GenerationError
 from spikegpt.sampling import SamplingParams
 from spikegpt.stats import SpikeStats
 
-from .errors import APIError, invalid, server_error, shutting_down
-from .formats import ChatFormat, Choice, CompletionFormat
+from .errors import APIError, ClientDisconnectedError, server_error, shutting_down
+from .formats import ChatFormat, Choice, CompletionFormat, token_spikes
 from .host import ModelHost
+from .lifecycle import RequestLife
 from .worker import QueueFullError, ShuttingDownError
 
 logger = logging.getLogger(__name__)
 
 DONE = "data: [DONE]\n\n"
-
-
-class ClientDisconnectedError(Exception):
-    """The client closed the connection before the response was complete."""
 
 
 def sse(payload: dict) -> str:
@@ -56,19 +52,19 @@ class Job:
         self,
         host: ModelHost,
         fmt: CompletionFormat | ChatFormat,
-        endpoint: str,
+        life: RequestLife,
         prompts: list[Prompt],
         params_for_choice: list[SamplingParams],
         logprobs: int | None,
         include_usage: bool,
-        arrival: float,
         prompt_logprobs: bool = False,
+        include_spikes: bool = False,
     ):
         self.host = host
         self.fmt = fmt
-        self.endpoint = endpoint
+        self.life = life
         self.include_usage = include_usage
-        self.arrival = arrival
+        self.include_spikes = include_spikes
         self.wants_logprobs = logprobs is not None
         self.id = fmt.id_prefix + uuid.uuid4().hex
         self.created = int(time.time())
@@ -80,7 +76,7 @@ class Job:
             for c, params in enumerate(params_for_choice):
                 request_id = f"{self.id}-{p_index * n + c}"
                 want_prompt = logprobs if prompt_logprobs and prompt.echo is not None else None
-                self.requests.append(GenerationRequest(request_id, prompt.ids, params, want_prompt))
+                self.requests.append(GenerationRequest(request_id, prompt.ids, params, want_prompt, include_spikes))
                 self.choices[request_id] = Choice(p_index * n + c, request_id, prompt.ids, prompt.echo)
 
     @property
@@ -107,18 +103,16 @@ class Job:
         """Why the request could not complete: a sequence failed, or the server ended it while shutting down (the
         only other source of an abort is this request's own cancellation, which never reaches here)."""
         for choice in self.choices.values():
-            if choice.finish_reason == "error":
-                return server_error(f"generation failed: {choice.error}")
+            if choice.finish_reason == "error":  # the details are in the log; the client learns the stage only
+                return server_error(f"generation failed (stage: {choice.error}); see the server's log")
             if choice.finish_reason == "abort":
                 return shutting_down()
         return None
 
     def finish(self) -> dict:
-        """The "energy" field, with the request accounted in the metrics."""
+        """The "energy" field, with the request's tokens and energy accounted in the metrics."""
         energy = self.energy()
-        self.host.metrics.generation_done(
-            self.prompt_tokens, self.completion_tokens, time.monotonic() - self.arrival, energy
-        )
+        self.life.answered(self.prompt_tokens, self.completion_tokens, energy)
         return energy
 
     def response(self) -> dict:
@@ -145,14 +139,12 @@ class Generation:
     def open(self) -> Generation:
         worker = self.job.host.worker
         try:
-            self.submission = worker.submit(self.job.requests, self.job.arrival)
+            self.submission = worker.submit(self.job.requests, self.job.life)
         except QueueFullError:
             message = "the server is busy: every batch slot is taken and the queue is full; retry later"
             raise APIError(429, message, "rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
         except ShuttingDownError:
             raise shutting_down() from None
-        except GenerationError as e:
-            raise invalid(str(e), e.param) from e
         self._watcher = asyncio.create_task(self._watch_disconnect())
         return self
 
@@ -205,7 +197,7 @@ async def stream(job: Job, generation: Generation) -> AsyncIterator[str]:
     (the usage chunk with stream_options.include_usage), then ``data: [DONE]``. A failure mid-stream is sent as
     an error event (which OpenAI clients raise) before ``[DONE]``."""
     fmt = job.fmt
-    outcome = "cancelled"
+    outcome = None  # None at the end: the client left (or the response was cancelled) before it was complete
     try:
         envelope = job.envelope(fmt.chunk_object)
         if job.include_usage:
@@ -220,10 +212,12 @@ async def stream(job: Job, generation: Generation) -> AsyncIterator[str]:
                 text, entries = choice.absorb(events, job.wants_logprobs)
                 logprobs = entries if job.wants_logprobs else None
                 chunk_choice = fmt.chunk_choice(choice, text, logprobs, choice.finish_reason)
+                if job.include_spikes:
+                    chunk_choice["spikes"] = token_spikes(events)
                 chunks.append({**envelope, "choices": [chunk_choice]})
             failure = job.failure()
             if failure is not None:
-                outcome = "error"
+                outcome = failure
                 yield sse(failure.body()) + DONE
                 return
             if not generation.remaining:
@@ -239,8 +233,13 @@ async def stream(job: Job, generation: Generation) -> AsyncIterator[str]:
         pass
     except Exception:  # a bug here must still end the stream properly
         logger.exception("stream %s failed", job.id)
-        outcome = "error"
-        yield sse(server_error().body()) + DONE
+        outcome = server_error()
+        yield sse(outcome.body()) + DONE
     finally:
         generation.close()
-        job.host.metrics.request_done(job.endpoint, outcome)
+        if outcome == "success":
+            job.life.end("success")
+        elif outcome is None:
+            job.life.cancelled(f"during the stream {job.id}")
+        else:
+            job.life.failed(outcome)

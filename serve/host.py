@@ -25,6 +25,7 @@ from spikegpt.sampling import SamplingParams
 from .errors import APIError, shutting_down
 from .formats import TokenTexts
 from .metrics import ServerMetrics
+from .protocol import ServerLimits
 from .settings import ServeSettings, SettingsError
 from .worker import EngineWorker
 
@@ -59,10 +60,23 @@ class ModelHost:
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self.token_texts: TokenTexts | None = None
         self.worker: EngineWorker | None = None
+        self.limits: ServerLimits | None = None  # what requests are validated against, once the model is loaded
 
     @property
     def config(self):
         return self.model.config
+
+    def spiking(self) -> dict:
+        """How to read the model's spike counts (the model card's ``spiking``): where the spikes are, the sites in
+        the order of every list of counts, and the values each site produces per token (count / (tokens * width)
+        is a firing rate)."""
+        config = self.config
+        return {
+            "placement": getattr(config, "spike_placement", "residual"),  # the published placement is the default
+            "sites": list(self.model.model.sites),
+            "site_width": config.n_embd,
+            "n_layer": config.n_layer,
+        }
 
     async def load(self) -> None:
         started = time.monotonic()
@@ -82,6 +96,8 @@ class ModelHost:
             return
         self.model, self.tokenizer, self.token_texts = model, tokenizer, TokenTexts(tokenizer)
         self.worker = EngineWorker(engine, self.settings.max_queue, self.metrics)
+        s = self.settings
+        self.limits = ServerLimits(model.config.vocab_size, s.max_prompt_tokens, s.max_tokens_cap, self.worker.capacity)
         self.worker.start()
         if self.status == "loading":
             self.status = "ready"

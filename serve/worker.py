@@ -15,6 +15,7 @@ import time
 
 from spikegpt.engine import Engine, GenerationEvent, GenerationRequest
 
+from .lifecycle import RequestLife
 from .metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -31,12 +32,11 @@ class ShuttingDownError(Exception):
 class Submission:
     """The sequences of one HTTP request inside the engine; their events arrive on ``events`` in order."""
 
-    def __init__(self, requests: list[GenerationRequest], arrival: float):
+    def __init__(self, requests: list[GenerationRequest], life: RequestLife):
         self.ids = [r.request_id for r in requests]
-        self.arrival = arrival
+        self.life = life
         self.events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
         self.unfinished = set(self.ids)
-        self.last_token_at: dict[str, float] = {}
 
 
 class EngineWorker:
@@ -57,16 +57,14 @@ class EngineWorker:
         self._loop = asyncio.get_running_loop()
         self._thread.start()
 
-    def submit(self, requests: list[GenerationRequest], arrival: float) -> Submission:
-        """Queue the sequences of one request. Raises QueueFullError, ShuttingDownError, or GenerationError (bad
-        prompt) before anything is queued."""
+    def submit(self, requests: list[GenerationRequest], life: RequestLife) -> Submission:
+        """Queue the sequences of one (validated) request. Raises QueueFullError or ShuttingDownError before
+        anything is queued."""
         if not self.accepting:
             raise ShuttingDownError()
         if self._outstanding + len(requests) > self.capacity:
             raise QueueFullError()
-        for request in requests:
-            self.engine.check(request)
-        submission = Submission(requests, arrival)
+        submission = Submission(requests, life)
         for request in requests:
             self._submissions[request.request_id] = submission
             self.engine.submit(request)
@@ -94,18 +92,11 @@ class EngineWorker:
             submission = self._submissions.get(event.request_id)
             if submission is None:
                 continue
-            if event.token is not None:
-                last = submission.last_token_at.get(event.request_id)
-                if last is None:
-                    self.metrics.ttft.observe(now - submission.arrival)
-                else:
-                    self.metrics.itl.observe(now - last)
-                submission.last_token_at[event.request_id] = now
+            submission.life.observe(event, now)
             if event.finish_reason is not None:
                 del self._submissions[event.request_id]
                 submission.unfinished.discard(event.request_id)
                 self._outstanding -= 1
-                self.metrics.sequences_finished.labels(finished_reason=event.finish_reason).inc()
             submission.events.put_nowait(event)
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -129,9 +120,9 @@ class EngineWorker:
                 continue
             try:
                 events = engine.step()
-            except Exception as e:  # a bug in a step must not stop the server: fail what was in flight, go on
+            except Exception:  # a bug in a step must not stop the server: fail what was in flight, go on
                 logger.exception("engine step failed; ending the requests in flight")
-                events = engine.fail_all(f"internal error: {type(e).__name__}")
+                events = engine.fail_all()
             self.metrics.running.set(engine.running)
             self.metrics.waiting.set(engine.waiting)
             if events:

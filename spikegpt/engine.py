@@ -14,6 +14,11 @@ are decoded (cheaper at low concurrency for large models, but the last bits of a
 size). The step's cost is then mostly fixed (per-operation overhead plus the padded rows), which is why serving
 many sequences at once costs little more than serving one.
 
+Faults are isolated per request: a failure while admitting, prefilling, sampling or detokenising one request
+ends that request alone, with a final event whose finish_reason is "error" and whose ``error`` names the stage
+(never the exception's text: that goes to the log); its slot is freed at once. Only a failure of the batched
+decoding step ends every sequence in it, each with its final event and its slot back.
+
 ``submit`` and ``abort`` may be called from any thread; ``step`` from one thread only.
 """
 
@@ -29,7 +34,6 @@ from transformers import PreTrainedTokenizerFast
 
 from spikegpt.kernels import kernel_backend
 
-from .errors import GenerationError
 from .model import SpikeGPTForCausalLM
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
 from .state import RecurrentState
@@ -44,12 +48,25 @@ PROMPT_LOGPROBS_CHUNK = 128  # positions whose full-vocabulary logits are held a
 @dataclass(frozen=True)
 class GenerationRequest:
     """One sequence to generate. ``prompt_logprobs`` k (with echo and logprobs) asks for every prompt token's
-    log-probability and its k best alternatives, on the first event."""
+    log-probability and its k best alternatives, on the first event. ``token_spikes`` asks for every token's
+    spikes on its event (one host transfer per step, for the rows that ask)."""
 
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
     prompt_logprobs: int | None = None
+    token_spikes: bool = False
+
+
+@dataclass(frozen=True)
+class TokenSpikes:
+    """The spikes of the forward pass whose logits a token was sampled from: for the first generated token the
+    prompt's pass (``tokens``: the prompt tokens it read), for each later one the step that read the token
+    before it (``tokens`` = 1). ``counts``: spikes per site, in the model's site order (``SpikeStats.sites``).
+    Summed over a sequence's events they are exactly its final ``stats``."""
+
+    tokens: int
+    counts: list[int]
 
 
 @dataclass
@@ -60,7 +77,10 @@ class GenerationEvent:
     token: the token this event is about (None on a final event that carries no token).
     finish_reason: None while running; then "stop" (EOS, stop token or stop string), "length", "abort" or "error".
     stats: on the final event, the spikes of every token the model processed for this request.
+    error: with finish_reason "error", the stage that failed ("admit", "prefill", "decode", "sample",
+        "detokenize"); the details are in the log.
     prompt_logprobs: on the first event, when asked for: None for the first prompt token, then one choice each.
+    spikes: with the request's ``token_spikes``, on every event that carries a token.
     """
 
     request_id: str
@@ -72,6 +92,7 @@ class GenerationEvent:
     stats: SpikeStats | None = None
     error: str | None = None
     prompt_logprobs: list[TokenChoice | None] | None = None
+    spikes: TokenSpikes | None = None
 
 
 class _DecodeStep(torch.nn.Module):
@@ -113,6 +134,7 @@ class _Sequence:
         self.text = text
         self.completion_tokens = 0
         self.prompt_logprobs: list[TokenChoice | None] | None = None
+        self.reported: tuple[int, list[int]] | None = None  # with token_spikes: (tokens, counts) reported so far
 
 
 class Engine:
@@ -161,16 +183,9 @@ class Engine:
             self.decode_step = self._model_step
 
     # -- called from any thread -------------------------------------------------------------------------------
-    def check(self, request: GenerationRequest) -> None:
-        """Raise GenerationError if the engine cannot run ``request``."""
-        if not request.prompt_ids:
-            raise GenerationError("the prompt is empty: give at least one token", param="prompt")
-        if any(not 0 <= t < self.vocab_size for t in request.prompt_ids):
-            raise GenerationError(f"prompt token ids must be in [0, {self.vocab_size})", param="prompt")
-
     def submit(self, request: GenerationRequest) -> None:
-        """Queue a request; it is admitted at the start of a later step. Raises GenerationError if invalid."""
-        self.check(request)
+        """Queue a request; it is admitted at the start of a later step. The server has validated it; a request
+        the engine cannot run (an empty prompt, a token outside the vocabulary) ends with an "admit" error."""
         self._inbox.put(("submit", request))
 
     def abort(self, request_id: str) -> None:
@@ -204,16 +219,16 @@ class Engine:
             self._sample(ready, events)
         return events
 
-    def fail_all(self, message: str) -> list[GenerationEvent]:
+    def fail_all(self) -> list[GenerationEvent]:
         """End every queued and running request with an error (after an unexpected failure of ``step``)."""
         events: list[GenerationEvent] = []
         self._drain_inbox(events)
         for request in self._waiting:
-            events.append(self._rejected(request, "error", message))
+            events.append(self._rejected(request, "error", "step"))
         self._waiting.clear()
         for seq in self.slots:
             if seq is not None:
-                events.append(self._finish(seq, "error", None, error=message))
+                events.append(self._finish(seq, "error", None, error="step"))
         return events
 
     def _rejected(self, request: GenerationRequest, reason: str, error: str | None = None) -> GenerationEvent:
@@ -263,21 +278,28 @@ class Engine:
         return state, logits[-1], stats, prompt_logprobs if want is not None else None
 
     def _admit(self, request: GenerationRequest, events: list[GenerationEvent]) -> _Sequence | None:
+        """Prefill ``request`` into a free slot; on any failure it alone ends with an error and the slot stays free."""
         slot = self.slots.index(None)
+        stage = "admit"
         try:
+            if not request.prompt_ids or not all(0 <= t < self.vocab_size for t in request.prompt_ids):
+                raise ValueError(f"prompt token ids must be a non-empty list in [0, {self.vocab_size})")
+            stage = "prefill"
             state, logits, stats, prompt_logprobs = self._prefill(request)
-        except Exception as e:  # one bad request must not stop the others
-            logger.exception("prefill failed for request %s", request.request_id)
-            events.append(self._rejected(request, "error", str(e)))
+            stage = "admit"
+            self.state.write_rows([slot], state)
+            self.logits[slot] = logits
+            self.counts[slot] = stats.counts[0]
+            self.reads[slot] = stats.reads[0]
+            self.tokens[slot] = stats.tokens[0]
+            self.head_tokens[slot] = stats.head_tokens[0]
+            self.sampler.start(slot, request.params, request.prompt_ids)
+            seq = _Sequence(request, slot, TextStream(self.tokenizer, request.params.stop))
+        except Exception:  # one bad request must not stop the others
+            logger.exception("%s failed for request %s", stage, request.request_id)
+            self.sampler.release(slot)
+            events.append(self._rejected(request, "error", stage))
             return None
-        self.state.write_rows([slot], state)
-        self.logits[slot] = logits
-        self.counts[slot] = stats.counts[0]
-        self.reads[slot] = stats.reads[0]
-        self.tokens[slot] = stats.tokens[0]
-        self.head_tokens[slot] = stats.head_tokens[0]
-        self.sampler.start(slot, request.params, request.prompt_ids)
-        seq = _Sequence(request, slot, TextStream(self.tokenizer, request.params.stop))
         seq.prompt_logprobs = prompt_logprobs
         self.slots[slot] = seq
         return seq
@@ -301,10 +323,10 @@ class Engine:
                 self.reads[rows] += reads
                 self.tokens[rows] += 1
                 self.head_tokens[rows] += 1
-        except Exception as e:
-            logger.exception("decoding step failed")
+        except Exception:  # the batched step itself: every sequence in it ends
+            logger.exception("decoding step failed; ending the %d sequences in it", len(running))
             for seq in running:
-                events.append(self._finish(seq, "error", None, error=str(e)))
+                events.append(self._finish(seq, "error", None, error="decode"))
             return False
         return True
 
@@ -314,41 +336,83 @@ class Engine:
         return out.logits[:, -1], out.state, (out.spike_stats.counts, out.spike_stats.reads)
 
     def _sample(self, ready: list[_Sequence], events: list[GenerationEvent]) -> None:
+        """One batched sampling pass; if it fails, each sequence is sampled alone with the same random numbers (a
+        row's result never depends on the others), so only a sequence that fails by itself ends."""
+        slots = [s.slot for s in ready]
+        uniforms = self.sampler.draw(slots)
+        spikes = self._token_spikes(ready)
         try:
-            tokens, choices = self.sampler.sample(self.logits, [s.slot for s in ready])
-        except Exception as e:
-            logger.exception("sampling failed")
-            for seq in ready:
-                events.append(self._finish(seq, "error", None, error=str(e)))
+            tokens, choices = self.sampler.sample(self.logits, slots, uniforms)
+        except Exception:
+            logger.exception("batched sampling failed; sampling its %d sequences one by one", len(ready))
+        else:
+            self.next_tokens[:, 0] = tokens
+            for seq, choice in zip(ready, choices, strict=True):
+                self._advance(seq, choice, events, spikes.get(seq.slot))
             return
-        self.next_tokens[:, 0] = tokens
-        for seq, choice in zip(ready, choices, strict=True):
-            self._advance(seq, choice, events)
+        for seq, uniform in zip(ready, uniforms, strict=True):
+            try:
+                tokens, (choice,) = self.sampler.sample(self.logits, [seq.slot], [uniform])
+            except Exception:
+                logger.exception("sampling failed for request %s", seq.request.request_id)
+                events.append(self._finish(seq, "error", None, error="sample"))
+                continue
+            self.next_tokens[seq.slot, 0] = tokens[seq.slot]
+            self._advance(seq, choice, events, spikes.get(seq.slot))
 
-    def _advance(self, seq: _Sequence, choice: TokenChoice, events: list[GenerationEvent]) -> None:
-        """Take the sequence's next token and decide whether it is finished."""
+    def _token_spikes(self, ready: list[_Sequence]) -> dict[int, TokenSpikes]:
+        """The spikes since the last report of each sequence that asks for them, by slot: the difference of its
+        running totals, so that what is reported always adds up to the final statistics."""
+        asking = [seq for seq in ready if seq.request.token_spikes]
+        if not asking:
+            return {}
+        rows = [seq.slot for seq in asking]
+        # the counters are int64 (exact however long a sequence runs); one tensor, one transfer
+        flat = torch.cat([self.counts[rows], self.tokens[rows, None]], dim=1).tolist()
+        out = {}
+        for seq, (*counts, tokens) in zip(asking, flat, strict=True):
+            old_tokens, old_counts = seq.reported or (0, [0] * len(counts))
+            out[seq.slot] = TokenSpikes(tokens - old_tokens, [c - o for c, o in zip(counts, old_counts, strict=True)])
+            seq.reported = (tokens, counts)
+        return out
+
+    def _advance(
+        self, seq: _Sequence, choice: TokenChoice, events: list[GenerationEvent], spikes: TokenSpikes | None = None
+    ) -> None:
+        """Take the sequence's next token (and the spikes that led to it) and decide whether it is finished."""
         params = seq.request.params
         seq.completion_tokens += 1
-        is_eos = choice.token_id == self.eos_token_id and not params.ignore_eos
-        if is_eos or choice.token_id in params.stop_token_ids:
-            event = self._finish(seq, "stop", choice)
-        else:
-            text = seq.text.push(choice.token_id)
-            if seq.text.stopped:
-                event = self._finish(seq, "stop", choice, text)
-            elif seq.completion_tokens >= params.max_tokens:
-                event = self._finish(seq, "length", choice, text + seq.text.finish())
+        try:
+            is_eos = choice.token_id == self.eos_token_id and not params.ignore_eos
+            if is_eos or choice.token_id in params.stop_token_ids:
+                event = self._finish(seq, "stop", choice)
             else:
-                request = seq.request
-                event = GenerationEvent(
-                    request.request_id, text, choice, len(request.prompt_ids), seq.completion_tokens
-                )
+                text = seq.text.push(choice.token_id)
+                if seq.text.stopped:
+                    event = self._finish(seq, "stop", choice, text)
+                elif seq.completion_tokens >= params.max_tokens:
+                    event = self._finish(seq, "length", choice, text)
+                else:
+                    request = seq.request
+                    event = GenerationEvent(
+                        request.request_id, text, choice, len(request.prompt_ids), seq.completion_tokens
+                    )
+        except Exception:
+            logger.exception("detokenizing failed for request %s", seq.request.request_id)
+            if self.slots[seq.slot] is seq:
+                events.append(self._finish(seq, "error", None, error="detokenize"))
+            return
         event.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
+        event.spikes = spikes
         events.append(event)
 
     def _finish(
         self, seq: _Sequence, reason: str, choice: TokenChoice | None, text: str = "", error: str | None = None
     ) -> GenerationEvent:
+        """End the sequence: free its slot and, when it ended normally (EOS, stop token or string, length), release
+        the text held back for a possible stop string."""
+        if reason in ("stop", "length"):
+            text += seq.text.finish()
         self.slots[seq.slot] = None
         self.sampler.release(seq.slot)
         row = slice(seq.slot, seq.slot + 1)

@@ -13,6 +13,10 @@ class CheckpointError(SpikeGPTError):
     """A checkpoint file or directory is missing, truncated, or does not match the model."""
 
 
+class DeviceError(SpikeGPTError, ValueError):
+    """The torch device asked for does not exist or is not available on this machine."""
+
+
 class TokenizerError(SpikeGPTError):
     """A tokenizer cannot be found, loaded or built."""
 

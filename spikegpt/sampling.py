@@ -9,7 +9,6 @@ does not ask for it, so skipping it changes no row's result.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 
@@ -17,17 +16,75 @@ import torch
 
 from .errors import GenerationError
 
-MAX_TOP_LOGPROBS = 20
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_STOP_TOKEN_IDS = 64
+MAX_N = 16  # choices per prompt
+
+# A temperature or top_p below this is greedy decoding. The sampler's per-row values are float32, in which a
+# temperature near 1e-38 becomes 0 (and divides) and a top_p near 1e-46 becomes 0 (and drops every token); well
+# before that, a temperature this small already gives the most likely token every time, and a top_p this small
+# keeps only it (the most likely token of a vocabulary under 100,000 tokens has a probability above 1e-5). vLLM
+# draws the same line for temperature (1e-5, ``_SAMPLING_EPS``).
+GREEDY_BELOW = 1e-5
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The closed range ``[low, high]`` of a parameter (``low`` excluded when ``low_open``)."""
+
+    low: float
+    high: float
+    low_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        return above and value <= self.high  # False for NaN
+
+    def describe(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+    def constraints(self) -> dict:
+        """As pydantic's Field arguments."""
+        return {"gt" if self.low_open else "ge": self.low, "le": self.high}
+
+
+# THE table of limits: the server's request models are built from it, SamplingParams checks the same ranges
+# (for callers of the library), and the sampler relies on them (every value fits its tensors).
+LIMITS: dict[str, Bound] = {
+    "max_tokens": Bound(1, INT64_MAX),
+    "temperature": Bound(0, 2),
+    "top_p": Bound(0, 1, low_open=True),
+    "top_k": Bound(-1, INT64_MAX),  # 0 or -1: off; above the vocabulary: off
+    "min_p": Bound(0, 1),
+    "presence_penalty": Bound(-2, 2),
+    "frequency_penalty": Bound(-2, 2),
+    "repetition_penalty": Bound(0.01, 10),  # divides and multiplies logits: a smaller one overflows float32
+    "seed": Bound(INT64_MIN, INT64_MAX),
+    "logprobs": Bound(0, MAX_TOP_LOGPROBS),
+    "n": Bound(1, MAX_N),
+    "token_id": Bound(0, INT64_MAX),  # and below the model's vocabulary size, which the server checks
+}
+
+
+def choice_seed(seed: int, choice: int) -> int:
+    """The seed of choice ``choice`` of a request with ``seed``: seed + choice, wrapped into int64."""
+    return (seed + choice - INT64_MIN) % 2**64 + INT64_MIN
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick each next token and when to stop (the OpenAI API's parameters, with vLLM's extras).
 
-    temperature 0 means greedy. top_k 0 and top_p 1 and min_p 0 switch those filters off. presence and frequency
-    penalties act on generated tokens (OpenAI); repetition_penalty (> 1 discourages) acts on prompt and generated
-    tokens (Hugging Face, vLLM). seed None draws a random seed. logprobs None returns none; k returns the chosen
-    token's log-probability and the k most likely alternatives (raw model distribution, before any processing).
+    temperature 0 (or below ``GREEDY_BELOW``) means greedy, and so does a top_p below ``GREEDY_BELOW``. top_k 0
+    (or -1) and top_p 1 and min_p 0 switch those filters off. presence and frequency penalties act on generated
+    tokens (OpenAI); repetition_penalty (> 1 discourages) acts on prompt and generated tokens (Hugging Face, vLLM).
+    seed None draws a random seed. logprobs None returns none; k returns the chosen token's log-probability and
+    the k most likely alternatives (raw model distribution, before any processing).
+
+    The server validates requests before building these; the check here holds library callers (``spikegpt
+    generate``) to the same ``LIMITS`` and raises ``GenerationError``.
     """
 
     max_tokens: int = 16
@@ -45,30 +102,18 @@ class SamplingParams:
     logprobs: int | None = None
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.max_tokens >= 1, "max_tokens", "must be at least 1"),
-            (math.isfinite(self.temperature) and 0 <= self.temperature <= 100, "temperature", "must be in [0, 100]"),
-            (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
-            (self.top_k >= 0, "top_k", "must be 0 (off) or positive"),
-            (0 <= self.min_p <= 1, "min_p", "must be in [0, 1]"),
-            (-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]"),
-            (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]"),
-            (0 < self.repetition_penalty <= 10, "repetition_penalty", "must be in (0, 10]"),
-            (all(self.stop), "stop", "strings must not be empty"),
-            (all(t >= 0 for t in self.stop_token_ids), "stop_token_ids", "must not be negative"),
-            (
-                self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
-                "logprobs",
-                f"must be between 0 and {MAX_TOP_LOGPROBS}",
-            ),
-        ]
-        for ok, name, rule in checks:
-            if not ok:
-                raise GenerationError(f"{name} {rule}, got {getattr(self, name)!r}", param=name)
+        for name, bound in LIMITS.items():
+            value = getattr(self, name, None)
+            if value is not None and value not in bound:
+                raise GenerationError(f"{name} must be in {bound.describe()}, got {value!r}", param=name)
+        if not all(self.stop):
+            raise GenerationError("stop strings must not be empty", param="stop")
+        if not all(t in LIMITS["token_id"] for t in self.stop_token_ids):
+            raise GenerationError(f"stop_token_ids must be in {LIMITS['token_id'].describe()}", param="stop_token_ids")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW or self.top_p < GREEDY_BELOW
 
 
 @dataclass
@@ -117,14 +162,17 @@ class BatchSampler:
         seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
         self.params[row] = params
         self._rngs[row] = random.Random(seed)
-        self._temperature[row] = params.temperature or 1.0
-        self._top_k[row] = params.top_k
-        self._top_p[row] = params.top_p
-        self._min_p[row] = params.min_p
+        # a greedy row takes the argmax of its penalised logits, which temperature and the filters never change:
+        # it gets the neutral values (a tiny temperature or top_p would become 0 in float32)
+        greedy = params.greedy
+        self._temperature[row] = 1.0 if greedy else params.temperature
+        self._top_k[row] = 0 if greedy else min(max(params.top_k, 0), self.vocab_size)
+        self._top_p[row] = 1.0 if greedy else params.top_p
+        self._min_p[row] = 0.0 if greedy else params.min_p
         self._presence[row] = params.presence_penalty
         self._frequency[row] = params.frequency_penalty
         self._repetition[row] = params.repetition_penalty
-        self._greedy[row] = params.greedy
+        self._greedy[row] = greedy
         self._output_counts[row] = 0
         self._seen[row] = False
         if prompt_ids:
@@ -142,7 +190,7 @@ class BatchSampler:
         if any(p.presence_penalty or p.frequency_penalty for p in active):
             logits = logits - self._frequency * self._output_counts - self._presence * (self._output_counts > 0)
         logits = logits / self._temperature
-        if any(p.top_k and p.top_k < self.vocab_size for p in active):
+        if any(0 < p.top_k < self.vocab_size for p in active):
             ordered = torch.sort(logits, dim=-1, descending=True).values
             kth = ordered.gather(1, (self._top_k - 1).clamp(0, self.vocab_size - 1))
             kth = torch.where(self._top_k > 0, kth, float("-inf"))
@@ -158,18 +206,28 @@ class BatchSampler:
             logits = logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
         return logits
 
-    def sample(self, logits: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, list[TokenChoice]]:
+    def draw(self, rows: list[int]) -> list[float]:
+        """The next uniform number of each row's own generator (unused by greedy rows); each call advances them."""
+        return [self._rngs[r].random() for r in rows]
+
+    def sample(
+        self, logits: torch.Tensor, rows: list[int], uniforms: list[float] | None = None
+    ) -> tuple[torch.Tensor, list[TokenChoice]]:
         """Sample every row of ``logits`` ``[self.rows, vocab]``; returns all rows' tokens as a tensor (the next
-        decoding input) and the choices of ``rows``, the running ones, in that order."""
+        decoding input) and the choices of ``rows``, the running ones, in that order. ``uniforms`` (from
+        ``draw(rows)``) lets a caller retry a failed call row by row with the same random numbers; a row's result
+        never depends on the other rows passed."""
         active = [self.params[r] for r in rows]
+        if uniforms is None:
+            uniforms = self.draw(rows)
         logits = logits.float()
         processed = self._process(logits, active)
         greedy_tokens = processed.argmax(dim=-1)
         tokens = greedy_tokens
         if not all(p.greedy for p in active):
-            drawing = [r for r, p in zip(rows, active, strict=True) if not p.greedy]
-            uniforms = torch.tensor([self._rngs[r].random() for r in drawing], dtype=torch.float32)
-            self._uniform[torch.tensor(drawing)] = uniforms.to(self._uniform.device)[:, None]
+            drawing = [(r, u) for r, u, p in zip(rows, uniforms, active, strict=True) if not p.greedy]
+            values = torch.tensor([u for _, u in drawing], dtype=torch.float32)
+            self._uniform[torch.tensor([r for r, _ in drawing])] = values.to(self._uniform.device)[:, None]
             # inverse-CDF draw with the row's own uniform number; the target stays below the total, so a token of
             # zero probability is never chosen
             cdf = torch.softmax(processed, dim=-1).cumsum(dim=-1)
@@ -179,8 +237,6 @@ class BatchSampler:
             tokens = torch.where(self._greedy, greedy_tokens, drawn)
         index = torch.tensor(rows, device=tokens.device)
         chosen = tokens[index]
-        self._output_counts.index_put_((index, chosen), torch.ones_like(chosen, dtype=torch.float32), accumulate=True)
-        self._seen[index, chosen] = True
         choices = [TokenChoice(t) for t in chosen.tolist()]
         wanted = [i for i, p in enumerate(active) if p.logprobs is not None]
         if wanted:
@@ -192,4 +248,7 @@ class BatchSampler:
             for i, value, top in zip(wanted, values, tops, strict=True):
                 choices[i].logprob = value
                 choices[i].top_logprobs = top[: active[i].logprobs]
+        # the penalties' history changes last, so that a call that fails leaves every row as it was
+        self._output_counts.index_put_((index, chosen), torch.ones_like(chosen, dtype=torch.float32), accumulate=True)
+        self._seen[index, chosen] = True
         return tokens, choices

@@ -46,8 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--plot",
         metavar="OUT.png",
-        help="also save a figure: firing rate per layer and energy per layer split by operation kind "
-        "(needs matplotlib: pip install 'spikegpt[plot]')",
+        help="also save a figure: firing rate per layer, energy per layer split by operation kind, and the total "
+        "beside the two baselines with their ratios (needs matplotlib: pip install 'spikegpt[plot]')",
     )
     parser.add_argument(
         "--chunk-tokens",

@@ -47,6 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model
     from ..engine import Engine, GenerationRequest
+    from ..errors import GenerationError
     from ..sampling import SamplingParams
 
     params = SamplingParams(
@@ -58,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     )
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     engine = Engine(model, tokenizer, max_batch=1, compile=args.compile)
-    prompt_ids = tokenizer.encode(args.prompt)
+    prompt_ids = tokenizer.encode(args.prompt) or (
+        [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    )
+    if not prompt_ids:
+        raise GenerationError("the prompt is empty and the model has no end-of-text token to start from")
     start = time.perf_counter()
     first_token_at = None
     engine.submit(GenerationRequest("cli", prompt_ids, params))
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     elapsed = time.perf_counter() - start
     if final.finish_reason == "error":
-        raise RuntimeError(final.error)
+        raise GenerationError(f"generation failed while the engine was at its {final.error!r} stage (see the log)")
     decode_time = elapsed - (first_token_at - start)
     speed = (final.completion_tokens - 1) / decode_time if final.completion_tokens > 1 and decode_time > 0 else 0.0
     rate = float(final.stats.firing_rate())

@@ -1,4 +1,5 @@
-"""An energy report for people: a per-layer text table, and a figure (firing rates, energy by operation kind)."""
+"""An energy report for people: a per-layer text table, and a figure (firing rates, energy by operation kind, the
+total beside the baselines)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ def format_joules(j: float | None) -> str:
     """Energy with a readable unit and three significant figures: 1.234e-6 → '1.23 µJ'."""
     if j is None:
         return "-"
+    rounded = float(f"{j:.3g}")  # the unit of the rounded value: 999.7 nJ is 1 µJ, not 1e+03 nJ
     for scale, unit in _JOULE_UNITS:
-        if abs(j) >= scale:
+        if abs(rounded) >= scale:
             return f"{j / scale:.3g} {unit}"
     return f"{j / 1e-12:.3g} pJ" if j else "0 J"
 
@@ -103,33 +105,78 @@ def pyplot():
     return plt
 
 
-def plot_report(report: EnergyReport, path: str | Path) -> None:
-    """Save a figure: firing rate per spiking layer, and each layer's energy split by operation kind."""
+BASELINE_LABELS = {"spiking_off": "spiking off", "vanilla_gpt": "vanilla GPT"}
+
+
+def _joule_scale(largest: float) -> tuple[float, str]:
+    return next(((s, u) for s, u in _JOULE_UNITS if largest >= s), _JOULE_UNITS[-1])
+
+
+def energy_figure(report: EnergyReport):
+    """The report as a figure: firing rate per spiking layer and each layer's energy split by operation kind (one
+    row per layer), and under them the total beside the baselines with their ratios. Every label has room of its
+    own at any depth: the layout is matplotlib's constrained layout, the kinds' legend sits above its panel (not
+    below, where it met the axis label) and the bar labels have their own margin."""
     plt = pyplot()
     names = [layer.ops.name for layer in report.layers]
-    fig, (rates, energy) = plt.subplots(1, 2, figsize=(12, max(3.0, 0.35 * len(names) + 1.5)), sharey=True)
-    positions = range(len(names))
+    rows = len(names)
+    fig = plt.figure(figsize=(12, 0.3 * rows + 4.6), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=[0.3 * rows + 1.2, 1.8])
+    rates = fig.add_subplot(grid[0, 0])
+    energy = fig.add_subplot(grid[0, 1], sharey=rates)
+    totals = fig.add_subplot(grid[1, :])
+
+    positions = range(rows)
     rates.barh(positions, [layer.ops.firing_rate or 0.0 for layer in report.layers], color="tab:blue")
     rates.set_yticks(list(positions), names)
-    rates.invert_yaxis()
+    rates.set_ylim(rows - 0.5, -0.5)  # first layer on top, no empty margin
     rates.set_xlim(0, 1)
     rates.set_xlabel("measured firing rate")
-    largest = max(layer.energy_j for layer in report.layers)
-    scale, unit = next(((s, u) for s, u in _JOULE_UNITS if largest >= s), _JOULE_UNITS[-1])
-    left = [0.0] * len(names)
+
+    scale, unit = _joule_scale(max(layer.energy_j for layer in report.layers))
+    left = [0.0] * rows
     for kind in KINDS:
         values = [layer.energy_by_kind()[kind] / scale for layer in report.layers]
         energy.barh(positions, values, left=left, label=kind)
         left = [a + b for a, b in zip(left, values, strict=True)]
-    energy.set_xlabel(f"estimated energy ({unit})")
-    energy.legend(title="operation kind", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(KINDS))
+    energy.tick_params(labelleft=False)
+    energy.set_xlabel(f"estimated energy per layer ({unit})")
+    energy.legend(title="operation kind", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(KINDS), frameon=False)
+
+    bars = [(f"SpikeGPT, rule {report.rule}", report.energy_j, None)] + [
+        (BASELINE_LABELS.get(b.name, b.name), b.energy_j, b.ratio) for b in report.baselines
+    ]
+    scale, unit = _joule_scale(max(j for _, j, _ in bars))
+    totals.barh(range(len(bars)), [j / scale for _, j, _ in bars], color=["tab:blue"] + ["tab:gray"] * len(bars[1:]))
+    totals.set_yticks(range(len(bars)), [name for name, _, _ in bars])
+    totals.invert_yaxis()
+    largest = max(j for _, j, _ in bars) / scale
+    totals.set_xlim(0, largest * 1.55)  # room for the labels right of the bars
+    for i, (_, joules, ratio) in enumerate(bars):
+        label = format_joules(joules) if ratio is None else f"{format_joules(joules)} · {ratio:#.3g}x this estimate"
+        totals.text(joules / scale + largest * 0.01, i, label, va="center", fontsize=9)
+    totals.set_xlabel(f"estimated energy of all {report.tokens} tokens ({unit})")
+    summary = [f"total {format_joules(report.energy_j)}", f"{format_joules(report.energy_j_per_token)} per token"]
+    if report.generated_tokens:
+        summary.append(f"{format_joules(report.energy_j_per_generated_token)} per generated token")
+    summary.append(f"mean firing rate {report.firing_rate:.3f}")
+    totals.set_title(
+        " · ".join(summary) + "\nratio = baseline energy / this estimate; > 1: the spiking model is estimated cheaper",
+        fontsize=10,
+        loc="left",
+    )
     fig.suptitle(
         f"SpikeGPT energy ESTIMATE · rule {report.rule} · profile {report.profile.name} · {report.tokens} tokens"
     )
-    fig.tight_layout()
+    return fig
+
+
+def plot_report(report: EnergyReport, path: str | Path) -> None:
+    """Save ``energy_figure(report)``."""
+    fig = energy_figure(report)
     try:
         fig.savefig(path, bbox_inches="tight")
     except OSError as e:
         raise EnergyError(f"{path}: cannot write the plot ({e.strerror or e})") from e
     finally:
-        plt.close(fig)
+        pyplot().close(fig)

@@ -75,8 +75,7 @@ def test_sigterm_lets_short_streams_finish_and_ends_long_ones_cleanly(tiny_model
         assert long_events[-1] == "data: [DONE]"
         error = json.loads(long_events[-2].removeprefix("data: "))["error"]
         assert error["code"] == "server_shutdown"
-        # uvicorn re-raises the signal once it has shut down
-        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0  # a clean shutdown (uvicorn alone re-raises the signal)
         assert not any("Traceback" in line for line in server.log), "".join(server.log)
     finally:
         server.stop()

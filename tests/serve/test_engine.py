@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from spikegpt.checkpoint import load_model
@@ -26,6 +28,18 @@ def draws(params: SamplingParams, neighbours: SamplingParams, n: int = 200, row:
 
 def test_greedy_takes_the_most_likely_token():
     assert set(draws(SamplingParams(temperature=0), SamplingParams(seed=1))) == {VOCAB - 1}
+
+
+def test_a_temperature_or_top_p_too_small_for_float32_is_greedy():
+    """1e-300 is 0 in the sampler's float32 rows: it must not divide by it or drop every token."""
+    for params in (
+        SamplingParams(temperature=1e-300, seed=1),
+        SamplingParams(temperature=1e-39, seed=1),
+        SamplingParams(top_p=1e-46, seed=1),
+        SamplingParams(top_p=1e-300, min_p=0.5, top_k=3, seed=1),
+    ):
+        assert params.greedy
+        assert set(draws(params, SamplingParams(seed=2), n=20)) == {VOCAB - 1}
 
 
 def test_top_k_top_p_and_min_p_keep_only_the_likely_tokens():
@@ -142,3 +156,27 @@ def test_engine_counts_the_logits_it_computes_and_keeps_counts_whole(tiny_model_
     assert scored.head_tokens.tolist() == [11 + 4]
     assert chunked.tokens.tolist() == scored.tokens.tolist() == [11 + 4]
     assert torch.equal(chunked.reads, scored.reads)  # what the products read does not depend on the chunking
+
+
+def test_a_stop_string_that_never_matches_changes_nothing(tiny_model_dir):
+    """Text held back for a possible stop string is released however the sequence ends (EOS, a stop token,
+    length): over many seeds, stop strings that never match (their last character is not in the vocabulary) give
+    the very text generated without them."""
+    model, tokenizer = load_model(tiny_model_dir)
+    ids = tokenizer.encode("Hello")
+    never = tuple(f"{c}\x00" for c in "eat ")  # each holds back a trailing e, a, t or space
+    stop_token = tokenizer.convert_tokens_to_ids("o")  # ends many sequences early, right after held-back text
+    seeds = range(32)
+    requests = []
+    for seed in seeds:
+        params = SamplingParams(max_tokens=16, seed=seed, stop_token_ids=(stop_token,))
+        requests.append(GenerationRequest(f"plain-{seed}", ids, params))
+        requests.append(GenerationRequest(f"stops-{seed}", ids, replace(params, stop=never)))
+    result = run(Engine(model, tokenizer, max_batch=16), requests)
+    plain = {seed: result[f"plain-{seed}"] for seed in seeds}
+    for seed in seeds:
+        assert result[f"stops-{seed}"] == plain[seed], seed
+    reasons = {finish for _, finish in plain.values()}
+    assert "stop" in reasons  # some sequences did end on EOS or the stop token
+    # and the case that lost text before: a sequence ending on EOS or the stop token right after a held-back char
+    assert any(t and t[-1] in "eat " and f == "stop" for t, f in plain.values())

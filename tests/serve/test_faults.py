@@ -6,6 +6,7 @@ its prefill; a flag makes the next decoding step fail) and into the engine's ste
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -65,7 +66,8 @@ def test_a_failing_decoding_step_ends_the_streams_in_it_with_an_error_event(faul
             faulty.fail_next_decode.set()
             rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]"
-        assert '"error"' in rest[-2] and "injected decoding failure" in rest[-2]
+        error = json.loads(rest[-2].removeprefix("data: "))["error"]
+        assert error["type"] == "server_error" and "injected" not in error["message"]  # details stay in the log
         assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 3}).status_code == 200
 
 
@@ -103,3 +105,111 @@ def test_a_bug_while_finishing_a_stream_still_ends_it_cleanly(faulty, monkeypatc
         assert "injected" not in events[-2]["error"]["message"]  # internal details stay in the log
         monkeypatch.undo()
         assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 3}).status_code == 200
+
+
+# -- one request's failure at each stage of its life, inside the engine ------------------------------------------
+
+MARK = "\x00injected"  # a stop string that marks the request to fail (it never occurs in generated text)
+
+
+def _fail_if_marked(stop: tuple[str, ...], stage: str) -> None:
+    if MARK in stop:
+        raise RuntimeError(f"injected {stage} failure")
+
+
+def inject(engine, stage: str, monkeypatch) -> None:
+    """Make the marked request fail at ``stage``, by monkeypatching the in-process engine's parts (the failure a
+    real bug would raise there); nothing else changes."""
+    from spikegpt.textstream import TextStream
+
+    if stage == "admit":
+        start = engine.sampler.start
+
+        def failing_start(row, params, prompt_ids):
+            _fail_if_marked(params.stop, stage)
+            start(row, params, prompt_ids)
+
+        monkeypatch.setattr(engine.sampler, "start", failing_start)
+    elif stage == "prefill":
+        prefill = engine._prefill
+
+        def failing_prefill(request):
+            _fail_if_marked(request.params.stop, stage)
+            return prefill(request)
+
+        monkeypatch.setattr(engine, "_prefill", failing_prefill)
+    elif stage == "sample":
+        sample, calls = engine.sampler.sample, []
+
+        def failing_sample(logits, rows, uniforms=None):
+            calls.append(rows)
+            if len(calls) > 3:  # a few tokens in
+                for row in rows:
+                    _fail_if_marked(engine.sampler.params[row].stop, stage)
+            return sample(logits, rows, uniforms)
+
+        monkeypatch.setattr(engine.sampler, "sample", failing_sample)
+    else:
+        push = TextStream.push
+
+        def failing_push(self, token_id):
+            if len(self.text) >= 2:
+                _fail_if_marked(self.stop, stage)
+            return push(self, token_id)
+
+        monkeypatch.setattr(TextStream, "push", failing_push)
+
+
+def run_engine(engine, requests) -> dict:
+    """Drive the engine to the end; each request's (text, finish reason, error)."""
+    out = {r.request_id: ["", None, None] for r in requests}
+    for r in requests:
+        engine.submit(r)
+    while engine.has_work():
+        for event in engine.step():
+            out[event.request_id][0] += event.text
+            if event.finish_reason:
+                out[event.request_id][1:] = [event.finish_reason, event.error]
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def good_request(tokenizer, i: int):
+    from spikegpt.engine import GenerationRequest
+    from spikegpt.sampling import SamplingParams
+
+    return GenerationRequest(
+        f"good-{i}", tokenizer.encode("Hello there"), SamplingParams(max_tokens=8, ignore_eos=True, seed=i)
+    )
+
+
+@pytest.fixture(scope="module")
+def clean_run(tiny_model_dir):
+    """The model, and what three requests give together when nothing fails."""
+    from spikegpt.checkpoint import load_model
+    from spikegpt.engine import Engine
+
+    model, tokenizer = load_model(tiny_model_dir)
+    clean = run_engine(Engine(model, tokenizer, max_batch=4), [good_request(tokenizer, i) for i in range(3)])
+    return model, tokenizer, clean
+
+
+@pytest.mark.parametrize("stage", ["admit", "prefill", "sample", "detokenize"])
+def test_a_failure_at_any_stage_ends_only_that_request(clean_run, stage, monkeypatch):
+    """Four requests run together; the marked one fails at ``stage`` (injected by monkeypatching the in-process
+    engine). It alone ends, with an "error" event naming the stage; the others give exactly the text they give
+    without it (the engine is batch-invariant), every slot is free afterwards, and the engine serves on."""
+    from spikegpt.engine import Engine, GenerationRequest
+    from spikegpt.sampling import SamplingParams
+
+    model, tokenizer, clean = clean_run
+    engine = Engine(model, tokenizer, max_batch=4)
+    inject(engine, stage, monkeypatch)
+    params = SamplingParams(max_tokens=8, ignore_eos=True, seed=9, stop=(MARK,))
+    bad = GenerationRequest("bad", tokenizer.encode("Hello there"), params)
+    goods = [good_request(tokenizer, i) for i in range(3)]
+    result = run_engine(engine, [goods[0], bad, *goods[1:]])
+    assert result.pop("bad")[1:] == ("error", stage)
+    assert result == clean
+    assert all(text for text, _, _ in clean.values())
+    assert engine.running == 0 and engine.slots == [None] * 4
+    assert run_engine(engine, [good_request(tokenizer, 5)])["good-5"][1] == "length"

@@ -3,6 +3,7 @@ requests come and go."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -84,3 +85,22 @@ def test_metrics_move_with_requests(client):
         assert delta(after, before, "spikegpt:energy_joules_total", ("rule", rule)) > 0
     assert after[("spikegpt:num_requests_running",)] == 0
     assert after[("spikegpt:num_requests_waiting",)] == 0
+
+
+def test_a_checkpoint_with_renamed_tensors_is_never_served(tmp_path, tiny_model_dir):
+    """Through the real loader: /health says failed, naming the tensors, instead of serving random weights."""
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    tensors = load_file(broken / "model.safetensors")
+    tensors["renamed.head.weight"] = tensors.pop("head.weight")
+    save_file(tensors, broken / "model.safetensors")
+    with run_server(tiny_settings(broken), wait_ready=False) as server, server.client() as client:
+        deadline = time.monotonic() + 60
+        while (health := client.get("/health").json())["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert health["status"] == "failed"
+        assert "CheckpointError" in health["error"] and "missing head.weight" in health["error"]
+        assert client.post("/v1/completions", json={"prompt": "ROMEO:"}).status_code == 503

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import httpx
 import pytest
@@ -99,3 +101,60 @@ def test_disconnect_cancels_a_non_streaming_request(idle):
     wait_for(lambda: idle.host.worker.outstanding == 0)
     with idle.client() as client:
         assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+
+@contextmanager
+def server_log():
+    """Every record the server logs meanwhile (uvicorn's loggers do not propagate to the root logger)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("spikegpt", "uvicorn", "uvicorn.error")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+def cancelled(server) -> float:
+    with server.client() as client:
+        return metric_values(client).get(
+            ("spikegpt:requests_total", ("endpoint", "completions"), ("outcome", "cancelled")), 0
+        )
+
+
+def leave_while_sending_the_body(server) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
+        sock.sendall(head + b'\r\n{"prompt": "Hel')
+        time.sleep(0.2)  # the server is reading the body when the connection closes
+
+
+def leave_while_streaming(server) -> None:
+    with server.client() as client, client.stream("POST", "/v1/completions", json=ENDLESS) as response:
+        next(response.iter_lines())
+
+
+def leave_while_waiting(server) -> None:
+    with server.client(timeout=httpx.Timeout(30.0, read=0.5)) as client, pytest.raises(httpx.ReadTimeout):
+        client.post("/v1/completions", json={**ENDLESS, "stream": False})
+
+
+@pytest.mark.parametrize("leave", [leave_while_sending_the_body, leave_while_streaming, leave_while_waiting])
+def test_a_client_leaving_at_any_point_is_one_cancellation_and_one_info_line(idle, leave):
+    before = cancelled(idle)
+    with server_log() as records:
+        leave(idle)
+        wait_for(lambda: cancelled(idle) == before + 1)
+        wait_for(lambda: idle.host.worker.outstanding == 0)
+    problems = [r for r in records if r.levelno >= logging.WARNING or r.exc_info]
+    assert not problems, [r.getMessage() for r in problems]
+    lines = [r.getMessage() for r in records if "cancelled" in r.getMessage()]
+    assert len(lines) == 1 and "the client left" in lines[0], lines
