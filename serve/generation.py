@@ -43,6 +43,7 @@ def sse(payload: dict) -> str:
 class Prompt:
     ids: list[int]
     echo: str | None  # the prompt's text, when it is to be echoed
+    unknown: int = 0  # characters of the prompt's text the vocabulary cannot spell (each one unknown token)
 
 
 class Job:
@@ -69,6 +70,7 @@ class Job:
         self.id = fmt.id_prefix + uuid.uuid4().hex
         self.created = int(time.time())
         self.prompt_tokens = sum(len(p.ids) for p in prompts)
+        self.unknown_characters = sum(p.unknown for p in prompts)
         self.requests: list[GenerationRequest] = []
         self.choices: dict[str, Choice] = {}
         n = len(params_for_choice)
@@ -89,6 +91,7 @@ class Job:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
+            "unknown_characters": self.unknown_characters,  # of the prompt: each became the unknown token
         }
 
     def energy(self) -> dict:

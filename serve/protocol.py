@@ -189,7 +189,7 @@ def check_prompt_ids(ids: list[int], limits: ServerLimits, param: str) -> list[i
 class CompletionRequest(_Generation):
     # a string, a list of token ids, or a list of either (several prompts); normalised to the last form
     prompt: str | TokenIds | Annotated[list[str | TokenIds], Field(min_length=1)]
-    max_tokens: _int("max_tokens") | None = 16  # OpenAI's default for completions
+    max_tokens: _int("max_tokens") | None = 16  # OpenAI's default; 0 (legacy API): score the prompt, generate nothing
     echo: bool | None = False
     logprobs: _int("logprobs") | None = None
     best_of: Annotated[int | None, refused("best_of other than 1 is not supported by this server; use n", 1)] = None
@@ -258,7 +258,8 @@ class ResponseFormat(_Body):
 
 class ChatCompletionRequest(_Generation):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: _int("max_tokens") | None = None
+    max_tokens: _int("chat_max_tokens") | None = None
+    max_completion_tokens: _int("chat_max_tokens") | None = None
     logprobs: bool | None = False
     top_logprobs: _int("logprobs") | None = None
     response_format: ResponseFormat | None = None
@@ -283,7 +284,7 @@ class ChatCompletionRequest(_Generation):
 class TokenizeRequest(_Body):
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     add_special_tokens: bool | None = True
 
     @model_validator(mode="after")

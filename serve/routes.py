@@ -1,6 +1,6 @@
 """The HTTP endpoints: OpenAI's ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/models``, vLLM's
-``/tokenize`` and ``/detokenize``, and ``/health`` (liveness), ``/ready`` (readiness) and ``/metrics`` for
-operators."""
+``/tokenize``, ``/detokenize`` and ``/tokenizer_info`` (which lm-evaluation-harness's remote tokenizer reads), and
+``/health`` (liveness), ``/ready`` (readiness) and ``/metrics`` for operators."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
+
+from spikegpt.tokenizer import CHAT_TEMPLATE, encode_counting_unknown
 
 from .chat import render_chat
 from .errors import APIError, ClientDisconnectedError, invalid, unsupported_media_type
@@ -115,16 +117,16 @@ async def retrieve_model(request: Request, model: str) -> dict:
 def _encode_prompt(host: ModelHost, prompt: str | list[int], echo: bool) -> Prompt:
     if isinstance(prompt, list):  # token ids: already checked with the body
         return Prompt(prompt, host.tokenizer.decode(prompt) if echo else None)
-    ids = host.tokenizer.encode(prompt)
+    ids, unknown = encode_counting_unknown(host.tokenizer, prompt)
     if not ids:  # an empty prompt starts a new document, as after an end-of-text token
         if host.tokenizer.eos_token_id is None:
             raise invalid("the prompt is empty and the model has no end-of-text token to start from", "prompt")
         ids = [host.tokenizer.eos_token_id]
-    return Prompt(check_prompt_ids(ids, host.limits, "prompt"), prompt if echo else None)
+    return Prompt(check_prompt_ids(ids, host.limits, "prompt"), prompt if echo else None, unknown)
 
 
 def _completion_job(host: ModelHost, body: CompletionRequest, life: RequestLife) -> Job:
-    max_tokens = body.max_tokens or host.settings.max_tokens_cap
+    max_tokens = host.settings.max_tokens_cap if body.max_tokens is None else body.max_tokens  # 0: score only
     prompts = [_encode_prompt(host, p, body.echo) for p in body.prompt]
     params = [body.sampling_params(max_tokens, body.logprobs, c) for c in range(body.n)]
     fmt = CompletionFormat(host.token_texts)
@@ -134,12 +136,13 @@ def _completion_job(host: ModelHost, body: CompletionRequest, life: RequestLife)
 def _chat_job(host: ModelHost, body: ChatCompletionRequest, life: RequestLife) -> Job:
     max_tokens = body.requested_max_tokens or host.settings.max_tokens_cap
     chat = render_chat(host.tokenizer, body.messages)
-    ids = host.tokenizer.encode(chat.text, add_special_tokens=chat.add_special_tokens)
+    ids, unknown = encode_counting_unknown(host.tokenizer, chat.text, add_special_tokens=False)
     check_prompt_ids(ids, host.limits, "messages")
     k = body.logprobs_k
     params = [body.sampling_params(max_tokens, k, c, chat.stop) for c in range(body.n)]
     fmt = ChatFormat(host.token_texts)
-    return Job(host, fmt, life, [Prompt(ids, None)], params, k, body.include_usage, include_spikes=body.include_spikes)
+    prompts = [Prompt(ids, None, unknown)]
+    return Job(host, fmt, life, prompts, params, k, body.include_usage, include_spikes=body.include_spikes)
 
 
 async def _generate(request: Request, endpoint: str, body_type: type[Body], build: Callable) -> Response:
@@ -183,11 +186,35 @@ async def chat_completions(request: Request) -> Response:
 async def tokenize(request: Request) -> dict:
     host, body = await _read(request, TokenizeRequest)
     if body.messages is not None:
-        chat = render_chat(host.tokenizer, body.messages)
-        ids = host.tokenizer.encode(chat.text, add_special_tokens=chat.add_special_tokens)
+        text, add_special_tokens = render_chat(host.tokenizer, body.messages).text, False
     else:
-        ids = host.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
-    return {"tokens": ids, "count": len(ids), "max_model_len": host.settings.max_prompt_tokens}
+        text, add_special_tokens = body.prompt, body.add_special_tokens
+    ids, unknown = encode_counting_unknown(host.tokenizer, text, add_special_tokens)
+    return {
+        "tokens": ids,
+        "count": len(ids),
+        "max_model_len": host.settings.max_prompt_tokens,
+        "unknown_characters": unknown,  # characters the vocabulary cannot spell, each one unknown token
+    }
+
+
+@router.get("/tokenizer_info", responses={200: {"description": "special tokens and chat template"}, **errors(401, 503)})
+async def tokenizer_info(request: Request) -> dict:
+    """The tokenizer's special tokens and chat template (vLLM's endpoint), so that clients such as
+    lm-evaluation-harness tokenize through this server instead of looking for the tokenizer on the Hub."""
+    host = _host(request)
+    host.require_ready()
+    tokenizer = host.tokenizer
+    return {
+        "tokenizer_class": type(tokenizer).__name__,
+        "eos_token": tokenizer.eos_token,
+        "bos_token": tokenizer.bos_token,
+        "pad_token": tokenizer.pad_token,
+        "unk_token": tokenizer.unk_token,
+        "chat_template": tokenizer.chat_template or CHAT_TEMPLATE,
+        "model_max_length": host.settings.max_prompt_tokens,
+        "vocab_size": host.config.vocab_size,
+    }
 
 
 @router.post("/detokenize", openapi_extra=json_body(DetokenizeRequest), responses=TOKENIZER_RESPONSES)

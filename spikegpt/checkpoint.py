@@ -69,6 +69,14 @@ def _check_local(path: Path) -> None:
         raise CheckpointError(f"{path}: holds a {model_type!r} model, not a SpikeGPT (model_type 'spikegpt')")
 
 
+def saved_files(model: SpikeGPTForCausalLM, tokenizer: PreTrainedTokenizerFast, directory: Path) -> dict[str, bytes]:
+    """Every file a checkpoint of ``model`` and ``tokenizer`` consists of, as saving writes them (into the empty
+    ``directory``): name → contents."""
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return {item.name: item.read_bytes() for item in sorted(directory.iterdir())}
+
+
 def parse_dtype(name: str | None) -> torch.dtype | None:
     if name is None or name == "auto":
         return None

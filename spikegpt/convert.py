@@ -154,8 +154,15 @@ def map_state_dict(state: dict[str, torch.Tensor], config: SpikeGPTConfig, path:
     return out
 
 
-def read_char_vocab(path: Path):
-    """The original's character vocabulary file: JSON ``{"index": "char"}``, UTF-16 (as it writes it) or UTF-8."""
+# the original's tokenizer (ridgerchu/SpikeGPT src/utils.py, TOKENIZER(UNKNOWN_CHAR='\ue083')) reads a character
+# outside its vocabulary as this private-use character, which its vocabularies hold for the purpose
+ORIGINAL_UNKNOWN = "\ue083"
+
+
+def read_char_vocab(path: Path, vocab_size: int, report: Callable[[str], None]):
+    """The original's character vocabulary file: JSON ``{"index": "char"}``, UTF-16 (as it writes it) or UTF-8.
+    Unknown characters become the original's placeholder when the file has it, else an added ``<|unk|>`` when the
+    checkpoint has a spare token; with neither there is no token for them, and ``report`` says so."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such character vocabulary file")
     raw = path.read_bytes()
@@ -171,7 +178,15 @@ def read_char_vocab(path: Path):
         chars = [table[str(i)] for i in range(len(table))]
     except KeyError as e:
         raise CheckpointError(f"{path}: character vocabulary has a gap at index {e}") from e
-    return char_tokenizer(chars, end_of_text=False)
+    if ORIGINAL_UNKNOWN in chars:
+        return char_tokenizer(chars, end_of_text=False, unknown=ORIGINAL_UNKNOWN)
+    if len(chars) < vocab_size:
+        return char_tokenizer(chars, end_of_text=False)
+    report(
+        f"warning: {path} fills the checkpoint's {vocab_size} tokens and has no unknown character "
+        f"({ORIGINAL_UNKNOWN!r}): characters outside it will get no token"
+    )
+    return char_tokenizer(chars, end_of_text=False, unknown=None)
 
 
 def convert_checkpoint(
@@ -191,7 +206,7 @@ def convert_checkpoint(
     config = infer_config(state, source, options)
     tokenizer = None
     if options.char_vocab:
-        tokenizer = read_char_vocab(Path(options.char_vocab))
+        tokenizer = read_char_vocab(Path(options.char_vocab), config.vocab_size, report)
     elif options.tokenizer:
         tokenizer = load_tokenizer(options.tokenizer)
     if tokenizer is not None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +38,7 @@ from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
 from .state import RecurrentState
 from .stats import SpikeStats
 from .textstream import TextStream
+from .tracing import trace_decode_step
 
 logger = logging.getLogger(__name__)
 
@@ -93,38 +93,6 @@ class GenerationEvent:
     error: str | None = None
     prompt_logprobs: list[TokenChoice | None] | None = None
     spikes: TokenSpikes | None = None
-
-
-class _DecodeStep(torch.nn.Module):
-    def __init__(self, model: SpikeGPTForCausalLM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(tokens, state=RecurrentState(*state), output_spike_stats=True)
-        return (out.logits[:, -1], out.spike_stats.counts, out.spike_stats.reads, *out.state.tensors())
-
-
-def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState):
-    """One recurrent step at a fixed batch shape (``tokens`` ``[B, 1]``), recorded with ``torch.jit.trace``: a
-    function ``(tokens, state) -> (last logits [B, vocab], new state, (spike counts [B, sites], projection reads
-    [B, projections, 2]))`` that runs the very
-    same operations as the model's forward, without the Python interpreter between them. Only for the torch
-    kernels (a Triton launch cannot be traced) and only for the traced shape.
-
-    TorchScript is deprecated in favour of torch.compile, which fuses more but takes a minute to compile on a small
-    CPU (``compile=True``); ``torch.export`` runs slower than eager here. Tracing takes a fraction of a second and
-    doubles the decoding speed of a small model, so it stays while the pinned torch has it."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: intended
-        warnings.simplefilter("ignore", DeprecationWarning)
-        traced = torch.jit.trace(_DecodeStep(model), (tokens, *state.tensors()), check_trace=False)
-
-    def step(tokens: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState, tuple]:
-        logits, counts, reads, *tensors = traced(tokens, *state.tensors())
-        return logits, RecurrentState(*tensors), (counts, reads)
-
-    return step
 
 
 class _Sequence:
@@ -213,7 +181,11 @@ class Engine:
             ready = []
         while self._waiting and None in self.slots:
             seq = self._admit(self._waiting.pop(0), events)
-            if seq is not None:
+            if seq is not None and seq.request.params.max_tokens == 0:  # score-only: done after the prefill
+                event = self._finish(seq, "length", None)
+                event.prompt_logprobs = seq.prompt_logprobs
+                events.append(event)
+            elif seq is not None:
                 ready.append(seq)
         if ready:
             self._sample(ready, events)

@@ -26,9 +26,12 @@ from transformers.utils import ModelOutput
 from spikegpt.kernels import fresh_state, wkv
 
 from .config import SpikeGPTConfig
+from .hub_code import AUTO_MAP, write_code_files
 from .neuron import EmbeddingSpikes, InputSpikes, LIFLayer, input_reads
+from .progress import transformers_bars_on_terminal
 from .state import RecurrentState
 from .stats import SpikeStats, projection_names, site_names
+from .tracing import generate_step
 
 LayerState = tuple[torch.Tensor, ...]  # one block's slice of RecurrentState, in its field order
 IGNORE_INDEX = -100  # a label the loss skips: a position without a target (padding)
@@ -253,9 +256,19 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
         super().post_init()
         self.column_major_linears()
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """Hugging Face's save, plus the ``auto_map`` and code files that load the checkpoint without ``import
+        spikegpt`` (``trust_remote_code=True``; see ``hub_code``)."""
+        self.config.auto_map = dict(AUTO_MAP)
+        with transformers_bars_on_terminal():
+            super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_code_files(save_directory)
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
+        with transformers_bars_on_terminal():
+            loaded = super().from_pretrained(*args, **kwargs)
         (loaded[0] if isinstance(loaded, tuple) else loaded).column_major_linears()
         return loaded
 
@@ -408,6 +421,7 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         output_spike_stats: bool = False,
         logits_to_keep: int = 0,
+        decoding: bool = False,
         **kwargs,
     ) -> SpikeGPTCausalLMOutput:
         """Logits for every position of ``input_ids`` ``[B, T]``, continuing from ``state`` when given.
@@ -420,12 +434,20 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
 
         ``attention_mask`` is accepted for ``generate()`` but must be all ones: a recurrent model reads every token,
         so batches must not be padded. ``logits_to_keep`` > 0 computes only the last positions' logits.
+        ``decoding`` (set by ``generate()`` after the prompt): one token per row from ``state``, through the traced
+        recurrent step where it can serve (the same operations, bit for bit, without Python between them).
         """
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError(
                 "SpikeGPT reads every token of every row: padded batches (attention_mask with zeros) are not "
                 "supported; generate sequences of different lengths separately"
             )
+        one_token = state is not None and input_ids is not None and input_ids.shape[1] == 1
+        if decoding and one_token and labels is None and shift_labels is None and not output_spike_stats:
+            step = generate_step(self, input_ids, state)
+            if step is not None:
+                logits, state, _ = step(input_ids, state)
+                return SpikeGPTCausalLMOutput(logits=logits[:, None], state=state)
         out = self.model(
             input_ids=input_ids,
             state=state,
@@ -452,6 +474,18 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
             )
         return SpikeGPTCausalLMOutput(loss=loss, logits=logits, state=out.state, spike_stats=stats)
 
+    # generate(): the recurrent state is this model's cache, carried in model_kwargs["state"] (a cache name
+    # GenerationMixin knows). No DynamicCache is made beside it: beam search reorders the first cache it finds, and
+    # reordering an empty DynamicCache instead of the state would let the beams read each other's history.
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False
+
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
-        model_kwargs["state"] = outputs.state  # the recurrent state is this model's cache
+        model_kwargs["state"] = outputs.state
+        model_kwargs["decoding"] = True  # from now on one token per step (see forward)
         return super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
+
+    def _reorder_cache(self, state: RecurrentState, beam_idx: torch.LongTensor) -> RecurrentState:
+        """Beam search's hook: row i of the next step continues the sequence in row ``beam_idx[i]``."""
+        return state.select(beam_idx.to(state.att_shift.device))

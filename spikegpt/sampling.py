@@ -53,7 +53,8 @@ class Bound:
 # THE table of limits: the server's request models are built from it, SamplingParams checks the same ranges
 # (for callers of the library), and the sampler relies on them (every value fits its tensors).
 LIMITS: dict[str, Bound] = {
-    "max_tokens": Bound(1, INT64_MAX),
+    "max_tokens": Bound(0, INT64_MAX),  # 0: score the prompt only, generate nothing (legacy completions)
+    "chat_max_tokens": Bound(1, INT64_MAX),  # chat's max_tokens and max_completion_tokens: a reply has a token
     "temperature": Bound(0, 2),
     "top_p": Bound(0, 1, low_open=True),
     "top_k": Bound(-1, INT64_MAX),  # 0 or -1: off; above the vocabulary: off
@@ -87,7 +88,7 @@ class SamplingParams:
     generate``) to the same ``LIMITS`` and raises ``GenerationError``.
     """
 
-    max_tokens: int = 16
+    max_tokens: int = 16  # 0: score the prompt only (with prompt log-probabilities), generate nothing
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0

@@ -181,18 +181,25 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 def run_eval(args: argparse.Namespace) -> int:
     from spikegpt.checkpoint import load_model
 
-    from .data import DataSource, eval_stream, load_corpus, pack
+    from .data import DataSource, eval_stream, load_corpus
     from .evaluate import evaluate, make_eval_set
 
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     corpus = load_corpus(DataSource(args.dataset, args.dataset_config, args.text_field, args.cache_dir))
     stream = eval_stream(corpus, tokenizer, args.split, args.train_split, args.validation_fraction)
-    eval_set = make_eval_set(pack(stream, args.ctx_len or model.config.ctx_len), tokenizer, args.max_blocks)
+    blocks, unknown = stream.packed(args.ctx_len or model.config.ctx_len)
+    eval_set = make_eval_set(blocks, tokenizer, args.max_blocks, unknown)
     result = evaluate(model, eval_set, args.batch_size, progress=not args.json)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
     print(f"loss               {result.loss:.4f} nats/token over {result.tokens:,} tokens ({result.bytes:,} bytes)")
+    if result.unknown_characters:
+        print(
+            f"unknown            {result.unknown_characters:,} characters ({result.unknown_bytes:,} bytes, "
+            f"{result.unknown_bytes / max(result.bytes, 1):.2%}) are outside the vocabulary: each is scored as its "
+            "unknown token"
+        )
     print(f"perplexity         {result.perplexity:.3f}")
     print(f"bits per byte      {result.bits_per_byte:.4f}")
     if result.bits_per_character is not None:

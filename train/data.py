@@ -7,6 +7,10 @@ text) and packed into blocks of ``ctx_len + 1`` tokens with a stride of ``ctx_le
 ``t[i·ctx_len : (i+1)·ctx_len]`` and their next tokens, so every token after the first is a target exactly once;
 the last, shorter block is padded with ``PAD``. Padding is never fed to the model: evaluation reads that block cut
 to its length, training leaves it out (fewer than ``ctx_len`` tokens).
+
+A character vocabulary turns characters it lacks into its unknown token; tokenization then also records, per
+token, the UTF-8 bytes of the character an unknown token stands for (``unknown_bytes``), so that evaluation counts
+every byte of the text and training says how much of it the vocabulary cannot spell.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import numpy as np
 
 from spikegpt.errors import DatasetError
 from spikegpt.model import IGNORE_INDEX
+from spikegpt.progress import on_terminal
+from spikegpt.tokenizer import may_lose_characters, unknown_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +97,8 @@ def load_corpus(source: DataSource) -> Corpus:
     """All splits of ``source``; raises ``DatasetError`` with what to do when it cannot be loaded."""
     import datasets
 
+    if not on_terminal():  # datasets' bars (generating splits, tokenizing) are cursor codes in a log
+        datasets.disable_progress_bars()
     files = _local_files(source.dataset)
     if files is not None and all(Path(f).stat().st_size == 0 for f in files):
         raise DatasetError(f"{source.dataset}: empty; it holds no text to train on")
@@ -142,25 +150,81 @@ def _separator(corpus: Corpus, tokenizer) -> list[int]:
     return [tokenizer.eos_token_id]
 
 
+UNKNOWN_BYTES = "unknown_bytes"  # the column of per-token unknown bytes
+
+
+def _encode(tokenizer, texts: list[str], separator: list[int]) -> dict[str, list]:
+    """Token ids per text, each followed by ``separator``; with ``unknown_bytes`` (aligned with them) when the
+    vocabulary can lack characters."""
+    if not may_lose_characters(tokenizer):
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return {"input_ids": [row + separator for row in ids]}
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    rows = zip(texts, encoded["offset_mapping"], encoded["input_ids"], strict=True)
+    return {
+        "input_ids": [ids + separator for ids in encoded["input_ids"]],
+        UNKNOWN_BYTES: [unknown_bytes(tokenizer, t, o, i) + [0] * len(separator) for t, o, i in rows],
+    }
+
+
 def tokenize_split(corpus: Corpus, split_name: str, tokenizer):
-    """The split with one ``input_ids`` column (batched ``map``, cached by ``datasets`` beside the data)."""
+    """The split with an ``input_ids`` column, and ``unknown_bytes`` for vocabularies that can lack characters
+    (batched ``map``, cached by ``datasets`` beside the data)."""
     split = corpus.split(split_name)
     _check_text_field(corpus, split)
     field, separator = corpus.source.text_field, _separator(corpus, tokenizer)
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        ids = tokenizer([text or "" for text in batch[field]], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [row + separator for row in ids]}
+        return _encode(tokenizer, [text or "" for text in batch[field]], separator)
 
     kwargs = {} if corpus.source.streaming else {"desc": f"tokenizing {split_name}"}
     return split.map(encode, batched=True, remove_columns=split.column_names, **kwargs)
 
 
-def token_stream(tokenized) -> np.ndarray:
-    """All tokens of a tokenized (map-style) split, concatenated, as int32."""
-    column = tokenized.data.column("input_ids")
-    flat = column.combine_chunks().flatten() if column.num_chunks else column
+def token_stream(tokenized, column: str = "input_ids") -> np.ndarray | None:
+    """A column of a tokenized (map-style) split, concatenated, as int32; None when the split lacks it."""
+    if column not in tokenized.column_names:
+        return None
+    data = tokenized.data.column(column)
+    flat = data.combine_chunks().flatten() if data.num_chunks else data
     return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.int32)
+
+
+@dataclass
+class Tokens:
+    """A token stream and, for a vocabulary that can lack characters, its ``unknown_bytes`` (aligned)."""
+
+    ids: np.ndarray
+    unknown: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, tokenized) -> Tokens:
+        return cls(token_stream(tokenized), token_stream(tokenized, UNKNOWN_BYTES))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, part: slice) -> Tokens:
+        return Tokens(self.ids[part], None if self.unknown is None else self.unknown[part])
+
+    def packed(self, ctx_len: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``pack`` of the ids and, aligned with them, of the unknown bytes."""
+        return pack(self.ids, ctx_len), None if self.unknown is None else pack(self.unknown, ctx_len)
+
+
+def warn_unknown_characters(tokens: Tokens, what: str) -> None:
+    """Say once, with their share, that some characters of the text are outside the vocabulary."""
+    if tokens.unknown is None or not len(tokens):
+        return
+    unknown = int(np.count_nonzero(tokens.unknown))
+    if unknown:
+        logger.warning(
+            "%s: %d characters (%.2f%% of %d tokens) are outside the vocabulary and become its unknown token",
+            what,
+            unknown,
+            100 * unknown / len(tokens),
+            len(tokens),
+        )
 
 
 def pack(stream: np.ndarray, ctx_len: int) -> np.ndarray:
@@ -178,18 +242,18 @@ def pack(stream: np.ndarray, ctx_len: int) -> np.ndarray:
 
 @dataclass
 class SplitStreams:
-    train: np.ndarray
-    validation: np.ndarray | None
+    train: Tokens
+    validation: Tokens | None
 
 
 def split_streams(corpus: Corpus, tokenizer, train_split: str, validation_split: str, fraction: float) -> SplitStreams:
     """Token streams of the training and validation splits; without a validation split, the last ``fraction`` of
     the training tokens is held out (contiguous, so no text is shared across the cut)."""
-    train = token_stream(tokenize_split(corpus, train_split, tokenizer))
+    train = Tokens.of(tokenize_split(corpus, train_split, tokenizer))
     if len(train) < 2:
         raise DatasetError(f"{corpus.source.dataset}: the {train_split!r} split holds no text to train on")
     if validation_split in corpus.splits:
-        validation = token_stream(tokenize_split(corpus, validation_split, tokenizer))
+        validation = Tokens.of(tokenize_split(corpus, validation_split, tokenizer))
     elif fraction > 0:
         cut = int(len(train) * (1.0 - fraction))
         train, validation = train[:cut], train[cut:]
@@ -199,11 +263,11 @@ def split_streams(corpus: Corpus, tokenizer, train_split: str, validation_split:
     return SplitStreams(train, validation)
 
 
-def eval_stream(corpus: Corpus, tokenizer, split: str, train_split: str, fraction: float) -> np.ndarray:
+def eval_stream(corpus: Corpus, tokenizer, split: str, train_split: str, fraction: float) -> Tokens:
     """The tokens to evaluate on: ``split``, or (when it is the validation split the dataset lacks) the training
     split's held-out tail, exactly as training made it."""
     if split in corpus.splits:
-        stream = token_stream(tokenize_split(corpus, split, tokenizer))
+        stream = Tokens.of(tokenize_split(corpus, split, tokenizer))
     else:
         if train_split not in corpus.splits or fraction <= 0:
             corpus.split(split)  # raises: no such split
@@ -307,18 +371,22 @@ class StreamingBlocks:
             epoch += 1
 
 
-def _streamed_tokens(split, field: str, separator: list[int], tokenizer) -> np.ndarray:
+def _streamed_tokens(split, field: str, separator: list[int], tokenizer) -> Tokens:
     ids: list[int] = []
+    unknown: list[int] | None = [] if may_lose_characters(tokenizer) else None
     for row in split:
-        ids.extend(tokenizer(row[field] or "", add_special_tokens=False)["input_ids"])
-        ids.extend(separator)
-    return np.asarray(ids, dtype=np.int32)
+        encoded = _encode(tokenizer, [row[field] or ""], separator)
+        ids.extend(encoded["input_ids"][0])
+        if unknown is not None:
+            unknown.extend(encoded[UNKNOWN_BYTES][0])
+    return Tokens(np.asarray(ids, dtype=np.int32), None if unknown is None else np.asarray(unknown, dtype=np.int32))
 
 
 @dataclass
 class TrainingData:
     batches: BlockBatches | StreamingBlocks
     validation: np.ndarray | None  # packed validation blocks
+    validation_unknown: np.ndarray | None = None  # their unknown bytes, packed alike (character vocabularies)
 
 
 def training_data(corpus: Corpus, tokenizer, options, ctx_len: int, rank: int = 0, world: int = 1) -> TrainingData:
@@ -328,11 +396,15 @@ def training_data(corpus: Corpus, tokenizer, options, ctx_len: int, rank: int = 
         streams = split_streams(
             corpus, tokenizer, options.train_split, options.validation_split, options.validation_fraction
         )
-        blocks = pack(streams.train, ctx_len)
+        if rank == 0:
+            warn_unknown_characters(streams.train, "training text")
+        blocks = pack(streams.train.ids, ctx_len)
         full = blocks[(blocks != PAD).all(axis=1)]  # the padded tail is left out of training
         batches = BlockBatches(full, options.batch_size, options.seed, rank, world)
-        validation = pack(streams.validation, ctx_len) if streams.validation is not None else None
-        return TrainingData(batches, validation if validation is not None and len(validation) else None)
+        if streams.validation is None:
+            return TrainingData(batches, None)
+        validation, validation_unknown = streams.validation.packed(ctx_len)
+        return TrainingData(batches, validation, validation_unknown) if len(validation) else TrainingData(batches, None)
     train = corpus.split(options.train_split)
     _check_text_field(corpus, train)
     field, separator = corpus.source.text_field, _separator(corpus, tokenizer)
@@ -341,6 +413,9 @@ def training_data(corpus: Corpus, tokenizer, options, ctx_len: int, rank: int = 
     else:
         held_out = train.take(options.validation_documents)
         train = train.skip(options.validation_documents)
-    validation = pack(_streamed_tokens(held_out, field, separator, tokenizer), ctx_len)
+    held_out_tokens = _streamed_tokens(held_out, field, separator, tokenizer)
+    if rank == 0:
+        warn_unknown_characters(held_out_tokens, "held-out text (a sample of the stream)")
+    validation, validation_unknown = held_out_tokens.packed(ctx_len)
     batches = StreamingBlocks(train, field, separator, tokenizer, ctx_len, options.batch_size, rank, world)
-    return TrainingData(batches, validation if len(validation) else None)
+    return TrainingData(batches, validation, validation_unknown) if len(validation) else TrainingData(batches, None)

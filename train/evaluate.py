@@ -3,7 +3,8 @@ read (zero inputs, spikes per input) over packed blocks.
 
 ``spikegpt eval`` and the training loop both call ``evaluate``. Each block starts from a fresh state, as in
 training. Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the text the targets spell, so
-models with different tokenizers compare on the same scale.
+models with different tokenizers compare on the same scale: every byte, those of characters outside a character
+vocabulary (which the model had to predict as its unknown token) included, and how many those were is reported.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class EvalSet:
     n_bytes: int
     n_chars: int
     character_vocabulary: bool
+    unknown_tokens: int = 0  # targets that stand for a character outside the vocabulary
+    unknown_bytes: int = 0  # the UTF-8 bytes of those characters (part of n_bytes)
 
 
 def is_character_vocabulary(tokenizer) -> bool:
@@ -37,13 +40,27 @@ def is_character_vocabulary(tokenizer) -> bool:
     return all(len(tokenizer.decode([i])) == 1 for i in range(len(tokenizer)) if i not in special)
 
 
-def make_eval_set(blocks: np.ndarray, tokenizer, max_blocks: int | None = None) -> EvalSet:
+def make_eval_set(
+    blocks: np.ndarray, tokenizer, max_blocks: int | None = None, unknown: np.ndarray | None = None
+) -> EvalSet:
+    """``blocks`` from ``pack``; ``unknown``: their unknown bytes, packed alike (``Tokens.packed``), for a
+    vocabulary that can lack characters."""
     if max_blocks is not None:
         blocks = blocks[:max_blocks]
-    targets = blocks[:, 1:].reshape(-1)
-    targets = targets[targets != PAD]
-    text = tokenizer.decode(targets.tolist(), skip_special_tokens=True)
-    return EvalSet(blocks, len(targets), len(text.encode("utf-8")), len(text), is_character_vocabulary(tokenizer))
+    kept = blocks[:, 1:] != PAD
+    targets = blocks[:, 1:][kept]
+    unknown_bytes = unknown[: len(blocks), 1:][kept] if unknown is not None else np.zeros_like(targets)
+    is_unknown = unknown_bytes > 0
+    text = tokenizer.decode(targets[~is_unknown].tolist(), skip_special_tokens=True)
+    return EvalSet(
+        blocks,
+        n_tokens=len(targets),
+        n_bytes=len(text.encode("utf-8")) + int(unknown_bytes.sum()),
+        n_chars=len(text) + int(is_unknown.sum()),
+        character_vocabulary=is_character_vocabulary(tokenizer),
+        unknown_tokens=int(is_unknown.sum()),
+        unknown_bytes=int(unknown_bytes.sum()),
+    )
 
 
 class SpikeTotals:
@@ -95,7 +112,9 @@ class EvalResult:
     bits_per_byte: float
     bits_per_character: float | None  # only for character vocabularies
     tokens: int
-    bytes: int
+    bytes: int  # every byte of the text the targets spell
+    unknown_characters: int  # of those, characters outside the vocabulary (each predicted as the unknown token)
+    unknown_bytes: int  # and their bytes
     firing_rate: float  # fraction of all values at all spiking sites that were spikes
     site_rates: dict[str, float]  # per site: the embedding, then each block's att.lif and ffn.lif
     inputs: dict[str, dict[str, float]]  # per projection: zero_fraction and spikes_per_input of what it read
@@ -138,7 +157,7 @@ def evaluate_with_stats(
     batches = list(_batches(mine, batch_size))
     autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
     with autocast:
-        for batch in tqdm(batches, desc="evaluating", leave=False, disable=not progress or rank != 0):
+        for batch in tqdm(batches, desc="evaluating", leave=False, disable=None if progress and rank == 0 else True):
             ids = torch.from_numpy(batch.astype(np.int64)).to(device)
             # the model's loss over the whole set's target count: this batch's share of the mean
             out = model(ids[:, :-1], shift_labels=ids[:, 1:], num_items_in_batch=n_targets, output_spike_stats=True)
@@ -158,6 +177,8 @@ def evaluate_with_stats(
         bits_per_character=bits / max(eval_set.n_chars, 1) if eval_set.character_vocabulary else None,
         tokens=eval_set.n_tokens,
         bytes=eval_set.n_bytes,
+        unknown_characters=eval_set.unknown_tokens,
+        unknown_bytes=eval_set.unknown_bytes,
         firing_rate=float(spikes.stats().firing_rate()),
         site_rates=spikes.site_rates(),
         inputs=spikes.input_stats(),

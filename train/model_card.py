@@ -11,6 +11,20 @@ ARCHITECTURE_FIELDS = ("n_layer", "n_embd", "ctx_len", "vocab_size", "ffn_hidden
                        "lif_threshold", "lif_reset", "surrogate", "surrogate_alpha")  # fmt: skip
 
 
+# Hub metadata: transformers loads it, through the checkpoint's own code files (the Hub's "custom_code" tag)
+CARD_METADATA = (
+    "library_name: transformers",
+    "pipeline_tag: text-generation",
+    "tags: [spikegpt, spiking-neural-network, rwkv, custom_code]",
+)
+HOW_TO_LOAD = (
+    "Its code is the `spikegpt` package (`pip install spikegpt`): `AutoModelForCausalLM.from_pretrained(DIR, "
+    'trust_remote_code=True)` and `pipeline("text-generation", model=DIR, trust_remote_code=True)` load it '
+    "through the small code files saved beside the weights, which import the installed package; or run "
+    "`spikegpt generate --model DIR`."
+)
+
+
 def _evaluation_lines(result: EvalResult) -> list[str]:
     lines = [
         f"| loss (nats/token) | {result.loss:.4f} |",
@@ -37,14 +51,12 @@ def model_card(
     """Markdown with Hub metadata: data, architecture, optimisation, length of the run and validation results."""
     lines = [
         "---",
-        "library_name: transformers",
-        "tags: [spikegpt, spiking-neural-network, rwkv]",
+        *CARD_METADATA,
         "---",
         "",
         f"# SpikeGPT, {config.n_layer} layers × {config.n_embd}",
         "",
-        "A SpikeGPT (spiking RWKV-4) language model trained with the `spikegpt` package. Load it with "
-        "`AutoModelForCausalLM.from_pretrained` after `import spikegpt`, or run `spikegpt generate --model DIR`.",
+        f"A SpikeGPT (spiking RWKV-4) language model trained with the `spikegpt` package. {HOW_TO_LOAD}",
         "",
         "## Training",
         "",

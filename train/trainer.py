@@ -147,7 +147,9 @@ class Trainer:
             self.data = training_data(corpus, self.tokenizer, cfg, self.ctx_len, rank, self.world)
         validation = self.data.validation
         self.eval_set = (
-            make_eval_set(validation, self.tokenizer, cfg.eval_max_blocks) if validation is not None else None
+            make_eval_set(validation, self.tokenizer, cfg.eval_max_blocks, self.data.validation_unknown)
+            if validation is not None
+            else None
         )
         n_params = sum(p.numel() for p in model.parameters())
 
@@ -196,7 +198,7 @@ class Trainer:
         window = _Window(self.unwrapped, accelerator.device)
         evaluation = None
         progress = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
-                        disable=not self.main, mininterval=2.0)  # fmt: skip
+                        disable=None if self.main else True, mininterval=2.0)  # fmt: skip
         model.train()
         while self.step < self.total_steps:
             lr = learning_rate(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, self.decay_steps)

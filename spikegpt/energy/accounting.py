@@ -68,8 +68,10 @@ projections count as in strict (S·d_out AC) and only WKV differs (6·T·d MAC).
 Baselines: ``spiking_off`` is the same architecture with every spike function the identity (counted as strict on
 a non-spiking model: no thresholds, no neurons, residual additions of real values as elementwise steps, every
 product a MAC); ``vanilla_gpt`` is the paper's formula for a GPT of the same width and depth over the same
-tokens, per layer and per sequence of T tokens: E_MAC · (3·T·d² + 2·T²·d + T² + 2·T² + FL_MLP) with
-FL_MLP = 2·T·d·F (Table 1's rows only: no output projection, LayerNorm, embedding or head).
+tokens, per layer and per window of T tokens: E_MAC · (3·T·d² + 2·T²·d + T² + 2·T² + FL_MLP) with
+FL_MLP = 2·T·d·F (Table 1's rows only: no output projection, LayerNorm, embedding or head). A GPT reads a text
+longer than its context length (the model's ``ctx_len``) in windows of that length, one after the other, not as
+one attention sequence: a sequence is cut into consecutive windows of ``ctx_len`` tokens and a shorter last one.
 
 ``equal_bit_int8`` is a dense model of equal bit width: the spiking_off count with every block projection a dense
 int8 MAC (0.23 pJ, Horowitz 2014, 45 nm), the rest priced by the report's profile. Yan et al. (arXiv 2409.08290)
@@ -325,12 +327,18 @@ def _mix_names(config: SpikeGPTConfig) -> list[str]:
     return names
 
 
+def context_windows(tokens: int, context: int) -> list[int]:
+    """The lengths of the consecutive windows in which a model with a ``context``-token limit reads ``tokens``."""
+    full, rest = divmod(tokens, context)
+    return [context] * full + ([rest] if rest else [])
+
+
 def vanilla_gpt_operations(row_tokens: tuple[int, ...], config: SpikeGPTConfig) -> tuple[Term, ...]:
-    """The paper's vanilla-GPT formula (SpikeGPT, TMLR 2024, Table 1) for the same depth, width and sequences:
-    per layer and per sequence of T tokens, 3Td² (QKV) + 2T²d (attention) + T² (scale) + 2T² (softmax) +
-    2TdF (FFN) MACs."""
+    """The paper's vanilla-GPT formula (SpikeGPT, TMLR 2024, Table 1) for the same depth, width and sequences,
+    read in windows of ``config.ctx_len`` tokens: per layer and per window of T tokens, 3Td² (QKV) + 2T²d
+    (attention) + T² (scale) + 2T² (softmax) + 2TdF (FFN) MACs."""
     d, hidden, layers = config.n_embd, config.ffn_hidden, config.n_layer
-    rows = [t for t in row_tokens if t]
+    rows = [window for t in row_tokens if t for window in context_windows(t, config.ctx_len)]
     return (
         Term("qkv", "mac", layers * sum(3 * t * d * d for t in rows)),
         Term("attention", "mac", layers * sum(2 * t * t * d for t in rows)),

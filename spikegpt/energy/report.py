@@ -43,7 +43,8 @@ BASELINES = {
     "int8 MAC (0.23 pJ, Horowitz ISSCC 2014, 45 nm) and the rest priced by this profile; Yan et al. (arXiv "
     "2409.08290): an SNN beats an equal-bit quantized network only below ~6% spike rate once data movement counts",
     "vanilla_gpt": "SpikeGPT, TMLR 2024, Table 1 formula for a GPT of the same depth and width over the same "
-    "sequences: 3Td^2 + 2T^2d + T^2 + 2T^2 + FFN MACs per layer (no output projection, LayerNorm or head)",
+    "sequences, read in windows of the context length: 3Td^2 + 2T^2d + T^2 + 2T^2 + FFN MACs per layer and "
+    "window of T tokens (no output projection, LayerNorm or head)",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import math
 import subprocess
 import sys
@@ -172,6 +173,20 @@ def test_char_vocabulary_file_becomes_the_tokenizer(tmp_path):
 
     _, tokenizer = load_model(tmp_path / "hf")
     assert tokenizer.encode("a b\n") == [2, 1, 3, 0]
+
+
+def test_the_originals_unknown_character_stands_for_characters_outside_its_vocabulary(tmp_path):
+    """The original reads a character it lacks as U+E083, which its vocabularies hold: so does the conversion."""
+    chars = ["\n", " ", "\ue083", *"abc"]
+    vocab_file = tmp_path / "vocab.json"
+    vocab_file.write_text(json.dumps({str(i): c for i, c in enumerate(chars)}), encoding="utf-16")
+    torch.save(original_state_dict(len(chars), 1, 8), tmp_path / "original.pth")
+    convert_checkpoint(tmp_path / "original.pth", tmp_path / "hf", ConversionOptions(char_vocab=str(vocab_file)))
+    from spikegpt.checkpoint import load_model
+    from spikegpt.tokenizer import encode_counting_unknown
+
+    _, tokenizer = load_model(tmp_path / "hf")
+    assert encode_counting_unknown(tokenizer, "a é\n") == ([3, 1, 2, 0], 1)
 
 
 class NotATensor:

@@ -157,3 +157,16 @@ def test_report_dict_has_the_keys_clients_rely_on():
     assert all({"energy_j", "ratio"} <= set(b) for b in out["baselines"].values())
     assert all({"name", "firing_rate", "mac", "ac", "energy_j"} <= set(layer) for layer in out["layers"])
     assert "memory traffic" in " ".join(out["excludes"]) and "not a measurement" in out["note"]
+
+
+def test_vanilla_gpt_reads_a_long_text_in_context_windows():
+    """A GPT with a 64-token context reads 150 tokens as windows of 64, 64 and 22: attention is quadratic in each
+    window, not in the whole text; the per-token terms are unchanged."""
+    config = tiny_config(n_embd=4, ffn_hidden=8, vocab_size=5, n_layer=2, ctx_len=64)
+    terms = {t.name: t.count for t in vanilla_gpt_operations((150,), config)}
+    windows = (64, 64, 22)
+    assert terms["attention"] == 2 * sum(2 * t * t * 4 for t in windows)
+    assert terms["scale"] == 2 * sum(t * t for t in windows) and terms["softmax"] == 2 * sum(2 * t * t for t in windows)
+    assert terms["qkv"] == 2 * 3 * 150 * 16 and terms["ffn"] == 2 * 2 * 150 * 4 * 8
+    whole = {t.name: t.count for t in vanilla_gpt_operations((64,), config)}
+    assert whole["attention"] == 2 * 2 * 64 * 64 * 4  # up to the context length, one window

@@ -86,3 +86,14 @@ def test_text_is_required_unless_listing(capsys):
     assert capsys.readouterr().err.strip() == (
         "spikegpt energy: error: give the text to read: --text FILE or --prompt TEXT"
     )
+
+
+def test_the_readmes_energy_snippet_runs_as_it_is(tmp_path):
+    """The README's Python example of energy_report, copied as a user would, in a fresh interpreter."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = readme.split("```python\n")[1:]
+    (snippet,) = [b.split("```")[0] for b in blocks if "energy_report(" in b.split("```")[0]]
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    energy_j = float(result.stdout.split()[0])
+    assert 0 < energy_j < 1

@@ -17,6 +17,8 @@ def test_generate_streams_text_and_a_summary(tiny_model_dir):
     args = ("generate", "--model", str(tiny_model_dir), "--prompt", "To be, or not", "--max-new-tokens", "25")
     result = spikegpt(*args, "--seed", "3", "--temperature", "0.9")
     assert result.returncode == 0, result.stderr
+    # a clean start: the summary line is all of stderr (no transformers warnings, no bar in a captured stream)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     summary = result.stderr.strip().splitlines()[-1]
     match = re.search(
         r"prompt 13 tokens, generated (\d+) tokens .* mean firing rate 0\.\d+, finish reason (\w+)", summary

@@ -127,3 +127,61 @@ def test_a_hub_id_loads_from_the_hub_cache(tmp_path, tiny_model_dir):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["SpikeGPTForCausalLM", "2", str(len(ALPHABET) + 1), "CheckpointError"]
+
+
+def true_log_probability(model, sequence: torch.Tensor, prompt_len: int, eos: int | None) -> float:
+    """log p(generated tokens | prompt) from one parallel forward over the whole sequence, up to the first EOS."""
+    generated = sequence[prompt_len:].tolist()
+    if eos is not None and eos in generated:
+        generated = generated[: generated.index(eos) + 1]
+    ids = sequence[: prompt_len + len(generated)][None]
+    logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
+    return sum(float(logprobs[prompt_len - 1 + i, t]) for i, t in enumerate(generated))
+
+
+@pytest.mark.parametrize("num_beams, max_new_tokens", [(2, 1), (2, 12), (3, 7), (4, 16)])
+@torch.no_grad()
+def test_beam_search_scores_are_the_true_log_probabilities(seed, num_beams, max_new_tokens):
+    """The state follows the beams: every returned beam's score is the log-probability a forward pass over its
+    text gives (length_penalty 0: the plain sum), so no beam read another beam's history."""
+    model = lively_weights_(SpikeGPTForCausalLM(tiny_config(eos_token_id=0)), seed).eval()
+    prompt = torch.randint(1, model.config.vocab_size, (1, 5))
+    out = model.generate(
+        prompt,
+        num_beams=num_beams,
+        num_return_sequences=num_beams,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        length_penalty=0.0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    for sequence, score in zip(out.sequences, out.sequences_scores, strict=True):
+        expected = true_log_probability(model, sequence, prompt.shape[1], eos=0)
+        # float32 logits summed over up to 16 steps: the tolerance is that of the two forms' equality
+        assert float(score) == pytest.approx(expected, abs=1e-4), (sequence.tolist(), float(score), expected)
+
+
+@torch.no_grad()
+def test_one_beam_is_greedy(seed):
+    model = lively_weights_(SpikeGPTForCausalLM(tiny_config()), seed).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 6))
+    beam = model.generate(prompt, num_beams=1, max_new_tokens=10, do_sample=False)
+    assert torch.equal(beam, manual_loop(model, prompt, 10, lambda logits: logits.argmax(-1, keepdim=True)))
+
+
+@torch.no_grad()
+def test_generate_decodes_through_the_traced_step_bit_for_bit(seed):
+    """generate() decodes with the traced recurrent step (the engine's, for its speed); its logits are the eager
+    forward's exactly."""
+    from spikegpt.tracing import _GENERATE_STEPS
+
+    model = lively_weights_(SpikeGPTForCausalLM(tiny_config()), seed).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (2, 5))
+    out = model.generate(prompt, max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    assert list(_GENERATE_STEPS[model]) == [(2, prompt.device, torch.float32)]
+    eager = model(prompt, use_cache=True, logits_to_keep=1)  # as generate() reads the prompt
+    for step, logits in enumerate(out.logits):
+        assert torch.equal(logits, eager.logits[:, -1].float()), step
+        token = out.sequences[:, prompt.shape[1] + step : prompt.shape[1] + step + 1]
+        eager = model(token, state=eager.state)

@@ -88,3 +88,26 @@ def test_chat_template_file_and_tokens_cap(tiny_model_dir, tmp_path):
         assert server.host.tokenizer.decode(tokens) == "-user-Hi\n-assistant-"
         # no max_tokens: the server's cap
         assert chat(client, seed=1, **LONG)["usage"]["completion_tokens"] == 5
+
+
+def test_apply_chat_template_writes_the_servers_prompt(client, tiny_model_dir):
+    """One definition: the checkpoint's tokenizer (as Hugging Face loads it, without spikegpt's loader) renders the
+    very text the server prompts the model with, for every role and content shape."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conversations = [
+        MESSAGES,
+        [{"role": "user", "content": "  padded  "}],
+        [
+            {"role": "developer", "content": "Rules."},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": "c"},
+            {"role": "tool", "content": "d"},
+        ],
+    ]
+    for messages in conversations:
+        served = client.post("/tokenize", json={"messages": messages}).json()["tokens"]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert served == tokenizer.encode(text, add_special_tokens=False), text
+        assert client.post("/detokenize", json={"tokens": served}).json()["prompt"] == text

@@ -79,3 +79,16 @@ def test_sigterm_lets_short_streams_finish_and_ends_long_ones_cleanly(tiny_model
         assert not any("Traceback" in line for line in server.log), "".join(server.log)
     finally:
         server.stop()
+
+
+def test_serve_starts_without_warnings(tiny_model_dir):
+    """Nothing on stderr from a start but uvicorn's and the server's own INFO lines: no transformers warnings about
+    its own internals (is_gradient_checkpointing, loss_type) and no "Loading weights" bar in a log."""
+    server = ServerProcess("--model", str(tiny_model_dir))
+    try:
+        url = server.wait_ready()
+        assert httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, timeout=30).is_success
+    finally:
+        server.stop()
+    lines = [line.rstrip("\n") for line in server.log if line.strip()]
+    assert lines and all(line.startswith("INFO:") or " INFO " in line for line in lines), "\n".join(lines)

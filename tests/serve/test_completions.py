@@ -37,7 +37,7 @@ def test_completion_shape_usage_and_energy(client, server):
     (choice,) = body["choices"]
     assert choice["index"] == 0 and choice["finish_reason"] == "length" and choice["logprobs"] is None
     assert len(choice["text"]) == 12  # one character per token
-    assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 12, "total_tokens": 23}
+    assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 12, "total_tokens": 23, "unknown_characters": 0}
     check_energy(body["energy"], 12)
     # the model processed the prompt and every generated token but the last
     assert body["energy"]["tokens"] == 11 + 12 - 1
@@ -63,7 +63,12 @@ def test_include_usage_adds_a_final_usage_chunk(client):
     *chunks, usage_chunk, done = events
     assert done == "[DONE]"
     assert usage_chunk["choices"] == []
-    assert usage_chunk["usage"] == {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    assert usage_chunk["usage"] == {
+        "prompt_tokens": 11,
+        "completion_tokens": 7,
+        "total_tokens": 18,
+        "unknown_characters": 0,
+    }
     check_energy(usage_chunk["energy"], 7)
     assert all(c["usage"] is None for c in chunks)
 

@@ -39,7 +39,7 @@ def check_error(response: httpx.Response, status: int, param: str | None = None)
         ({**OK, "top_p": 0}, "top_p"),
         ({**OK, "n": 0}, "n"),
         ({**OK, "n": 100}, "n"),
-        ({**OK, "max_tokens": 0}, "max_tokens"),
+        ({**OK, "max_tokens": -1}, "max_tokens"),  # 0 is a score-only request (test_tokens_and_scores)
         ({**OK, "max_tokens": 10**9}, "max_tokens"),  # over the server's cap
         ({**OK, "logprobs": 50}, "logprobs"),
         ({**OK, "presence_penalty": 5}, "presence_penalty"),

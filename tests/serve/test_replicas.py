@@ -177,7 +177,10 @@ def test_requests_spread_and_survive_a_replica_stopping(balanced):
     for worker in workers:
         worker.join(timeout=60)
 
-    assert readiness and set(readiness) == {503}, readiness  # unready from the signal until the port closed
+    # unready from the moment the server handles the signal (it reaches its event loop asynchronously, so a poll
+    # sent just after kill() may still be answered 200) until the port closed
+    assert 503 in readiness, readiness
+    assert set(readiness[readiness.index(503) :]) == {503}, readiness
     assert drained_in >= GRACE - 0.5  # the endless streams held it open for the whole grace
     assert results and all(status == 200 for status, _ in results), Counter(s for s, _ in results)
     retried = sum("," in upstream for _, upstream in results)

@@ -93,7 +93,8 @@ def _bounds(model, name: str) -> tuple:
 def test_the_request_models_take_their_bounds_from_the_one_table(model):
     pairs = {name: name for name in LIMITS if name in model.model_fields}
     if model is ChatCompletionRequest:  # chat's logprobs is a flag; its count is top_logprobs
-        pairs |= {"max_completion_tokens": "max_tokens", "top_logprobs": "logprobs"}
+        pairs |= {"max_tokens": "chat_max_tokens", "max_completion_tokens": "chat_max_tokens"}
+        pairs |= {"top_logprobs": "logprobs"}
         del pairs["logprobs"]
     assert {"temperature", "top_p", "top_k", "seed", "n", "max_tokens"} <= set(pairs)
     for field, name in pairs.items():

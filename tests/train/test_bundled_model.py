@@ -11,8 +11,9 @@ from conftest import SHARED_DATA
 from train_helpers import offline  # noqa: F401 (offline is an autouse fixture)
 
 import spikegpt
-from spikegpt.checkpoint import load_model
+from spikegpt.checkpoint import load_model, saved_files
 from spikegpt.cli import main
+from spikegpt.train.model_card import CARD_METADATA, HOW_TO_LOAD
 
 BUNDLED = spikegpt.default_model_path()
 
@@ -45,3 +46,24 @@ def test_held_out_bits_per_byte_match_the_card(capsys, tmp_path):
     claimed = float(re.search(r"\| bits per byte \| ([0-9.]+) \|", card).group(1))
     assert result["tokens"] == 111_539  # the whole held-out tail, as the card says
     assert abs(result["bits_per_byte"] - claimed) < 1e-4, (result["bits_per_byte"], claimed)
+
+
+def test_the_bundled_files_are_what_saving_writes_now(tmp_path):
+    """Configuration, tokenizer (chat template, unknown token) and code files as every checkpoint now carries them;
+    the weights file is the trained one, never rewritten (scripts/refresh_bundled_model.py)."""
+    model, tokenizer = load_model()
+    written = saved_files(model, tokenizer, tmp_path)
+    assert {"chat_template.jinja", "configuration_spikegpt.py", "modeling_spikegpt.py"} <= set(written)
+    for name, data in written.items():
+        if name != "model.safetensors":
+            stale = f"{name} is stale: run python scripts/refresh_bundled_model.py"
+            assert (BUNDLED / name).read_bytes() == data, stale
+
+
+def test_the_model_cards_say_what_loads_them():
+    card = (BUNDLED / "README.md").read_text()
+    front_matter = card.split("---")[1]
+    assert "library_name: transformers" in front_matter and "pipeline_tag: text-generation" in front_matter
+    assert "custom_code" in front_matter and "custom_code" in CARD_METADATA[-1]
+    assert "trust_remote_code=True" in card and "pip install spikegpt" in card
+    assert "trust_remote_code=True" in HOW_TO_LOAD and "pip install spikegpt" in HOW_TO_LOAD

@@ -86,7 +86,7 @@ def test_a_directorys_file_names_give_its_splits(tmp_path, tokenizer):
     corpus = load_corpus(source(folder))
     assert list(iter_texts(corpus, "train")) == DOCS[:2] and list(iter_texts(corpus, "validation")) == DOCS[2:]
     streams = split_streams(corpus, tokenizer, "train", "validation", 0.1)
-    assert tokenizer.decode(streams.validation.tolist(), skip_special_tokens=True) == DOCS[2]
+    assert tokenizer.decode(streams.validation.ids.tolist(), skip_special_tokens=True) == DOCS[2]
 
 
 @pytest.mark.parametrize("ctx_len", [1, 3, 7, 16, 100])
@@ -111,8 +111,8 @@ def test_missing_validation_split_is_the_tail_of_the_training_tokens(tmp_path, t
     corpus = load_corpus(source(path))
     streams = split_streams(corpus, tokenizer, "train", "validation", 0.1)
     full = tokenizer.encode(text)
-    assert streams.train.tolist() == full[:900] and streams.validation.tolist() == full[900:]
-    assert eval_stream(corpus, tokenizer, "validation", "train", 0.1).tolist() == full[900:]
+    assert streams.train.ids.tolist() == full[:900] and streams.validation.ids.tolist() == full[900:]
+    assert eval_stream(corpus, tokenizer, "validation", "train", 0.1).ids.tolist() == full[900:]
 
 
 def test_block_batches_cover_each_epoch_once_and_resume(tmp_path):
@@ -179,3 +179,51 @@ def test_missing_text_field_is_a_clear_error(tmp_path, tokenizer):
     corpus = load_corpus(source(path))
     with pytest.raises(DatasetError, match="no 'text' field \\(fields: body\\); name the text field with --text-field"):
         tokenize_split(corpus, "train", tokenizer)
+
+
+UNKNOWN_DOCS = ["In 1990 the café — 東京\n", "plain text\n", "naïve ☃ snow\n"]  # —, 東, 京, ï, ☃ are unknown
+
+
+def test_eval_counts_every_byte_and_reports_the_unknown_ones(tmp_path, tokenizer, capsys):
+    """``spikegpt eval`` on text with characters outside the model's vocabulary: bits per byte are over every byte
+    of the text the targets spell (the unknown characters' too), and how many were unknown is reported."""
+    from conftest import lively_weights_, tiny_config
+
+    from spikegpt import SpikeGPTForCausalLM
+    from spikegpt.cli import main
+
+    model_dir = tmp_path / "model"
+    model = lively_weights_(SpikeGPTForCausalLM(tiny_config(eos_token_id=tokenizer.eos_token_id)), seed=3)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in UNKNOWN_DOCS])
+    args = ["eval", "--model", str(model_dir), "--dataset", str(path), "--split", "train", "--json"]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache"), "--ctx-len", "8"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    text = "".join(UNKNOWN_DOCS)[1:]  # every character after the first is a target (separators spell nothing)
+    assert result["bytes"] == len(text.encode())
+    lost = [ch for ch in text if ch not in ALPHABET]
+    assert result["unknown_characters"] == len(lost) == 5
+    assert result["unknown_bytes"] == len("".join(lost).encode())
+    assert result["tokens"] == len(text) + len(UNKNOWN_DOCS)  # characters and the end-of-text separators
+
+
+def test_training_warns_once_with_the_share_of_unknown_characters(tmp_path, tokenizer, caplog):
+    from types import SimpleNamespace
+
+    from spikegpt.train.data import training_data
+
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in UNKNOWN_DOCS * 20])
+    options = SimpleNamespace(
+        train_split="train", validation_split="validation", validation_fraction=0.1, batch_size=2, seed=0
+    )
+    with caplog.at_level("WARNING", logger="spikegpt.train.data"):
+        data = training_data(load_corpus(source(path)), tokenizer, options, ctx_len=8)
+    warnings = [r.getMessage() for r in caplog.records if "outside the vocabulary" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    # per token of the stream: is it an unknown character (each document's characters, then its separator)
+    flags = [flag for doc in UNKNOWN_DOCS * 20 for flag in [ch not in ALPHABET for ch in doc] + [False]]
+    cut = int(len(flags) * 0.9)  # the training part; the rest is held out
+    unknown = sum(flags[:cut])
+    assert f"{unknown} characters ({100 * unknown / cut:.2f}% of {cut} tokens)" in warnings[0]
+    assert data.validation_unknown is not None and data.validation_unknown.shape == data.validation.shape
