@@ -11,9 +11,21 @@ weights (a small model's weights can live in a large last-level cache; the faste
 Ours is timed three ways (``--forms``): the model's forward, the serving engine's traced step, torch.compile.
 Prefill: tokens/s of our parallel form over a 512-token prompt against feeding the same prompt token by token.
 
+Event-driven decoding (``--placement residual|inputs``): the engine's traced step with dense, sparse and auto
+products (``--decode`` of generate and serve) at batch 1 and 16, at the inputs' own sparsity ("measured") and at
+synthetic fractions of active inputs (each row keeps its largest |x| only, so the active set moves with the data as
+real activations do, independently per row: a batch's union fills in). ``residual``: the placement as published,
+whose channel-mix V reads relu(k)²; ``inputs``: every projection reads spikes (the spike-driven placement; until
+the model has it, emulated on the residual model by making every product's input binary spikes of the given
+density, said in the output). Each record has the bound recomputed from the bytes the step actually reads (every
+weight of a dense product, the active rows of an event-driven one: the batch's union, each row read once) and the
+densities measured on the products' inputs during the run. The summary has ``sparse_vs_dense`` (and
+``auto_vs_dense``) per size, batch and density, and the ratio to the rwkv package at batch 1.
+
 Prints one JSON object per measurement, then a summary object with the ratios.
     python bench/decode.py                       # both sizes
     python bench/decode.py --sizes 6x256 --tokens 64
+    python bench/decode.py --placement residual  # event-driven decoding at 6x256, 12x512, 12x768
 """
 
 from __future__ import annotations
@@ -35,9 +47,12 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
+DEVICE = torch.device("cpu")  # --device
+
+
 def copy_bandwidth(megabytes: int = 512, repeats: int = 7) -> float:
-    """Bytes moved (read + written) per second by a large copy."""
-    src = torch.ones(megabytes * 2**20 // 4)
+    """Bytes moved (read + written) per second by a large copy on ``DEVICE``."""
+    src = torch.ones(megabytes * 2**20 // 4, device=DEVICE)
     dst = torch.empty_like(src)
     dst.copy_(src)
     best = min(_time(lambda: dst.copy_(src)) for _ in range(repeats))
@@ -47,6 +62,8 @@ def copy_bandwidth(megabytes: int = 512, repeats: int = 7) -> float:
 def _time(fn) -> float:
     start = time.perf_counter()
     fn()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
     return time.perf_counter() - start
 
 
@@ -58,26 +75,43 @@ def tokens_per_second(step, tokens: int, warmup: int = 8) -> tuple[float, float]
     return 1 / statistics.median(times), 1 / min(times)
 
 
+def interleaved_steps_per_second(runs: dict, steps: int, warmup: int) -> dict[str, tuple[float, float]]:
+    """Median and best steps/s of each ``runs[name]()``, timed in turn (one step of each, then again), so that a
+    machine whose load changes during the run slows every variant alike and their ratios stay meaningful."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times = {name: [] for name in runs}
+    for _ in range(steps):
+        for name, run in runs.items():
+            times[name].append(_time(run))
+    return {name: (1 / statistics.median(t), 1 / min(t)) for name, t in times.items()}
+
+
 def bytes_per_token(model: torch.nn.Module, embedding: torch.Tensor) -> int:
     """Parameter bytes a batch-1 step reads: every parameter but the embedding table, plus one embedding row."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     return total - embedding.numel() * embedding.element_size() + embedding.shape[1] * embedding.element_size()
 
 
-def ours(n_layer: int, d: int):
+def ours(n_layer: int, d: int, **config):
     from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
+    from spikegpt.decoding import prepare_weights
 
-    model = SpikeGPTForCausalLM(SpikeGPTConfig(vocab_size=VOCAB, n_layer=n_layer, n_embd=d, dropout=0.0)).eval()
+    config = SpikeGPTConfig(vocab_size=VOCAB, n_layer=n_layer, n_embd=d, dropout=0.0, **config)
+    model = SpikeGPTForCausalLM(config).eval()
     with torch.no_grad():  # RWKV's init zeroes some projections; random weights make every matmul real work
         for p in model.parameters():
             p.normal_(0, 0.02)
+    model.to(DEVICE)
+    prepare_weights(model)  # the engine's layout for the device
     return model
 
 
 def decode_steps(model) -> dict:
     """Our batch-1 decoding step three ways: the model's forward (eager), the engine's default on a CPU (the same
     operations traced with torch.jit.trace) and the engine's --compile (torch.compile)."""
-    from spikegpt.engine import trace_decode_step
+    from spikegpt.tracing import trace_decode_step
 
     def eager(token, state):
         out = model(token, state=state)
@@ -191,6 +225,150 @@ def bench_rwkv_package(n_layer: int, d: int, tokens: int) -> dict:
     return {"tok_s": median, "best_tok_s": best}
 
 
+# -- event-driven decoding ------------------------------------------------------------------------------------
+
+
+def placement_model(n_layer: int, d: int, placement: str):
+    """(model, emulated): the model of ``placement``; ``inputs`` is emulated when the config does not have it."""
+    import inspect
+
+    from spikegpt import SpikeGPTConfig
+
+    if placement == "inputs" and "spike_placement" in inspect.signature(SpikeGPTConfig.__init__).parameters:
+        return ours(n_layer, d, spike_placement="inputs"), False
+    model = ours(n_layer, d)
+    if placement == "inputs":
+        # the emulation: the residual model whose every product reads binary spikes (the hooks below), with every
+        # product a sparse candidate
+        model.config.spike_placement = "inputs"
+    return model, placement == "inputs"
+
+
+def synthetic_inputs(modules, density: float | None, binary: bool) -> list:
+    """Forward pre-hooks giving each product's input a fraction ``density`` of nonzero values: per row, the
+    largest |x| (None: left as they are); ``binary``: the kept positions become spikes of 1."""
+
+    def hook(module, args):
+        (x,) = args
+        if density is None:
+            return (x.ne(0).to(x.dtype),) if binary else None
+        keep = max(1, int(density * int(x.shape[-1]) + 0.5))
+        mask = torch.zeros_like(x).scatter_(-1, x.abs().topk(keep, dim=-1).indices, 1.0)
+        return (mask,) if binary else (x * mask,)
+
+    return [m.register_forward_pre_hook(hook) for m in modules]
+
+
+def input_densities(model, modules, batch: int, steps: int = 4) -> dict:
+    """Mean fraction of nonzero inputs per row and of the batch's union, over the candidate products, weighted
+    by their weight bytes, measured over a few eager steps of ``batch`` rows."""
+    seen = {m: [0.0, 0.0, 0] for m in modules}
+
+    def record(module, args):
+        flat = args[0].reshape(-1, args[0].shape[-1])
+        seen[module][0] += float(flat.ne(0).float().mean())
+        seen[module][1] += float(flat.ne(0).any(0).float().mean())
+        seen[module][2] += 1
+
+    hooks = [m.register_forward_pre_hook(record) for m in modules]
+    state, token = model.fresh_state(batch), torch.randint(0, VOCAB, (batch, 1), device=DEVICE)
+    for _ in range(steps):
+        out = model(token, state=state)
+        state, token = out.state, out.logits[:, -1].argmax(-1, keepdim=True)
+    for h in hooks:
+        h.remove()
+    weights = {m: m.weight.numel() * m.weight.element_size() for m in modules}
+    total = sum(weights.values())
+    row = sum(weights[m] * v[0] / v[2] for m, v in seen.items()) / total
+    union = sum(weights[m] * v[1] / v[2] for m, v in seen.items()) / total
+    return {"row": row, "union": union, "candidate_bytes": total}
+
+
+def at_size_bandwidth(weight_bytes: int) -> float:
+    """The weights may fit in a large last-level cache: copying a buffer of their size measures that level."""
+    at_size = copy_bandwidth(megabytes=max(1, weight_bytes // 2**20))
+    emit({"measure": "copy_bandwidth", "megabytes": weight_bytes // 2**20, "bytes_per_s": at_size})
+    return at_size
+
+
+@torch.inference_mode()
+def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], float, int]:
+    """Event-driven decoding records, the bound's bandwidth and the dense step's weight bytes."""
+    from spikegpt.decoding import Crossovers, DecodeProducts, sparse_candidates
+    from spikegpt.tracing import trace_decode_step
+
+    model, emulated = placement_model(n_layer, d, args.placement)
+    candidates = sparse_candidates(model)
+    crossovers = Crossovers.load(DEVICE)
+    dense_bytes = bytes_per_token(model, model.model.emb.weight)
+    bandwidth = max(dram, at_size_bandwidth(dense_bytes))
+    records = []
+    for label in args.densities:
+        density = None if label == "measured" else float(label)
+        if density is None and emulated:
+            continue  # no spike-driven model to measure yet
+        hooks = synthetic_inputs(candidates, density, binary=emulated)
+        for batch in args.batches:
+            measured = input_densities(model, candidates, batch)
+            read = {
+                "dense": dense_bytes,
+                # each active row once per step (the union), as the event-driven products read them
+                "sparse": dense_bytes - measured["candidate_bytes"] * (1 - measured["union"]),
+            }
+            record = {
+                "measure": "event_driven_decode",
+                "placement": args.placement,
+                "emulated": emulated,
+                "n_layer": n_layer,
+                "n_embd": d,
+                "vocab": VOCAB,
+                "batch": batch,
+                "density": label,
+                "row_density": measured["row"],
+                "union_density": measured["union"],
+                "crossover_source": crossovers.source,
+            }
+            runs = {}
+            for mode in args.decode:
+                tokens = torch.randint(0, VOCAB, (batch, 1), device=DEVICE)
+                step = trace_decode_step(
+                    model, tokens, model.fresh_state(batch), DecodeProducts(model, mode, batch, crossovers)
+                )
+                box = {"state": model.fresh_state(batch), "token": tokens}
+
+                def run(step=step, box=box):
+                    logits, box["state"], _ = step(box["token"], box["state"])
+                    box["token"] = logits.argmax(-1, keepdim=True)
+
+                runs[mode] = run
+            for mode, (steps_s, best_steps_s) in interleaved_steps_per_second(runs, args.tokens, args.warmup).items():
+                record[f"{mode}_tok_s"] = steps_s * batch
+                record[f"{mode}_best_tok_s"] = best_steps_s * batch
+                bytes_read = read["dense" if mode == "dense" else "sparse"]
+                record[f"{mode}_bytes_per_step"] = bytes_read
+                record[f"{mode}_bound_tok_s"] = bandwidth / bytes_read * batch
+            emit(record)
+            records.append(record)
+        for h in hooks:
+            h.remove()
+    return records, bandwidth, dense_bytes
+
+
+def sparse_summary(records: list[dict], peers: dict) -> dict:
+    table = {}
+    for r in records:
+        keys = ("sparse_vs_dense", "auto_vs_dense", "sparse_vs_dense_best", "auto_vs_dense_best", "vs_rwkv_package")
+        row = table.setdefault(f"b{r['batch']}", {key: {} for key in keys})
+        for mode in ("sparse", "auto"):
+            if f"{mode}_tok_s" in r and "dense_tok_s" in r:
+                row[f"{mode}_vs_dense"][r["density"]] = r[f"{mode}_tok_s"] / r["dense_tok_s"]
+                row[f"{mode}_vs_dense_best"][r["density"]] = r[f"{mode}_best_tok_s"] / r["dense_best_tok_s"]
+        best = max(r.get(f"{m}_tok_s", 0.0) for m in ("sparse", "auto"))
+        if r["batch"] == 1 and peers.get("rwkv_package_tok_s"):
+            row["vs_rwkv_package"][r["density"]] = best / peers["rwkv_package_tok_s"]
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -204,14 +382,53 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=512, help="prompt length for the prefill test (default: 512)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
-        "--forms",
+        "--device",
+        default="cpu",
+        help="device of our model, with --placement (default: cpu); the peers and the forms run on a CPU only",
+    )
+    parser.add_argument(
+        "--placement",
+        choices=["residual", "inputs"],
+        default=None,
+        help="time event-driven decoding for this spike placement (dense, sparse and auto products; batch 1 and "
+        "16; measured and synthetic input densities) instead of the forms and prefill (default: off)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=4, help="untimed steps before timing, with --placement (default: 4)"
+    )
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16], help="with --placement (default: 1 16)")
+    parser.add_argument(
+        "--densities",
         nargs="+",
-        default=["eager", "traced", "compiled"],
+        default=["measured", "0.1", "0.2", "0.4"],
+        help="with --placement: fractions of active inputs, 'measured' = the inputs as they are "
+        "(default: measured 0.1 0.2 0.4)",
+    )
+    parser.add_argument(
+        "--decode",
+        nargs="+",
+        default=["dense", "sparse", "auto"],
+        choices=["dense", "sparse", "auto"],
+        help="with --placement: the decoding step's products to time (default: all)",
+    )
+    parser.add_argument(
+        "--forms",
+        nargs="*",
+        default=None,
         choices=["eager", "traced", "compiled"],
         help="our decoding steps to time: the eager forward, the engine's traced step (its CPU "
-        "default), torch.compile (engine --compile; compiling takes ~30 s per size) (default: all)",
+        "default), torch.compile (engine --compile; compiling takes ~30 s per size) (default: all, none with "
+        "--placement)",
     )
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type != "cpu" and (args.forms or not args.placement):
+        parser.error("--device other than cpu needs --placement (the forms and prefill are timed on a CPU)")
+    if args.forms is None:
+        args.forms = [] if args.placement else ["eager", "traced", "compiled"]
+    if args.placement and args.sizes == parser.get_default("sizes"):
+        args.sizes = ["6x256", "12x512", "12x768"]
     if args.threads:
         torch.set_num_threads(args.threads)
     dram = copy_bandwidth()
@@ -220,28 +437,42 @@ def main() -> None:
     for size in args.sizes:
         n_layer, d = (int(x) for x in size.lower().split("x"))
         dims = {"n_layer": n_layer, "n_embd": d, "vocab": VOCAB}
-        decode, prefill = bench_ours(n_layer, d, args.tokens, args.prefill, args.forms)
-        weight_bytes = decode["bytes_per_token"]
-        # the weights may fit in a large last-level cache: copying a buffer of their size measures that level
-        at_size = copy_bandwidth(megabytes=max(1, weight_bytes // 2**20))
-        emit({"measure": "copy_bandwidth", "megabytes": weight_bytes // 2**20, "bytes_per_s": at_size})
-        bound = max(dram, at_size) / weight_bytes
-        hf = bench_hf(n_layer, d, args.tokens)
-        pkg = bench_rwkv_package(n_layer, d, args.tokens)
-        emit({"measure": "decode", "model": "spikegpt (ours)", **dims, **decode, "bound_tok_s": bound})
+        row = {}
+        if args.forms:
+            decode, prefill = bench_ours(n_layer, d, args.tokens, args.prefill, args.forms)
+            weight_bytes = decode["bytes_per_token"]
+        else:
+            weight_bytes = None
+        sparse_records, bound_bandwidth = [], dram
+        if args.placement:
+            sparse_records, bound_bandwidth, weight_bytes = bench_sparse(n_layer, d, args, dram)
+        else:
+            bound_bandwidth = max(dram, at_size_bandwidth(weight_bytes))
+        bound = bound_bandwidth / weight_bytes
+        on_cpu = DEVICE.type == "cpu"
+        gpu_note = {"missing": f"peers run on a CPU only (ours ran on {DEVICE})"}
+        hf = bench_hf(n_layer, d, args.tokens) if on_cpu else gpu_note
+        pkg = bench_rwkv_package(n_layer, d, args.tokens) if on_cpu else gpu_note
+        if args.forms:
+            emit({"measure": "decode", "model": "spikegpt (ours)", **dims, **decode, "bound_tok_s": bound})
         emit({"measure": "decode", "model": "transformers RwkvForCausalLM", **dims, **hf})
         emit({"measure": "decode", "model": "rwkv package cpu fp32", **dims, **pkg})
-        emit({"measure": "prefill", "model": "spikegpt (ours)", **dims, **prefill})
-        row = {"bound_tok_s": bound, "hf_tok_s": hf["tok_s"], "rwkv_package_tok_s": pkg.get("tok_s")}
-        for form in args.forms:
-            ours_tok_s = decode[f"{form}_tok_s"]
-            row[form] = {
-                "tok_s": ours_tok_s,
-                "fraction_of_bound": ours_tok_s / bound,
-                "vs_hf": ours_tok_s / hf["tok_s"],
-                "vs_rwkv_package": ours_tok_s / pkg["tok_s"] if "tok_s" in pkg else None,
-            }
-        row["prefill_speedup"] = prefill["speedup"]
+        row.update({"bound_tok_s": bound, "hf_tok_s": hf.get("tok_s"), "rwkv_package_tok_s": pkg.get("tok_s")})
+        if args.forms:
+            emit({"measure": "prefill", "model": "spikegpt (ours)", **dims, **prefill})
+            for form in args.forms:
+                ours_tok_s = decode[f"{form}_tok_s"]
+                row[form] = {
+                    "tok_s": ours_tok_s,
+                    "fraction_of_bound": ours_tok_s / bound,
+                    "vs_hf": ours_tok_s / hf["tok_s"],
+                    "vs_rwkv_package": ours_tok_s / pkg["tok_s"] if "tok_s" in pkg else None,
+                }
+            row["prefill_speedup"] = prefill["speedup"]
+        if args.placement:
+            row["placement"] = args.placement
+            row["emulated"] = any(r["emulated"] for r in sparse_records)
+            row.update(sparse_summary(sparse_records, row))
         summary["sizes"][size] = row
     emit(summary)
 

@@ -224,7 +224,15 @@ class ServerProcess:
 
 
 def engine_peer(
-    model: str | None, ids: list[int], levels: list[int], requests: int, max_tokens: int, threads: int, compile: bool
+    model: str | None,
+    ids: list[int],
+    levels: list[int],
+    requests: int,
+    max_tokens: int,
+    threads: int,
+    compile: bool,
+    device: str | None = None,
+    decode: str | None = None,
 ):
     """The same requests through the engine alone (no HTTP), in this process."""
     import torch
@@ -234,8 +242,8 @@ def engine_peer(
     from spikegpt.sampling import SamplingParams
 
     torch.set_num_threads(threads)
-    loaded, tokenizer = load_model(model)
-    engine = Engine(loaded, tokenizer, max_batch=max(levels), compile=compile)
+    loaded, tokenizer = load_model(model, device or "cpu")
+    engine = Engine(loaded, tokenizer, max_batch=max(levels), compile=compile, decode=decode or "auto")
     engine.submit(GenerationRequest("warm-up", ids, SamplingParams(max_tokens=4)))  # compiles, with --compile
     while engine.has_work():
         engine.step()
@@ -281,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per level (default: 120)")
     parser.add_argument("--threads", type=int, default=1, help="server's model threads with --model (default: 1)")
     parser.add_argument("--compile", action="store_true", help="with --model: serve with --compile (and the peer)")
+    parser.add_argument("--device", default=None, help="with --model: the server's (and the peer's) device")
+    parser.add_argument(
+        "--decode", default=None, choices=["auto", "dense", "sparse"], help="with --model: serve with --decode"
+    )
     parser.add_argument("--no-peer", action="store_true", help="skip the engine-only peer (with --model)")
     parser.add_argument("--api-key", default=None, help="bearer key of the server, if it has one")
     args = parser.parse_args(argv)
@@ -290,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.url is None:
         extra = ["--max-batch", str(max(args.concurrency)), "--threads", str(args.threads)]
         extra += ["--compile"] if args.compile else []
+        extra += ["--device", args.device] if args.device else []
+        extra += ["--decode", args.decode] if args.decode else []
         server = ServerProcess(model, extra)
     try:
         url = args.url or server.wait_ready()
@@ -320,7 +334,17 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     if args.model is not None and not args.no_peer:
         requests = args.requests or max(16, 4 * max(args.concurrency))
-        engine_peer(model, ids, args.concurrency, requests, args.max_tokens, args.threads, args.compile)
+        engine_peer(
+            model,
+            ids,
+            args.concurrency,
+            requests,
+            args.max_tokens,
+            args.threads,
+            args.compile,
+            args.device,
+            args.decode,
+        )
     summary = {"measurement": "serve_summary", "model": model_name}
     lowest, highest = min(by_level), max(by_level)
     if by_level[lowest]["output_tokens_per_s"]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 
 from spikegpt.commands.common import add_model_arguments
+from spikegpt.decoding import DECODE_HELP, DECODE_MODES
 
 from .settings import ENV_PREFIX, ServeSettings
 
@@ -74,7 +75,8 @@ FLAGS = {
         dict(metavar="FILE"),
     ),
     "--energy-profile": (
-        "hardware profile pricing the energy field: 45nm-fp32, 45nm-fp16, 45nm-int8, loihi, or a .toml/.json file",
+        "hardware profile pricing the energy field: 45nm-fp32, 45nm-fp16, 45nm-int8, loihi, openspike-130nm, "
+        "rram-cim-22nm, or a .toml/.json file",
         "45nm-fp32",
         dict(metavar="NAME|PATH"),
     ),
@@ -95,6 +97,7 @@ FLAGS = {
         "off",
         dict(action=argparse.BooleanOptionalAction),
     ),
+    "--decode": (DECODE_HELP, "auto", dict(choices=DECODE_MODES)),
     "--shutdown-grace": (
         "on SIGTERM or SIGINT, seconds that requests in flight may run on before their streams are ended with an "
         "error event",

@@ -35,7 +35,7 @@ Loader = Callable[[ServeSettings], tuple[SpikeGPTForCausalLM, PreTrainedTokenize
 
 
 def load_checkpoint(settings: ServeSettings) -> tuple[SpikeGPTForCausalLM, PreTrainedTokenizerFast]:
-    return load_model(settings.model, settings.device, settings.dtype)
+    return load_model(settings.model, settings.device, settings.dtype, settings.weight_bits)
 
 
 class ModelHost:
@@ -86,7 +86,7 @@ class ModelHost:
             if self.chat_template is not None:
                 tokenizer.chat_template = self.chat_template
             s = self.settings
-            engine = Engine(model, tokenizer, s.max_batch, s.batch_invariant, compile=s.compile)
+            engine = Engine(model, tokenizer, s.max_batch, s.batch_invariant, compile=s.compile, decode=s.decode)
             await asyncio.to_thread(_warm_up, engine)
         except Exception as e:
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"

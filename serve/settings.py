@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from spikegpt.errors import SpikeGPTError
+from spikegpt.decoding import DECODE_MODES
+from spikegpt.errors import ConfigError, SpikeGPTError
+from spikegpt.quantize import check_weight_bits
 
 ENV_PREFIX = "SPIKEGPT_"
 BUNDLED_MODEL_NAME = "spikegpt-shakespeare"
@@ -31,6 +33,7 @@ class ServeSettings:
     served_model_name: str | None = None  # None: derived from `model`
     device: str = "cpu"
     dtype: str = "auto"
+    weight_bits: int | None = None  # quantize the weights after loading (spikegpt.quantize); None: as stored
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 16
@@ -45,6 +48,7 @@ class ServeSettings:
     threads: int | None = None  # None: half the CPUs this process may use (available_cpus), at least one
     batch_invariant: bool = True
     compile: bool = False  # torch.compile the decoding step (needs a C++ compiler; slower start, faster steps)
+    decode: str = "auto"  # the decoding step's products: auto, dense or sparse (spikegpt.decoding)
     shutdown_grace: float = 30.0
     access_log: bool = True
     log_level: str = "info"
@@ -63,6 +67,13 @@ class ServeSettings:
             raise SettingsError(f"shutdown_grace must be 0 or more seconds, got {self.shutdown_grace}")
         if self.compile and not self.batch_invariant:
             raise SettingsError("compile needs batch_invariant (the compiled step has one fixed shape)")
+        if self.weight_bits is not None:
+            try:
+                check_weight_bits(self.weight_bits)
+            except ConfigError as e:
+                raise SettingsError(str(e)) from e
+        if self.decode not in DECODE_MODES:
+            raise SettingsError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.api_key is not None and not self.api_key:
             raise SettingsError("api_key must not be empty (leave it unset to serve without a key)")
 

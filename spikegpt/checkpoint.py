@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerFast
 from .config import SpikeGPTConfig
 from .errors import CheckpointError, DeviceError, SpikeGPTError, TokenizerError
 from .model import SpikeGPTForCausalLM
+from .quantize import quantize_model_
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -173,8 +174,10 @@ def load_model(
     source: str | Path | None = None,
     device: str = "cpu",
     dtype: str | torch.dtype | None = None,
+    weight_bits: int | None = None,
 ) -> tuple[SpikeGPTForCausalLM, PreTrainedTokenizerFast]:
-    """The model and tokenizer at ``source`` (a directory or Hub id; None: the bundled model), in eval mode."""
+    """The model and tokenizer at ``source`` (a directory or Hub id; None: the bundled model), in eval mode;
+    ``weight_bits`` quantizes its product weights after loading (``spikegpt.quantize``)."""
     target = check_device(device)
     source = str(source) if source is not None else str(default_model_path())
     if source in BUNDLED_MODELS and not Path(source).exists():
@@ -203,4 +206,6 @@ def load_model(
         raise CheckpointError(
             f"{source}: the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}"
         )
+    if weight_bits is not None:
+        quantize_model_(model, weight_bits)
     return model.to(target).eval(), tokenizer

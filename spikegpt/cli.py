@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "spikegpt.commands.generate",
     "spikegpt.commands.convert",
     "spikegpt.commands.energy",
+    "spikegpt.commands.quantize",
     "spikegpt.train.cli",
     "spikegpt.serve.cli",
 )

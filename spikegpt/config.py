@@ -47,6 +47,10 @@ class SpikeGPTConfig(PreTrainedConfig):
         rescale_layer: when > 0, block i's time-mix output and channel-mix value projection are divided by
             2^(i // rescale_layer) and the residual stream halved after every rescale_layer-th block, as the
             original ``src/model_run.py`` does with RWKV_RESCALE_LAYER = 6. 0 (default) is training's function.
+    Quantized weights (``spikegpt.quantize``):
+        weight_bits: None (floating point), or 8, 4 or 1: every product's weights lie on that grid (one scale per
+            output channel; 1 = binarized with a scale). Recorded by ``spikegpt quantize`` and quantization-aware
+            training; the energy report prices products at this width.
     """
 
     model_type = "spikegpt"
@@ -71,6 +75,7 @@ class SpikeGPTConfig(PreTrainedConfig):
     spike_count_max: int = 4
     spike_count_scale: float = 1.0
     rescale_layer: int = 0
+    weight_bits: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
@@ -109,6 +114,10 @@ class SpikeGPTConfig(PreTrainedConfig):
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rescale_layer < 0:
             raise ConfigError(f"rescale_layer must be 0 (off) or positive, got {self.rescale_layer}")
+        if self.weight_bits is not None:
+            from .quantize import check_weight_bits
+
+            check_weight_bits(self.weight_bits)
         if self.tie_word_embeddings:
             raise ConfigError("SpikeGPT's head is never tied to its embedding (tie_word_embeddings must be False)")
 

@@ -14,6 +14,10 @@ are decoded (cheaper at low concurrency for large models, but the last bits of a
 size). The step's cost is then mostly fixed (per-operation overhead plus the padded rows), which is why serving
 many sequences at once costs little more than serving one.
 
+``decode`` chooses the decoding step's products (``spikegpt.decoding``): dense, event-driven (only the weight rows
+of nonzero inputs) or ``auto`` (event-driven below the crossover measured for this machine). On a CPU each row
+decides for itself, so batch invariance holds in every mode. Prompts are always read with dense products.
+
 Faults are isolated per request: a failure while admitting, prefilling, sampling or detokenising one request
 ends that request alone, with a final event whose finish_reason is "error" and whose ``error`` names the stage
 (never the exception's text: that goes to the log); its slot is freed at once. Only a failure of the batched
@@ -33,6 +37,9 @@ from transformers import PreTrainedTokenizerFast
 
 from spikegpt.kernels import kernel_backend
 
+from .decoding import Crossovers, DecodeProducts, prepare_weights
+from .errors import ConfigError
+from .int8_kernels import use_int8_kernels_
 from .model import SpikeGPTForCausalLM
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
 from .state import RecurrentState
@@ -114,17 +121,29 @@ class Engine:
         batch_invariant: bool = True,
         prefill_chunk: int = 1024,
         compile: bool = False,
+        decode: str = "auto",
+        crossovers: Crossovers | None = None,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if compile and not batch_invariant:
             raise ValueError("compile needs batch_invariant: the compiled step has one fixed shape")
         self.model = model.eval()
+        self.device = model.head.weight.device
+        # A model on the 8-bit grid decodes with int8 weights on a CPU (a quarter of the bytes per token); its
+        # products are then the int8 kernel's, so the event-driven ones (which read float rows) stay off.
+        int8 = not compile and self.device.type == "cpu" and getattr(model.config, "weight_bits", None) == 8
+        if int8 and decode == "sparse":
+            raise ConfigError("decode 'sparse' reads float weight rows; an 8-bit model decodes with int8 kernels")
+        # dense or event-driven products in the decoding step (decode: auto, dense, sparse); prefill stays dense
+        self.products = DecodeProducts(model, "dense" if int8 else decode, max_batch, crossovers)
+        prepare_weights(model, decode)
+        if int8:
+            use_int8_kernels_(model)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.batch_invariant = batch_invariant
         self.prefill_chunk = prefill_chunk
-        self.device = model.head.weight.device
         self.vocab_size = model.config.vocab_size
         self.eos_token_id = tokenizer.eos_token_id
         self.state = model.fresh_state(max_batch)
@@ -145,8 +164,8 @@ class Engine:
         # operations without Python between them. Either way a row's result still depends on nothing but the row.
         if compile:
             self.decode_step = torch.compile(self._model_step, dynamic=False)
-        elif batch_invariant and kernel_backend(self.next_tokens) == "torch":
-            self.decode_step = trace_decode_step(model, self.next_tokens, self.state)
+        elif batch_invariant and kernel_backend(self.next_tokens, steps=1) == "torch":
+            self.decode_step = trace_decode_step(model, self.next_tokens, self.state, self.products)
         else:
             self.decode_step = self._model_step
 
@@ -304,7 +323,8 @@ class Engine:
 
     def _model_step(self, tokens: torch.Tensor, state: RecurrentState) -> tuple:
         """One recurrent step: (last logits [B, vocab], new state, (spike counts [B, sites], reads))."""
-        out = self.model(tokens, state=state, output_spike_stats=True)
+        with self.products:
+            out = self.model(tokens, state=state, output_spike_stats=True)
         return out.logits[:, -1], out.state, (out.spike_stats.counts, out.spike_stats.reads)
 
     def _sample(self, ready: list[_Sequence], events: list[GenerationEvent]) -> None:

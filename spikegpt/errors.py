@@ -21,6 +21,10 @@ class TokenizerError(SpikeGPTError):
     """A tokenizer cannot be found, loaded or built."""
 
 
+class DecodeModeError(SpikeGPTError, ValueError):
+    """An unknown decoding mode (``auto``, ``dense``, ``sparse``) or an unreadable crossover file."""
+
+
 class GenerationError(SpikeGPTError, ValueError):
     """A generation request is invalid (bad sampling parameters, empty or too long prompt).
 

@@ -252,10 +252,6 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
     _is_stateful = True
     supports_gradient_checkpointing = False
 
-    def post_init(self) -> None:
-        super().post_init()
-        self.column_major_linears()
-
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """Hugging Face's save, plus the ``auto_map`` and code files that load the checkpoint without ``import
         spikegpt`` (``trust_remote_code=True``; see ``hub_code``)."""
@@ -267,21 +263,9 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
+        # (the decoding layout of the weights is the engine's set-up: spikegpt.decoding.prepare_weights)
         with transformers_bars_on_terminal():
-            loaded = super().from_pretrained(*args, **kwargs)
-        (loaded[0] if isinstance(loaded, tuple) else loaded).column_major_linears()
-        return loaded
-
-    def column_major_linears(self) -> None:
-        """Store every Linear weight transposed in memory: still shaped [out, in], but [in, out] contiguous.
-
-        ``F.linear`` then multiplies by a contiguous ``W.T``, which a CPU streams at full memory bandwidth in the
-        batch-1 products of decoding (the head of a 50k vocabulary: 3.4 ms instead of 8.7 ms here, REFERENCES.md);
-        large products run as fast either way. Loading, saving and optimisers keep working unchanged.
-        """
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and module.weight.is_contiguous():
-                module.weight.data = module.weight.data.t().contiguous().t()
+            return super().from_pretrained(*args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +19,7 @@ from spikegpt.kernels import kernel_backend
 from .state import RecurrentState
 
 if TYPE_CHECKING:
+    from .decoding import DecodeProducts
     from .model import SpikeGPTForCausalLM
 
 
@@ -46,7 +47,9 @@ def _transformers_logs_silenced():
         hf_logger.setLevel(level)
 
 
-def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState):
+def trace_decode_step(
+    model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState, products: DecodeProducts | None = None
+):
     """One recurrent step at a fixed batch shape (``tokens`` ``[B, 1]``), recorded with ``torch.jit.trace``: a
     function ``(tokens, state) -> (last logits [B, vocab], new state, (spike counts [B, sites], projection reads
     [B, projections, 2]))`` that runs the very
@@ -55,8 +58,13 @@ def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: R
 
     TorchScript is deprecated in favour of torch.compile, which fuses more but takes a minute to compile on a small
     CPU (``compile=True``); ``torch.export`` runs slower than eager here. Tracing takes a fraction of a second and
-    doubles the decoding speed of a small model, so it stays while the pinned torch has it."""
-    with torch.no_grad(), warnings.catch_warnings(), _transformers_logs_silenced():
+    doubles the decoding speed of a small model, so it stays while the pinned torch has it.
+
+    ``products``: the choice of dense or event-driven products to record (``spikegpt.decoding``). An event-driven
+    product is the operator ``spikegpt::sparse_linear``, which the trace records as one call with a fixed output
+    shape; which weight rows it reads, and whether it falls back to dense, is decided inside the call at every
+    step."""
+    with torch.no_grad(), warnings.catch_warnings(), _transformers_logs_silenced(), products or nullcontext():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: intended
         warnings.simplefilter("ignore", DeprecationWarning)
         # tracing reads every attribute of every module, deprecated properties of PreTrainedModel included
@@ -67,6 +75,7 @@ def trace_decode_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: R
         logits, counts, reads, *tensors = traced(tokens, *state.tensors())
         return logits, RecurrentState(*tensors), (counts, reads)
 
+    step.traced = traced  # the recorded graph, for inspection
     return step
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
+from spikegpt.kernels import reload_kernel_backend
 from spikegpt.tokenizer import char_tokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -48,6 +49,15 @@ def lively_weights_(model: SpikeGPTForCausalLM, seed: int) -> SpikeGPTForCausalL
             else:
                 param.copy_(torch.randn(param.shape, generator=generator) * (2.0 / param.shape[-1] ** 0.5))
     return model
+
+
+@pytest.fixture(autouse=True)
+def fresh_kernel_backend():
+    """The kernel dispatch reads ``SPIKEGPT_KERNELS`` once and caches it: each test starts (and leaves) with it
+    unread, so a test's ``monkeypatch.setenv`` takes effect; a test that changes it midway reloads it itself."""
+    reload_kernel_backend()
+    yield
+    reload_kernel_backend()
 
 
 @pytest.fixture

@@ -14,7 +14,10 @@ import types
 import typing
 from pathlib import Path
 
+from spikegpt.errors import TrainingError
+
 from .config import FIELDS, TrainConfig, default_config_path, make_config, read_config_file
+from .noise_eval import add_weight_noise_arguments, device_model_from_args, evaluate_with_noise
 
 # model architecture flags, stored under the config's ``model`` mapping
 MODEL_FLAGS = {
@@ -174,6 +177,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass (default: 8)")
     parser.add_argument("--max-blocks", type=int, default=None, help="evaluate only the first N blocks")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_weight_noise_arguments(parser)
     parser.set_defaults(run=run_eval)
     return parser
 
@@ -184,11 +188,26 @@ def run_eval(args: argparse.Namespace) -> int:
     from .data import DataSource, eval_stream, load_corpus
     from .evaluate import evaluate, make_eval_set
 
-    model, tokenizer = load_model(args.model, args.device, args.dtype)
+    device = device_model_from_args(args) if args.weight_noise is not None else None  # checked before loading
+    if device is not None and args.noise_draws < 1:
+        raise TrainingError(f"--noise-draws must be at least 1, got {args.noise_draws}")
+    model, tokenizer = load_model(args.model, args.device, args.dtype, args.weight_bits)
     corpus = load_corpus(DataSource(args.dataset, args.dataset_config, args.text_field, args.cache_dir))
     stream = eval_stream(corpus, tokenizer, args.split, args.train_split, args.validation_fraction)
     blocks, unknown = stream.packed(args.ctx_len or model.config.ctx_len)
     eval_set = make_eval_set(blocks, tokenizer, args.max_blocks, unknown)
+    if device is not None:
+        noisy = evaluate_with_noise(model, eval_set, device, args.noise_draws, args.noise_seed, args.batch_size,
+                                    progress=not args.json)  # fmt: skip
+        if args.json:
+            print(json.dumps({"weight_bits": model.config.weight_bits, **noisy.to_dict()}))
+            return 0
+        print(f"weight noise       {device.kind} sigma {device.sigma:g}, stuck-at {device.stuck_rate:g}, "
+              f"levels {device.levels or 'continuous'}, tiles {device.tile_size}x{device.tile_size}")  # fmt: skip
+        print(f"bits per byte      {noisy.bits_per_byte_mean:.4f} ± {noisy.bits_per_byte_std:.4f} "
+              f"over {len(noisy.seeds)} draws (seeds {noisy.seeds[0]}..{noisy.seeds[-1]})")  # fmt: skip
+        print(f"firing rate        {noisy.firing_rate_mean:.4f} (mean over draws)")
+        return 0
     result = evaluate(model, eval_set, args.batch_size, progress=not args.json)
     if args.json:
         print(json.dumps(result.to_dict()))

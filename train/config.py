@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spikegpt.errors import TrainingError
+from spikegpt.errors import ConfigError, TrainingError
+from spikegpt.quantize import WEIGHT_BITS, check_weight_bits
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -76,6 +77,11 @@ class TrainConfig:
         default=None,
         metadata={"help": "step at which the cosine decay reaches --min-lr (default: the run's last step)"},
     )
+    lr_cycles: int = field(
+        default=1,
+        metadata={"help": "cosine cycles between warmup and the end of the decay, each restarting at --lr (warm "
+                  "restarts, as the quantized-SNN recipe uses); 1 = one plain cosine decay"},
+    )  # fmt: skip
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on weight matrices"})
     adam_betas: tuple[float, float] = field(default=(0.9, 0.99), metadata={"help": "Adam beta1 and beta2"})
     # The original's eps 4e-9 is representable in fp32 (and harmless next to torch's 1e-8); accelerate's mixed
@@ -102,6 +108,15 @@ class TrainConfig:
     )
     threshold_anneal_steps: int = field(
         default=0, metadata={"help": "steps over which the LIF threshold ramps from --threshold-start to its target"}
+    )
+    weight_bits: int | None = field(
+        default=None,
+        metadata={
+            "help": "quantization-aware training: every product computes with its weights fake-quantized to this "
+            "many bits (8, 4, or 1 = binarized; per-output-channel scales, straight-through gradient); the final "
+            "model is exported on that grid (fp32, weight_bits in its config)",
+            "choices": WEIGHT_BITS,
+        },
     )
     l2wrap: bool = field(
         default=False, metadata={"help": "the original's L2Wrap: penalise each position's largest logit (1e-4)"}
@@ -147,7 +162,7 @@ class TrainConfig:
         for name in ("precision", "export_dtype"):
             if getattr(self, name) not in PRECISIONS:
                 raise TrainingError(f"{name} must be one of {', '.join(PRECISIONS)}, got {getattr(self, name)!r}")
-        for name in ("batch_size", "grad_accum", "keep_last", "log_interval", "vocab_size"):
+        for name in ("batch_size", "grad_accum", "keep_last", "log_interval", "vocab_size", "lr_cycles"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in (
@@ -167,6 +182,13 @@ class TrainConfig:
             raise TrainingError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         if self.threshold_start is not None and self.threshold_anneal_steps == 0:
             raise TrainingError("threshold_start needs threshold_anneal_steps > 0 (the length of the ramp)")
+        if self.weight_bits is not None:
+            try:
+                check_weight_bits(self.weight_bits)
+            except ConfigError as e:
+                raise TrainingError(str(e)) from e
+            if self.export_dtype != "fp32":
+                raise TrainingError("weight_bits needs export_dtype fp32: only fp32 holds every grid value exactly")
         if self.push_to_hub and not self.hub_id:
             raise TrainingError("--push-to-hub needs --hub-id (e.g. your-name/spikegpt-tiny)")
 

@@ -5,14 +5,22 @@ from __future__ import annotations
 import math
 
 
-def learning_rate(step: int, peak: float, minimum: float, warmup_steps: int, decay_steps: int) -> float:
+def learning_rate(
+    step: int, peak: float, minimum: float, warmup_steps: int, decay_steps: int, cycles: int = 1
+) -> float:
     """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then cosine decay to ``minimum`` at ``decay_steps``
-    (and ``minimum`` after it). ``step`` counts optimizer steps taken, so the first update uses ``learning_rate(0)``."""
+    (and ``minimum`` after it). ``step`` counts optimizer steps taken, so the first update uses ``learning_rate(0)``.
+
+    ``cycles`` > 1 splits the decay into that many equal cosine cycles, each restarting at ``peak`` (warm restarts,
+    Loshchilov & Hutter, SGDR, ICLR 2017), as the quantized-SNN work trains low-precision weights: a restart lets
+    weights stuck next to a rounding boundary cross it (Eshraghian et al., "Navigating local minima in quantized
+    spiking neural networks", AICAS 2022)."""
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     if step >= decay_steps:
         return minimum
-    progress = (step - warmup_steps) / max(decay_steps - warmup_steps, 1)
+    span = max(decay_steps - warmup_steps, 1) / cycles
+    progress = ((step - warmup_steps) % span) / span
     return minimum + 0.5 * (peak - minimum) * (1.0 + math.cos(math.pi * progress))
 
 

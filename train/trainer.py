@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 from spikegpt.errors import ConfigError, TrainingError
+from spikegpt.quantize import enable_fake_quantization, quantize_model_
 from spikegpt.tokenizer import load_tokenizer
 
 from .checkpointing import DataPosition, export_model, load_trainer_state, resolve_resume, save_checkpoint
@@ -152,6 +153,8 @@ class Trainer:
             else None
         )
         n_params = sum(p.numel() for p in model.parameters())
+        if cfg.weight_bits is not None:
+            enable_fake_quantization(model, cfg.weight_bits)  # before prepare: the wrappers call these forwards
 
         self.model, self.optimizer = accelerator.prepare(model, _optimizer(model, cfg))
         self.unwrapped = accelerator.unwrap_model(self.model)
@@ -201,7 +204,7 @@ class Trainer:
                         disable=None if self.main else True, mininterval=2.0)  # fmt: skip
         model.train()
         while self.step < self.total_steps:
-            lr = learning_rate(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, self.decay_steps)
+            lr = learning_rate(self.step, cfg.lr, cfg.min_lr, cfg.warmup_steps, self.decay_steps, cfg.lr_cycles)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.unwrapped.config.lif_threshold = lif_threshold(
@@ -292,6 +295,8 @@ class Trainer:
         state_dict = self.accelerator.get_state_dict(self.model)  # every process: FSDP and ZeRO-3 gather shards
         if self.main:
             self.unwrapped.config.lif_threshold = self.threshold_target
+            if cfg.weight_bits is not None:  # the fake-quantized function, now in the weights themselves
+                quantize_model_(self.unwrapped, cfg.weight_bits)
             card = model_card(cfg, self.unwrapped.config, self.step, self.tokens_seen, wall_time, evaluation,
                               self.command)  # fmt: skip
             export_model(self.unwrapped, state_dict, self.tokenizer, self.output_dir, card,

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    """--model, --device, --dtype."""
+    """--model, --device, --dtype, --weight-bits."""
     parser.add_argument(
         "--model",
         required=required,
@@ -22,3 +22,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = False)
         choices=["auto", "float32", "bfloat16", "float16"],
         help="weights' dtype (default: auto = float32)",
     )
+    add_weight_bits_argument(parser)
+
+
+def add_weight_bits_argument(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument(
+        "--weight-bits",
+        type=int,
+        choices=[8, 4, 1],
+        required=required,
+        default=None,
+        help="quantize every product's weights after loading (post-training): 8 or 4 bits with one scale per "
+        "output channel, 1 = binarized with a scale"
+        + ("" if required else "; a checkpoint written by `spikegpt quantize` or quantization-aware training is "
+           "already quantized (default: the weights as stored)"),
+    )  # fmt: skip

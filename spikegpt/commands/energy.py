@@ -39,7 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--profile",
         metavar="NAME|PATH",
         default=None,
-        help="energy per operation: a built-in profile (45nm-fp32, 45nm-fp16, 45nm-int8, loihi) or a .toml/.json "
+        help="energy per operation: a built-in profile (45nm-fp32, 45nm-fp16, 45nm-int8, loihi, openspike-130nm, "
+        "rram-cim-22nm) or a .toml/.json "
         "profile file (see --list-profiles for the format) (default: 45nm-fp32)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a table")
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load_model
 
-    model, tokenizer = load_model(args.model, args.device, args.dtype)
+    model, tokenizer = load_model(args.model, args.device, args.dtype, args.weight_bits)
     ids = tokenizer.encode(text)[: args.max_tokens]
     if not ids:
         raise EnergyError("the text is empty: nothing to read")

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from ..decoding import DECODE_HELP, DECODE_MODES
 from .common import add_model_arguments
 
 
@@ -40,6 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="compile the decoding step with torch.compile (needs a C++ compiler; about half a minute "
         "before the first token, then faster decoding); without it the step is traced once",
     )
+    parser.add_argument("--decode", choices=DECODE_MODES, default="auto", help=f"{DECODE_HELP} (default: auto)")
     parser.set_defaults(run=run)
     return parser
 
@@ -57,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         seed=args.seed,
     )
-    model, tokenizer = load_model(args.model, args.device, args.dtype)
-    engine = Engine(model, tokenizer, max_batch=1, compile=args.compile)
+    model, tokenizer = load_model(args.model, args.device, args.dtype, args.weight_bits)
+    engine = Engine(model, tokenizer, max_batch=1, compile=args.compile, decode=args.decode)
     prompt_ids = tokenizer.encode(args.prompt) or (
         [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     )

@@ -56,7 +56,8 @@ def format_table(report: EnergyReport) -> str:
 
     rule_line = "-" * len(line(header))
     out = [
-        f"Energy ESTIMATE (not a measurement) · rule: {report.rule} · profile: {report.profile.name}",
+        f"Energy ESTIMATE (not a measurement) · rule: {report.rule} · profile: {report.profile.name} · weights: "
+        + (f"{report.weight_bits}-bit" if report.weight_bits else "float"),
         f"{report.tokens} tokens processed · logits at {report.head_tokens} positions · "
         f"mean firing rate {report.firing_rate:.3f} (rate column: fraction of a layer's outputs that were spikes)",
         "",
@@ -88,6 +89,7 @@ def format_table(report: EnergyReport) -> str:
         out.append("  (each block row's K/V/R and channel-mix operations scale with the rate of the row above it)")
     out += [
         f"profile {report.profile.name}: {report.profile.description}",
+        *([f"profile leaves out: {report.profile.leaves_out}"] if report.profile.leaves_out else []),
         "excludes: " + "; ".join(report.excludes),
     ]
     return "\n".join(out)

@@ -48,17 +48,28 @@ BASELINES = {
 }
 
 
-def _energy(terms: tuple[Term, ...], profile: HardwareProfile) -> float:
-    return sum(t.count * profile.joules(t.kind) for t in terms)
+# The terms of ``accounting`` that are products reading a weight matrix: a profile prices them at the model's
+# weight width (``config.weight_bits``, None for float weights); every other term reads no weights.
+WEIGHT_TERMS = frozenset(("key", "value", "receptance", "output", "head"))
 
 
-def _equal_bit_int8(dense: list[LayerOps], profile: HardwareProfile) -> float:
-    """The dense count ``dense`` with every block projection an int8 MAC, everything else priced by ``profile``."""
+def term_joules(term: Term, profile: HardwareProfile, weight_bits: int | None = None) -> float:
+    """Energy of one operation of ``term``, at ``weight_bits`` if the term reads weights."""
+    return profile.joules(term.kind, weight_bits if term.name in WEIGHT_TERMS else None)
+
+
+def _energy(terms: tuple[Term, ...], profile: HardwareProfile, weight_bits: int | None = None) -> float:
+    return sum(t.count * term_joules(t, profile, weight_bits) for t in terms)
+
+
+def _equal_bit_int8(dense: list[LayerOps], profile: HardwareProfile, weight_bits: int | None = None) -> float:
+    """The dense count ``dense`` with every block projection an int8 MAC, everything else priced by ``profile``
+    (the head at the model's weight width, as in the model's own report)."""
     energy = 0.0
     for ops in dense:
         for t in ops.terms:
             int8 = ops.name != "head" and t.name in PROJECTIONS
-            energy += t.count * (INT8 if int8 else profile).joules(t.kind)
+            energy += t.count * (INT8.joules(t.kind) if int8 else term_joules(t, profile, weight_bits))
     return energy
 
 
@@ -68,13 +79,17 @@ class LayerEnergy:
 
     ops: LayerOps
     profile: HardwareProfile
+    weight_bits: int | None = None
 
     @property
     def energy_j(self) -> float:
-        return _energy(self.ops.terms, self.profile)
+        return _energy(self.ops.terms, self.profile, self.weight_bits)
 
     def energy_by_kind(self) -> dict[str, float]:
-        return {kind: self.ops.count(kind) * self.profile.joules(kind) for kind in KINDS}
+        return {
+            kind: _energy(tuple(t for t in self.ops.terms if t.kind == kind), self.profile, self.weight_bits)
+            for kind in KINDS
+        }
 
     def to_dict(self, terms: bool = False) -> dict:
         out = {
@@ -89,7 +104,12 @@ class LayerEnergy:
             out["rate_from"] = self.ops.input_site
         if terms:
             out["terms"] = [
-                {"name": t.name, "kind": t.kind, "count": t.count, "energy_j": t.count * self.profile.joules(t.kind)}
+                {
+                    "name": t.name,
+                    "kind": t.kind,
+                    "count": t.count,
+                    "energy_j": t.count * term_joules(t, self.profile, self.weight_bits),
+                }
                 for t in self.ops.terms
             ]
         return out
@@ -122,6 +142,7 @@ class EnergyReport:
     firing_rate: float
     layers: tuple[LayerEnergy, ...]
     baselines: tuple[Baseline, ...]
+    weight_bits: int | None = None  # the width the products were priced at (None: float weights)
     excludes: tuple[str, ...] = EXCLUDES
     note: str = NOTE
 
@@ -153,6 +174,7 @@ class EnergyReport:
             "rule": self.rule,
             "rule_description": self.rule_description,
             "profile": self.profile.name,
+            "weight_bits": self.weight_bits,
             "tokens": self.tokens,
             "generated_tokens": self.generated_tokens,
             "head_tokens": self.head_tokens,
@@ -184,12 +206,13 @@ def energy_report(
     totals.check(config)
     profile = resolve_profile(profile)
     head_tokens = totals.tokens if head_tokens is None else head_tokens
-    layers = tuple(LayerEnergy(ops, profile) for ops in count_operations(totals, config, rule, head_tokens))
+    bits = config.weight_bits
+    layers = tuple(LayerEnergy(ops, profile, bits) for ops in count_operations(totals, config, rule, head_tokens))
     energy = sum(layer.energy_j for layer in layers)
     spiking_off = count_operations(totals, config, "strict", head_tokens, spiking=False)
-    baseline_energy = {
-        "spiking_off": sum(_energy(ops.terms, profile) for ops in spiking_off),
-        "equal_bit_int8": _equal_bit_int8(spiking_off, profile),
+    baseline_energy = {  # spiking_off is this model, weights included; vanilla_gpt is the paper's float formula
+        "spiking_off": sum(_energy(ops.terms, profile, bits) for ops in spiking_off),
+        "equal_bit_int8": _equal_bit_int8(spiking_off, profile, bits),
         "vanilla_gpt": _energy(vanilla_gpt_operations(totals.row_tokens, config), profile),
     }
     baselines = tuple(
@@ -197,7 +220,7 @@ def energy_report(
         for name, joules in baseline_energy.items()
     )
     return EnergyReport(
-        rule, profile, totals.tokens, generated_tokens, head_tokens, totals.firing_rate, layers, baselines
+        rule, profile, totals.tokens, generated_tokens, head_tokens, totals.firing_rate, layers, baselines, bits
     )
 
 

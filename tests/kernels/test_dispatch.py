@@ -13,7 +13,15 @@ import torch
 from kernel_numerics import wkv_inputs
 from triton_interpreter import interpreted_triton  # noqa: F401  (autouse: interpreter, NaN-filled outputs)
 
-from spikegpt.kernels import KernelArgumentError, KernelUnavailableError, LIFParams, kernel_backend, lif, wkv
+from spikegpt.kernels import (
+    KernelArgumentError,
+    KernelUnavailableError,
+    LIFParams,
+    kernel_backend,
+    lif,
+    reload_kernel_backend,
+    wkv,
+)
 from spikegpt.kernels.lif_torch import lif_torch
 from spikegpt.kernels.lif_triton import lif_triton
 from spikegpt.kernels.wkv_torch import wkv_torch
@@ -24,7 +32,33 @@ def test_cpu_tensors_use_the_torch_reference(monkeypatch):
     monkeypatch.delenv("SPIKEGPT_KERNELS", raising=False)
     assert kernel_backend(torch.zeros(1)) == "torch"
     monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
+    reload_kernel_backend()
     assert kernel_backend(torch.zeros(1)) == "torch"
+
+
+def test_the_backend_choice_is_read_once_and_cached(monkeypatch):
+    monkeypatch.setenv("SPIKEGPT_KERNELS", "triton")
+    assert kernel_backend(torch.zeros(1)) == "triton"  # (the interpreter is on)
+    monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
+    assert kernel_backend(torch.zeros(1)) == "triton"  # not read again per call
+    reload_kernel_backend()
+    assert kernel_backend(torch.zeros(1)) == "torch"
+
+
+class _CudaTensor:
+    """Stands in for a CUDA tensor (no GPU here): the dispatch only asks ``is_cuda``."""
+
+    is_cuda = True
+
+
+def test_one_token_steps_take_the_reference_on_cuda_and_longer_runs_triton(monkeypatch):
+    monkeypatch.delenv("SPIKEGPT_KERNELS", raising=False)
+    assert kernel_backend(_CudaTensor(), steps=1) == "torch"
+    assert kernel_backend(_CudaTensor(), steps=7) == "triton"
+    assert kernel_backend(_CudaTensor()) == "triton"  # sparse products, whatever their batch
+    monkeypatch.setenv("SPIKEGPT_KERNELS", "triton")
+    reload_kernel_backend()
+    assert kernel_backend(_CudaTensor(), steps=1) == "triton"  # forced: every call
 
 
 @pytest.mark.parametrize("backend, forms", [("torch", (wkv_torch, lif_torch)), ("triton", (wkv_triton, lif_triton))])

@@ -11,6 +11,7 @@ from kernel_numerics import rel_err
 from triton_interpreter import interpreted_triton  # noqa: F401  (autouse: interpreter, NaN-filled outputs)
 
 from spikegpt import SpikeGPTForCausalLM
+from spikegpt.kernels import reload_kernel_backend
 
 
 def training_step(model, ids):
@@ -29,6 +30,7 @@ def test_training_step_is_the_same_through_triton_and_torch(monkeypatch):
     monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
     loss, gradients = training_step(model, ids)
     monkeypatch.setenv("SPIKEGPT_KERNELS", "triton")
+    reload_kernel_backend()
     loss_triton, gradients_triton = training_step(model, ids)
     assert torch.isfinite(loss) and rel_err(loss_triton, loss) <= 1e-5
     for name, grad in gradients.items():

@@ -6,6 +6,8 @@ Bounded: a few examples per operation and mode, on a server whose caps keep ever
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -31,7 +33,7 @@ CHECKS = [
     response_schema_conformance,
     negative_data_rejection,
 ]
-EXAMPLES = int(__import__("os").environ.get("SCHEMA_EXAMPLES", 12))
+EXAMPLES = int(os.environ.get("SCHEMA_EXAMPLES", 12))  # more for a deeper search
 
 # the document of an app that is not started (nothing is loaded): the same routes a running server documents
 SCHEMA = schemathesis.openapi.from_dict(create_app(ServeSettings()).openapi())
@@ -59,7 +61,10 @@ def test_every_answer_conforms_to_the_openapi_document(api_server, label, mode):
     operation = OPERATIONS[label]
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    # derandomized: the same examples every run (a failure reproduces; CI never flakes on a new draw)
+    @settings(
+        max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True
+    )
     def check(case):
         case.call_and_validate(base_url=api_server.url, checks=CHECKS, timeout=30)
 

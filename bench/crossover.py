@@ -1,0 +1,116 @@
+"""The crossover of event-driven products on this machine: up to which fraction of active inputs ``sparse_linear``
+(only the weight rows of nonzero inputs) beats the dense product, per product shape and batch size.
+
+For every product shape of the given model sizes (d→d, d→4d, 4d→d and the d→vocabulary head) and every batch size,
+the inputs get a fraction p of nonzero values, drawn independently per row (so a batch's union of active inputs
+fills in as real activations do), on a grid of p; both products are timed (the fastest of ``--repeats``: on a
+shared machine a median still holds the waits for descheduled worker threads) and the
+crossover is the grid density up to which the event-driven product won more often than it lost (0 if it never
+wins, 1 if it always does). The weights are input-major, as the engine lays them out.
+
+The crossovers are merged into the file the engine reads for ``--decode auto`` (``spikegpt.decoding``:
+``$SPIKEGPT_CROSSOVER``, else ``~/.cache/spikegpt/crossover.json``), keyed by this machine and the product's dtype,
+batch and shape. Prints one JSON object per shape and batch, then a summary.
+    python bench/crossover.py                             # 6x256 12x512 12x768, batches 1 and 16
+    python bench/crossover.py --sizes 4x192 --vocab 65 --batches 1 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from spikegpt.decoding import Crossovers, machine_id, product_key
+from spikegpt.kernels import sparse_linear
+
+GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def best_seconds(fn, repeats: int, device: torch.device) -> float:
+    def timed() -> float:
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    timed()
+    return min(timed() for _ in range(repeats))
+
+
+def product_shapes(sizes: list[str], vocab: int) -> list[tuple[int, int]]:
+    shapes = set()
+    for size in sizes:
+        d = int(size.lower().split("x")[1])
+        shapes |= {(d, d), (d, 4 * d), (4 * d, d), (d, vocab)}
+    return sorted(shapes)
+
+
+def crossover_of(densities: list[float], dense: list[float], sparse: list[float]) -> float:
+    """The density up to which the event-driven product wins: the grid point below which it won at the most points
+    more than it lost (one timing disturbed by the machine's other work moves it by one point, not to 0 or 1)."""
+    score, best_score, crossover = 0, 0, 0.0
+    for p, d, s in zip(densities, dense, sparse, strict=True):
+        score += 1 if s <= d else -1
+        if score > best_score:
+            best_score, crossover = score, p
+    return crossover
+
+
+@torch.inference_mode()
+def measure(n_in: int, n_out: int, batch: int, dtype: torch.dtype, repeats: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(n_in * 7 + n_out)
+    weight = torch.randn(n_out, n_in, generator=g).to(device, dtype).t().contiguous().t()
+    dense_s, sparse_s = [], []
+    for p in GRID:
+        x = torch.randn(batch, n_in, generator=g) * (torch.rand(batch, n_in, generator=g) < p)
+        x = x.to(device, dtype)
+        dense_s.append(best_seconds(lambda x=x: F.linear(x, weight), repeats, device))
+        sparse_s.append(best_seconds(lambda x=x: sparse_linear(x, weight, 1.0), repeats, device))
+    return {
+        "n_in": n_in,
+        "n_out": n_out,
+        "batch": batch,
+        "dtype": str(dtype).removeprefix("torch."),
+        "densities": list(GRID),
+        "dense_ms": [round(t * 1e3, 4) for t in dense_s],
+        "sparse_ms": [round(t * 1e3, 4) for t in sparse_s],
+        "crossover": round(crossover_of(list(GRID), dense_s, sparse_s), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["6x256", "12x512", "12x768"], metavar="LxD")
+    parser.add_argument("--vocab", type=int, default=50277, help="vocabulary of the head (default: 50277)")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16], help="batch sizes (default: 1 16)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--repeats", type=int, default=15, help="timed calls per point (default: 15)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--out", default=None, help="crossover file to update (default: the one the engine reads)")
+    parser.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    device = torch.device(args.device)
+    products = {}
+    for n_in, n_out in product_shapes(args.sizes, args.vocab):
+        for batch in args.batches:
+            record = measure(n_in, n_out, batch, dtype, args.repeats, device)
+            print(json.dumps({"measure": "crossover", **record}), flush=True)
+            products[product_key(dtype, batch, n_in, n_out)] = record["crossover"]
+    summary = {"measure": "summary", "machine": machine_id(device), "crossovers": products}
+    if not args.dry_run:
+        summary["written"] = str(Crossovers(machine_id(device), products).save(Path(args.out) if args.out else None))
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

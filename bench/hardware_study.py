@@ -1,0 +1,241 @@
+"""The hardware-aware study of a model: bits per byte with quantized weights, under memristive weight noise, and
+the energy per token under every hardware profile. Writes (and updates, section by section) one JSON file and
+prints each measurement as a JSON line.
+
+Sections (``--sections``):
+  ptq     bits per byte on the held-out text for float weights and post-training 8/4/1-bit weights
+  qat     the same for quantization-aware models (``--qat BITS=DIR``)
+  decode  the 8-bit model decoded token by token (the recurrent form, as generate/serve run it) with the fp32
+          product of its grid weights and with the int8 kernel (``spikegpt.int8_kernels``), on the first blocks
+  noise   bits per byte under the device model of ``spikegpt.weight_noise`` (lognormal and Gaussian variation,
+          stuck-at faults), K seeded draws per point on the first blocks, and the variation at which bits per byte
+          degrade by 10% (linear interpolation between the measured points)
+  energy  energy per token (strict and paper rules) under every built-in profile, float and quantized weights
+
+    python bench/hardware_study.py --dataset ../shared/data/tinyshakespeare/input.txt --sections ptq noise energy
+    python bench/hardware_study.py --dataset ... --sections qat --qat 4=runs/qat4 --qat 1=runs/qat1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spikegpt.checkpoint import load_model
+from spikegpt.energy import BUILTIN_PROFILES, energy_report, read_spike_stats
+from spikegpt.int8_kernels import use_int8_kernels_
+from spikegpt.train.data import PAD, DataSource, eval_stream, load_corpus, pack
+from spikegpt.train.evaluate import evaluate, make_eval_set
+from spikegpt.train.noise_eval import evaluate_with_noise
+from spikegpt.weight_noise import DeviceModel
+
+LOGNORMAL_SIGMAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
+GAUSSIAN_SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.2)
+STUCK_RATES = (0.001, 0.01, 0.03, 0.1)
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def eval_blocks(tokenizer, dataset: str, ctx_len: int) -> np.ndarray:
+    corpus = load_corpus(DataSource(dataset, None, "text", None))
+    return pack(eval_stream(corpus, tokenizer, "validation", "train", 0.1), ctx_len)
+
+
+def ptq(args, blocks) -> dict:
+    out = {}
+    for bits in (None, 8, 4, 1):
+        model, tokenizer = load_model(args.model, weight_bits=bits)
+        result = evaluate(model, make_eval_set(blocks, tokenizer), args.batch_size, progress=False)
+        key = "fp32" if bits is None else f"{bits}bit"
+        out[key] = {"bits_per_byte": result.bits_per_byte, "firing_rate": result.firing_rate, "bytes": result.bytes}
+        emit({"section": "ptq", "weights": key, **out[key]})
+    return out
+
+
+def qat(args, blocks) -> dict:
+    out = {}
+    for spec in args.qat:
+        bits, path = spec.split("=", 1)
+        model, tokenizer = load_model(path)
+        result = evaluate(model, make_eval_set(blocks, tokenizer), args.batch_size, progress=False)
+        out[f"{bits}bit"] = {"model": path, "bits_per_byte": result.bits_per_byte, "firing_rate": result.firing_rate,
+                             "weight_bits": model.config.weight_bits}  # fmt: skip
+        emit({"section": "qat", "weights": f"{bits}bit", **out[f"{bits}bit"]})
+    return out
+
+
+@torch.inference_mode()
+def recurrent_bits_per_byte(model, blocks: np.ndarray, n_bytes: int) -> float:
+    """Every block read one token at a time with the recurrent state, all blocks as one batch."""
+    ids = torch.from_numpy(blocks.astype(np.int64))
+    state, loss = model.fresh_state(ids.shape[0]), 0.0
+    for t in range(ids.shape[1] - 1):
+        out = model(ids[:, t : t + 1], state=state)
+        state = out.state
+        loss += float(F.cross_entropy(out.logits[:, -1].float(), ids[:, t + 1], ignore_index=PAD, reduction="sum"))
+    return loss / math.log(2) / n_bytes
+
+
+def decode(args, blocks) -> dict:
+    full = blocks[(blocks != PAD).all(axis=1)][: args.decode_blocks]
+    model, tokenizer = load_model(args.model, weight_bits=8)
+    n_bytes = make_eval_set(full, tokenizer).n_bytes
+    out = {"blocks": len(full), "bytes": n_bytes}
+    out["8bit_fp32_product"] = recurrent_bits_per_byte(model, full, n_bytes)
+    use_int8_kernels_(model)
+    out["8bit_int8_kernel"] = recurrent_bits_per_byte(model, full, n_bytes)
+    emit({"section": "decode", **out})
+    return out
+
+
+def degradation_point(points: list[tuple[float, float]], clean: float, threshold: float = 0.10) -> float | None:
+    """The variation at which bits per byte first reach (1 + threshold) × clean, interpolated linearly."""
+    target = clean * (1 + threshold)
+    previous = (0.0, clean)
+    for sigma, bpb in points:
+        if bpb >= target:
+            (s0, b0), (s1, b1) = previous, (sigma, bpb)
+            return s0 + (target - b0) * (s1 - s0) / (b1 - b0) if b1 != b0 else s1
+        previous = (sigma, bpb)
+    return None
+
+
+def noise(args, blocks) -> dict:
+    model, tokenizer = load_model(args.model)
+    eval_set = make_eval_set(blocks, tokenizer, args.noise_blocks)
+    clean = evaluate(model, eval_set, args.batch_size, progress=False).bits_per_byte
+    out = {"blocks": args.noise_blocks, "bytes": eval_set.n_bytes, "draws": args.draws, "clean_bits_per_byte": clean}
+    emit({"section": "noise", "clean_bits_per_byte": clean})
+    sweeps = {
+        "lognormal": [DeviceModel(sigma=s, kind="lognormal") for s in LOGNORMAL_SIGMAS],
+        "gaussian": [DeviceModel(sigma=s, kind="gaussian") for s in GAUSSIAN_SIGMAS],
+        "stuck_at": [DeviceModel(sigma=0.0, stuck_rate=p) for p in STUCK_RATES],
+    }
+    for name, devices in sweeps.items():
+        rows = []
+        for device in devices:
+            started = time.perf_counter()
+            result = evaluate_with_noise(model, eval_set, device, args.draws, 0, args.batch_size, progress=False)
+            rows.append(result.to_dict())
+            emit({"section": "noise", "sweep": name, **result.to_dict(), "wall_s": time.perf_counter() - started})
+        level = "stuck_rate" if name == "stuck_at" else "sigma"
+        points = [(row["device"][level], row["bits_per_byte_mean"]) for row in rows]
+        out[name] = {"points": rows, "degrades_10pct_at": degradation_point(points, clean)}
+        emit({"section": "noise", "sweep": name, "degrades_10pct_at": out[name]["degrades_10pct_at"]})
+    return out
+
+
+def energy(args, blocks) -> dict:
+    out = {}
+    for bits in (None, 8, 4, 1):
+        model, _ = load_model(args.model, weight_bits=bits)
+        ids = blocks[(blocks != PAD)][: args.energy_tokens].tolist()
+        stats = read_spike_stats(model, ids, progress=False)
+        key = "fp32" if bits is None else f"{bits}bit"
+        out[key] = {}
+        for name, profile in BUILTIN_PROFILES.items():
+            out[key][name] = {
+                rule: energy_report(stats, model.config, rule, profile).energy_j_per_token
+                for rule in ("strict", "paper")
+            }
+        emit({"section": "energy", "weights": key, "tokens": len(ids), "j_per_token": out[key]})
+    return out
+
+
+def markdown(results: dict) -> str:
+    """The study tables (README, model card, closing note) from the JSON."""
+    lines = []
+    ptq, qat_rows = results.get("ptq", {}), results.get("qat", {})
+    if ptq:
+        fp32 = ptq["fp32"]["bits_per_byte"]
+        lines += ["| weights | post-training | quantization-aware |", "| --- | --- | --- |"]
+        for key in ("fp32", "8bit", "4bit", "1bit"):
+            post = ptq[key]["bits_per_byte"]
+            cell = f"{post:.4f} ({post / fp32 - 1:+.2%})" if key != "fp32" else f"{post:.4f}"
+            aware = qat_rows.get(key, {}).get("bits_per_byte")
+            qcell = f"{aware:.4f} ({aware / fp32 - 1:+.2%})" if aware is not None else "-"
+            lines.append(f"| {key} | {cell} | {qcell} |")
+        lines.append("")
+    decode = results.get("decode")
+    if decode:
+        lines.append(
+            f"8-bit decoding, token by token over the first {decode['blocks']} blocks: "
+            f"{decode['8bit_fp32_product']:.4f} bits/byte with the fp32 product of the grid weights, "
+            f"{decode['8bit_int8_kernel']:.4f} with the int8 kernel."
+        )
+        lines.append("")
+    noise = results.get("noise")
+    if noise:
+        lines += [f"Weight noise (first {noise['blocks']} blocks, {noise['draws']} draws each; clean "
+                  f"{noise['clean_bits_per_byte']:.4f} bits/byte):", "",
+                  "| device model | level | bits/byte (mean ± std) |", "| --- | --- | --- |"]  # fmt: skip
+        for sweep, level in (("lognormal", "sigma"), ("gaussian", "sigma"), ("stuck_at", "stuck_rate")):
+            for row in noise.get(sweep, {}).get("points", []):
+                value = row["device"][level]
+                mean, std = row["bits_per_byte_mean"], row["bits_per_byte_std"]
+                lines.append(f"| {sweep} | {level} {value:g} | {mean:.4f} ± {std:.4f} |")
+        lines.append("")
+        for sweep in ("lognormal", "gaussian", "stuck_at"):
+            at = noise.get(sweep, {}).get("degrades_10pct_at")
+            lines.append(f"- {sweep}: +10% bits/byte at {'beyond the sweep' if at is None else f'{at:.3g}'}")
+        lines.append("")
+    energy_rows = results.get("energy")
+    if energy_rows:
+        profiles = list(next(iter(energy_rows.values())))
+        lines += ["| weights | " + " | ".join(f"`{p}`" for p in profiles) + " |", "| --- |" + " --- |" * len(profiles)]
+        for key, per_profile in energy_rows.items():
+            cells = [f"{per_profile[p]['strict'] * 1e6:.3g} / {per_profile[p]['paper'] * 1e6:.3g}" for p in profiles]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append(
+            "(µJ per processed token, strict / paper rule; logits at every position, as when scoring a text; "
+            "post-training weights; the spikes are measured on the first tokens of the held-out text)"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="the float model (default: the bundled one)")
+    parser.add_argument("--dataset", help="the corpus whose held-out 10%% is evaluated")
+    parser.add_argument("--sections", nargs="+", default=["ptq", "decode", "noise", "energy"],
+                        choices=["ptq", "qat", "decode", "noise", "energy"])  # fmt: skip
+    parser.add_argument("--qat", nargs="*", default=[], metavar="BITS=DIR", help="quantization-aware models")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--noise-blocks", type=int, default=64, help="blocks for the noise sweeps (default: 64)")
+    parser.add_argument("--draws", type=int, default=5, help="seeded draws per noise point (default: 5)")
+    parser.add_argument("--decode-blocks", type=int, default=16, help="blocks decoded token by token (default: 16)")
+    parser.add_argument("--energy-tokens", type=int, default=4096, help="tokens read for the energy (default: 4096)")
+    parser.add_argument("--out", default="bench/results/hardware_study.json", help="JSON file to write/update")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--markdown", action="store_true", help="only print the study tables of --out")
+    args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
+    if not args.dataset:
+        parser.error("--dataset is required to measure")
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model)
+    blocks = eval_blocks(tokenizer, args.dataset, model.config.ctx_len)
+    path = Path(args.out)
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    sections = {"ptq": ptq, "qat": qat, "decode": decode, "noise": noise, "energy": energy}
+    for name in args.sections:
+        results[name] = sections[name](args, blocks)
+        results.setdefault("meta", {})[name] = {"torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
