@@ -66,8 +66,8 @@ def stub_kernels():
             state = tuple(torch.zeros(k.shape[0], k.shape[2]) for _ in range(3))
         return y, state
 
-    def lif(x, v0, tau, threshold, reset, surrogate, alpha, return_counts=False):
-        spikes = x + ((x >= threshold).to(x.dtype) - x).detach()  # straight-through
+    def lif(x, v0, params, return_counts=False):
+        spikes = x + ((x >= params.threshold).to(x.dtype) - x).detach()  # straight-through
         counts = spikes.detach().sum(dim=1)
         return spikes, torch.zeros(x.shape[0], x.shape[2]), counts
 

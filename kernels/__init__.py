@@ -19,7 +19,7 @@ import os
 import torch
 
 from .errors import KernelArgumentError, KernelError, KernelUnavailableError
-from .lif_torch import lif_torch
+from .lif_torch import DEFAULT_LIF, LIFParams, lif_torch
 from .sparse_torch import sparse_linear_torch
 from .wkv_torch import State, fresh_state, wkv_torch
 
@@ -27,6 +27,7 @@ __all__ = [
     "KernelArgumentError",
     "KernelError",
     "KernelUnavailableError",
+    "LIFParams",
     "State",
     "fresh_state",
     "kernel_backend",
@@ -105,14 +106,11 @@ def wkv(
 def lif(
     x: torch.Tensor,
     v0: torch.Tensor | None = None,
-    tau: float = 2.0,
-    threshold: float = 1.0,
-    reset: str = "hard",
-    surrogate: str = "atan",
-    alpha: float = 2.0,
+    params: LIFParams = DEFAULT_LIF,
     return_counts: bool = False,
 ):
-    """Multi-step LIF over x ``[B, T, C]`` from membrane ``v0`` ``[B, C]`` (None: zero).
+    """Multi-step LIF over x ``[B, T, C]`` from membrane ``v0`` ``[B, C]`` (None: zero), with the neurons'
+    settings ``params``.
 
     Returns ``(spikes, v_last)``, or ``(spikes, v_last, counts)`` with ``return_counts``, where ``counts``
     ``[B, C]`` (fp32) is the number of spikes per channel, so spike statistics need no second pass.
@@ -120,8 +118,8 @@ def lif(
     if kernel_backend(x, x.shape[1] if x.dim() == 3 else None) == "triton":
         from .lif_triton import lif_triton
 
-        return lif_triton(x, v0, tau, threshold, reset, surrogate, alpha, return_counts)
-    spikes, v_last = lif_torch(x, v0, tau, threshold, reset, surrogate, alpha)
+        return lif_triton(x, v0, params, return_counts)
+    spikes, v_last = lif_torch(x, v0, params)
     if return_counts:
         return spikes, v_last, spikes.detach().sum(dim=1, dtype=torch.float32)
     return spikes, v_last

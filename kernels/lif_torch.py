@@ -9,11 +9,15 @@ Per element, along the token axis t (membrane ``v`` starts at ``v0``, or 0):
 The backward replaces d s / d h by a surrogate gradient and, like the original SpikeGPT (SpikingJelly's
 ``detach_reset=False``), also differentiates through the reset.
 
+The neuron's settings (tau, threshold, reset, surrogate, alpha) travel together as one ``LIFParams``.
+
 ``lif_sequential`` is the plain autograd definition; ``lif_torch`` computes the same function (the same float
 operations, so bit-identical spikes) with a hand-written backward, which is what the model uses on a CPU.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -24,16 +28,42 @@ from .surrogate import check_surrogate, spike, surrogate_grad
 RESETS = ("hard", "soft")
 
 
-def check_lif_args(x: torch.Tensor, v0: torch.Tensor | None, tau: float, reset: str, surrogate: str) -> None:
+@dataclass(frozen=True)
+class LIFParams:
+    """The settings of a layer of LIF neurons: membrane time constant ``tau`` (> 1), firing ``threshold``, ``reset``
+    ("hard": to 0, "soft": subtract the threshold), and the ``surrogate`` gradient with its sharpness ``alpha``.
+    Checked on construction (``KernelArgumentError``)."""
+
+    tau: float = 2.0
+    threshold: float = 1.0
+    reset: str = "hard"
+    surrogate: str = "atan"
+    alpha: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("tau", "threshold", "alpha"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if self.tau <= 1.0:
+            raise KernelArgumentError(f"lif needs tau > 1 (the membrane keeps 1 - 1/tau of itself), got {self.tau}")
+        if self.reset not in RESETS:
+            raise KernelArgumentError(f"unknown reset {self.reset!r}; choose one of {', '.join(RESETS)}")
+        check_surrogate(self.surrogate)
+
+    @property
+    def inv_tau(self) -> float:
+        return 1.0 / self.tau
+
+
+DEFAULT_LIF = LIFParams()
+
+
+def check_lif_args(x: torch.Tensor, v0: torch.Tensor | None, params: LIFParams) -> None:
+    if not isinstance(params, LIFParams):
+        raise KernelArgumentError(f"lif takes its settings as one LIFParams, got {type(params).__name__}")
     if x.dim() != 3:
         raise KernelArgumentError(f"lif expects x of shape [B, T, C], got {tuple(x.shape)}")
     if v0 is not None and v0.shape != (x.shape[0], x.shape[2]):
         raise KernelArgumentError(f"lif expects v0 of shape [B, C] = {(x.shape[0], x.shape[2])}, got {tuple(v0.shape)}")
-    if tau <= 1.0:
-        raise KernelArgumentError(f"lif needs tau > 1 (the membrane keeps 1 - 1/tau of itself), got {tau}")
-    if reset not in RESETS:
-        raise KernelArgumentError(f"unknown reset {reset!r}; choose one of {', '.join(RESETS)}")
-    check_surrogate(surrogate)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -46,21 +76,17 @@ def _initial_membrane(x: torch.Tensor, v0: torch.Tensor | None) -> torch.Tensor:
     return v0.to(_compute_dtype(x))
 
 
-def lif_step(v, x_t, inv_tau: float, threshold: float, reset: str, surrogate: str, alpha: float):
+def lif_step(v, x_t, params: LIFParams):
     """One token: charge membrane ``v`` [B, C] with ``x_t``, spike, reset. Returns (spikes, new membrane)."""
-    h = v + (x_t - v) * inv_tau
-    s = spike(h - threshold, surrogate, alpha)
-    return s, (h * (1 - s) if reset == "hard" else h - s * threshold)
+    h = v + (x_t - v) * params.inv_tau
+    s = spike(h - params.threshold, params.surrogate, params.alpha)
+    return s, (h * (1 - s) if params.reset == "hard" else h - s * params.threshold)
 
 
 def lif_sequential(
     x: torch.Tensor,
     v0: torch.Tensor | None = None,
-    tau: float = 2.0,
-    threshold: float = 1.0,
-    reset: str = "hard",
-    surrogate: str = "atan",
-    alpha: float = 2.0,
+    params: LIFParams = DEFAULT_LIF,
     *,
     step=lif_step,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,22 +95,24 @@ def lif_sequential(
 
     ``step`` is ``lif_step`` or a function computing the same (``bench/wkv_lif.py`` passes a compiled one).
     """
-    check_lif_args(x, v0, tau, reset, surrogate)
-    inv_tau = 1.0 / tau
+    check_lif_args(x, v0, params)
     v = _initial_membrane(x, v0)
     spikes = []
     for t in range(x.shape[1]):
-        s, v = step(v, x[:, t].to(v.dtype), inv_tau, threshold, reset, surrogate, alpha)
+        s, v = step(v, x[:, t].to(v.dtype), params)
         spikes.append(s)
     return torch.stack(spikes, dim=1).to(x.dtype), v
 
 
-def _fire(v, x_t, inv_tau, threshold, reset, charged, fired):
+def _fire(v, x_t, params: LIFParams, charged, fired):
     """One token without autograd: writes the charged membrane and the spikes into ``charged`` and ``fired``
     ([B, C]), returns the new membrane. The same float operations as ``lif_step``, so the same spikes."""
-    torch.add(v, (x_t - v) * inv_tau, out=charged)
+    threshold = params.threshold
+    torch.add(v, (x_t - v) * params.inv_tau, out=charged)
     torch.ge(charged, threshold, out=fired)
-    return charged.masked_fill(fired, 0.0) if reset == "hard" else torch.where(fired, charged - threshold, charged)
+    if params.reset == "hard":
+        return charged.masked_fill(fired, 0.0)
+    return torch.where(fired, charged - threshold, charged)
 
 
 class _LIF(torch.autograd.Function):
@@ -93,16 +121,15 @@ class _LIF(torch.autograd.Function):
     token; everything else is vectorised over the sequence."""
 
     @staticmethod
-    def forward(ctx, x, v0, tau, threshold, reset, surrogate, alpha):
-        inv_tau = 1.0 / tau
+    def forward(ctx, x, v0, params):
         v = _initial_membrane(x, v0)
         xt = x.transpose(0, 1).to(v.dtype).contiguous()  # [T, B, C]: contiguous per-token slices
         charged = torch.empty_like(xt)
         fired = torch.empty(xt.shape, dtype=torch.bool, device=x.device)
         for x_t, h, s in zip(xt.unbind(0), charged.unbind(0), fired.unbind(0), strict=True):
-            v = _fire(v, x_t, inv_tau, threshold, reset, h, s)
+            v = _fire(v, x_t, params, h, s)
         ctx.save_for_backward(charged, fired)
-        ctx.config = (inv_tau, threshold, reset, surrogate, alpha, x.dtype, v0 is not None)
+        ctx.config = (params, x.dtype, v0 is not None)
         return fired.to(x.dtype).transpose(0, 1), v
 
     @staticmethod
@@ -111,35 +138,30 @@ class _LIF(torch.autograd.Function):
         # g_h_t = g_v_t dv/dh(h_t) + g_s_t surrogate'(h_t), and g_v_{t-1} = keep g_h_t with keep = 1 - 1/tau:
         # a reverse linear recurrence for g_v, with g_x_t = g_h_t / tau = g_v_{t-1} / (tau keep).
         charged, fired = ctx.saved_tensors
-        inv_tau, threshold, reset, surrogate, alpha, x_dtype, has_v0 = ctx.config
+        params, x_dtype, has_v0 = ctx.config
+        inv_tau = params.inv_tau
         keep = 1 - inv_tau
-        sg = surrogate_grad(charged - threshold, surrogate, alpha)
-        if reset == "hard":
+        sg = surrogate_grad(charged - params.threshold, params.surrogate, params.alpha)
+        if params.reset == "hard":
             dv_dh = (~fired).to(charged.dtype) - charged * sg
         else:
-            dv_dh = 1 - threshold * sg
+            dv_dh = 1 - params.threshold * sg
         from_spikes = grad_spikes.transpose(0, 1).to(charged.dtype) * sg
         grad_v = linear_scan(dv_dh * keep, from_spikes * keep, grad_v_last.to(charged.dtype), reverse=True)
         grad_x = (grad_v[:-1] * (inv_tau / keep)).transpose(0, 1).to(x_dtype)
-        return grad_x, (grad_v[0] if has_v0 else None), None, None, None, None, None
+        return grad_x, (grad_v[0] if has_v0 else None), None
 
 
 def lif_torch(
-    x: torch.Tensor,
-    v0: torch.Tensor | None = None,
-    tau: float = 2.0,
-    threshold: float = 1.0,
-    reset: str = "hard",
-    surrogate: str = "atan",
-    alpha: float = 2.0,
+    x: torch.Tensor, v0: torch.Tensor | None = None, params: LIFParams = DEFAULT_LIF
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same function as ``lif_sequential``, with a hand-written backward. Returns (spikes, v_last)."""
-    check_lif_args(x, v0, tau, reset, surrogate)
+    check_lif_args(x, v0, params)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or (v0 is not None and v0.requires_grad))
     if x.shape[1] == 1 and not needs_grad:  # decoding: one token, nothing to save for a backward
         v = _initial_membrane(x, v0)
         charged = torch.empty_like(v)
         fired = torch.empty(v.shape, dtype=torch.bool, device=v.device)
-        v = _fire(v, x[:, 0].to(v.dtype), 1.0 / tau, threshold, reset, charged, fired)
+        v = _fire(v, x[:, 0].to(v.dtype), params, charged, fired)
         return fired.to(x.dtype)[:, None], v
-    return _LIF.apply(x, v0, float(tau), float(threshold), reset, surrogate, float(alpha))
+    return _LIF.apply(x, v0, params)

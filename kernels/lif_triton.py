@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import triton_support as support
-from .lif_torch import check_lif_args
+from .lif_torch import DEFAULT_LIF, LIFParams, check_lif_args
 from .surrogate import SURROGATES
 
 # The kernels below are Triton programs, compiled (or interpreted) at their first launch by ``support.launch``.
@@ -147,14 +147,14 @@ def _lif_backward_kernel(
 
 class _LIFTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, v0, tau, threshold, reset, surrogate, alpha, chunk, block):
+    def forward(ctx, x, v0, neuron, chunk, block):
         batch, length, channels = x.shape
         acc = support.accumulator(x.dtype)
         mdtype = support.state_dtype(x.dtype)
         x = x.contiguous()
-        inv_tau = 1.0 / tau
+        inv_tau, reset, surrogate = neuron.inv_tau, neuron.reset, neuron.surrogate
         # the reference multiplies by the Python float 1/tau, i.e. by its rounding to the membrane's dtype
-        params = torch.tensor([inv_tau, threshold, alpha, 1 - inv_tau], dtype=mdtype, device=x.device)
+        params = torch.tensor([inv_tau, neuron.threshold, neuron.alpha, 1 - inv_tau], dtype=mdtype, device=x.device)
         n_chunks = triton.cdiv(length, chunk)
         save = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         spikes = support.empty(x.shape, x.dtype, x.device)
@@ -191,17 +191,13 @@ class _LIFTriton(torch.autograd.Function):
             HARD_RESET=reset == "hard", SURROGATE=SURROGATES.index(surrogate), ACC=acc, CHUNK=chunk, BLOCK_C=block,
         )  # fmt: skip
         grad_v0 = None if v0_dtype is None else grad_v0.to(v0_dtype)
-        return grad_x, grad_v0, None, None, None, None, None, None, None
+        return grad_x, grad_v0, None, None, None
 
 
 def lif_triton(
     x: torch.Tensor,
     v0: torch.Tensor | None = None,
-    tau: float = 2.0,
-    threshold: float = 1.0,
-    reset: str = "hard",
-    surrogate: str = "atan",
-    alpha: float = 2.0,
+    params: LIFParams = DEFAULT_LIF,
     return_counts: bool = False,
     *,
     chunk: int = support.CHUNK,
@@ -211,10 +207,8 @@ def lif_triton(
 
     ``chunk`` (tokens per checkpoint) and ``block_c`` (channels per program, a power of two) tune the launch.
     """
-    check_lif_args(x, v0, tau, reset, surrogate)
+    check_lif_args(x, v0, params)
     support.check_device(x)
     chunk, block = support.tiling(x.shape[2], chunk, block_c)
-    spikes, v_last, counts = _LIFTriton.apply(
-        x, v0, float(tau), float(threshold), reset, surrogate, float(alpha), chunk, block
-    )
+    spikes, v_last, counts = _LIFTriton.apply(x, v0, params, chunk, block)
     return (spikes, v_last, counts) if return_counts else (spikes, v_last)

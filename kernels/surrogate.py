@@ -57,6 +57,34 @@ class HeavisideSpike(torch.autograd.Function):
         return grad_out * surrogate_grad(x, ctx.surrogate, ctx.alpha), None, None
 
 
+class SpikeCount(torch.autograd.Function):
+    """Integer spike counts ``clamp(round(u), low, high)`` with the straight-through gradient of their primitive
+    ``clamp(u, low, high)``: 1 inside [low, high], 0 outside."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, low: int, high: int) -> torch.Tensor:
+        ctx.save_for_backward(u)
+        ctx.bounds = (low, high)
+        return torch.round(u).clamp_(low, high)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (u,) = ctx.saved_tensors
+        low, high = ctx.bounds
+        return grad_out * ((u >= low) & (u <= high)).to(grad_out.dtype), None, None
+
+
+def spike_count(u: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """Spike counts ``round(u)`` clipped to ``low..high`` (whole numbers in ``u``'s dtype), differentiable
+    straight through; ``count_primitive`` is the function whose derivative the backward uses."""
+    return SpikeCount.apply(u, int(low), int(high))
+
+
+def count_primitive(u: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """The primitive of the spike count's surrogate gradient (used by tests)."""
+    return u.clamp(low, high)
+
+
 def spike(x: torch.Tensor, surrogate: str = "atan", alpha: float = 2.0) -> torch.Tensor:
     """Binary spikes ``x >= 0`` (exactly 0 or 1), differentiable through ``surrogate``."""
     check_surrogate(surrogate)

@@ -6,7 +6,7 @@ Importing the package registers ``SpikeGPTConfig`` and the models with ``AutoCon
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .checkpoint import default_model_path
+from .checkpoint import bundled_model_path, default_model_path
 from .config import SpikeGPTConfig
 from .errors import (
     CheckpointError,
@@ -37,6 +37,7 @@ __all__ = [
     "SpikeStats",
     "TokenizerError",
     "TrainingError",
+    "bundled_model_path",
     "default_model_path",
 ]
 

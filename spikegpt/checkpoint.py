@@ -34,9 +34,22 @@ DTYPES = {
 }
 
 
+ASSETS = Path(__file__).parent / "assets"
+BUNDLED_MODELS = ("spikegpt-shakespeare", "spikegpt-shakespeare-driven")  # the first is the default
+
+
 def default_model_path() -> Path:
     """Directory of the small SpikeGPT bundled with the package (trained on Tiny Shakespeare)."""
-    return Path(__file__).parent / "assets" / "spikegpt-shakespeare"
+    return ASSETS / BUNDLED_MODELS[0]
+
+
+def bundled_model_path(name: str) -> Path:
+    """Directory of a model bundled with the package, by name (``BUNDLED_MODELS``), so ``--model NAME`` works
+    from any directory: ``spikegpt-shakespeare`` (the default) or ``spikegpt-shakespeare-driven`` (spike-driven:
+    every projection reads spike counts; README, "Where the spikes go")."""
+    if name not in BUNDLED_MODELS:
+        raise CheckpointError(f"no bundled model {name!r}; the bundled models are {', '.join(BUNDLED_MODELS)}")
+    return ASSETS / name
 
 
 def _looks_local(source: str) -> bool:
@@ -167,6 +180,8 @@ def load_model(
     ``weight_bits`` quantizes its product weights after loading (``spikegpt.quantize``)."""
     target = check_device(device)
     source = str(source) if source is not None else str(default_model_path())
+    if source in BUNDLED_MODELS and not Path(source).exists():
+        source = str(bundled_model_path(source))
     if _looks_local(source):
         _check_local(Path(source).expanduser())
         source = str(Path(source).expanduser())

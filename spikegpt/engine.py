@@ -188,8 +188,12 @@ class Engine:
         self.sampler = BatchSampler(max_batch, self.vocab_size, self.device)
         self.logits = torch.zeros(max_batch, self.vocab_size, device=self.device)
         self.next_tokens = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
-        self.counts = torch.zeros(max_batch, len(model.model.sites), device=self.device)
-        self.tokens = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        # each row's spike statistics since its prompt, as whole numbers (int64: exact however long it runs)
+        whole = dict(dtype=torch.long, device=self.device)
+        self.counts = torch.zeros(max_batch, len(model.model.sites), **whole)
+        self.reads = torch.zeros(max_batch, len(model.model.projections), 2, **whole)
+        self.tokens = torch.zeros(max_batch, **whole)
+        self.head_tokens = torch.zeros(max_batch, **whole)  # positions whose logits were computed
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: list[GenerationRequest] = []
         self._keys: dict[str, list[str]] = {}  # cache keys of waiting prompts' prefixes
@@ -373,7 +377,7 @@ class Engine:
                 task = PrefillTask(prompt, start, end, state, scores=scores)
             else:
                 task = None
-                self._prompt_read(seq, start, state, None, 0)
+                self._prompt_read(seq, start, state, None)
         except Exception:  # one bad request must not stop the others
             logger.exception("admit failed for request %s", request.request_id)
             self.sampler.release(slot)
@@ -405,7 +409,7 @@ class Engine:
                     seq.task = None
                     events.append(self._finish(seq, "error", None, error="prefill"))
                     continue
-                self._prompt_read(seq, task.end, task.state, task.logits, task.computed, task.counts)
+                self._prompt_read(seq, task.end, task.state, task.logits, task)
                 progressed = True
                 if seq.phase == "decode":
                     ready.append(seq)
@@ -413,16 +417,22 @@ class Engine:
                 break
         return ready
 
-    def _prompt_read(self, seq: _Sequence, end: int, state, logits, computed: int, counts=None) -> None:
-        """The prompt's chunks are read (or restored): into the slot; then feed the rest or sample."""
+    def _prompt_read(self, seq: _Sequence, end: int, state, logits, task: PrefillTask | None = None) -> None:
+        """The prompt's chunks are read by ``task`` (or restored, without one): into the slot, with the spike
+        statistics of what was computed for it; then feed the rest or sample."""
         slot = seq.slot
         seq.task = None
         self.state.write_rows([slot], state)
-        if counts is None:
-            self.counts[slot] = 0
-        else:
-            self.counts[slot] = counts
-        self.tokens[slot] = computed
+        for totals, value in (
+            (self.counts, None if task is None else task.counts),
+            (self.reads, None if task is None else task.reads),
+        ):
+            if value is None:
+                totals[slot] = 0
+            else:
+                totals[slot] = value
+        self.tokens[slot] = 0 if task is None else task.computed
+        self.head_tokens[slot] = 0 if task is None else task.head_tokens
         if self.cache is not None:
             seq.boundary = (end, state)
         if end == len(seq.request.prompt_ids):
@@ -460,16 +470,20 @@ class Engine:
         rows = None if self.batch_invariant else torch.tensor([s.slot for s in running], device=self.device)
         try:
             if rows is None:
-                logits, self.state, counts = self.decode_step(self.next_tokens, self.state)
+                logits, self.state, (counts, reads) = self.decode_step(self.next_tokens, self.state)
                 self.logits.copy_(logits)
                 self.counts += counts
+                self.reads += reads
                 self.tokens += 1
+                self.head_tokens += 1
             else:
-                logits, state, counts = self._model_step(self.next_tokens[rows], self.state.select(rows))
+                logits, state, (counts, reads) = self._model_step(self.next_tokens[rows], self.state.select(rows))
                 self.state.write_rows(rows, state)
                 self.logits[rows] = logits.float()
                 self.counts[rows] += counts
+                self.reads[rows] += reads
                 self.tokens[rows] += 1
+                self.head_tokens[rows] += 1
         except Exception:  # the batched step itself: every sequence in it ends
             logger.exception("decoding step failed; ending the %d sequences in it", len(running))
             for seq in running:
@@ -478,10 +492,10 @@ class Engine:
         return True
 
     def _model_step(self, tokens: torch.Tensor, state: RecurrentState) -> tuple:
-        """One recurrent step: (last logits [B, vocab], new state, spike counts [B, sites])."""
+        """One recurrent step: (last logits [B, vocab], new state, (spike counts [B, sites], reads))."""
         with self.products:
             out = self.model(tokens, state=state, output_spike_stats=True)
-        return out.logits[:, -1], out.state, out.spike_stats.counts
+        return out.logits[:, -1], out.state, (out.spike_stats.counts, out.spike_stats.reads)
 
     def _sample(self, ready: list[_Sequence], events: list[GenerationEvent]) -> None:
         """One batched sampling pass; if it fails, each sequence is sampled alone with the same random numbers (a
@@ -517,8 +531,8 @@ class Engine:
         if not asking:
             return {}
         rows = [seq.slot for seq in asking]
-        # counts hold whole numbers in fp32: the integer cast is exact; one tensor, one transfer
-        flat = torch.cat([self.counts[rows].long(), self.tokens[rows, None]], dim=1).tolist()
+        # the counters are int64 (exact however long a sequence runs); one tensor, one transfer
+        flat = torch.cat([self.counts[rows], self.tokens[rows, None]], dim=1).tolist()
         out = {}
         for seq, (*counts, tokens) in zip(asking, flat, strict=True):
             old_tokens, old_counts = seq.reported or (0, [0] * len(counts))
@@ -571,11 +585,15 @@ class Engine:
             self._owners.pop(seq.task, None)
         elif reason in ("stop", "length"):
             self._cache_the_end(seq)
+        row = slice(seq.slot, seq.slot + 1)
         stats = SpikeStats(
-            counts=self.counts[seq.slot : seq.slot + 1].clone(),
-            tokens=self.tokens[seq.slot : seq.slot + 1].clone(),
+            counts=self.counts[row].clone(),
+            tokens=self.tokens[row].clone(),
             sites=self.model.model.sites,
             n_embd=self.model.config.n_embd,
+            reads=self.reads[row].clone(),
+            projections=self.model.model.projections,
+            head_tokens=self.head_tokens[row].clone(),
         )
         return GenerationEvent(
             seq.request.request_id,

@@ -27,10 +27,10 @@ from spikegpt.kernels import fresh_state, wkv
 
 from .config import SpikeGPTConfig
 from .hub_code import AUTO_MAP, write_code_files
-from .neuron import EmbeddingSpikes, LIFLayer
+from .neuron import EmbeddingSpikes, InputSpikes, LIFLayer, input_reads
 from .progress import transformers_bars_on_terminal
 from .state import RecurrentState
-from .stats import SpikeStats, site_names
+from .stats import SpikeStats, projection_names, site_names
 from .tracing import generate_step
 
 LayerState = tuple[torch.Tensor, ...]  # one block's slice of RecurrentState, in its field order
@@ -46,6 +46,13 @@ def token_shift(x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
 def mix(x: torch.Tensor, shifted: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     """x·ratio + shifted·(1 − ratio), as one operation."""
     return torch.lerp(shifted, x, ratio)
+
+
+def project(linear: nn.Linear, spikes: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """A projection of spikes; spike counts carry their threshold ``scale`` ``[B, T, 1]``, applied to the product's
+    output (one multiply per output element) so that the product itself reads whole numbers."""
+    out = linear(spikes)
+    return out if scale is None else out * scale.to(out.dtype)
 
 
 class TimeMix(nn.Module):
@@ -66,15 +73,38 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(c, c, bias=False)
         for zero_init in (self.key, self.receptance, self.output):
             zero_init.init_scale = 0.0
+        self.encode = self.encode_output = None
+        if config.spiking_inputs:
+            self.encode = InputSpikes(config, (c, c, c), (True, True, True))
+            self.encode_output = InputSpikes(config, (c,), (True,))
+        self.membrane_width = sum(e.membrane_width for e in (self.encode, self.encode_output) if e is not None)
 
-    def forward(self, x, shift, wkv_state):
+    def forward(self, x, shift, wkv_state, input_v=None):
+        """→ (output, new shift, new WKV state, new input membrane, reads ``[B, 4, 2]`` of K, V, R, O)."""
         xx = token_shift(x, shift)
-        k = self.key(mix(x, xx, self.time_mix_k))
-        v = self.value(mix(x, xx, self.time_mix_v))
-        r = torch.sigmoid(self.receptance(mix(x, xx, self.time_mix_r)))
+        xk, xv, xr = mix(x, xx, self.time_mix_k), mix(x, xx, self.time_mix_v), mix(x, xx, self.time_mix_r)
+        if self.encode is None:
+            k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
+            reads = [input_reads(xk, False), input_reads(xv, False), input_reads(xr, False)]
+        else:
+            c = xk.shape[-1]
+            v_krv, v_o = (None, None) if input_v is None else (input_v[:, : 3 * c], input_v[:, 3 * c : 4 * c])
+            spikes, scales, v_krv, krv_reads = self.encode([xk, xv, xr], v_krv)
+            k, v, r = (project(p, s, sc) for p, s, sc in zip(self.projections[:3], spikes, scales, strict=True))
+        r = torch.sigmoid(r)
         w = -torch.exp(self.time_decay.float())
         y, wkv_state = wkv(w, self.time_first.float(), k, v, wkv_state)
-        return self.output(r * y), x[:, -1], wkv_state
+        gated = r * y
+        if self.encode is None:
+            reads.append(input_reads(gated, False))
+            return self.output(gated), x[:, -1], wkv_state, None, torch.stack(reads, dim=1)
+        (o,), (scale,), v_o, o_reads = self.encode_output([gated], v_o)
+        membrane = torch.cat([v_krv, v_o], dim=1)
+        return project(self.output, o, scale), x[:, -1], wkv_state, membrane, torch.cat([krv_reads, o_reads], dim=1)
+
+    @property
+    def projections(self) -> tuple[nn.Linear, ...]:
+        return (self.key, self.value, self.receptance, self.output)
 
 
 class ChannelMix(nn.Module):
@@ -91,12 +121,33 @@ class ChannelMix(nn.Module):
         self.value = nn.Linear(hidden, c, bias=False)
         for zero_init in (self.value, self.receptance):
             zero_init.init_scale = 0.0
+        self.encode = self.encode_value = None
+        if config.spiking_inputs:
+            self.encode = InputSpikes(config, (c, c), (True, True))
+            self.encode_value = InputSpikes(config, (hidden,), (False,))
+        self.membrane_width = sum(e.membrane_width for e in (self.encode, self.encode_value) if e is not None)
 
-    def forward(self, x, shift):
+    def forward(self, x, shift, input_v=None):
+        """→ (output, new shift, new input membrane, reads ``[B, 3, 2]`` of K, R, V)."""
         xx = token_shift(x, shift)
-        k = torch.square(torch.relu(self.key(mix(x, xx, self.time_mix_k))))
-        r = torch.sigmoid(self.receptance(mix(x, xx, self.time_mix_r)))
-        return r * self.value(k), x[:, -1]
+        xk, xr = mix(x, xx, self.time_mix_k), mix(x, xx, self.time_mix_r)
+        if self.encode is None:
+            k = torch.square(torch.relu(self.key(xk)))
+            r = torch.sigmoid(self.receptance(xr))
+            reads = torch.stack([input_reads(xk, False), input_reads(xr, False), input_reads(k, False)], dim=1)
+            return r * self.value(k), x[:, -1], None, reads
+        c = xk.shape[-1]
+        v_kr, v_v = (None, None) if input_v is None else (input_v[:, : 2 * c], input_v[:, 2 * c : self.membrane_width])
+        (sk, sr), (scale_k, scale_r), v_kr, kr_reads = self.encode([xk, xr], v_kr)
+        k = torch.square(torch.relu(project(self.key, sk, scale_k)))
+        r = torch.sigmoid(project(self.receptance, sr, scale_r))
+        (sv,), (scale_v,), v_v, v_reads = self.encode_value([k], v_v)
+        out = r * project(self.value, sv, scale_v)
+        return out, x[:, -1], torch.cat([v_kr, v_v], dim=1), torch.cat([kr_reads, v_reads], dim=1)
+
+    @property
+    def projections(self) -> tuple[nn.Linear, ...]:
+        return (self.key, self.receptance, self.value)
 
 
 class Block(nn.Module):
@@ -113,6 +164,7 @@ class Block(nn.Module):
         else:
             self.att = TimeMix(config, layer_id)
         self.ffn = ChannelMix(config, layer_id)
+        self.spikes_on_residual = config.spike_placement == "residual"
         self.att_lif = LIFLayer(config)
         self.ffn_lif = LIFLayer(config)
         self.drop = nn.Dropout(config.dropout)
@@ -120,31 +172,55 @@ class Block(nn.Module):
         self.branch_scale = 2.0 ** -(layer_id // every) if every else 1.0
         self.halve_after = bool(every) and (layer_id + 1) % every == 0
 
-    def forward(self, x: torch.Tensor, state: LayerState | None):
-        """x ``[B, T, C]`` → (x, new layer state, spikes per row ``[B]`` of the two LIF layers)."""
-        att_shift, ffn_shift, num, den, mx, att_v, ffn_v = state if state is not None else (None,) * 7
+    @property
+    def mixers(self) -> tuple[nn.Module, nn.Module]:
+        return (self.ffn_pre if hasattr(self, "ffn_pre") else self.att, self.ffn)
+
+    @property
+    def membrane_width(self) -> int:
+        """Width of this block's input-spike membranes (0 unless the projections read binary LIF spikes)."""
+        return sum(m.membrane_width for m in self.mixers)
+
+    def forward(self, x: torch.Tensor, state: LayerState | None, input_width: int = 0):
+        """x ``[B, T, C]`` → (x, new layer state, spikes per row ``[B]`` of the two LIF layers, reads of every
+        projection's input ``[B, n_projections, 2]``). ``input_width``: the width of the state's ``input_v``."""
+        att_shift, ffn_shift, num, den, mx, att_v, ffn_v, input_v = state if state is not None else (None,) * 8
         wkv_state = (num, den, mx) if state is not None else None
+        split, end = self.mixers[0].membrane_width, self.membrane_width
+        att_in, ffn_in = (None, None) if input_v is None else (input_v[:, :split], input_v[:, split:end])
         if self.layer_id == 0:
             x = self.ln0(x)
         if hasattr(self, "ffn_pre"):
-            branch, att_shift = self.ffn_pre(self.ln1(x), att_shift)
+            branch, att_shift, att_in, att_reads = self.ffn_pre(self.ln1(x), att_shift, att_in)
         else:
-            branch, att_shift, wkv_state = self.att(self.ln1(x), att_shift, wkv_state)
+            branch, att_shift, wkv_state, att_in, att_reads = self.att(self.ln1(x), att_shift, wkv_state, att_in)
         if self.branch_scale != 1.0:
             branch = branch * self.branch_scale
-        spikes, att_v, att_count = self.att_lif(branch, att_v)
-        x = x + spikes
-        branch, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        x, att_v, att_count = self._add(x, branch, self.att_lif, att_v)
+        branch, ffn_shift, ffn_in, ffn_reads = self.ffn(self.ln2(x), ffn_shift, ffn_in)
         if self.branch_scale != 1.0:
             branch = branch * self.branch_scale
-        spikes, ffn_v, ffn_count = self.ffn_lif(branch, ffn_v)
-        x = x + spikes
+        x, ffn_v, ffn_count = self._add(x, branch, self.ffn_lif, ffn_v)
         if self.halve_after:
             x = x / 2
         x = self.drop(x)
         if wkv_state is None:  # layer 0 with ffn_pre and a fresh sequence: its WKV slot stays fresh
             wkv_state = fresh_state(x.shape[0], x.shape[2], x.device)
-        return x, (att_shift, ffn_shift, *wkv_state, att_v, ffn_v), (att_count, ffn_count)
+        batch = x.shape[0]
+        membranes = [m for m in (att_in, ffn_in) if m is not None]
+        pad = input_width - sum(m.shape[1] for m in membranes)
+        input_v = torch.cat([*membranes, x.new_zeros(batch, pad, dtype=torch.float32)], dim=1)
+        new_state = (att_shift, ffn_shift, *wkv_state, att_v, ffn_v, input_v)
+        return x, new_state, (att_count, ffn_count), torch.cat([att_reads, ffn_reads], dim=1)
+
+    def _add(self, x, branch, lif_layer, v):
+        """The residual addition: the branch's LIF spikes (placement "residual") or the branch itself ("inputs")."""
+        if self.spikes_on_residual:
+            spikes, v, count = lif_layer(branch, v)
+            return x + spikes, v, count
+        if v is None:
+            v = x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32)
+        return x + branch, v, None
 
 
 @dataclass
@@ -235,7 +311,9 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
         self.emb_spikes = EmbeddingSpikes(config)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.sites = site_names(config.n_layer, config.ffn_pre)
+        self.sites = site_names(config.n_layer, config.ffn_pre, config.spike_placement)
+        self.projections = projection_names(config.n_layer, config.ffn_pre)
+        self.input_width = max(block.membrane_width for block in self.blocks)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -247,7 +325,9 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
     def fresh_state(self, batch: int) -> RecurrentState:
         """The state of ``batch`` sequences that have seen no tokens, on this model's device."""
         c = self.config
-        return RecurrentState.fresh(batch, c.n_layer, c.n_embd, self.emb.weight.device, self.emb.weight.dtype)
+        return RecurrentState.fresh(
+            batch, c.n_layer, c.n_embd, self.emb.weight.device, self.emb.weight.dtype, input_width=self.input_width
+        )
 
     def forward(
         self,
@@ -266,12 +346,15 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
         if state is not None and state.batch_size != x.shape[0]:
             raise ValueError(f"state holds {state.batch_size} sequences but the input has {x.shape[0]}")
         x, emb_count = self.emb_spikes(x)
-        counts = [emb_count]
+        counts, reads = [emb_count], []
         layers = []
         for i, block in enumerate(self.blocks):
-            x, layer_state, block_counts = block(x, state.layer(i) if state is not None else None)
+            x, layer_state, block_counts, block_reads = block(
+                x, state.layer(i) if state is not None else None, self.input_width
+            )
             layers.append(layer_state)
-            counts.extend(block_counts)
+            counts.extend(count for count in block_counts if count is not None)
+            reads.append(block_reads)
         x = self.ln_out(x)
         keep_state = state is not None or bool(use_cache)
         stats = None
@@ -282,6 +365,8 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
                 tokens=torch.full((batch,), tokens, dtype=torch.long, device=x.device),
                 sites=self.sites,
                 n_embd=self.config.n_embd,
+                reads=torch.cat(reads, dim=1),
+                projections=self.projections,
             )
         return SpikeGPTModelOutput(
             last_hidden_state=x,
@@ -358,6 +443,9 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.head(hidden)
+        stats = out.spike_stats
+        if stats is not None:
+            stats.head_tokens = torch.full_like(stats.tokens, hidden.shape[1])
         loss = None
         if labels is not None or shift_labels is not None:
             loss = self.loss_function(
@@ -368,7 +456,7 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
                 num_items_in_batch=num_items_in_batch,
                 ignore_index=IGNORE_INDEX,
             )
-        return SpikeGPTCausalLMOutput(loss=loss, logits=logits, state=out.state, spike_stats=out.spike_stats)
+        return SpikeGPTCausalLMOutput(loss=loss, logits=logits, state=out.state, spike_stats=stats)
 
     # generate(): the recurrent state is this model's cache, carried in model_kwargs["state"] (a cache name
     # GenerationMixin knows). No DynamicCache is made beside it: beam search reorders the first cache it finds, and

@@ -44,8 +44,9 @@ class PrefillTask:
 
     scores: called with (first position, logits of every position of a chunk ``[chunk, vocab]``) for prompt
         log-probabilities. background: runs only in rows no request needs.
-    After the last chunk: ``logits`` (the last position's, ``[vocab]``), ``counts`` (spikes per site), ``computed``
-    (tokens read).
+    After the last chunk: ``logits`` (the last position's, ``[vocab]``), ``counts`` (spikes per site), ``reads``
+    (per projection: nonzero inputs and their sum), ``computed`` (tokens read) and ``head_tokens`` (positions whose
+    logits were computed: every position when scoring, else the last one).
     """
 
     tokens: list[int]
@@ -57,7 +58,9 @@ class PrefillTask:
     background: bool = False
     awaited: bool = False  # a background task that a waiting request needs
     counts: torch.Tensor | None = None
+    reads: torch.Tensor | None = None
     computed: int = 0
+    head_tokens: int = 0
     logits: torch.Tensor | None = None
     error: str | None = None
 
@@ -90,7 +93,7 @@ class ChunkRunner:
         state = RecurrentState.stack([t.state for t in tasks] + [self._padding] * (self.rows - len(tasks)))
         out = self.model.model(ids, state=state, output_spike_stats=True)
         hidden = out.last_hidden_state
-        counts = out.spike_stats.counts
+        counts, reads = out.spike_stats.counts, out.spike_stats.reads
         for i, task in enumerate(tasks):
             try:
                 if task.scores is not None:
@@ -103,6 +106,8 @@ class ChunkRunner:
                 continue
             task.state = out.state.select([i])
             task.counts = counts[i].clone() if task.counts is None else task.counts + counts[i]
+            task.reads = reads[i].clone() if task.reads is None else task.reads + reads[i]
+            task.head_tokens += c if task.scores is not None else int(logits is not None)
             task.computed += c
             task.position += c
             task.logits = logits

@@ -22,6 +22,9 @@ class RecurrentState:
     wkv_num, wkv_den, wkv_max: WKV numerator and denominator scaled by exp(-wkv_max), and that running maximum
         exponent; fp32.
     att_v, ffn_v: membrane potentials of the LIF neurons after the time mix and after the channel mix; fp32.
+    input_v: ``[batch, n_layer, input_width]`` fp32, the membranes of the LIF neurons that encode the projections'
+        inputs (placement "inputs" with binary spikes: per block the time mix's K|V|R and O inputs, then the channel
+        mix's K|R and V inputs, side by side); width 0 for every other model.
     """
 
     att_shift: torch.Tensor
@@ -31,6 +34,7 @@ class RecurrentState:
     wkv_max: torch.Tensor
     att_v: torch.Tensor
     ffn_v: torch.Tensor
+    input_v: torch.Tensor
 
     @classmethod
     def fresh(
@@ -40,8 +44,9 @@ class RecurrentState:
         n_embd: int,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        input_width: int = 0,
     ) -> RecurrentState:
-        """The state of ``batch`` sequences that have seen no tokens."""
+        """The state of ``batch`` sequences that have seen no tokens (``input_width``: see ``input_v``)."""
         shape = (batch, n_layer, n_embd)
         fp32 = dict(device=device, dtype=torch.float32)
         return cls(
@@ -52,6 +57,7 @@ class RecurrentState:
             wkv_max=torch.full(shape, FRESH_MAX, **fp32),
             att_v=torch.zeros(shape, **fp32),
             ffn_v=torch.zeros(shape, **fp32),
+            input_v=torch.zeros(batch, n_layer, input_width, **fp32),
         )
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
@@ -62,7 +68,8 @@ class RecurrentState:
         return self.att_shift.shape[0]
 
     def layer(self, i: int) -> tuple[torch.Tensor, ...]:
-        """Block i's slice of every field, each ``[batch, n_embd]``, in field order."""
+        """Block i's slice of every field, each ``[batch, n_embd]`` (``input_v``: ``[batch, input_width]``), in field
+        order."""
         return tuple(t[:, i] for t in self.tensors())
 
     @classmethod

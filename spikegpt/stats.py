@@ -1,4 +1,5 @@
-"""``SpikeStats``: how many spikes each spiking site of a model emitted, per sequence, kept on the device."""
+"""``SpikeStats``: how many spikes each spiking site of a model emitted and what each projection read, per
+sequence, kept on the device as whole numbers (int64)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,54 @@ from dataclasses import dataclass
 import torch
 
 
-def site_names(n_layer: int, ffn_pre: bool) -> tuple[str, ...]:
-    """Names of the spiking sites in forward order: the embedding, then each block's two LIF layers."""
+def site_names(n_layer: int, ffn_pre: bool, placement: str = "residual") -> tuple[str, ...]:
+    """Names of the spiking sites whose spikes enter the residual stream, in forward order: the embedding, then
+    (placement "residual") each block's two LIF layers. Spikes at the projections' inputs are in ``reads``."""
     names = ["embedding"]
+    if placement != "residual":
+        return tuple(names)
     for i in range(n_layer):
         names.append(f"blocks.{i}.{'ffn_pre' if ffn_pre and i == 0 else 'att'}.lif")
         names.append(f"blocks.{i}.ffn.lif")
     return tuple(names)
 
 
+def projection_names(n_layer: int, ffn_pre: bool) -> tuple[str, ...]:
+    """Every matrix product of the blocks in forward order, as ``blocks.i.att.key`` (the head is not one of them)."""
+    names = []
+    for i in range(n_layer):
+        if ffn_pre and i == 0:
+            names += [f"blocks.0.ffn_pre.{p}" for p in CHANNEL_MIX_PROJECTIONS]
+        else:
+            names += [f"blocks.{i}.att.{p}" for p in TIME_MIX_PROJECTIONS]
+        names += [f"blocks.{i}.ffn.{p}" for p in CHANNEL_MIX_PROJECTIONS]
+    return tuple(names)
+
+
+def projection_fan_in(name: str, n_embd: int, ffn_hidden: int) -> int:
+    """Input width of a projection named as ``projection_names`` names it: the channel mix's value reads the hidden
+    width, every other projection the model width."""
+    return ffn_hidden if name.endswith((".ffn.value", ".ffn_pre.value")) else n_embd
+
+
+TIME_MIX_PROJECTIONS = ("key", "value", "receptance", "output")
+CHANNEL_MIX_PROJECTIONS = ("key", "receptance", "value")
+
+
 @dataclass
 class SpikeStats:
     """Spike counts of a forward pass (or of several, accumulated) per sequence and site.
 
-    counts: ``[batch, n_sites]`` fp32 tensor on the model's device: spikes (nonzero outputs) per row and site.
+    counts: ``[batch, n_sites]`` int64 tensor on the model's device: spikes (nonzero outputs) per row and site.
     tokens: ``[batch]`` int64 tensor: tokens each row has processed, so every site saw ``tokens * n_embd`` values.
     sites: site names (see ``site_names``).
     n_embd: elements per token at every site.
+    reads: ``[batch, n_projections, 2]`` int64: what each projection's input held, per row: its nonzero elements
+        and, where the input is whole numbers (spikes or spike counts), the sum of their magnitudes (else 0).
+        None for statistics made without them.
+    projections: projection names (see ``projection_names``), in the order of ``reads``.
+    head_tokens: ``[batch]`` int64: positions whose logits the head computed (set by ``SpikeGPTForCausalLM``;
+        None where no head ran or it was not tracked).
 
     Nothing here forces a host synchronisation; ``firing_rate`` and ``site_rates`` return tensors.
     """
@@ -32,6 +64,9 @@ class SpikeStats:
     tokens: torch.Tensor
     sites: tuple[str, ...]
     n_embd: int
+    reads: torch.Tensor | None = None
+    projections: tuple[str, ...] = ()
+    head_tokens: torch.Tensor | None = None
 
     @property
     def elements(self) -> torch.Tensor:
@@ -50,15 +85,46 @@ class SpikeStats:
         """Accumulate two passes over the same rows (e.g. prefill then decoding steps)."""
         if other.sites != self.sites or other.counts.shape != self.counts.shape:
             raise ValueError("can only add spike statistics of the same model and batch")
-        return SpikeStats(self.counts + other.counts, self.tokens + other.tokens, self.sites, self.n_embd)
+        return SpikeStats(
+            self.counts + other.counts,
+            self.tokens + other.tokens,
+            self.sites,
+            self.n_embd,
+            _sum(self.reads, other.reads),
+            self.projections,
+            _sum(self.head_tokens, other.head_tokens),
+        )
 
     def select(self, indices: torch.Tensor | list[int] | slice) -> SpikeStats:
         """The statistics of the given rows."""
-        return SpikeStats(self.counts[indices], self.tokens[indices], self.sites, self.n_embd)
+        return SpikeStats(
+            self.counts[indices],
+            self.tokens[indices],
+            self.sites,
+            self.n_embd,
+            None if self.reads is None else self.reads[indices],
+            self.projections,
+            None if self.head_tokens is None else self.head_tokens[indices],
+        )
 
     @classmethod
     def stack(cls, stats: list[SpikeStats]) -> SpikeStats:
         first = stats[0]
         return cls(
-            torch.cat([s.counts for s in stats]), torch.cat([s.tokens for s in stats]), first.sites, first.n_embd
+            torch.cat([s.counts for s in stats]),
+            torch.cat([s.tokens for s in stats]),
+            first.sites,
+            first.n_embd,
+            _cat([s.reads for s in stats]),
+            first.projections,
+            _cat([s.head_tokens for s in stats]),
         )
+
+
+# Optional fields: a result exists only where every operand has the field (statistics made without it have None).
+def _sum(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None or b is None else a + b
+
+
+def _cat(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if any(t is None for t in tensors) else torch.cat(tensors)

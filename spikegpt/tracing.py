@@ -30,7 +30,7 @@ class _DecodeStep(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(tokens, state=RecurrentState(*state), output_spike_stats=True)
-        return (out.logits[:, -1], out.spike_stats.counts, *out.state.tensors())
+        return (out.logits[:, -1], out.spike_stats.counts, out.spike_stats.reads, *out.state.tensors())
 
 
 @contextmanager
@@ -51,7 +51,8 @@ def trace_decode_step(
     model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState, products: DecodeProducts | None = None
 ):
     """One recurrent step at a fixed batch shape (``tokens`` ``[B, 1]``), recorded with ``torch.jit.trace``: a
-    function ``(tokens, state) -> (last logits [B, vocab], new state, spike counts [B, sites])`` that runs the very
+    function ``(tokens, state) -> (last logits [B, vocab], new state, (spike counts [B, sites], projection reads
+    [B, projections, 2]))`` that runs the very
     same operations as the model's forward, without the Python interpreter between them. Only for the torch
     kernels (a Triton launch cannot be traced) and only for the traced shape.
 
@@ -70,9 +71,9 @@ def trace_decode_step(
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         traced = torch.jit.trace(_DecodeStep(model), (tokens, *state.tensors()), check_trace=False)
 
-    def step(tokens: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState, torch.Tensor]:
-        logits, counts, *tensors = traced(tokens, *state.tensors())
-        return logits, RecurrentState(*tensors), counts
+    def step(tokens: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState, tuple]:
+        logits, counts, reads, *tensors = traced(tokens, *state.tensors())
+        return logits, RecurrentState(*tensors), (counts, reads)
 
     step.traced = traced  # the recorded graph, for inspection
     return step

@@ -26,6 +26,13 @@ MODEL_FLAGS = {
     "ctx_len": (int, "context length trained on (tokens per block)"),
     "dropout": (float, "dropout on the residual stream after each block (the original: 0.03)"),
     "lif_threshold": (float, "LIF firing threshold (the target of threshold annealing)"),
+    "spike_placement": (
+        str,
+        "where the spikes go: 'residual' (published SpikeGPT) or 'inputs' (every projection reads spikes)",
+    ),
+    "input_spikes": (str, "with --spike-placement inputs: 'binary' (LIF spikes) or 'counts' (integer spike counts)"),
+    "spike_count_max": (int, "with --input-spikes counts: K, the largest count (inputs in -K..K)"),
+    "spike_count_scale": (float, "with --input-spikes counts: k in the adaptive threshold mean|x| / k"),
 }
 SHIPPED = sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
 
@@ -219,6 +226,9 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"firing rate        {result.firing_rate:.4f}")
     for site, rate in result.site_rates.items():
         print(f"  {site:<20} {rate:.4f}")
+    print(f"zero inputs        {result.input_zero_fraction:.4f} of the projections' input elements")
+    for name, read in result.inputs.items():
+        print(f"  {name:<26} zero {read['zero_fraction']:.4f}  spikes/input {read['spikes_per_input']:.4f}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Evaluation: loss, perplexity, bits per byte (and per character) and per-site firing rates over packed blocks.
+"""Evaluation: loss, perplexity, bits per byte (and per character), per-site firing rates and what each projection
+read (zero inputs, spikes per input) over packed blocks.
 
 ``spikegpt eval`` and the training loop both call ``evaluate``. Each block starts from a fresh state, as in
 training. Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the text the targets spell, so
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from spikegpt.stats import SpikeStats
+from spikegpt.stats import SpikeStats, projection_fan_in
 
 from .data import PAD
 
@@ -65,26 +66,42 @@ def make_eval_set(
 class SpikeTotals:
     """Spike counts summed over batches on the device (no host sync until ``stats`` is read)."""
 
-    def __init__(self, sites: tuple[str, ...], n_embd: int, device):
-        self.sites, self.n_embd = sites, n_embd
-        self.counts = torch.zeros(len(sites), dtype=torch.float64, device=device)
+    def __init__(self, model, device):
+        self.sites, self.projections = model.model.sites, model.model.projections
+        self.n_embd, self.ffn_hidden = model.config.n_embd, model.config.ffn_hidden
+        self.counts = torch.zeros(len(self.sites), dtype=torch.long, device=device)
+        self.reads = torch.zeros(len(self.projections), 2, dtype=torch.long, device=device)
         self.tokens = torch.zeros((), dtype=torch.long, device=device)
 
     def add(self, stats: SpikeStats) -> None:
         self.counts += stats.counts.sum(dim=0)
+        self.reads += stats.reads.sum(dim=0)
         self.tokens += stats.tokens.sum()
 
     def reduce(self, accelerator) -> None:
         """Sum over the processes of ``accelerator``."""
         if accelerator is not None and accelerator.num_processes > 1:
             self.counts = accelerator.reduce(self.counts, reduction="sum")
+            self.reads = accelerator.reduce(self.reads, reduction="sum")
             self.tokens = accelerator.reduce(self.tokens, reduction="sum")
 
     def stats(self) -> SpikeStats:
-        return SpikeStats(self.counts[None], self.tokens[None], self.sites, self.n_embd)
+        return SpikeStats(
+            self.counts[None], self.tokens[None], self.sites, self.n_embd, self.reads[None], self.projections
+        )
 
     def site_rates(self) -> dict[str, float]:
         return dict(zip(self.sites, self.stats().site_rates().tolist(), strict=True))
+
+    def input_stats(self) -> dict[str, dict[str, float]]:
+        """Per projection: the fraction of its input elements that were zero and the spikes it read per input
+        element (the summed counts; 0 for real-valued inputs, which carry no spikes)."""
+        reads, tokens = self.reads.tolist(), int(self.tokens)
+        out = {}
+        for name, (nonzero, spikes) in zip(self.projections, reads, strict=True):
+            elements = max(tokens * projection_fan_in(name, self.n_embd, self.ffn_hidden), 1)
+            out[name] = {"zero_fraction": 1 - nonzero / elements, "spikes_per_input": spikes / elements}
+        return out
 
 
 @dataclass
@@ -100,6 +117,8 @@ class EvalResult:
     unknown_bytes: int  # and their bytes
     firing_rate: float  # fraction of all values at all spiking sites that were spikes
     site_rates: dict[str, float]  # per site: the embedding, then each block's att.lif and ffn.lif
+    inputs: dict[str, dict[str, float]]  # per projection: zero_fraction and spikes_per_input of what it read
+    input_zero_fraction: float  # over all projections' input elements
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,17 +134,25 @@ def _batches(blocks: np.ndarray, batch_size: int):
         yield blocks[i : i + 1, : lengths[i]]
 
 
-@torch.no_grad()
 def evaluate(model, eval_set: EvalSet, batch_size: int, accelerator=None, device=None, progress: bool = True):
     """Evaluate ``model`` (unwrapped) on ``eval_set``; with an ``accelerator``, the blocks are shared among its
     processes and the sums reduced, so every process returns the same result."""
+    return evaluate_with_stats(model, eval_set, batch_size, accelerator, device, progress)[0]
+
+
+@torch.no_grad()
+def evaluate_with_stats(
+    model, eval_set: EvalSet, batch_size: int, accelerator=None, device=None, progress: bool = True
+) -> tuple[EvalResult, SpikeStats]:
+    """``evaluate``, and the spike statistics of the whole evaluation (one row; every position's logits computed),
+    ready for an energy report."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     device = accelerator.device if accelerator is not None else (device or next(model.parameters()).device)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # the mean loss, summed batch by batch
     n_targets = max(eval_set.n_tokens, 1)
-    spikes = SpikeTotals(model.model.sites, model.config.n_embd, device)
+    spikes = SpikeTotals(model, device)
     mine = eval_set.blocks[rank::world]
     batches = list(_batches(mine, batch_size))
     autocast = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
@@ -142,7 +169,7 @@ def evaluate(model, eval_set: EvalSet, batch_size: int, accelerator=None, device
     model.train(was_training)
     nats = float(loss_sum)
     bits = nats * n_targets / math.log(2)
-    return EvalResult(
+    result = EvalResult(
         loss=nats,
         perplexity=math.exp(min(nats, 700.0)),
         bits_per_token=nats / math.log(2),
@@ -154,4 +181,17 @@ def evaluate(model, eval_set: EvalSet, batch_size: int, accelerator=None, device
         unknown_bytes=eval_set.unknown_bytes,
         firing_rate=float(spikes.stats().firing_rate()),
         site_rates=spikes.site_rates(),
+        inputs=spikes.input_stats(),
+        input_zero_fraction=_zero_fraction(spikes),
     )
+    stats = spikes.stats()
+    stats.head_tokens = stats.tokens.clone()
+    return result, stats
+
+
+def _zero_fraction(spikes: SpikeTotals) -> float:
+    widths = torch.tensor(
+        [projection_fan_in(p, spikes.n_embd, spikes.ffn_hidden) for p in spikes.projections], dtype=torch.long
+    )
+    elements = int((widths * spikes.tokens.cpu()).sum())
+    return 1 - int(spikes.reads[:, 0].sum()) / max(elements, 1)

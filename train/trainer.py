@@ -105,7 +105,9 @@ def _total_steps(cfg: TrainConfig, tokens_per_step: int) -> int:
 
 
 def _eval_record(step: int, tokens: int, result: EvalResult) -> dict:
-    return {"step": step, "tokens": tokens, **{f"val_{k}": v for k, v in result.to_dict().items() if v is not None}}
+    # per-projection reads stay out of the log (``spikegpt eval`` prints them); their total zero fraction is in
+    fields = {k: v for k, v in result.to_dict().items() if v is not None and k != "inputs"}
+    return {"step": step, "tokens": tokens, **{f"val_{k}": v for k, v in fields.items()}}
 
 
 class Trainer:
@@ -316,7 +318,7 @@ class _Window:
 
     def __init__(self, model, device):
         self.loss_sum = torch.zeros((), device=device)
-        self.spikes = SpikeTotals(model.model.sites, model.config.n_embd, device)
+        self.spikes = SpikeTotals(model, device)
         self.steps = 0
         self.started = time.perf_counter()
 

@@ -27,12 +27,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument("--prompt", metavar="TEXT", help="text to read, given on the command line")
     parser.add_argument(
         "--rule",
-        choices=["strict", "paper"],
+        choices=["strict", "paper", "event"],
         default="strict",
-        help="accounting rule: 'strict' counts an accumulate (AC) only where an operand really is a binary "
-        "spike, so the projections, which read LayerNorm outputs, are multiply-accumulates (MAC); 'paper' follows "
-        "the SpikeGPT paper's Table 1 (projections and FFN as AC x measured firing rate, WKV as 6Td MAC) "
-        "(default: strict)",
+        help="accounting rule, each product priced from what it read: 'strict' counts one accumulate (AC) per unit "
+        "of spike count x fan-out where a product's input is whole numbers (spikes), a multiply-accumulate (MAC) "
+        "per element where it is real (a LayerNorm output); 'event' skips zero inputs (event-driven hardware with "
+        "graded spikes); 'paper' follows the SpikeGPT paper's Table 1 (projections and FFN as AC x measured "
+        "firing rate, WKV as 6Td MAC) (default: strict)",
     )
     parser.add_argument(
         "--profile",

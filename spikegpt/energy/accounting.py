@@ -27,10 +27,27 @@ What the forward computes (``spikegpt.model``), per layer and rule ``strict``:
     each LIF    T·d neuron updates; the spikes enter the residual stream x + s: one AC per spike (S_site)
     head        ln_out 5·T·d elementwise; head H·d·V MAC for the H positions whose logits are computed
 
-So under ``strict`` the only accumulate-only work is adding spikes into the residual stream and into ln0's
-sums: every matrix product in this architecture reads real values. The ReLU² activations entering the channel
-mix's V are often zero, and sparse hardware could skip them, but they are not spikes and are not measured here:
-strict counts them as dense MACs.
+So under ``strict`` the only accumulate-only work of a ``residual`` model is adding spikes into the residual
+stream and into ln0's sums: every matrix product in that placement reads real values.
+
+Every product is priced from what it read (``SpikeStats.reads``: per projection its nonzero input elements N and,
+for whole-number inputs, their summed magnitude S), never from an assumed rate:
+
+    strict      whole-number input (spikes, spike counts): S·d_out AC, one accumulate per unit of count and output;
+                real input: T·d_in·d_out MAC, one per element whether it is zero or not
+    event       event-driven hardware with graded spikes (Loihi 2 style): a zero input costs nothing; whole-number
+                input S·d_out AC as strict; real input N·d_out MAC. So the zeros of relu(k)² entering the
+                channel mix's V count in both placements, and event ≤ strict term by term, the two differing
+                exactly in the zero real inputs: (T·d_in − N)·d_out MAC per real-input product.
+
+With ``spike_placement="inputs"`` every projection of a block reads spikes; the per-layer work changes thus:
+
+    encoders    binary: one LIF update per encoded element (time mix: K, V, R inputs 3·T·d and O's T·d; channel
+                mix: K, R inputs 2·T·d and V's T·F) as ``neuron``; counts: per encoded element 4 elementwise steps
+                (magnitude, its sum for the threshold, division, rounding with the clip), then one multiply per
+                output element to scale each product by its threshold (T·d_out elementwise)
+    products    K, V, R, O and K, R, V as above from their reads (AC under strict and event)
+    residual    x + branch: T·d elementwise per mix (real values, no LIF on the residual stream)
 
 Rule ``paper`` follows the SpikeGPT paper (SpikeGPT, TMLR 2024, Table 1) where the table has a row, and counts
 everything else as ``strict`` does, so the two rules differ exactly in these terms:
@@ -45,6 +62,9 @@ LIF for its channel mix, block i−1's channel-mix LIF for block i's time mix), 
 those projections' input. R̂ · (ops of a d_in → d_out product) = S_input · d_in · d_out / d ACs. Table 1 has no
 row for the output projection, LayerNorms, neurons, token shift, gates or head; they keep their strict counts.
 
+Rule ``paper`` on an ``inputs`` model: the input spikes the table scales by are each projection's own, so its
+projections count as in strict (S·d_out AC) and only WKV differs (6·T·d MAC).
+
 Baselines: ``spiking_off`` is the same architecture with every spike function the identity (counted as strict on
 a non-spiking model: no thresholds, no neurons, residual additions of real values as elementwise steps, every
 product a MAC); ``vanilla_gpt`` is the paper's formula for a GPT of the same width and depth over the same
@@ -52,6 +72,11 @@ tokens, per layer and per window of T tokens: E_MAC · (3·T·d² + 2·T²·d + 
 FL_MLP = 2·T·d·F (Table 1's rows only: no output projection, LayerNorm, embedding or head). A GPT reads a text
 longer than its context length (the model's ``ctx_len``) in windows of that length, one after the other, not as
 one attention sequence: a sequence is cut into consecutive windows of ``ctx_len`` tokens and a shorter last one.
+
+``equal_bit_int8`` is a dense model of equal bit width: the spiking_off count with every block projection a dense
+int8 MAC (0.23 pJ, Horowitz 2014, 45 nm), the rest priced by the report's profile. Yan et al. (arXiv 2409.08290)
+find an SNN beats such an equal-bit quantized network only below about 6% spike rate once data movement is
+counted (here it is not).
 """
 
 from __future__ import annotations
@@ -62,7 +87,7 @@ import torch
 
 from ..config import SpikeGPTConfig
 from ..errors import EnergyError
-from ..stats import SpikeStats, site_names
+from ..stats import SpikeStats, projection_fan_in, projection_names, site_names
 
 KINDS = ("mac", "ac", "neuron", "elementwise")
 
@@ -71,13 +96,17 @@ RULES = {
     "and into ln0's sums); every matrix product reads LayerNorm outputs, so it is a MAC",
     "paper": "SpikeGPT, TMLR 2024, Table 1: K/V/R projections and the channel mix as AC x measured firing rate of "
     "the preceding spike layer, WKV as 6*T*d MAC; operations the table omits counted as in strict",
+    "event": "event-driven hardware with graded spikes (Loihi 2 style): a zero input to a product costs nothing, "
+    "each nonzero whole-number input count x fan-out ACs, each nonzero real input fan-out MACs; the rest as strict",
 }
+PROJECTIONS = ("key", "value", "receptance", "output")  # the names of the block products' terms
 
 LAYERNORM_OPS = 5  # per element: sum, sum of squares, subtract the mean, scale by 1/std, affine
 LAYERNORM_STAT_OPS = 2  # of those, the two sums, which are accumulates of spikes when the input is binary
 MIX_OPS = 2  # x·μ + x₋₁·(1 − μ): a multiply and a fused multiply-add, (1 − μ) being a constant
 SIGMOID_OPS = 3  # exp, add, division
 WKV_OPS = 19  # stable recurrence per token and channel, counted in the module docstring
+COUNT_ENCODE_OPS = 4  # spike counts per element: magnitude, its sum (threshold), division, rounding with the clip
 PAPER_WKV_MACS = 6  # SpikeGPT, TMLR 2024, Table 1: attention f(Q, K, V) costs E_MAC · 6Td
 
 
@@ -116,22 +145,36 @@ class LayerOps:
 
 @dataclass(frozen=True)
 class SpikeTotals:
-    """Spike statistics on the host, as the accounting needs them: spikes per site over all rows, tokens per row."""
+    """Spike statistics on the host, as the accounting needs them: spikes per site over all rows, tokens per row,
+    and per projection (nonzero input elements, summed magnitude of whole-number inputs) over all rows."""
 
     sites: tuple[str, ...]
     spikes: tuple[int, ...]
     row_tokens: tuple[int, ...]
     n_embd: int
+    projections: tuple[str, ...] = ()
+    reads: tuple[tuple[int, int], ...] = ()
+    head_tokens: int | None = None
 
     @classmethod
     def from_stats(cls, stats: SpikeStats) -> SpikeTotals:
-        """Reads ``stats`` with exactly one device-to-host transfer."""
+        """Reads ``stats`` with exactly one device-to-host transfer; every count is an int64 on the device, so
+        the totals are exact."""
         batch, n_sites = stats.counts.shape
-        # counts hold whole numbers in fp32, so the integer cast is exact; one tensor, one transfer
-        flat = torch.cat([stats.counts.detach().long().reshape(-1), stats.tokens.detach().long()]).tolist()
-        per_row = [flat[r * n_sites : (r + 1) * n_sites] for r in range(batch)]
-        spikes = tuple(sum(row[s] for row in per_row) for s in range(n_sites))
-        return cls(tuple(stats.sites), spikes, tuple(flat[batch * n_sites :]), stats.n_embd)
+        parts = [stats.counts.sum(dim=0), stats.tokens]
+        if stats.reads is not None:
+            parts.append(stats.reads.sum(dim=0).reshape(-1))
+        if stats.head_tokens is not None:
+            parts.append(stats.head_tokens.sum().reshape(1))
+        flat = torch.cat([p.detach().reshape(-1).to(torch.int64) for p in parts]).tolist()
+        spikes, row_tokens, rest = flat[:n_sites], flat[n_sites : n_sites + batch], flat[n_sites + batch :]
+        reads = ()
+        if stats.reads is not None:
+            n = 2 * len(stats.projections)
+            reads, rest = tuple(zip(rest[0:n:2], rest[1:n:2], strict=True)), rest[n:]
+        head_tokens = rest[0] if stats.head_tokens is not None else None
+        projections = tuple(stats.projections) if stats.reads is not None else ()
+        return cls(tuple(stats.sites), tuple(spikes), tuple(row_tokens), stats.n_embd, projections, reads, head_tokens)
 
     @property
     def tokens(self) -> int:
@@ -144,12 +187,14 @@ class SpikeTotals:
         return sum(self.spikes) / elements if elements else 0.0
 
     def check(self, config: SpikeGPTConfig) -> None:
-        expected = site_names(config.n_layer, config.ffn_pre)
+        expected = site_names(config.n_layer, config.ffn_pre, config.spike_placement)
         if self.sites != expected or self.n_embd != config.n_embd:
             raise EnergyError(
                 f"the spike statistics ({len(self.sites)} sites, width {self.n_embd}) do not come from this model "
                 f"({len(expected)} sites, width {config.n_embd}): pass the config of the model that produced them"
             )
+        if self.projections and self.projections != projection_names(config.n_layer, config.ffn_pre):
+            raise EnergyError("the projection reads do not come from this model: pass its config")
 
 
 def check_rule(rule: str) -> None:
@@ -168,44 +213,71 @@ def count_operations(
     ``spiking=False`` counts the same tokens on the model with its spike functions off (the baseline)."""
     check_rule(rule)
     spiking = config.spiking if spiking is None else spiking
+    driven = spiking and config.spike_placement == "inputs"  # the products read whole numbers
     tokens, d = totals.tokens, config.n_embd
     spikes = dict(zip(totals.sites, totals.spikes, strict=True))
+    reads = dict(zip(totals.projections, totals.reads, strict=True))
     elements = tokens * d
     paper = rule == "paper"
 
-    def projection(name: str, d_in: int, d_out: int, input_site: str) -> Term:
-        if paper:  # R̂ · T·d_in·d_out with R̂ = S / (T·d); one of d_in, d_out is d, so this is exact
+    def read(name: str) -> tuple[int, int]:
+        if name not in reads:
+            raise EnergyError(
+                f"rule {rule!r} prices {name} from what it read, but these statistics carry no projection reads "
+                "(make them with output_spike_stats=True on this version)"
+            )
+        return reads[name]
+
+    def projection(layer: str, name: str, d_in: int, d_out: int, input_site: str | None) -> Term:
+        if driven:  # spikes or spike counts: one AC per unit of count and output, under every rule
+            return Term(name, "ac", read(f"{layer}.{name}")[1] * d_out)
+        if paper and input_site is not None:  # R̂ · T·d_in·d_out with R̂ = S / (T·d); d_in or d_out is d: exact
             return Term(name, "ac", spikes[input_site] * (d_in * d_out // d))
+        if rule == "event":  # the zeros of a real input (relu(k)², for one) cost nothing
+            return Term(name, "mac", read(f"{layer}.{name}")[0] * d_out)
         return Term(name, "mac", tokens * d_in * d_out)
 
-    def spike_out(site: str) -> tuple[Term, ...]:
-        if not spiking:
+    def encode(widths: tuple[int, ...], outputs: tuple[int, ...]) -> tuple[Term, ...]:
+        """The encoders of a mix's product inputs (encoded widths) and the threshold scaling of its outputs."""
+        if not driven:
+            return ()
+        if config.input_spikes == "binary":
+            return (Term("input_lif", "neuron", tokens * sum(widths)),)
+        return (
+            Term("input_counts", "elementwise", COUNT_ENCODE_OPS * tokens * sum(widths)),
+            Term("count_scale", "elementwise", tokens * sum(outputs)),
+        )
+
+    def spike_out(site: str | None) -> tuple[Term, ...]:
+        if site is None:
             return (Term("residual", "elementwise", elements),)
         return (Term("lif", "neuron", elements), Term("residual", "ac", spikes[site]))
 
-    def time_mix(input_site: str) -> tuple[Term, ...]:
+    def time_mix(layer: str, input_site: str | None) -> tuple[Term, ...]:
         wkv = Term("wkv", "mac", PAPER_WKV_MACS * elements) if paper else Term("wkv", "elementwise", WKV_OPS * elements)
         return (
             Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
             Term("token_shift", "elementwise", 3 * MIX_OPS * elements),
-            projection("key", d, d, input_site),
-            projection("value", d, d, input_site),
-            projection("receptance", d, d, input_site),
+            *encode((d, d, d, d), (d, d, d, d)),
+            projection(layer, "key", d, d, input_site),
+            projection(layer, "value", d, d, input_site),
+            projection(layer, "receptance", d, d, input_site),
             Term("sigmoid", "elementwise", SIGMOID_OPS * elements),
             wkv,
             Term("gate", "elementwise", elements),
-            Term("output", "mac", tokens * d * d),
+            projection(layer, "output", d, d, None),
         )
 
-    def channel_mix(input_site: str) -> tuple[Term, ...]:
+    def channel_mix(layer: str, input_site: str | None) -> tuple[Term, ...]:
         hidden = config.ffn_hidden
         return (
             Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
             Term("token_shift", "elementwise", 2 * MIX_OPS * elements),
-            projection("key", d, hidden, input_site),
+            *encode((d, d, hidden), (hidden, d, d)),
+            projection(layer, "key", d, hidden, input_site),
             Term("relu_square", "elementwise", 2 * tokens * hidden),
-            projection("value", hidden, d, input_site),
-            projection("receptance", d, d, input_site),
+            projection(layer, "value", hidden, d, input_site),
+            projection(layer, "receptance", d, d, input_site),
             Term("sigmoid", "elementwise", SIGMOID_OPS * elements),
             Term("gate", "elementwise", elements),
         )
@@ -220,18 +292,24 @@ def count_operations(
     else:
         embedding_terms = (Term("ln0", "elementwise", LAYERNORM_OPS * elements),)
     layers = [LayerOps("embedding", embedding_terms, embedding_site, spikes[embedding_site], elements)]
-    for previous, site in zip(totals.sites, totals.sites[1:], strict=False):
-        mixer = time_mix if site.endswith(".att.lif") else channel_mix
-        layers.append(
-            LayerOps(
-                site.removesuffix(".lif"),
-                mixer(previous) + spike_out(site),
-                site,
-                spikes[site],
-                elements,
-                previous if paper else None,
-            )
-        )
+    previous = embedding_site  # the spikes that last entered the residual stream (placement "residual")
+    for layer in _mix_names(config):
+        mixer = time_mix if layer.endswith(".att") else channel_mix
+        site = f"{layer}.lif" if config.spike_placement == "residual" else None  # a LIF on the residual stream
+        terms = mixer(layer, previous if paper and not driven else None) + spike_out(site if spiking else None)
+        if site is not None:
+            layers.append(LayerOps(layer, terms, site, spikes[site], elements, previous if paper else None))
+            previous = site
+        elif driven:  # the row's rate: spikes per element read by its products
+            mine = [
+                (reads[p], projection_fan_in(p, d, config.ffn_hidden))
+                for p in totals.projections
+                if p.startswith(f"{layer}.")
+            ]
+            read_spikes = sum(r[1] for r, _ in mine)
+            layers.append(LayerOps(layer, terms, None, read_spikes, tokens * sum(w for _, w in mine)))
+        else:
+            layers.append(LayerOps(layer, terms, None, None, elements))
     head_tokens = tokens if head_tokens is None else head_tokens
     head_terms = (
         Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
@@ -239,6 +317,14 @@ def count_operations(
     )
     layers.append(LayerOps("head", head_terms))
     return layers
+
+
+def _mix_names(config: SpikeGPTConfig) -> list[str]:
+    """The mixes in forward order: ``blocks.i.att`` (or ``blocks.0.ffn_pre``) and ``blocks.i.ffn``."""
+    names = []
+    for i in range(config.n_layer):
+        names += [f"blocks.{i}.{'ffn_pre' if config.ffn_pre and i == 0 else 'att'}", f"blocks.{i}.ffn"]
+    return names
 
 
 def context_windows(tokens: int, context: int) -> list[int]:

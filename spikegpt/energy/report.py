@@ -7,8 +7,17 @@ from dataclasses import dataclass
 
 from ..config import SpikeGPTConfig
 from ..stats import SpikeStats
-from .accounting import KINDS, RULES, LayerOps, SpikeTotals, Term, count_operations, vanilla_gpt_operations
-from .profiles import HardwareProfile, resolve_profile
+from .accounting import (
+    KINDS,
+    PROJECTIONS,
+    RULES,
+    LayerOps,
+    SpikeTotals,
+    Term,
+    count_operations,
+    vanilla_gpt_operations,
+)
+from .profiles import INT8, HardwareProfile, resolve_profile
 
 NOTE = (
     "Estimate, not a measurement: operation counts from the spikes measured on these tokens, priced with "
@@ -30,6 +39,9 @@ EXCLUDES = (
 
 BASELINES = {
     "spiking_off": "the same architecture with every spike function the identity: every product a MAC, no neurons",
+    "equal_bit_int8": "a dense model of equal bit width: the spiking_off count with every block projection a dense "
+    "int8 MAC (0.23 pJ, Horowitz ISSCC 2014, 45 nm) and the rest priced by this profile; Yan et al. (arXiv "
+    "2409.08290): an SNN beats an equal-bit quantized network only below ~6% spike rate once data movement counts",
     "vanilla_gpt": "SpikeGPT, TMLR 2024, Table 1 formula for a GPT of the same depth and width over the same "
     "sequences, read in windows of the context length: 3Td^2 + 2T^2d + T^2 + 2T^2 + FFN MACs per layer and "
     "window of T tokens (no output projection, LayerNorm or head)",
@@ -48,6 +60,17 @@ def term_joules(term: Term, profile: HardwareProfile, weight_bits: int | None = 
 
 def _energy(terms: tuple[Term, ...], profile: HardwareProfile, weight_bits: int | None = None) -> float:
     return sum(t.count * term_joules(t, profile, weight_bits) for t in terms)
+
+
+def _equal_bit_int8(dense: list[LayerOps], profile: HardwareProfile, weight_bits: int | None = None) -> float:
+    """The dense count ``dense`` with every block projection an int8 MAC, everything else priced by ``profile``
+    (the head at the model's weight width, as in the model's own report)."""
+    energy = 0.0
+    for ops in dense:
+        for t in ops.terms:
+            int8 = ops.name != "head" and t.name in PROJECTIONS
+            energy += t.count * (INT8.joules(t.kind) if int8 else term_joules(t, profile, weight_bits))
+    return energy
 
 
 @dataclass(frozen=True)
@@ -189,6 +212,7 @@ def energy_report(
     spiking_off = count_operations(totals, config, "strict", head_tokens, spiking=False)
     baseline_energy = {  # spiking_off is this model, weights included; vanilla_gpt is the paper's float formula
         "spiking_off": sum(_energy(ops.terms, profile, bits) for ops in spiking_off),
+        "equal_bit_int8": _equal_bit_int8(spiking_off, profile, bits),
         "vanilla_gpt": _energy(vanilla_gpt_operations(totals.row_tokens, config), profile),
     }
     baselines = tuple(
@@ -209,13 +233,16 @@ def energy_field(
 ) -> dict:
     """The server's ``"energy"`` field for one request: both rules' reports from one host transfer.
 
-    ``stats`` covers every token the model processed for the request; the head is counted once per generated
-    token, the positions whose logits the engine computes to sample from. ``cached_prompt_tokens``: prompt tokens
-    whose state came from the prefix-state cache, so were not computed (nor counted) for this request.
+    ``stats`` covers every token the model processed for the request; the head is counted at the positions whose
+    logits the engine computed (``stats.head_tokens``: one per sampled token, plus every prompt position when the
+    prompt's logprobs were asked for), or once per generated token for statistics that do not carry them.
+    ``cached_prompt_tokens``: prompt tokens whose state came from the prefix-state cache, so were not computed (nor
+    counted) for this request.
     """
     totals = SpikeTotals.from_stats(stats)
     profile = resolve_profile(profile)
-    reports = {rule: energy_report(totals, config, rule, profile, generated_tokens, generated_tokens) for rule in RULES}
+    head = totals.head_tokens if totals.head_tokens is not None else generated_tokens
+    reports = {rule: energy_report(totals, config, rule, profile, generated_tokens, head) for rule in RULES}
     return {
         "firing_rate": totals.firing_rate,
         "profile": profile.name,

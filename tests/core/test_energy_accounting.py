@@ -153,7 +153,7 @@ def test_report_dict_has_the_keys_clients_rely_on():
     for key in ("rule", "profile", "tokens", "firing_rate", "layers", "energy_j", "energy_j_per_token", "baselines"):
         assert key in out
     assert out["profile"] == "45nm-fp32" and out["rule"] == "strict"
-    assert set(out["baselines"]) == {"spiking_off", "vanilla_gpt"}
+    assert set(out["baselines"]) == {"spiking_off", "equal_bit_int8", "vanilla_gpt"}
     assert all({"energy_j", "ratio"} <= set(b) for b in out["baselines"].values())
     assert all({"name", "firing_rate", "mac", "ac", "energy_j"} <= set(layer) for layer in out["layers"])
     assert "memory traffic" in " ".join(out["excludes"]) and "not a measurement" in out["note"]

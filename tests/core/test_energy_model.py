@@ -132,10 +132,13 @@ def test_energy_field_reads_the_statistics_once_and_carries_both_rules():
     assert transfers.count == 1
     assert field["firing_rate"] == pytest.approx(float(stats.firing_rate()))
     assert field["profile"] == "45nm-int8" and field["generated_tokens"] == 4 and field["tokens"] == 12
-    assert set(field["rules"]) == {"strict", "paper"}
+    assert set(field["rules"]) == {"strict", "paper", "event"}
     for rule, report in field["rules"].items():
         assert report["rule"] == rule and report["profile"] == "45nm-int8"
-        assert report["head_tokens"] == 4  # logits only where the engine samples
+        assert report["head_tokens"] == 12  # the forward computed the logits of all 12 positions
         assert report["energy_j_per_generated_token"] == pytest.approx(report["energy_j"] / 4)
         assert report["energy_j_per_token"] == pytest.approx(report["energy_j"] / 12)
+    stats.head_tokens = None  # statistics that do not say: the head counts once per generated token
+    field = energy_field(stats, model.config, generated_tokens=4, profile="45nm-int8")
+    assert all(report["head_tokens"] == 4 for report in field["rules"].values())
     assert field["rules"]["paper"]["energy_j"] < field["rules"]["strict"]["energy_j"]

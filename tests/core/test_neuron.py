@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikegpt.kernels import lif
+from spikegpt.kernels import LIFParams, lif
 from spikegpt.kernels.surrogate import spike, surrogate_primitive
 
 
@@ -40,9 +40,9 @@ def test_lif_follows_a_hand_computed_sequence(reset, expected):
     x = torch.tensor(INPUTS, dtype=torch.float64).reshape(1, -1, 1)
     membranes, v = [], None
     for t in range(len(INPUTS)):
-        _, v = lif(x[:, t : t + 1], v, tau=2.0, threshold=1.0, reset=reset)
+        _, v = lif(x[:, t : t + 1], v, LIFParams(tau=2.0, threshold=1.0, reset=reset))
         membranes.append(v.item())
     assert membranes == pytest.approx(expected["membranes"], abs=1e-15)
-    all_spikes, v_last = lif(x, None, tau=2.0, threshold=1.0, reset=reset)
+    all_spikes, v_last = lif(x, None, LIFParams(tau=2.0, threshold=1.0, reset=reset))
     assert all_spikes.flatten().tolist() == expected["spikes"]
     assert v_last.item() == pytest.approx(expected["membranes"][-1], abs=1e-15)

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from spikegpt.kernels.lif_torch import DEFAULT_LIF
+
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| / max |expected| (normwise: meaningful where single elements are near zero).
@@ -69,9 +71,10 @@ def wkv_direct(w, u, k, v, state=None):
     return num_y / den_y, (num_end, den_end, peak)
 
 
-def lif_direct(x, v0=None, tau=2.0, threshold=1.0, reset="hard", surrogate="atan", alpha=2.0):
+def lif_direct(x, v0=None, params=DEFAULT_LIF):
     """Multi-step LIF by its definition in float64. The spike is a straight-through Heaviside: its value is
     ``h >= threshold`` and its derivative that of the surrogate's primitive (written here from its formula)."""
+    tau, threshold, reset, surrogate, alpha = params.tau, params.threshold, params.reset, params.surrogate, params.alpha
     x = x.double()
     v = torch.zeros_like(x[:, 0]) if v0 is None else v0.double()
     spikes = []

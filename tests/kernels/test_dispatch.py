@@ -16,6 +16,7 @@ from triton_interpreter import interpreted_triton  # noqa: F401  (autouse: inter
 from spikegpt.kernels import (
     KernelArgumentError,
     KernelUnavailableError,
+    LIFParams,
     kernel_backend,
     lif,
     reload_kernel_backend,
@@ -68,7 +69,7 @@ def test_forced_backend_runs_that_implementation(backend, forms, monkeypatch, se
     y, new_state = wkv(w, u, k, v, state)
     want_y, want_state = wkv_form(w, u, k, v, state)
     assert torch.equal(y, want_y) and all(torch.equal(a, b) for a, b in zip(new_state, want_state, strict=True))
-    spikes, v_last, counts = lif(k * 3, None, 2.0, 1.0, "hard", "atan", 2.0, return_counts=True)
+    spikes, v_last, counts = lif(k * 3, None, LIFParams(2.0, 1.0, "hard", "atan", 2.0), return_counts=True)
     want_spikes, want_v = lif_form(k * 3)[:2]
     assert torch.equal(spikes, want_spikes) and torch.equal(v_last, want_v)
     assert torch.equal(counts, want_spikes.sum(dim=1))
@@ -136,9 +137,11 @@ def test_bad_arguments_raise_typed_errors_naming_the_problem():
     with pytest.raises(KernelArgumentError, match="three"):
         wkv(w, u, k, v, (torch.zeros(2, 4), torch.zeros(2, 4)))
     with pytest.raises(KernelArgumentError, match="unknown reset 'none'; choose one of hard, soft"):
-        lif(k, reset="none")
+        lif(k, None, LIFParams(reset="none"))
     with pytest.raises(KernelArgumentError, match="tau > 1"):
-        lif(k, tau=1.0)
+        lif(k, None, LIFParams(tau=1.0))
+    with pytest.raises(KernelArgumentError, match="one LIFParams"):
+        lif(k, None, 2.0)
     with pytest.raises(KernelArgumentError, match="the Triton kernels take fp64, fp32, fp16 or bf16"):
         wkv_triton(w, u, k.to(torch.float8_e4m3fn), v.to(torch.float8_e4m3fn))
     with pytest.raises(KernelArgumentError, match="block_c a power of two"):

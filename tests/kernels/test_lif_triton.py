@@ -13,7 +13,7 @@ import torch
 from kernel_numerics import grads, lif_direct, rel_err
 from triton_interpreter import interpreted_triton  # noqa: F401  (autouse: interpreter, NaN-filled outputs)
 
-from spikegpt.kernels.lif_torch import lif_torch
+from spikegpt.kernels.lif_torch import LIFParams, lif_torch
 from spikegpt.kernels.lif_triton import lif_triton
 
 OPTIONS = {
@@ -24,9 +24,15 @@ OPTIONS = {
 }
 
 
+LAUNCH = ("chunk", "block_c")
+
+
 def flat(fn, **options):
+    """``fn(x, v0, LIFParams(...))`` as a list; options other than the LIF settings are the kernel's launch."""
+    launch = {k: options.pop(k) for k in LAUNCH if k in options}
+
     def run(x, v0=None):
-        return list(fn(x, v0, **options))
+        return list(fn(x, v0, LIFParams(**options), **launch))
 
     return run
 
@@ -40,8 +46,8 @@ def random_input(shape, seed, dtype=torch.float32, grid=False):
 
 
 def assert_same_forward(x, v0, **options):
-    spikes, v_last, counts = lif_triton(x, v0, **options, return_counts=True)
-    want_spikes, want_v = lif_torch(x, v0, **options)
+    spikes, v_last, counts = lif_triton(x, v0, LIFParams(**options), return_counts=True)
+    want_spikes, want_v = lif_torch(x, v0, LIFParams(**options))
     assert spikes.dtype == x.dtype and counts.dtype == torch.float32
     assert torch.equal(spikes, want_spikes)
     assert torch.equal(v_last, want_v)

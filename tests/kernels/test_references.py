@@ -13,7 +13,7 @@ import pytest
 import torch
 from kernel_numerics import grads, lif_direct, rel_err, wkv_direct, wkv_inputs
 
-from spikegpt.kernels.lif_torch import lif_sequential, lif_torch
+from spikegpt.kernels.lif_torch import LIFParams, lif_sequential, lif_torch
 from spikegpt.kernels.surrogate import SURROGATES, spike, surrogate_grad, surrogate_primitive
 from spikegpt.kernels.wkv_torch import wkv_chunked, wkv_scan, wkv_sequential, wkv_torch
 
@@ -94,7 +94,7 @@ def test_wkv_reference_half_inputs_compute_in_fp32(dtype, seed):
 
 def flat_lif(fn, **options):
     def run(x, v0=None):
-        return list(fn(x, v0, **options))
+        return list(fn(x, v0, LIFParams(**options)))
 
     return run
 
@@ -134,8 +134,9 @@ def test_lif_torch_spikes_are_the_definition_bit_for_bit(tau, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randint(-2, 7, (3, 40, 33), generator=g) * 0.5).to(dtype)
     for reset in ("hard", "soft"):
-        spikes, v_last = lif_torch(x, None, tau, 1.0, reset)
-        want_spikes, want_v = lif_sequential(x, None, tau, 1.0, reset)
+        params = LIFParams(tau, 1.0, reset)
+        spikes, v_last = lif_torch(x, None, params)
+        want_spikes, want_v = lif_sequential(x, None, params)
         assert torch.equal(spikes, want_spikes) and torch.equal(v_last, want_v)
 
 
@@ -145,11 +146,12 @@ def test_lif_torch_decoding_one_token_at_a_time_is_the_definition(reset, seed):
     definition's spikes and membrane bit for bit, token after token."""
     g = torch.Generator().manual_seed(seed)
     x = (torch.randint(-2, 7, (3, 12, 33), generator=g) * 0.5).to(torch.float32)
-    want_spikes, want_v = lif_sequential(x, None, 2.0, 1.0, reset)
+    params = LIFParams(2.0, 1.0, reset)
+    want_spikes, want_v = lif_sequential(x, None, params)
     v, spikes = None, []
     with torch.inference_mode():
         for t in range(x.shape[1]):
-            s, v = lif_torch(x[:, t : t + 1], v, 2.0, 1.0, reset)
+            s, v = lif_torch(x[:, t : t + 1], v, params)
             spikes.append(s)
     assert torch.equal(torch.cat(spikes, dim=1), want_spikes) and torch.equal(v, want_v)
 

@@ -23,7 +23,7 @@ def stream(client, **body) -> list:
 def check_energy(energy: dict, generated: int) -> None:
     assert 0 < energy["firing_rate"] < 1
     assert energy["generated_tokens"] == generated
-    assert set(energy["rules"]) == {"strict", "paper"}
+    assert set(energy["rules"]) == {"strict", "paper", "event"}
     for report in energy["rules"].values():
         assert report["energy_j"] > 0
         assert report["layers"]

@@ -128,12 +128,36 @@ def test_the_traced_decoding_step_is_the_models_forward_bit_for_bit(tiny_model_d
     step = trace_decode_step(model, tokens, model.fresh_state(batch))
     with torch.inference_mode():
         for _ in range(5):
-            logits, traced_state, counts = step(tokens, state)
+            logits, traced_state, (counts, reads) = step(tokens, state)
             out = model(tokens, state=state, output_spike_stats=True)
             assert torch.equal(logits, out.logits[:, -1]) and torch.equal(counts, out.spike_stats.counts)
+            assert torch.equal(reads, out.spike_stats.reads)
             for ours, theirs in zip(traced_state.tensors(), out.state.tensors(), strict=True):
                 assert torch.equal(ours, theirs)
             state, tokens = out.state, logits.argmax(-1, keepdim=True)
+
+
+def test_engine_counts_the_logits_it_computes_and_keeps_counts_whole(tiny_model_dir):
+    """head_tokens: the last position of a chunked prefill, every prompt position when prompt logprobs are asked
+    for, and one per decoding step (including the steps that feed a prompt's tail shorter than a chunk); the
+    counters are int64 (issue 9, item 6)."""
+    model, tokenizer = load_model(tiny_model_dir)
+    engine = Engine(model, tokenizer, max_batch=2, prefill_chunk=4)
+    ids = tokenizer.encode("Hello there")  # 11 tokens: two prefill chunks of 4, then 3 fed by decoding steps
+    params = SamplingParams(max_tokens=5, ignore_eos=True, seed=1)
+    finals = {}
+    for request in (GenerationRequest("chunked", ids, params), GenerationRequest("scored", ids, params, 2)):
+        engine.submit(request)
+    while engine.has_work():
+        finals.update({e.request_id: e for e in engine.step() if e.finish_reason})
+    chunked, scored = finals["chunked"].stats, finals["scored"].stats
+    assert chunked.counts.dtype == chunked.reads.dtype == chunked.head_tokens.dtype == torch.long
+    # the prefill's last position, the 3 fed tokens' steps (the last one's logits give the first sampled token),
+    # then 4 more decoding steps
+    assert chunked.head_tokens.tolist() == [1 + 3 + 4]
+    assert scored.head_tokens.tolist() == [11 + 4]
+    assert chunked.tokens.tolist() == scored.tokens.tolist() == [11 + 4]
+    assert torch.equal(chunked.reads, scored.reads)  # what the products read does not depend on the chunking
 
 
 def test_a_stop_string_that_never_matches_changes_nothing(tiny_model_dir):

@@ -160,7 +160,7 @@ def test_the_page_streams_and_shows_the_apis_figures_for_the_same_seeded_request
     assert {site: float(rate) for site, rate in shown["rates"].items()} == {
         layer["site"]: layer["firing_rate"] for layer in strict_layers if layer["site"] is not None
     }
-    assert set(shown["rules"]) == {"strict", "paper"}
+    assert set(shown["rules"]) == {"strict", "paper", "event"}
     for rule, report in energy["rules"].items():
         figures = shown["rules"][rule]
         for field in ("energy_j", "energy_j_per_generated_token"):
@@ -280,7 +280,7 @@ def test_chat_mode_by_keyboard_in_a_narrow_window_with_labels(browser, served):
         assert len(rows) == int(usage_facts(page)["completion_tokens"])
         # narrow: nothing wider than the window but the raster, which scrolls in its own box
         assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
-        page.expect("#energy article.rule").to_have_count(2)
+        page.expect("#energy article.rule").to_have_count(3)  # strict, paper, event
     finally:
         page.close()
 
