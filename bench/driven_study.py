@@ -28,7 +28,7 @@ import torch
 
 from spikegpt.checkpoint import load_model
 from spikegpt.energy import energy_report
-from spikegpt.train.data import DataSource, eval_stream, load_corpus, pack
+from spikegpt.train.data import DataSource, eval_stream, load_corpus
 from spikegpt.train.evaluate import evaluate_with_stats, make_eval_set
 
 RULES = ("strict", "event")
@@ -50,7 +50,8 @@ def study_row(name: str, path: str, dataset: str, batch_size: int, max_blocks: i
     model, tokenizer = load_model(path)
     corpus = load_corpus(DataSource(dataset))
     stream = eval_stream(corpus, tokenizer, "validation", "train", 0.1)
-    eval_set = make_eval_set(pack(stream, model.config.ctx_len), tokenizer, max_blocks)
+    blocks, unknown = stream.packed(model.config.ctx_len)
+    eval_set = make_eval_set(blocks, tokenizer, max_blocks, unknown)
     started = time.perf_counter()
     result, stats = evaluate_with_stats(model, eval_set, batch_size, progress=False)
     c = model.config

@@ -12,7 +12,7 @@ from conftest import SHARED_DATA
 from train_helpers import offline  # noqa: F401 (offline is an autouse fixture)
 
 from spikegpt import bundled_model_path
-from spikegpt.checkpoint import load_model
+from spikegpt.checkpoint import load_model, saved_files
 from spikegpt.cli import main
 from spikegpt.errors import CheckpointError
 
@@ -33,6 +33,19 @@ def test_the_driven_model_is_a_small_complete_spike_driven_directory():
         stats = model(ids, output_spike_stats=True).spike_stats
     zero = 1 - stats.reads[..., 0].sum() / (ids.shape[1] * (4 * 6 * 192 + 4 * 768))
     assert 0.2 < float(zero) < 0.9  # it reads sparse spike counts
+
+
+def test_the_driven_files_are_what_saving_writes_now(tmp_path):
+    """Configuration, tokenizer (chat template, unknown token) and the code files that let Hugging Face tools load it
+    (``trust_remote_code``), as every checkpoint now carries them; its card says how to load it."""
+    model, tokenizer = load_model(NAME)
+    written = saved_files(model, tokenizer, tmp_path)
+    assert {"chat_template.jinja", "configuration_spikegpt.py", "modeling_spikegpt.py"} <= set(written)
+    for name, data in written.items():
+        if name != "model.safetensors":
+            assert (DRIVEN / name).read_bytes() == data, f"{name} is stale: re-save the driven model (its card)"
+    card = (DRIVEN / "README.md").read_text()
+    assert "custom_code" in card.split("---")[1] and "trust_remote_code=True" in card
 
 
 def test_unknown_bundled_names_are_refused():
