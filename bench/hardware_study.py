@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from spikegpt.checkpoint import load_model
 from spikegpt.energy import BUILTIN_PROFILES, energy_report, read_spike_stats
 from spikegpt.int8_kernels import use_int8_kernels_
-from spikegpt.train.data import PAD, DataSource, eval_stream, load_corpus, pack
+from spikegpt.train.data import PAD, DataSource, eval_stream, load_corpus
 from spikegpt.train.evaluate import evaluate, make_eval_set
 from spikegpt.train.noise_eval import evaluate_with_noise
 from spikegpt.weight_noise import DeviceModel
@@ -47,7 +47,10 @@ def emit(record: dict) -> None:
 
 def eval_blocks(tokenizer, dataset: str, ctx_len: int) -> np.ndarray:
     corpus = load_corpus(DataSource(dataset, None, "text", None))
-    return pack(eval_stream(corpus, tokenizer, "validation", "train", 0.1), ctx_len)
+    blocks, unknown = eval_stream(corpus, tokenizer, "validation", "train", 0.1).packed(ctx_len)
+    if unknown is not None and unknown.any():  # the sections below count bytes of fully spelt text only
+        raise SystemExit(f"{dataset}: characters outside the vocabulary; use `spikegpt eval`, which counts them")
+    return blocks
 
 
 def ptq(args, blocks) -> dict:
