@@ -15,12 +15,16 @@ Event-driven decoding (``--placement residual|inputs``): the engine's traced ste
 products (``--decode`` of generate and serve) at batch 1 and 16, at the inputs' own sparsity ("measured") and at
 synthetic fractions of active inputs (each row keeps its largest |x| only, so the active set moves with the data as
 real activations do, independently per row: a batch's union fills in). ``residual``: the placement as published,
-whose channel-mix V reads relu(k)²; ``inputs``: every projection reads spikes (the spike-driven placement; until
-the model has it, emulated on the residual model by making every product's input binary spikes of the given
-density, said in the output). Each record has the bound recomputed from the bytes the step actually reads (every
-weight of a dense product, the active rows of an event-driven one: the batch's union, each row read once) and the
-densities measured on the products' inputs during the run. The summary has ``sparse_vs_dense`` (and
-``auto_vs_dense``) per size, batch and density, and the ratio to the rwkv package at batch 1.
+whose channel-mix V reads relu(k)²; ``inputs``: every block's projection reads spike counts (the spike-driven
+placement, counts up to 4 as in the bundled driven model). The head reads ``ln_out``'s output in both and stays
+dense. Densities: ``measured`` = the random-weight model's inputs as they are; ``bundled`` = each product's zero
+fraction measured on the bundled model of the placement over held-out Tiny Shakespeare (``bench/driven_study.py``,
+read from ``bench/results/driven-study.json``; per kind of product, averaged over its layers); ``binary`` = the same
+for the binary-spike run of that study (``inputs`` only); a number = that fraction active in every product. Each
+record has the bound recomputed from the bytes the step actually reads (every weight of a dense product, the
+active rows of an event-driven one: the batch's union, each row read once) and the densities measured on the
+products' inputs during the run. The summary has ``sparse_vs_dense`` (and ``auto_vs_dense``) per size, batch and
+density, and the ratio to the rwkv package at batch 1.
 
 Prints one JSON object per measurement, then a summary object with the ratios.
     python bench/decode.py                       # both sizes
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -228,35 +233,55 @@ def bench_rwkv_package(n_layer: int, d: int, tokens: int) -> dict:
 # -- event-driven decoding ------------------------------------------------------------------------------------
 
 
+STUDY = Path(__file__).parent / "results" / "driven-study.json"
+BUNDLED = {"residual": "spikegpt/assets/spikegpt-shakespeare", "inputs": "spikegpt/assets/spikegpt-shakespeare-driven"}
+
+
 def placement_model(n_layer: int, d: int, placement: str):
-    """(model, emulated): the model of ``placement``; ``inputs`` is emulated when the config does not have it."""
-    import inspect
-
-    from spikegpt import SpikeGPTConfig
-
-    if placement == "inputs" and "spike_placement" in inspect.signature(SpikeGPTConfig.__init__).parameters:
-        return ours(n_layer, d, spike_placement="inputs"), False
-    model = ours(n_layer, d)
     if placement == "inputs":
-        # the emulation: the residual model whose every product reads binary spikes (the hooks below), with every
-        # product a sparse candidate
-        model.config.spike_placement = "inputs"
-    return model, placement == "inputs"
+        return ours(n_layer, d, spike_placement="inputs", input_spikes="counts", spike_count_max=4)
+    return ours(n_layer, d)
 
 
-def synthetic_inputs(modules, density: float | None, binary: bool) -> list:
-    """Forward pre-hooks giving each product's input a fraction ``density`` of nonzero values: per row, the
-    largest |x| (None: left as they are); ``binary``: the kept positions become spikes of 1."""
+def product_kind(name: str) -> str:
+    """'blocks.3.ffn.value' → 'ffn.value': what a product is, whatever its layer."""
+    return re.sub(r"^.*blocks\.\d+\.", "", name)
 
-    def hook(module, args):
+
+def study_densities(label: str, placement: str) -> tuple[dict[str, float], str]:
+    """Active-input fraction per kind of product measured by the driven study on the model ``label`` names
+    ('bundled': the bundled model of ``placement``; 'binary': the binary-spike run), and where it came from."""
+    models = json.loads(STUDY.read_text())["models"]
+    if label == "bundled":
+        found = [m for m in models if m["model"] == BUNDLED[placement]]
+    else:
+        found = [m for m in models if m.get("input_spikes") == "binary" and placement == "inputs"]
+    if not found:
+        raise SystemExit(f"{STUDY}: no {label!r} model for the {placement} placement")
+    kinds: dict[str, list[float]] = {}
+    for name, measured in found[0]["inputs"].items():
+        kinds.setdefault(product_kind(name), []).append(1 - measured["zero_fraction"])
+    return {kind: sum(v) / len(v) for kind, v in kinds.items()}, f"{STUDY.name}: {found[0]['name']}"
+
+
+def synthetic_inputs(named: dict, density) -> list:
+    """Forward pre-hooks giving each product's input exactly a fraction of nonzero values: per row, the largest
+    |x|; where a row has fewer nonzeros than that (random weights fire at their own rate), kept zeros become spike
+    counts of 1. ``density``: one fraction for every product, a fraction per kind of product, or None (left as
+    they are)."""
+
+    def hook(module, args, fraction):
         (x,) = args
-        if density is None:
-            return (x.ne(0).to(x.dtype),) if binary else None
-        keep = max(1, int(density * int(x.shape[-1]) + 0.5))
+        keep = max(1, int(fraction * int(x.shape[-1]) + 0.5))
         mask = torch.zeros_like(x).scatter_(-1, x.abs().topk(keep, dim=-1).indices, 1.0)
-        return (mask,) if binary else (x * mask,)
+        return (mask * torch.where(x != 0, x, torch.ones_like(x)),)
 
-    return [m.register_forward_pre_hook(hook) for m in modules]
+    hooks = []
+    for name, module in named.items():
+        fraction = density.get(product_kind(name)) if isinstance(density, dict) else density
+        if fraction is not None:
+            hooks.append(module.register_forward_pre_hook(lambda m, a, f=fraction: hook(m, a, f)))
+    return hooks
 
 
 def input_densities(model, modules, batch: int, steps: int = 4) -> dict:
@@ -297,17 +322,20 @@ def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], f
     from spikegpt.decoding import Crossovers, DecodeProducts, sparse_candidates
     from spikegpt.tracing import trace_decode_step
 
-    model, emulated = placement_model(n_layer, d, args.placement)
+    model = placement_model(n_layer, d, args.placement)
     candidates = sparse_candidates(model)
+    names = {module: name for name, module in model.named_modules()}
     crossovers = Crossovers.load(DEVICE)
     dense_bytes = bytes_per_token(model, model.model.emb.weight)
     bandwidth = max(dram, at_size_bandwidth(dense_bytes))
     records = []
     for label in args.densities:
-        density = None if label == "measured" else float(label)
-        if density is None and emulated:
-            continue  # no spike-driven model to measure yet
-        hooks = synthetic_inputs(candidates, density, binary=emulated)
+        source = "this model's inputs" if label in ("measured",) else "synthetic"
+        if label in ("bundled", "binary"):
+            density, source = study_densities(label, args.placement)
+        else:
+            density = None if label == "measured" else float(label)
+        hooks = synthetic_inputs({names[m]: m for m in candidates}, density)
         for batch in args.batches:
             measured = input_densities(model, candidates, batch)
             read = {
@@ -318,7 +346,7 @@ def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], f
             record = {
                 "measure": "event_driven_decode",
                 "placement": args.placement,
-                "emulated": emulated,
+                "density_source": source,
                 "n_layer": n_layer,
                 "n_embd": d,
                 "vocab": VOCAB,
@@ -400,9 +428,10 @@ def main() -> None:
     parser.add_argument(
         "--densities",
         nargs="+",
-        default=["measured", "0.1", "0.2", "0.4"],
-        help="with --placement: fractions of active inputs, 'measured' = the inputs as they are "
-        "(default: measured 0.1 0.2 0.4)",
+        default=["bundled", "0.1", "0.2", "0.4"],
+        help="with --placement: fractions of active inputs; 'measured' = the random-weight model's inputs as they "
+        "are, 'bundled' = per product as measured on the bundled model of the placement, 'binary' = as measured on "
+        "the binary-spike study run (inputs only) (default: bundled 0.1 0.2 0.4)",
     )
     parser.add_argument(
         "--decode",
@@ -471,7 +500,6 @@ def main() -> None:
             row["prefill_speedup"] = prefill["speedup"]
         if args.placement:
             row["placement"] = args.placement
-            row["emulated"] = any(r["emulated"] for r in sparse_records)
             row.update(sparse_summary(sparse_records, row))
         summary["sizes"][size] = row
     emit(summary)

@@ -4,7 +4,8 @@ prints each measurement as a JSON line.
 
 Sections (``--sections``):
   ptq     bits per byte on the held-out text for float weights and post-training 8/4/1-bit weights
-  qat     the same for quantization-aware models (``--qat BITS=DIR``)
+  qat     the same for quantization-aware models (``--qat BITS=DIR``) and for their float control, the same
+          fine-tune with float weights (``--qat fp32=DIR``): extra training alone moves bits per byte
   decode  the 8-bit model decoded token by token (the recurrent form, as generate/serve run it) with the fp32
           product of its grid weights and with the int8 kernel (``spikegpt.int8_kernels``), on the first blocks
   noise   bits per byte under the device model of ``spikegpt.weight_noise`` (lognormal and Gaussian variation,
@@ -13,7 +14,9 @@ Sections (``--sections``):
   energy  energy per token (strict and paper rules) under every built-in profile, float and quantized weights
 
     python bench/hardware_study.py --dataset ../shared/data/tinyshakespeare/input.txt --sections ptq noise energy
-    python bench/hardware_study.py --dataset ... --sections qat --qat 4=runs/qat4 --qat 1=runs/qat1
+    python bench/hardware_study.py --dataset ... --sections qat --qat 4=runs/qat4 1=runs/qat1 fp32=runs/ft
+    python bench/hardware_study.py --model spikegpt/assets/spikegpt-shakespeare-driven \
+        --out bench/results/hardware_study-inputs.json --dataset ...   # the spike-driven placement
 """
 
 from __future__ import annotations
@@ -68,11 +71,12 @@ def qat(args, blocks) -> dict:
     out = {}
     for spec in args.qat:
         bits, path = spec.split("=", 1)
+        key = "fp32" if bits == "fp32" else f"{bits}bit"
         model, tokenizer = load_model(path)
         result = evaluate(model, make_eval_set(blocks, tokenizer), args.batch_size, progress=False)
-        out[f"{bits}bit"] = {"model": path, "bits_per_byte": result.bits_per_byte, "firing_rate": result.firing_rate,
-                             "weight_bits": model.config.weight_bits}  # fmt: skip
-        emit({"section": "qat", "weights": f"{bits}bit", **out[f"{bits}bit"]})
+        out[key] = {"model": path, "bits_per_byte": result.bits_per_byte, "firing_rate": result.firing_rate,
+                    "weight_bits": model.config.weight_bits}  # fmt: skip
+        emit({"section": "qat", "weights": key, **out[key]})
     return out
 
 
@@ -158,14 +162,25 @@ def markdown(results: dict) -> str:
     """The study tables (README, model card, closing note) from the JSON."""
     lines = []
     ptq, qat_rows = results.get("ptq", {}), results.get("qat", {})
+    meta = results.get("meta", {})
+    if meta.get("model"):
+        lines += [f"Model `{meta['model']}` (spike placement `{meta.get('spike_placement', 'residual')}`).", ""]
     if ptq:
         fp32 = ptq["fp32"]["bits_per_byte"]
-        lines += ["| weights | post-training | quantization-aware |", "| --- | --- | --- |"]
+        control = qat_rows.get("fp32", {}).get("bits_per_byte")
+        header = "quantization-aware" + (" (vs the float fine-tune)" if control else "")
+        lines += [f"| weights | post-training | {header} |", "| --- | --- | --- |"]
         for key in ("fp32", "8bit", "4bit", "1bit"):
             post = ptq[key]["bits_per_byte"]
             cell = f"{post:.4f} ({post / fp32 - 1:+.2%})" if key != "fp32" else f"{post:.4f}"
             aware = qat_rows.get(key, {}).get("bits_per_byte")
-            qcell = f"{aware:.4f} ({aware / fp32 - 1:+.2%})" if aware is not None else "-"
+            if aware is None:
+                qcell = "-"
+            elif key == "fp32":
+                qcell = f"{aware:.4f} ({aware / fp32 - 1:+.2%}): the same fine-tune, float weights"
+            else:
+                versus = f"; {aware / control - 1:+.2%}" if control else ""
+                qcell = f"{aware:.4f} ({aware / fp32 - 1:+.2%}{versus})"
             lines.append(f"| {key} | {cell} | {qcell} |")
         lines.append("")
     decode = results.get("decode")
@@ -232,6 +247,9 @@ def main() -> None:
     blocks = eval_blocks(tokenizer, args.dataset, model.config.ctx_len)
     path = Path(args.out)
     results = json.loads(path.read_text()) if path.is_file() else {}
+    results.setdefault("meta", {}).update(
+        model=args.model or "spikegpt/assets/spikegpt-shakespeare", spike_placement=model.config.spike_placement
+    )
     sections = {"ptq": ptq, "qat": qat, "decode": decode, "noise": noise, "energy": energy}
     for name in args.sections:
         results[name] = sections[name](args, blocks)

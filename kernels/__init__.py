@@ -14,6 +14,7 @@ where a Triton launch would cost more Python launch overhead than its work and c
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 
 import torch
@@ -184,8 +185,14 @@ def _sparse_linear_shape(x: torch.Tensor, weight: torch.Tensor, max_density: flo
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=weight.dtype)
 
 
+def _sparse_linear_of_the_package(x: torch.Tensor, weight: torch.Tensor, max_density: float = 1.0) -> torch.Tensor:
+    # Whichever copy of this file registered the operator, calls run ``spikegpt.kernels``' implementation, whose
+    # backend cache and helpers are the ones the rest of the package (and its tests) see.
+    return importlib.import_module("spikegpt.kernels")._sparse_linear(x, weight, max_density)
+
+
 if _FIRST_IMPORT:
     _LIBRARY = torch.library.Library("spikegpt", "DEF")
     _LIBRARY.define("sparse_linear(Tensor x, Tensor weight, float max_density=1.0) -> Tensor")
-    _LIBRARY.impl("sparse_linear", _sparse_linear, "CompositeExplicitAutograd")
+    _LIBRARY.impl("sparse_linear", _sparse_linear_of_the_package, "CompositeExplicitAutograd")
     torch.library.register_fake("spikegpt::sparse_linear", _sparse_linear_shape, lib=_LIBRARY)

@@ -70,10 +70,12 @@ def prepare_weights(model: nn.Module, decode: str = "auto") -> None:
 
 
 def sparse_candidates(model: nn.Module) -> list[nn.Linear]:
-    """The products whose inputs can be mostly zero: every projection's in the spike-driven ``inputs`` placement;
-    in the ``residual`` placement the channel mixes' V, which reads relu(k)²."""
+    """The products whose inputs can be mostly zero: every block's projections in the spike-driven ``inputs``
+    placement; in the ``residual`` placement the channel mixes' V, which reads relu(k)². Never the head: it reads
+    ``ln_out``'s output, dense in both placements."""
     if getattr(model.config, "spike_placement", "residual") == "inputs":
-        return [m for m in model.modules() if isinstance(m, nn.Linear)]
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        return [m for m in model.modules() if isinstance(m, nn.Linear) and m is not head]
     return [m.value for m in model.modules() if isinstance(m, ChannelMix)]
 
 

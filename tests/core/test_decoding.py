@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from spikegpt import SpikeGPTForCausalLM
+from spikegpt import SpikeGPTForCausalLM, bundled_model_path
 from spikegpt.checkpoint import load_model
 from spikegpt.decoding import (
     DEFAULT_CROSSOVER,
@@ -51,6 +51,28 @@ def bundled():
 @pytest.mark.parametrize("batch_invariant", [True, False], ids=["traced", "eager"])
 def test_sparse_and_dense_decoding_give_the_same_greedy_text(bundled, batch_invariant):
     model, tokenizer = bundled
+    dense = greedy_texts(Engine(model, tokenizer, max_batch=4, batch_invariant=batch_invariant, decode="dense"))
+    sparse = greedy_texts(Engine(model, tokenizer, max_batch=4, batch_invariant=batch_invariant, decode="sparse"))
+    assert sparse == dense
+    assert all(len(text) > 20 for text in dense.values())
+
+
+@pytest.fixture(scope="module")
+def bundled_driven():
+    """The bundled spike-driven model: every block's projection reads integer spike counts (about half zeros)."""
+    return load_model(bundled_model_path("spikegpt-shakespeare-driven"))
+
+
+def test_every_block_projection_of_a_spike_driven_model_is_a_candidate_but_never_the_head(bundled_driven):
+    model, _ = bundled_driven
+    candidates = sparse_candidates(model)
+    assert len(candidates) == 7 * model.config.n_layer  # time mix K, V, R, output; channel mix K, R, V
+    assert model.head not in candidates  # it reads ln_out's dense output
+
+
+@pytest.mark.parametrize("batch_invariant", [True, False], ids=["traced", "eager"])
+def test_a_spike_driven_model_gives_the_same_greedy_text_sparse_and_dense(bundled_driven, batch_invariant):
+    model, tokenizer = bundled_driven
     dense = greedy_texts(Engine(model, tokenizer, max_batch=4, batch_invariant=batch_invariant, decode="dense"))
     sparse = greedy_texts(Engine(model, tokenizer, max_batch=4, batch_invariant=batch_invariant, decode="sparse"))
     assert sparse == dense
