@@ -6,7 +6,10 @@ the inputs get a fraction p of nonzero values, drawn independently per row (so a
 fills in as real activations do), on a grid of p; both products are timed (the fastest of ``--repeats``: on a
 shared machine a median still holds the waits for descheduled worker threads) and the
 crossover is the grid density up to which the event-driven product won more often than it lost (0 if it never
-wins, 1 if it always does). The weights are input-major, as the engine lays them out.
+wins, 1 if it always does). The weights are input-major, as the engine lays them out. Each call reads a
+different copy of the weight, cycling through copies that together exceed the last-level cache
+(``--working-set-mb``), because in a decoding step a product's weight was last read a whole token ago: timed
+against one cache-hot weight, the dense product looks faster than it is in the step.
 
 The crossovers are merged into the file the engine reads for ``--decode auto`` (``spikegpt.decoding``:
 ``$SPIKEGPT_CROSSOVER``, else ``~/.cache/spikegpt/crossover.json``), keyed by this machine and the product's dtype,
@@ -18,6 +21,7 @@ batch and shape. Prints one JSON object per shape and batch, then a summary.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -51,27 +55,39 @@ def product_shapes(sizes: list[str], vocab: int) -> list[tuple[int, int]]:
     return sorted(shapes)
 
 
-def crossover_of(densities: list[float], dense: list[float], sparse: list[float]) -> float:
-    """The density up to which the event-driven product wins: the grid point below which it won at the most points
-    more than it lost (one timing disturbed by the machine's other work moves it by one point, not to 0 or 1)."""
+def crossover_of(densities: list[float], dense: list[float], sparse: list[float], margin: float = 0.0) -> float:
+    """The density up to which the event-driven product wins (by ``margin``: a win is ``sparse ≤ (1 − margin) ·
+    dense``): the grid point below which it won at the most points more than it lost (one timing disturbed by the
+    machine's other work moves it by one point, not to 0 or 1)."""
     score, best_score, crossover = 0, 0, 0.0
     for p, d, s in zip(densities, dense, sparse, strict=True):
-        score += 1 if s <= d else -1
+        score += 1 if s <= (1 - margin) * d else -1
         if score > best_score:
             best_score, crossover = score, p
     return crossover
 
 
 @torch.inference_mode()
-def measure(n_in: int, n_out: int, batch: int, dtype: torch.dtype, repeats: int, device: torch.device) -> dict:
+def measure(
+    n_in: int,
+    n_out: int,
+    batch: int,
+    dtype: torch.dtype,
+    repeats: int,
+    device: torch.device,
+    working_set: int,
+    margin: float,
+) -> dict:
     g = torch.Generator().manual_seed(n_in * 7 + n_out)
     weight = torch.randn(n_out, n_in, generator=g).to(device, dtype).t().contiguous().t()
+    copies = max(1, -(-working_set // (weight.numel() * weight.element_size())))
+    weights = itertools.cycle([weight] + [weight.clone().t().contiguous().t() for _ in range(copies - 1)])
     dense_s, sparse_s = [], []
     for p in GRID:
         x = torch.randn(batch, n_in, generator=g) * (torch.rand(batch, n_in, generator=g) < p)
         x = x.to(device, dtype)
-        dense_s.append(best_seconds(lambda x=x: F.linear(x, weight), repeats, device))
-        sparse_s.append(best_seconds(lambda x=x: sparse_linear(x, weight, 1.0), repeats, device))
+        dense_s.append(best_seconds(lambda x=x: F.linear(x, next(weights)), repeats, device))
+        sparse_s.append(best_seconds(lambda x=x: sparse_linear(x, next(weights), 1.0), repeats, device))
     return {
         "n_in": n_in,
         "n_out": n_out,
@@ -80,7 +96,7 @@ def measure(n_in: int, n_out: int, batch: int, dtype: torch.dtype, repeats: int,
         "densities": list(GRID),
         "dense_ms": [round(t * 1e3, 4) for t in dense_s],
         "sparse_ms": [round(t * 1e3, 4) for t in sparse_s],
-        "crossover": round(crossover_of(list(GRID), dense_s, sparse_s), 3),
+        "crossover": round(crossover_of(list(GRID), dense_s, sparse_s, margin), 3),
     }
 
 
@@ -92,7 +108,22 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per point (default: 15)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--working-set-mb",
+        type=int,
+        default=512,
+        help="weight copies cycled through per product, in MB, larger than the last-level cache so every call "
+        "reads its weight from memory as in a decoding step; 0 = one cache-hot weight (default: 512)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=0.1,
+        help="how much faster the event-driven product must be to count as a win, so that timing noise and the "
+        "costs a single-product timing does not see (the step's other work, the decision per row) favour the "
+        "dense product (default: 0.1)",
+    )
     parser.add_argument("--out", default=None, help="crossover file to update (default: the one the engine reads)")
     parser.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
     args = parser.parse_args()
@@ -103,7 +134,8 @@ def main() -> None:
     products = {}
     for n_in, n_out in product_shapes(args.sizes, args.vocab):
         for batch in args.batches:
-            record = measure(n_in, n_out, batch, dtype, args.repeats, device)
+            working_set = args.working_set_mb * 2**20
+            record = measure(n_in, n_out, batch, dtype, args.repeats, device, working_set, args.margin)
             print(json.dumps({"measure": "crossover", **record}), flush=True)
             products[product_key(dtype, batch, n_in, n_out)] = record["crossover"]
     summary = {"measure": "summary", "machine": machine_id(device), "crossovers": products}

@@ -316,11 +316,26 @@ def at_size_bandwidth(weight_bytes: int) -> float:
     return at_size
 
 
+def decode_run(model, mode: str, batch: int, crossovers):
+    """One decoding step of ``batch`` rows per call: the engine's traced step with ``mode``'s products."""
+    from spikegpt.decoding import DecodeProducts
+    from spikegpt.tracing import trace_decode_step
+
+    tokens = torch.randint(0, VOCAB, (batch, 1), device=DEVICE)
+    step = trace_decode_step(model, tokens, model.fresh_state(batch), DecodeProducts(model, mode, batch, crossovers))
+    box = {"state": model.fresh_state(batch), "token": tokens}
+
+    def run():
+        logits, box["state"], _ = step(box["token"], box["state"])
+        box["token"] = logits.argmax(-1, keepdim=True)
+
+    return run
+
+
 @torch.inference_mode()
 def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], float, int]:
     """Event-driven decoding records, the bound's bandwidth and the dense step's weight bytes."""
-    from spikegpt.decoding import Crossovers, DecodeProducts, sparse_candidates
-    from spikegpt.tracing import trace_decode_step
+    from spikegpt.decoding import Crossovers, sparse_candidates
 
     model = placement_model(n_layer, d, args.placement)
     candidates = sparse_candidates(model)
@@ -329,6 +344,7 @@ def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], f
     dense_bytes = bytes_per_token(model, model.model.emb.weight)
     bandwidth = max(dram, at_size_bandwidth(dense_bytes))
     records = []
+    plain = {batch: decode_run(model, "dense", batch, crossovers) for batch in args.batches}  # traced before hooks
     for label in args.densities:
         source = "this model's inputs" if label in ("measured",) else "synthetic"
         if label in ("bundled", "binary"):
@@ -356,25 +372,30 @@ def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], f
                 "union_density": measured["union"],
                 "crossover_source": crossovers.source,
             }
-            runs = {}
-            for mode in args.decode:
-                tokens = torch.randint(0, VOCAB, (batch, 1), device=DEVICE)
-                step = trace_decode_step(
-                    model, tokens, model.fresh_state(batch), DecodeProducts(model, mode, batch, crossovers)
-                )
-                box = {"state": model.fresh_state(batch), "token": tokens}
-
-                def run(step=step, box=box):
-                    logits, box["state"], _ = step(box["token"], box["state"])
-                    box["token"] = logits.argmax(-1, keepdim=True)
-
-                runs[mode] = run
-            for mode, (steps_s, best_steps_s) in interleaved_steps_per_second(runs, args.tokens, args.warmup).items():
+            runs = {mode: decode_run(model, mode, batch, crossovers) for mode in args.decode}
+            if hooks:
+                runs["dense_plain"] = plain[batch]
+            timed = interleaved_steps_per_second(runs, args.tokens, args.warmup)
+            for mode, (steps_s, best_steps_s) in timed.items():
+                if mode == "dense_plain":
+                    continue
                 record[f"{mode}_tok_s"] = steps_s * batch
                 record[f"{mode}_best_tok_s"] = best_steps_s * batch
                 bytes_read = read["dense" if mode == "dense" else "sparse"]
                 record[f"{mode}_bytes_per_step"] = bytes_read
                 record[f"{mode}_bound_tok_s"] = bandwidth / bytes_read * batch
+            # The synthetic inputs are made inside the traced step (top-k per product), at the same cost in every
+            # mode: the dense step with and without them measures it, and the net ratios leave it out.
+            synthesis_s = 0.0
+            if hooks and "dense" in timed:
+                synthesis_s = max(0.0, 1 / timed["dense"][0] - 1 / timed["dense_plain"][0])
+            record["input_synthesis_s_per_step"] = synthesis_s
+            for mode in ("dense", "sparse", "auto"):
+                if mode in timed:
+                    record[f"{mode}_net_tok_s"] = batch / max(1e-9, 1 / timed[mode][0] - synthesis_s)
+            for mode in ("sparse", "auto"):
+                if mode in timed and "dense" in timed:
+                    record[f"{mode}_vs_dense_net"] = record[f"{mode}_net_tok_s"] / record["dense_net_tok_s"]
             emit(record)
             records.append(record)
         for h in hooks:
@@ -385,12 +406,14 @@ def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], f
 def sparse_summary(records: list[dict], peers: dict) -> dict:
     table = {}
     for r in records:
-        keys = ("sparse_vs_dense", "auto_vs_dense", "sparse_vs_dense_best", "auto_vs_dense_best", "vs_rwkv_package")
+        keys = ("sparse_vs_dense", "auto_vs_dense", "sparse_vs_dense_best", "auto_vs_dense_best",
+                "sparse_vs_dense_net", "auto_vs_dense_net", "vs_rwkv_package")  # fmt: skip
         row = table.setdefault(f"b{r['batch']}", {key: {} for key in keys})
         for mode in ("sparse", "auto"):
             if f"{mode}_tok_s" in r and "dense_tok_s" in r:
                 row[f"{mode}_vs_dense"][r["density"]] = r[f"{mode}_tok_s"] / r["dense_tok_s"]
                 row[f"{mode}_vs_dense_best"][r["density"]] = r[f"{mode}_best_tok_s"] / r["dense_best_tok_s"]
+                row[f"{mode}_vs_dense_net"][r["density"]] = r[f"{mode}_vs_dense_net"]
         best = max(r.get(f"{m}_tok_s", 0.0) for m in ("sparse", "auto"))
         if r["batch"] == 1 and peers.get("rwkv_package_tok_s"):
             row["vs_rwkv_package"][r["density"]] = best / peers["rwkv_package_tok_s"]

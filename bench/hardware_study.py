@@ -221,6 +221,49 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def percent(value: float, base: float) -> str:
+    return f"{value:.4f} ({value / base - 1:+.2%})"
+
+
+def compare_markdown(studies: list[dict]) -> str:
+    """The study tables of several models side by side (README): bits per byte by weight width, the noise level
+    at which bits per byte degrade by 10%, and the energy per token under every profile (strict rule)."""
+    names = [f"`{s['meta'].get('spike_placement', 'residual')}`" for s in studies]
+    lines = ["| weights | " + " | ".join(f"{n} post-training | {n} quantization-aware" for n in names) + " |",
+             "| --- |" + " --- | --- |" * len(studies)]  # fmt: skip
+    for key in ("fp32", "8bit", "4bit", "1bit"):
+        cells = []
+        for study in studies:
+            ptq, qat_rows = study["ptq"], study.get("qat", {})
+            fp32, control = ptq["fp32"]["bits_per_byte"], qat_rows.get("fp32", {}).get("bits_per_byte")
+            post = ptq[key]["bits_per_byte"]
+            cells.append(f"{post:.4f}" if key == "fp32" else percent(post, fp32))
+            aware = qat_rows.get(key, {}).get("bits_per_byte")
+            if aware is None:
+                cells.append("-")
+            elif key == "fp32":
+                cells.append(f"{aware:.4f} (float fine-tune)")
+            else:
+                cells.append(percent(aware, control or fp32) + (" vs float fine-tune" if control else ""))
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "| device model: +10% bits/byte at | " + " | ".join(names) + " |"]
+    lines.append("| --- |" + " --- |" * len(studies))
+    for sweep, level in (("lognormal", "σ (ln-space)"), ("gaussian", "σ (of the tile range)"), ("stuck_at", "rate")):
+        cells = []
+        for study in studies:
+            at = study.get("noise", {}).get(sweep, {}).get("degrades_10pct_at")
+            cells.append("beyond the sweep" if at is None else f"{at:.3g}")
+        lines.append(f"| {sweep} {level} | " + " | ".join(cells) + " |")
+    profiles = list(next(iter(studies[0]["energy"].values())))
+    lines += ["", "| placement, weights | " + " | ".join(f"`{p}`" for p in profiles) + " |",
+              "| --- |" + " --- |" * len(profiles)]  # fmt: skip
+    for name, study in zip(names, studies, strict=True):
+        for key, per_profile in study["energy"].items():
+            cells = [f"{per_profile[p]['strict'] * 1e6:.3g}" for p in profiles]
+            lines.append(f"| {name}, {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="the float model (default: the bundled one)")
@@ -236,9 +279,13 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/hardware_study.json", help="JSON file to write/update")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--markdown", action="store_true", help="only print the study tables of --out")
+    parser.add_argument("--compare", nargs="+", metavar="JSON", help="only print these studies' tables side by side")
     args = parser.parse_args()
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
+        return
+    if args.compare:
+        print(compare_markdown([json.loads(Path(f).read_text()) for f in args.compare]))
         return
     if not args.dataset:
         parser.error("--dataset is required to measure")

@@ -165,7 +165,8 @@ class DecodeProducts:
     """The decoding step's choice of product for each sparse candidate; ``with products:`` applies it.
 
     ``decode``: ``"dense"`` (every product ``F.linear``), ``"sparse"`` (the candidates always event-driven) or
-    ``"auto"`` (event-driven below the measured crossover for the candidate's shape at ``batch`` rows).
+    ``"auto"`` (event-driven below the measured crossover for the candidate's shape at ``batch`` rows; a product
+    whose crossover is 0 keeps the plain dense product, as the operator's call would only add its own cost).
     """
 
     def __init__(self, model: nn.Module, decode: str, batch: int, crossovers: Crossovers | None = None):
@@ -178,7 +179,8 @@ class DecodeProducts:
         for module in sparse_candidates(model):
             n_out, n_in = module.weight.shape
             limit = 1.0 if decode == "sparse" else crossovers.lookup(module.weight.dtype, batch, n_in, n_out)
-            self.thresholds[module] = limit
+            if limit > 0:
+                self.thresholds[module] = limit
 
     def __enter__(self) -> None:
         for module, limit in self.thresholds.items():

@@ -116,7 +116,7 @@ def crossover_file(tmp_path, value: float, model, batch: int) -> Crossovers:
 def test_auto_follows_the_measured_crossover_and_a_dense_batch_falls_back(bundled, tmp_path, monkeypatch):
     model, _ = bundled
     never = DecodeProducts(model, "auto", 4, crossover_file(tmp_path, 0.0, model, batch=4))
-    assert set(never.thresholds.values()) == {0.0}
+    assert never.thresholds == {}  # measured never to win: the plain dense product, no operator call
     always = DecodeProducts(model, "auto", 4, crossover_file(tmp_path, 1.0, model, batch=4))
     assert set(always.thresholds.values()) == {1.0}
     # measured at 0.5: a mostly-zero row of relu(k)^2 goes event-driven, a filled-in one densely
