@@ -31,8 +31,9 @@ part() {
 part kernels 90 "$PY" bench/wkv_lif.py --parts kernels --device cuda \
   --shapes 1x1x768,16x1x768,8x1024x768,1x4096x768 --repeats 10 --warmup 3
 part crossover 60 "$PY" bench/crossover.py --device cuda --sizes 12x768 --repeats 20
-part decode-residual 90 "$PY" bench/decode.py --device cuda --placement residual --sizes 12x768 --tokens 32
-part decode-inputs 70 "$PY" bench/decode.py --device cuda --placement inputs --sizes 12x768 --tokens 32 \
-  --densities 0.1 0.2 0.4
+part decode-residual 80 "$PY" bench/decode.py --device cuda --placement residual --sizes 12x768 --tokens 32 \
+  --densities bundled 0.1 0.4
+part decode-inputs 80 "$PY" bench/decode.py --device cuda --placement inputs --sizes 12x768 --tokens 32 \
+  --densities bundled binary 0.1 0.4
 part serve 100 "$PY" bench/serve.py --model bundled --device cuda --concurrency 1 16 --time-limit 20 \
   --max-tokens 64 --prompt-tokens 32
