@@ -4,8 +4,10 @@ prints each measurement as a JSON line.
 
 Sections (``--sections``):
   ptq     bits per byte on the held-out text for float weights and post-training 8/4/1-bit weights
-  qat     the same for quantization-aware models (``--qat BITS=DIR``) and for their float control, the same
+  qat     the same for quantization-aware fine-tunes (``--qat BITS=DIR``) and for their float control, the same
           fine-tune with float weights (``--qat fp32=DIR``): extra training alone moves bits per byte
+  scratch the same for quantization-aware models trained from scratch with the float model's own recipe
+          (``--scratch BITS=DIR``), whose control is the float model itself
   decode  the 8-bit model decoded token by token (the recurrent form, as generate/serve run it) with the fp32
           product of its grid weights and with the int8 kernel (``spikegpt.int8_kernels``), on the first blocks
   noise   bits per byte under the device model of ``spikegpt.weight_noise`` (lognormal and Gaussian variation,
@@ -68,16 +70,17 @@ def ptq(args, blocks) -> dict:
     return out
 
 
-def qat(args, blocks) -> dict:
+def trained(specs: list[str], section: str, args, blocks) -> dict:
+    """Bits per byte of trained models given as ``BITS=DIR`` (``fp32=DIR``: a float control)."""
     out = {}
-    for spec in args.qat:
+    for spec in specs:
         bits, path = spec.split("=", 1)
         key = "fp32" if bits == "fp32" else f"{bits}bit"
         model, tokenizer = load_model(path)
         result = evaluate(model, make_eval_set(blocks, tokenizer), args.batch_size, progress=False)
         out[key] = {"model": path, "bits_per_byte": result.bits_per_byte, "firing_rate": result.firing_rate,
                     "weight_bits": model.config.weight_bits}  # fmt: skip
-        emit({"section": "qat", "weights": key, **out[key]})
+        emit({"section": section, "weights": key, **out[key]})
     return out
 
 
@@ -159,6 +162,10 @@ def energy(args, blocks) -> dict:
     return out
 
 
+def percent(value: float, base: float) -> str:
+    return f"{value:.4f} ({value / base - 1:+.2%})"
+
+
 def markdown(results: dict) -> str:
     """The study tables (README, model card, closing note) from the JSON."""
     lines = []
@@ -169,8 +176,13 @@ def markdown(results: dict) -> str:
     if ptq:
         fp32 = ptq["fp32"]["bits_per_byte"]
         control = qat_rows.get("fp32", {}).get("bits_per_byte")
-        header = "quantization-aware" + (" (vs fp32; vs the float fine-tune)" if control else "")
-        lines += [f"| weights | post-training | {header} |", "| --- | --- | --- |"]
+        header = "quantization-aware fine-tune" + (" (vs fp32; vs the float fine-tune)" if control else "")
+        scratch = results.get("scratch", {})
+        extra = " quantization-aware from scratch |" if scratch else ""
+        lines += [
+            f"| weights | post-training | {header} |{extra}",
+            "| --- | --- | --- |" + (" --- |" if scratch else ""),
+        ]
         for key in ("fp32", "8bit", "4bit", "1bit"):
             post = ptq[key]["bits_per_byte"]
             cell = f"{post:.4f} ({post / fp32 - 1:+.2%})" if key != "fp32" else f"{post:.4f}"
@@ -182,7 +194,11 @@ def markdown(results: dict) -> str:
             else:
                 versus = f"; {aware / control - 1:+.2%}" if control else ""
                 qcell = f"{aware:.4f} ({aware / fp32 - 1:+.2%}{versus})"
-            lines.append(f"| {key} | {cell} | {qcell} |")
+            row = f"| {key} | {cell} | {qcell} |"
+            if scratch:
+                own = scratch.get(key, {}).get("bits_per_byte")
+                row += " - |" if own is None or key == "fp32" else f" {percent(own, fp32)} |"
+            lines.append(row)
         lines.append("")
     decode = results.get("decode")
     if decode:
@@ -222,16 +238,14 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def percent(value: float, base: float) -> str:
-    return f"{value:.4f} ({value / base - 1:+.2%})"
-
-
 def compare_markdown(studies: list[dict]) -> str:
     """The study tables of several models side by side (README): bits per byte by weight width, the noise level
     at which bits per byte degrade by 10%, and the energy per token under every profile (strict rule)."""
     names = [f"`{s['meta'].get('spike_placement', 'residual')}`" for s in studies]
-    lines = ["| weights | " + " | ".join(f"{n} post-training | {n} quantization-aware" for n in names) + " |",
-             "| --- |" + " --- | --- |" * len(studies)]  # fmt: skip
+    scratch = any(study.get("scratch") for study in studies)
+    per_study = ["post-training", "QAT fine-tune"] + (["QAT from scratch"] if scratch else [])
+    lines = ["| weights | " + " | ".join(f"{n} {what}" for n in names for what in per_study) + " |",
+             "| --- |" + " --- |" * (len(per_study) * len(studies))]  # fmt: skip
     for key in ("fp32", "8bit", "4bit", "1bit"):
         cells = []
         for study in studies:
@@ -246,6 +260,9 @@ def compare_markdown(studies: list[dict]) -> str:
                 cells.append(f"{aware:.4f} (float fine-tune)")
             else:
                 cells.append(percent(aware, control or fp32) + (" vs float fine-tune" if control else ""))
+            if scratch:
+                own = study.get("scratch", {}).get(key, {}).get("bits_per_byte")
+                cells.append("-" if own is None or key == "fp32" else percent(own, fp32))
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", "| device model: +10% bits/byte at | " + " | ".join(names) + " |"]
     lines.append("| --- |" + " --- |" * len(studies))
@@ -270,8 +287,10 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="the float model (default: the bundled one)")
     parser.add_argument("--dataset", help="the corpus whose held-out 10%% is evaluated")
     parser.add_argument("--sections", nargs="+", default=["ptq", "decode", "noise", "energy"],
-                        choices=["ptq", "qat", "decode", "noise", "energy"])  # fmt: skip
-    parser.add_argument("--qat", nargs="*", default=[], metavar="BITS=DIR", help="quantization-aware models")
+                        choices=["ptq", "qat", "scratch", "decode", "noise", "energy"])  # fmt: skip
+    parser.add_argument("--qat", nargs="*", default=[], metavar="BITS=DIR", help="quantization-aware fine-tunes")
+    parser.add_argument("--scratch", nargs="*", default=[], metavar="BITS=DIR",
+                        help="quantization-aware models trained from scratch")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--noise-blocks", type=int, default=64, help="blocks for the noise sweeps (default: 64)")
     parser.add_argument("--draws", type=int, default=5, help="seeded draws per noise point (default: 5)")
@@ -298,7 +317,14 @@ def main() -> None:
     results.setdefault("meta", {}).update(
         model=args.model or "spikegpt/assets/spikegpt-shakespeare", spike_placement=model.config.spike_placement
     )
-    sections = {"ptq": ptq, "qat": qat, "decode": decode, "noise": noise, "energy": energy}
+    sections = {
+        "ptq": ptq,
+        "qat": lambda args, blocks: trained(args.qat, "qat", args, blocks),
+        "scratch": lambda args, blocks: trained(args.scratch, "scratch", args, blocks),
+        "decode": decode,
+        "noise": noise,
+        "energy": energy,
+    }
     for name in args.sections:
         results[name] = sections[name](args, blocks)
         results.setdefault("meta", {})[name] = {"torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M")}
