@@ -45,6 +45,8 @@ from pathlib import Path
 
 import torch
 
+from spikegpt.checkpoint import BUNDLED_MODELS
+
 VOCAB = 50277
 
 
@@ -234,7 +236,8 @@ def bench_rwkv_package(n_layer: int, d: int, tokens: int) -> dict:
 
 
 STUDY = Path(__file__).parent / "results" / "driven-study.json"
-BUNDLED = {"residual": "spikegpt/assets/spikegpt-shakespeare", "inputs": "spikegpt/assets/spikegpt-shakespeare-driven"}
+# the study names its models by their path in the repository; the bundled models in BUNDLED_MODELS' order
+BUNDLED = dict(zip(("residual", "inputs"), (f"spikegpt/assets/{name}" for name in BUNDLED_MODELS), strict=True))
 
 
 def placement_model(n_layer: int, d: int, placement: str):

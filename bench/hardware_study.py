@@ -166,39 +166,48 @@ def percent(value: float, base: float) -> str:
     return f"{value:.4f} ({value / base - 1:+.2%})"
 
 
+WIDTHS = ("fp32", "8bit", "4bit", "1bit")
+
+
+def bits_columns(studies: list[dict]) -> list[str]:
+    return ["post-training", "QAT fine-tune"] + (["QAT from scratch"] if any("scratch" in s for s in studies) else [])
+
+
+def bits_cells(study: dict, key: str, scratch: bool) -> list[str]:
+    """Bits per byte of one weight width: post-training, quantization-aware fine-tune (against its float control
+    when there is one, and against fp32), and, with ``scratch``, trained from scratch (against fp32, whose own
+    recipe it followed)."""
+    fp32 = study["ptq"]["fp32"]["bits_per_byte"]
+    control = study.get("qat", {}).get("fp32", {}).get("bits_per_byte")
+    post = study["ptq"][key]["bits_per_byte"]
+    cells = [f"{post:.4f}" if key == "fp32" else percent(post, fp32)]
+    aware = study.get("qat", {}).get(key, {}).get("bits_per_byte")
+    if aware is None:
+        cells.append("-")
+    elif key == "fp32":
+        cells.append(f"{aware:.4f} (float fine-tune)")
+    elif control:
+        cells.append(f"{aware:.4f} ({aware / control - 1:+.2%} vs float fine-tune; {aware / fp32 - 1:+.2%} vs fp32)")
+    else:
+        cells.append(percent(aware, fp32))
+    if scratch:
+        own = study.get("scratch", {}).get(key, {}).get("bits_per_byte")
+        cells.append("-" if own is None or key == "fp32" else percent(own, fp32))
+    return cells
+
+
 def markdown(results: dict) -> str:
     """The study tables (README, model card, closing note) from the JSON."""
     lines = []
-    ptq, qat_rows = results.get("ptq", {}), results.get("qat", {})
+    ptq = results.get("ptq", {})
     meta = results.get("meta", {})
     if meta.get("model"):
         lines += [f"Model `{meta['model']}` (spike placement `{meta.get('spike_placement', 'residual')}`).", ""]
     if ptq:
-        fp32 = ptq["fp32"]["bits_per_byte"]
-        control = qat_rows.get("fp32", {}).get("bits_per_byte")
-        header = "quantization-aware fine-tune" + (" (vs fp32; vs the float fine-tune)" if control else "")
-        scratch = results.get("scratch", {})
-        extra = " quantization-aware from scratch |" if scratch else ""
-        lines += [
-            f"| weights | post-training | {header} |{extra}",
-            "| --- | --- | --- |" + (" --- |" if scratch else ""),
-        ]
-        for key in ("fp32", "8bit", "4bit", "1bit"):
-            post = ptq[key]["bits_per_byte"]
-            cell = f"{post:.4f} ({post / fp32 - 1:+.2%})" if key != "fp32" else f"{post:.4f}"
-            aware = qat_rows.get(key, {}).get("bits_per_byte")
-            if aware is None:
-                qcell = "-"
-            elif key == "fp32":
-                qcell = f"{aware:.4f} ({aware / fp32 - 1:+.2%}): the same fine-tune, float weights"
-            else:
-                versus = f"; {aware / control - 1:+.2%}" if control else ""
-                qcell = f"{aware:.4f} ({aware / fp32 - 1:+.2%}{versus})"
-            row = f"| {key} | {cell} | {qcell} |"
-            if scratch:
-                own = scratch.get(key, {}).get("bits_per_byte")
-                row += " - |" if own is None or key == "fp32" else f" {percent(own, fp32)} |"
-            lines.append(row)
+        what = bits_columns([results])
+        lines += ["| weights | " + " | ".join(what) + " |", "| --- |" + " --- |" * len(what)]
+        for key in WIDTHS:
+            lines.append(f"| {key} | " + " | ".join(bits_cells(results, key, "scratch" in results)) + " |")
         lines.append("")
     decode = results.get("decode")
     if decode:
@@ -242,27 +251,12 @@ def compare_markdown(studies: list[dict]) -> str:
     """The study tables of several models side by side (README): bits per byte by weight width, the noise level
     at which bits per byte degrade by 10%, and the energy per token under every profile (strict rule)."""
     names = [f"`{s['meta'].get('spike_placement', 'residual')}`" for s in studies]
-    scratch = any(study.get("scratch") for study in studies)
-    per_study = ["post-training", "QAT fine-tune"] + (["QAT from scratch"] if scratch else [])
-    lines = ["| weights | " + " | ".join(f"{n} {what}" for n in names for what in per_study) + " |",
-             "| --- |" + " --- |" * (len(per_study) * len(studies))]  # fmt: skip
-    for key in ("fp32", "8bit", "4bit", "1bit"):
-        cells = []
-        for study in studies:
-            ptq, qat_rows = study["ptq"], study.get("qat", {})
-            fp32, control = ptq["fp32"]["bits_per_byte"], qat_rows.get("fp32", {}).get("bits_per_byte")
-            post = ptq[key]["bits_per_byte"]
-            cells.append(f"{post:.4f}" if key == "fp32" else percent(post, fp32))
-            aware = qat_rows.get(key, {}).get("bits_per_byte")
-            if aware is None:
-                cells.append("-")
-            elif key == "fp32":
-                cells.append(f"{aware:.4f} (float fine-tune)")
-            else:
-                cells.append(percent(aware, control or fp32) + (" vs float fine-tune" if control else ""))
-            if scratch:
-                own = study.get("scratch", {}).get(key, {}).get("bits_per_byte")
-                cells.append("-" if own is None or key == "fp32" else percent(own, fp32))
+    scratch = any("scratch" in study for study in studies)
+    what = bits_columns(studies)
+    lines = ["| weights | " + " | ".join(f"{n} {w}" for n in names for w in what) + " |",
+             "| --- |" + " --- |" * (len(what) * len(studies))]  # fmt: skip
+    for key in WIDTHS:
+        cells = [cell for study in studies for cell in bits_cells(study, key, scratch)]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", "| device model: +10% bits/byte at | " + " | ".join(names) + " |"]
     lines.append("| --- |" + " --- |" * len(studies))
