@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 from conftest import SHARED_DATA
-from train_helpers import offline  # noqa: F401 (offline is an autouse fixture)
+from train_helpers import as_saved, offline  # noqa: F401 (offline is an autouse fixture)
 
 from spikegpt import bundled_model_path
 from spikegpt.checkpoint import load_model, saved_files
@@ -43,7 +43,8 @@ def test_the_driven_files_are_what_saving_writes_now(tmp_path):
     assert {"chat_template.jinja", "configuration_spikegpt.py", "modeling_spikegpt.py"} <= set(written)
     for name, data in written.items():
         if name != "model.safetensors":
-            assert (DRIVEN / name).read_bytes() == data, f"{name} is stale: re-save the driven model (its card)"
+            stale = f"{name} is stale: re-save the driven model (its card)"
+            assert as_saved(name, (DRIVEN / name).read_bytes()) == as_saved(name, data), stale
     card = (DRIVEN / "README.md").read_text()
     assert "custom_code" in card.split("---")[1] and "trust_remote_code=True" in card
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 from conftest import SHARED_DATA
-from train_helpers import offline  # noqa: F401 (offline is an autouse fixture)
+from train_helpers import as_saved, offline  # noqa: F401 (offline is an autouse fixture)
 
 import spikegpt
 from spikegpt.checkpoint import load_model, saved_files
@@ -57,7 +57,7 @@ def test_the_bundled_files_are_what_saving_writes_now(tmp_path):
     for name, data in written.items():
         if name != "model.safetensors":
             stale = f"{name} is stale: run python scripts/refresh_bundled_model.py"
-            assert (BUNDLED / name).read_bytes() == data, stale
+            assert as_saved(name, (BUNDLED / name).read_bytes()) == as_saved(name, data), stale
 
 
 def test_the_model_cards_say_what_loads_them():

@@ -3,6 +3,7 @@ training test module imports (autouse: no network, a private datasets cache, a f
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -66,3 +67,14 @@ def offline(monkeypatch, tmp_path):
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def as_saved(name: str, data: bytes):
+    """A saved file's content as the bundled-model tests compare it: JSON files parsed, without the
+    ``transformers_version`` that transformers stamps into them (a new transformers release is not a stale file);
+    every other file byte for byte."""
+    if not name.endswith(".json"):
+        return data
+    content = json.loads(data)
+    content.pop("transformers_version", None)
+    return content

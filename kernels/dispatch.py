@@ -1,0 +1,154 @@
+"""The dispatch functions of ``spikegpt.kernels`` (see the package's docstring) and the ``spikegpt::sparse_linear``
+operator."""
+
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from .errors import KernelArgumentError, KernelUnavailableError
+from .lif_torch import DEFAULT_LIF, LIFParams, lif_torch
+from .sparse_torch import sparse_linear_torch
+from .wkv_torch import State, wkv_torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _configured_backend() -> str:
+    """``SPIKEGPT_KERNELS``, checked, read once (an invalid value raises, and is read again on the next call)."""
+    choice = os.environ.get("SPIKEGPT_KERNELS", "auto").strip().lower() or "auto"
+    if choice not in BACKENDS:
+        raise KernelUnavailableError(f"SPIKEGPT_KERNELS must be one of {', '.join(BACKENDS)}, got {choice!r}")
+    if choice == "triton" and not _triton_importable():
+        raise KernelUnavailableError(
+            "SPIKEGPT_KERNELS=triton, but the triton package cannot be imported; install triton or set "
+            "SPIKEGPT_KERNELS=torch"
+        )
+    return choice
+
+
+def reload_kernel_backend() -> None:
+    """Read ``SPIKEGPT_KERNELS`` again at the next dispatch (after changing it in a running process)."""
+    _configured_backend.cache_clear()
+
+
+def kernel_backend(tensor: torch.Tensor, steps: int | None = None) -> str:
+    """Which implementation runs for ``tensor``: ``"triton"`` or ``"torch"``. ``steps``: tokens along the time axis
+    of a WKV or LIF call (1 = a decoding step, which ``auto`` gives to the reference on every device)."""
+    choice = _configured_backend()
+    if choice == "torch":
+        return "torch"
+    if choice == "auto":
+        return "triton" if tensor.is_cuda and steps != 1 and _triton_importable() else "torch"
+    if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise KernelUnavailableError(
+            f"SPIKEGPT_KERNELS=triton needs CUDA tensors (got {tensor.device}), or TRITON_INTERPRET=1 to run "
+            "Triton's interpreter on a CPU"
+        )
+    return "triton"
+
+
+def wkv(
+    w: torch.Tensor,
+    u: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    state: State | None = None,
+) -> tuple[torch.Tensor, State]:
+    """WKV over k, v ``[B, T, C]`` with decay ``w = -exp(time_decay)`` and bonus ``u = time_first`` (both ``[C]``).
+
+    ``state`` is ``(num, den, max)``, three fp32 ``[B, C]`` tensors, or None for a fresh sequence.
+    Returns ``(y [B, T, C], new_state)``; differentiable in w, u, k, v and the incoming state.
+    """
+    if kernel_backend(k, k.shape[1] if k.dim() == 3 else None) == "triton":
+        from .wkv_triton import wkv_triton
+
+        return wkv_triton(w, u, k, v, state)
+    return wkv_torch(w, u, k, v, state)
+
+
+def lif(
+    x: torch.Tensor,
+    v0: torch.Tensor | None = None,
+    params: LIFParams = DEFAULT_LIF,
+    return_counts: bool = False,
+):
+    """Multi-step LIF over x ``[B, T, C]`` from membrane ``v0`` ``[B, C]`` (None: zero), with the neurons'
+    settings ``params``.
+
+    Returns ``(spikes, v_last)``, or ``(spikes, v_last, counts)`` with ``return_counts``, where ``counts``
+    ``[B, C]`` (fp32) is the number of spikes per channel, so spike statistics need no second pass.
+    """
+    if kernel_backend(x, x.shape[1] if x.dim() == 3 else None) == "triton":
+        from .lif_triton import lif_triton
+
+        return lif_triton(x, v0, params, return_counts)
+    spikes, v_last = lif_torch(x, v0, params)
+    if return_counts:
+        return spikes, v_last, spikes.detach().sum(dim=1, dtype=torch.float32)
+    return spikes, v_last
+
+
+# The operator ``spikegpt::sparse_linear``: ``torch.jit.trace`` records a call to it as one node with a fixed output
+# shape, so a traced decoding step keeps its data-dependent sparsity inside the call (torch.compile sees it as one
+# opaque call too, through the shape function below). Registered with a plain ``torch.library.Library``, whose
+# calls cost less than ``torch.library.custom_op``'s wrapper: it runs dozens of times per decoded token.
+def sparse_linear(x: torch.Tensor, weight: torch.Tensor, max_density: float = 1.0) -> torch.Tensor:
+    """``F.linear(x, weight)`` (no bias) for x ``[..., in]`` with many zeros (floating, or integer spike counts),
+    reading only the weight rows of nonzero inputs; for inference (it has no gradient).
+
+    ``max_density`` is the crossover: inputs denser than it are multiplied densely, because then the dense product
+    is faster. On a CPU each row decides for itself by its own fraction of nonzero inputs (a row's result never
+    depends on the other rows); in Triton, which reads each active weight row once for the whole batch, the batch
+    decides by the fraction of inputs active in any row (the union). 1 (the default): always event-driven; 0:
+    dense unless the inputs are all zero.
+
+    Results equal the dense product up to summation order (for binary inputs and small integer counts every
+    product term is exact, so only the order of the additions differs). The weight is best stored input-major
+    (``weight.t()`` contiguous), as the engine lays out the decoding products; an output-major one works too.
+    """
+    return torch.ops.spikegpt.sparse_linear.default(x, weight, max_density)
+
+
+def _sparse_linear(x: torch.Tensor, weight: torch.Tensor, max_density: float = 1.0) -> torch.Tensor:
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise KernelArgumentError(
+            f"sparse_linear takes x [..., in] and weight [out, in], got {list(x.shape)} and {list(weight.shape)}"
+        )
+    if x.is_floating_point() and x.dtype != weight.dtype:
+        raise KernelArgumentError(f"x and weight must share a dtype, got {x.dtype} and {weight.dtype}")
+    flat = x.reshape(-1, x.shape[-1])
+    if kernel_backend(flat) == "triton":
+        from .sparse_triton import active_union, sparse_linear_triton
+
+        union = active_union(flat)
+        if max_density < 1.0 and bool(union[1] > max_density * flat.shape[1]):  # a host read: the batch decides
+            y = torch.nn.functional.linear(flat.to(weight.dtype), weight)
+        else:
+            y = sparse_linear_triton(flat, weight, union)
+    else:
+        y = sparse_linear_torch(flat, weight, max_density)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _sparse_linear_shape(x: torch.Tensor, weight: torch.Tensor, max_density: float = 1.0) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=weight.dtype)
+
+
+_LIBRARY = torch.library.Library("spikegpt", "DEF")
+_LIBRARY.define("sparse_linear(Tensor x, Tensor weight, float max_density=1.0) -> Tensor")
+_LIBRARY.impl("sparse_linear", _sparse_linear, "CompositeExplicitAutograd")
+torch.library.register_fake("spikegpt::sparse_linear", _sparse_linear_shape, lib=_LIBRARY)
