@@ -11,7 +11,7 @@ different copy of the weight, cycling through copies that together exceed the la
 (``--working-set-mb``), because in a decoding step a product's weight was last read a whole token ago: timed
 against one cache-hot weight, the dense product looks faster than it is in the step.
 
-The crossovers are merged into the file the engine reads for ``--decode auto`` (``spikegpt.decoding``:
+The crossovers are merged into the file the engine reads for ``--decode auto`` (``spikegpt.runtime.products``:
 ``$SPIKEGPT_CROSSOVER``, else ``~/.cache/spikegpt/crossover.json``), keyed by this machine and the product's dtype,
 batch and shape. Prints one JSON object per shape and batch, then a summary.
     python bench/crossover.py                             # 6x256 12x512 12x768, batches 1 and 16
@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spikegpt.decoding import Crossovers, machine_id, product_key
 from spikegpt.kernels import sparse_linear
+from spikegpt.runtime.products import Crossovers, machine_id, product_key
 
 GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 

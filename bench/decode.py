@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from spikegpt.checkpoint import BUNDLED_MODELS
+from spikegpt.hub.checkpoint import BUNDLED_MODELS
 
 VOCAB = 50277
 
@@ -103,7 +103,7 @@ def bytes_per_token(model: torch.nn.Module, embedding: torch.Tensor) -> int:
 
 def ours(n_layer: int, d: int, **config):
     from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
-    from spikegpt.decoding import prepare_weights
+    from spikegpt.runtime.products import prepare_weights
 
     config = SpikeGPTConfig(vocab_size=VOCAB, n_layer=n_layer, n_embd=d, dropout=0.0, **config)
     model = SpikeGPTForCausalLM(config).eval()
@@ -118,7 +118,7 @@ def ours(n_layer: int, d: int, **config):
 def decode_steps(model) -> dict:
     """Our batch-1 decoding step three ways: the model's forward (eager), the engine's default on a CPU (the same
     operations traced with torch.jit.trace) and the engine's --compile (torch.compile)."""
-    from spikegpt.tracing import trace_decode_step
+    from spikegpt.runtime.step import trace_decode_step
 
     def eager(token, state):
         out = model(token, state=state)
@@ -321,8 +321,8 @@ def at_size_bandwidth(weight_bytes: int) -> float:
 
 def decode_run(model, mode: str, batch: int, crossovers):
     """One decoding step of ``batch`` rows per call: the engine's traced step with ``mode``'s products."""
-    from spikegpt.decoding import DecodeProducts
-    from spikegpt.tracing import trace_decode_step
+    from spikegpt.runtime.products import DecodeProducts
+    from spikegpt.runtime.step import trace_decode_step
 
     tokens = torch.randint(0, VOCAB, (batch, 1), device=DEVICE)
     step = trace_decode_step(model, tokens, model.fresh_state(batch), DecodeProducts(model, mode, batch, crossovers))
@@ -338,7 +338,7 @@ def decode_run(model, mode: str, batch: int, crossovers):
 @torch.inference_mode()
 def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], float, int]:
     """Event-driven decoding records, the bound's bandwidth and the dense step's weight bytes."""
-    from spikegpt.decoding import Crossovers, sparse_candidates
+    from spikegpt.runtime.products import Crossovers, sparse_candidates
 
     model = placement_model(n_layer, d, args.placement)
     candidates = sparse_candidates(model)

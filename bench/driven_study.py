@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from spikegpt.checkpoint import load_model
 from spikegpt.energy import energy_report
+from spikegpt.hub.checkpoint import load_model
 from spikegpt.train.data import DataSource, eval_stream, load_corpus
 from spikegpt.train.evaluate import evaluate_with_stats, make_eval_set
 

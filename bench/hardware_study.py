@@ -9,8 +9,8 @@ Sections (``--sections``):
   scratch the same for quantization-aware models trained from scratch with the float model's own recipe
           (``--scratch BITS=DIR``), whose control is the float model itself
   decode  the 8-bit model decoded token by token (the recurrent form, as generate/serve run it) with the fp32
-          product of its grid weights and with the int8 kernel (``spikegpt.int8_kernels``), on the first blocks
-  noise   bits per byte under the device model of ``spikegpt.weight_noise`` (lognormal and Gaussian variation,
+          product of its grid weights and with the int8 kernel (``spikegpt.quant.int8``), on the first blocks
+  noise   bits per byte under the device model of ``spikegpt.quant.noise`` (lognormal and Gaussian variation,
           stuck-at faults), K seeded draws per point on the first blocks, and the variation at which bits per byte
           degrade by 10% (linear interpolation between the measured points)
   energy  energy per token (strict and paper rules) under every built-in profile, float and quantized weights
@@ -33,13 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spikegpt.checkpoint import load_model
 from spikegpt.energy import BUILTIN_PROFILES, energy_report, read_spike_stats
-from spikegpt.int8_kernels import use_int8_kernels_
+from spikegpt.hub.checkpoint import load_model
+from spikegpt.quant.int8 import use_int8_kernels_
+from spikegpt.quant.noise import DeviceModel
 from spikegpt.train.data import PAD, DataSource, eval_stream, load_corpus
 from spikegpt.train.evaluate import evaluate, make_eval_set
 from spikegpt.train.noise_eval import evaluate_with_noise
-from spikegpt.weight_noise import DeviceModel
 
 LOGNORMAL_SIGMAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
 GAUSSIAN_SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.2)

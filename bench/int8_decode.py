@@ -27,9 +27,9 @@ import warnings
 import torch
 from decode import copy_bandwidth, emit, ours, tokens_per_second
 
-from spikegpt.engine import trace_decode_step
-from spikegpt.int8_kernels import INT8_KERNELS, use_int8_kernels_
-from spikegpt.quantize import quantize_model_, quantized_linears
+from spikegpt.quant.grids import quantize_model_, quantized_linears
+from spikegpt.quant.int8 import INT8_KERNELS, use_int8_kernels_
+from spikegpt.runtime.engine import trace_decode_step
 
 
 def weight_bytes(model, int8: bool) -> int:

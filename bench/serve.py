@@ -264,9 +264,9 @@ def engine_peer(
     """The same requests through the engine alone (no HTTP), in this process."""
     import torch
 
-    from spikegpt.checkpoint import load_model
-    from spikegpt.engine import Engine, GenerationRequest
-    from spikegpt.sampling import SamplingParams
+    from spikegpt.hub.checkpoint import load_model
+    from spikegpt.runtime.engine import Engine, GenerationRequest
+    from spikegpt.runtime.sampling import SamplingParams
 
     torch.set_num_threads(threads)
     loaded, tokenizer = load_model(model, device or "cpu")

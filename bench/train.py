@@ -57,8 +57,8 @@ def hf_rwkv_model(args):
 @contextmanager
 def stub_kernels():
     """WKV and LIF replaced by elementwise stand-ins with the same inputs, outputs and gradients' shapes."""
-    import spikegpt.model
-    import spikegpt.neuron
+    import spikegpt.modeling.model
+    import spikegpt.modeling.neuron
 
     def wkv(w, u, k, v, state):
         y = torch.sigmoid(k + u) * v
@@ -71,12 +71,12 @@ def stub_kernels():
         counts = spikes.detach().sum(dim=1)
         return spikes, torch.zeros(x.shape[0], x.shape[2]), counts
 
-    saved = spikegpt.model.wkv, spikegpt.neuron.lif
-    spikegpt.model.wkv, spikegpt.neuron.lif = wkv, lif
+    saved = spikegpt.modeling.model.wkv, spikegpt.modeling.neuron.lif
+    spikegpt.modeling.model.wkv, spikegpt.modeling.neuron.lif = wkv, lif
     try:
         yield
     finally:
-        spikegpt.model.wkv, spikegpt.neuron.lif = saved
+        spikegpt.modeling.model.wkv, spikegpt.modeling.neuron.lif = saved
 
 
 def step_fn(model, ids, hf: bool = False, context=nullcontext):

@@ -1,7 +1,8 @@
 """Chat messages → prompt text, through the tokenizer's chat template (Jinja).
 
-Checkpoints carry SpikeGPT's plain "User:/Assistant:" format as their template (``spikegpt.tokenizer.CHAT_TEMPLATE``,
-its one definition), so this server, ``apply_chat_template`` and Hugging Face chat pipelines write the same prompt;
+Checkpoints carry SpikeGPT's plain "User:/Assistant:" format as their template
+(``spikegpt.hub.tokenizer.CHAT_TEMPLATE``, its one definition), so this server, ``apply_chat_template`` and Hugging
+Face chat pipelines write the same prompt;
 ``--chat-template FILE`` replaces it. With that format the reply also stops at ``"\\n\\nUser:"`` (never returned),
 where the model would go on to write the user's next turn.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerFast
 
-from spikegpt.tokenizer import CHAT_STOP, CHAT_TEMPLATE
+from spikegpt.hub.tokenizer import CHAT_STOP, CHAT_TEMPLATE
 
 from .errors import invalid
 from .protocol import ChatMessage

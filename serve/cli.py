@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 
 from spikegpt.commands.common import add_model_arguments
-from spikegpt.decoding import DECODE_HELP, DECODE_MODES
+from spikegpt.runtime.products import DECODE_HELP, DECODE_MODES
 
 from .settings import ENV_PREFIX, ServeSettings
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerFast
 
-from spikegpt.engine import GenerationEvent
-from spikegpt.sampling import TokenChoice
-from spikegpt.stats import SpikeStats
+from spikegpt.modeling.stats import SpikeStats
+from spikegpt.runtime.engine import GenerationEvent
+from spikegpt.runtime.sampling import TokenChoice
 
 
 class TokenTexts:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from spikegpt.energy import energy_field
-from spikegpt.engine import GenerationEvent, GenerationRequest
-from spikegpt.sampling import SamplingParams
-from spikegpt.stats import SpikeStats
+from spikegpt.modeling.stats import SpikeStats
+from spikegpt.runtime.engine import GenerationEvent, GenerationRequest
+from spikegpt.runtime.sampling import SamplingParams
 
 from .errors import APIError, ClientDisconnectedError, server_error, shutting_down
 from .formats import ChatFormat, Choice, CompletionFormat, token_spikes

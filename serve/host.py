@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from spikegpt.checkpoint import load_model
 from spikegpt.energy import resolve_profile
-from spikegpt.engine import Engine
-from spikegpt.model import SpikeGPTForCausalLM
+from spikegpt.hub.checkpoint import load_model
+from spikegpt.modeling.model import SpikeGPTForCausalLM
+from spikegpt.runtime.engine import Engine
 
 from .errors import APIError, shutting_down
 from .formats import TokenTexts

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from spikegpt.engine import GenerationEvent
+from spikegpt.runtime.engine import GenerationEvent
 
 from .errors import APIError
 from .metrics import ServerMetrics

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from spikegpt.state_cache import CacheStats
+from spikegpt.runtime.state_cache import CacheStats
 
 PREFIX = "spikegpt:"
 

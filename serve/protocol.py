@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI API (and the vLLM-style extras): THE validator of the server.
 
-Every field is checked here, once, against ``spikegpt.sampling.LIMITS`` (the table the sampler and engine rely on)
-and the served model's own limits (``ServerLimits``: vocabulary, prompt length, generation cap, capacity), so what
+Every field is checked here, once, against ``spikegpt.runtime.sampling.LIMITS`` (the table the sampler and engine rely
+on) and the served model's own limits (``ServerLimits``: vocabulary, prompt length, generation cap, capacity), so what
 passes can be represented and run by the engine. Strictly: a wrong type is a 400, never coerced (``"5"`` is not a
 number, ``1`` is not ``true``); ``null`` in an optional field means its default (the official OpenAI client sends
 ``temperature=None`` as null). Unknown fields are ignored, as OpenAI clients send fields this server has no use
@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from spikegpt.sampling import LIMITS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, SamplingParams, choice_seed
+from spikegpt.runtime.sampling import LIMITS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, SamplingParams, choice_seed
 
 from .errors import invalid, validation_error
 

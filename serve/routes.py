@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from spikegpt.tokenizer import CHAT_TEMPLATE, encode_counting_unknown
+from spikegpt.hub.tokenizer import CHAT_TEMPLATE, encode_counting_unknown
 
 from .chat import render_chat
 from .errors import APIError, ClientDisconnectedError, invalid, unsupported_media_type

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from spikegpt.decoding import DECODE_MODES
 from spikegpt.errors import ConfigError, SpikeGPTError
-from spikegpt.quantize import check_weight_bits
+from spikegpt.quant.grids import check_weight_bits
+from spikegpt.runtime.products import DECODE_MODES
 
 ENV_PREFIX = "SPIKEGPT_"
 BUNDLED_MODEL_NAME = "spikegpt-shakespeare"
@@ -33,7 +33,7 @@ class ServeSettings:
     served_model_name: str | None = None  # None: derived from `model`
     device: str = "cpu"
     dtype: str = "auto"
-    weight_bits: int | None = None  # quantize the weights after loading (spikegpt.quantize); None: as stored
+    weight_bits: int | None = None  # quantize the weights after loading (spikegpt.quant.grids); None: as stored
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 16
@@ -48,7 +48,7 @@ class ServeSettings:
     threads: int | None = None  # None: half the CPUs this process may use (available_cpus), at least one
     batch_invariant: bool = True
     compile: bool = False  # torch.compile the decoding step (needs a C++ compiler; slower start, faster steps)
-    decode: str = "auto"  # the decoding step's products: auto, dense or sparse (spikegpt.decoding)
+    decode: str = "auto"  # the decoding step's products: auto, dense or sparse (spikegpt.runtime.products)
     prefill_chunk: int = 8  # tokens per prompt per prefill call (also the prefix-state cache's granularity)
     prefill_rows: int = 4  # prompts per prefill call
     state_cache_mb: int = 256  # prefix-state cache in memory; 0 turns it off

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 
-from spikegpt.engine import Engine, GenerationEvent, GenerationRequest
+from spikegpt.runtime.engine import Engine, GenerationEvent, GenerationRequest
 
 from .lifecycle import RequestLife
 from .metrics import ServerMetrics

@@ -6,8 +6,6 @@ Importing the package registers ``SpikeGPTConfig`` and the models with ``AutoCon
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .checkpoint import bundled_model_path, default_model_path
-from .config import SpikeGPTConfig
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -17,9 +15,11 @@ from .errors import (
     TokenizerError,
     TrainingError,
 )
-from .model import SpikeGPTCausalLMOutput, SpikeGPTForCausalLM, SpikeGPTModel
-from .state import RecurrentState
-from .stats import SpikeStats
+from .hub.checkpoint import bundled_model_path, default_model_path
+from .modeling.config import SpikeGPTConfig
+from .modeling.model import SpikeGPTCausalLMOutput, SpikeGPTForCausalLM, SpikeGPTModel
+from .modeling.state import RecurrentState
+from .modeling.stats import SpikeStats
 
 __version__ = "0.1.0"
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
+from spikegpt.hub.tokenizer import char_tokenizer
 from spikegpt.kernels import reload_kernel_backend
-from spikegpt.tokenizer import char_tokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

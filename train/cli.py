@@ -183,7 +183,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from spikegpt.checkpoint import load_model
+    from spikegpt.hub.checkpoint import load_model
 
     from .data import DataSource, eval_stream, load_corpus
     from .evaluate import evaluate, make_eval_set

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from spikegpt.errors import DatasetError
-from spikegpt.model import IGNORE_INDEX
+from spikegpt.hub.tokenizer import may_lose_characters, unknown_bytes
+from spikegpt.modeling.model import IGNORE_INDEX
 from spikegpt.progress import on_terminal
-from spikegpt.tokenizer import may_lose_characters, unknown_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from spikegpt.stats import SpikeStats, projection_fan_in
+from spikegpt.modeling.stats import SpikeStats, projection_fan_in
 
 from .data import PAD
 

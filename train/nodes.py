@@ -7,7 +7,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from spikegpt.tokenizer import load_tokenizer
+from spikegpt.hub.tokenizer import load_tokenizer
 
 MARKER_PREFIX = ".node-"
 

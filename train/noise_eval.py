@@ -1,5 +1,5 @@
 """``spikegpt eval --weight-noise SIGMA``: bits per byte of a model whose weights sit in noisy RRAM crossbars,
-over several seeded draws of the device model in ``spikegpt.weight_noise`` (one draw = one programmed chip)."""
+over several seeded draws of the device model in ``spikegpt.quant.noise`` (one draw = one programmed chip)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import statistics
 from dataclasses import asdict, dataclass
 
-from spikegpt.weight_noise import NOISE_KINDS, DeviceModel, programmed_chips
+from spikegpt.quant.noise import NOISE_KINDS, DeviceModel, programmed_chips
 
 from .evaluate import EvalResult, EvalSet, evaluate
 
@@ -51,7 +51,7 @@ def summarise(device: DeviceModel, seeds: list[int], results: list[EvalResult]) 
 
 def add_weight_noise_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "memristive weight noise (the device model of spikegpt.weight_noise: crossbar tiles, differential pairs)"
+        "memristive weight noise (the device model of spikegpt.quant.noise: crossbar tiles, differential pairs)"
     )
     group.add_argument(
         "--weight-noise",

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 from spikegpt.errors import ConfigError, TrainingError
-from spikegpt.quantize import enable_fake_quantization, quantize_model_
-from spikegpt.tokenizer import load_tokenizer
+from spikegpt.hub.tokenizer import load_tokenizer
+from spikegpt.quant.grids import enable_fake_quantization, quantize_model_
 
 from .checkpointing import DataPosition, export_model, load_trainer_state, resolve_resume, save_checkpoint
 from .config import ACCELERATE_PRECISION, TrainConfig

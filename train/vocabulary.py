@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from spikegpt.errors import DatasetError
-from spikegpt.tokenizer import char_tokenizer, load_tokenizer, train_bpe_tokenizer
+from spikegpt.hub.tokenizer import char_tokenizer, load_tokenizer, train_bpe_tokenizer
 
 from .data import Corpus, iter_texts
 

@@ -54,8 +54,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import parse_dtype
-    from ..convert import ConversionOptions, convert_checkpoint
+    from ..hub.checkpoint import parse_dtype
+    from ..hub.convert import ConversionOptions, convert_checkpoint
 
     options = ConversionOptions(
         ctx_len=args.ctx_len,

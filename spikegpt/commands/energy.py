@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         pyplot()
     text = _read_text(args)
 
-    from ..checkpoint import load_model
+    from ..hub.checkpoint import load_model
 
     model, tokenizer = load_model(args.model, args.device, args.dtype, args.weight_bits)
     ids = tokenizer.encode(text)[: args.max_tokens]

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from ..decoding import DECODE_HELP, DECODE_MODES
+from ..runtime.products import DECODE_HELP, DECODE_MODES
 from .common import add_model_arguments
 
 
@@ -47,10 +47,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
-    from ..engine import Engine, GenerationRequest
     from ..errors import GenerationError
-    from ..sampling import SamplingParams
+    from ..hub.checkpoint import load_model
+    from ..runtime.engine import Engine, GenerationRequest
+    from ..runtime.sampling import SamplingParams
 
     params = SamplingParams(
         max_tokens=args.max_new_tokens,

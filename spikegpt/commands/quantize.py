@@ -46,8 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import default_model_path, load_model
     from ..errors import CheckpointError
+    from ..hub.checkpoint import default_model_path, load_model
 
     out = Path(args.output_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -6,7 +6,7 @@ real, multiply-accumulate), ``ac`` (an accumulate triggered by a binary 1: count
 from the measured spikes), ``neuron`` (one LIF update) and ``elementwise`` (one arithmetic step outside a matrix
 product; a fused multiply-add, an exp, a max or a division each count as one).
 
-What the forward computes (``spikegpt.model``), per layer and rule ``strict``:
+What the forward computes (``spikegpt.modeling.model``), per layer and rule ``strict``:
 
     embedding   lookup: a table read, no arithmetic (memory traffic: excluded)
                 threshold x >= 0: T·d elementwise (when the embedding spikes)
@@ -85,9 +85,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import SpikeGPTConfig
 from ..errors import EnergyError
-from ..stats import SpikeStats, projection_fan_in, projection_names, site_names
+from ..modeling.config import SpikeGPTConfig
+from ..modeling.stats import SpikeStats, projection_fan_in, projection_names, site_names
 
 KINDS = ("mac", "ac", "neuron", "elementwise")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from ..model import SpikeGPTForCausalLM
-from ..stats import SpikeStats
+from ..modeling.model import SpikeGPTForCausalLM
+from ..modeling.stats import SpikeStats
 
 
 @torch.inference_mode()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import SpikeGPTConfig
-from ..stats import SpikeStats
+from ..modeling.config import SpikeGPTConfig
+from ..modeling.stats import SpikeStats
 from .accounting import (
     KINDS,
     PROJECTIONS,

@@ -121,7 +121,7 @@ def _fail_if_marked(stop: tuple[str, ...], stage: str) -> None:
 def inject(engine, stage: str, monkeypatch) -> None:
     """Make the marked request fail at ``stage``, by monkeypatching the in-process engine's parts (the failure a
     real bug would raise there); nothing else changes."""
-    from spikegpt.textstream import TextStream
+    from spikegpt.runtime.textstream import TextStream
 
     if stage == "admit":
         start = engine.sampler.start
@@ -178,8 +178,8 @@ def run_engine(engine, requests) -> dict:
 
 
 def good_request(tokenizer, i: int):
-    from spikegpt.engine import GenerationRequest
-    from spikegpt.sampling import SamplingParams
+    from spikegpt.runtime.engine import GenerationRequest
+    from spikegpt.runtime.sampling import SamplingParams
 
     return GenerationRequest(
         f"good-{i}", tokenizer.encode("Hello there"), SamplingParams(max_tokens=8, ignore_eos=True, seed=i)
@@ -189,8 +189,8 @@ def good_request(tokenizer, i: int):
 @pytest.fixture(scope="module")
 def clean_run(tiny_model_dir):
     """The model, and what three requests give together when nothing fails."""
-    from spikegpt.checkpoint import load_model
-    from spikegpt.engine import Engine
+    from spikegpt.hub.checkpoint import load_model
+    from spikegpt.runtime.engine import Engine
 
     model, tokenizer = load_model(tiny_model_dir)
     clean = run_engine(Engine(model, tokenizer, max_batch=4), [good_request(tokenizer, i) for i in range(3)])
@@ -202,8 +202,8 @@ def test_a_failure_at_any_stage_ends_only_that_request(clean_run, stage, monkeyp
     """Four requests run together; the marked one fails at ``stage`` (injected by monkeypatching the in-process
     engine). It alone ends, with an "error" event naming the stage; the others give exactly the text they give
     without it (the engine is batch-invariant), every slot is free afterwards, and the engine serves on."""
-    from spikegpt.engine import Engine, GenerationRequest
-    from spikegpt.sampling import SamplingParams
+    from spikegpt.runtime.engine import Engine, GenerationRequest
+    from spikegpt.runtime.sampling import SamplingParams
 
     model, tokenizer, clean = clean_run
     engine = Engine(model, tokenizer, max_batch=4)

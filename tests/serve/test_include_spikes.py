@@ -7,9 +7,9 @@ import pytest
 import torch
 from serve_helpers import stream_post
 
-from spikegpt.checkpoint import load_model
-from spikegpt.engine import Engine, GenerationRequest
-from spikegpt.sampling import SamplingParams
+from spikegpt.hub.checkpoint import load_model
+from spikegpt.runtime.engine import Engine, GenerationRequest
+from spikegpt.runtime.sampling import SamplingParams
 
 pytest_plugins = ["serve_fixtures"]  # the server and client fixtures
 

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from spikegpt.checkpoint import load_model
-from spikegpt.engine import BACKGROUND_AFTER_IDLE_S, Engine, GenerationRequest
-from spikegpt.sampling import SamplingParams
+from spikegpt.hub.checkpoint import load_model
+from spikegpt.runtime.engine import BACKGROUND_AFTER_IDLE_S, Engine, GenerationRequest
+from spikegpt.runtime.sampling import SamplingParams
 
 CHUNK, STRIDE, BATCH = 8, 16, 4
 

@@ -8,7 +8,7 @@ import pytest
 from test_errors import CHAT, OK, check_error
 
 from spikegpt.errors import GenerationError
-from spikegpt.sampling import GREEDY_BELOW, LIMITS, SamplingParams
+from spikegpt.runtime.sampling import GREEDY_BELOW, LIMITS, SamplingParams
 from spikegpt.serve.protocol import ChatCompletionRequest, CompletionRequest
 
 pytest_plugins = ["serve_fixtures"]  # the server and client fixtures

@@ -12,9 +12,9 @@ from conftest import SHARED_DATA
 from train_helpers import as_saved, offline  # noqa: F401 (offline is an autouse fixture)
 
 from spikegpt import bundled_model_path
-from spikegpt.checkpoint import load_model, saved_files
 from spikegpt.cli import main
 from spikegpt.errors import CheckpointError
+from spikegpt.hub.checkpoint import load_model, saved_files
 
 NAME = "spikegpt-shakespeare-driven"
 DRIVEN = bundled_model_path(NAME)

@@ -11,8 +11,8 @@ from conftest import SHARED_DATA
 from train_helpers import as_saved, offline  # noqa: F401 (offline is an autouse fixture)
 
 import spikegpt
-from spikegpt.checkpoint import load_model, saved_files
 from spikegpt.cli import main
+from spikegpt.hub.checkpoint import load_model, saved_files
 from spikegpt.train.model_card import CARD_METADATA, HOW_TO_LOAD
 
 BUNDLED = spikegpt.default_model_path()

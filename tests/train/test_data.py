@@ -13,7 +13,7 @@ from conftest import ALPHABET
 from train_helpers import offline  # noqa: F401 (offline is an autouse fixture)
 
 from spikegpt.errors import DatasetError
-from spikegpt.tokenizer import char_tokenizer
+from spikegpt.hub.tokenizer import char_tokenizer
 from spikegpt.train.data import (
     PAD,
     BlockBatches,

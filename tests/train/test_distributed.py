@@ -28,7 +28,7 @@ ACCELERATE = Path(__file__).resolve().parents[2] / "train" / "configs" / "accele
 def test_the_example_accelerate_configs_are_valid(name, kind, machines):
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from spikegpt.model import Block
+    from spikegpt.modeling.model import Block
 
     config = load_config_from_file(str(ACCELERATE / f"{name}.yaml"))
     assert config.distributed_type == kind and config.num_machines == machines

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 import spikegpt  # noqa: F401 (registers the model with AutoModelForCausalLM)
 from spikegpt.cli import main
 from spikegpt.errors import TrainingError
-from spikegpt.quantize import dequantize, quantize_weight, quantized_linears
+from spikegpt.quant.grids import dequantize, quantize_weight, quantized_linears
 from spikegpt.train.config import make_config
 from spikegpt.train.schedule import learning_rate
 

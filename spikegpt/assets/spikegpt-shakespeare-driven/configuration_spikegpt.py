@@ -4,7 +4,7 @@ writes it with every checkpoint so that transformers' Auto classes load the mode
 # transformers does not count imports inside a try block among a file's requirements, so this message is the one
 # a user without the package sees
 try:
-    from spikegpt.config import SpikeGPTConfig
+    from spikegpt.modeling.config import SpikeGPTConfig
 except ImportError as error:
     raise ImportError(
         "this checkpoint is a SpikeGPT model, whose code is the spikegpt package, and spikegpt is not "

@@ -1,0 +1,211 @@
+"""Loading a model and its tokenizer from a Hugging Face directory or Hub id, strictly, with errors a user can act on.
+
+Strict means no half-loaded model is ever returned: the device must be available, the configuration's weights
+must fit in the memory the device has (estimated from the configuration before any tensor is allocated), and every
+tensor of the model must come from the checkpoint with its shape, and every tensor of the checkpoint must be used;
+otherwise a ``CheckpointError`` (or ``DeviceError``) names what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from ..errors import CheckpointError, DeviceError, SpikeGPTError, TokenizerError
+from ..modeling.config import SpikeGPTConfig
+from ..modeling.model import SpikeGPTForCausalLM
+from ..quant.grids import quantize_model_
+from .tokenizer import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+ASSETS = Path(__file__).parent.parent / "assets"
+BUNDLED_MODELS = ("spikegpt-shakespeare", "spikegpt-shakespeare-driven")  # the first is the default
+
+
+def default_model_path() -> Path:
+    """Directory of the small SpikeGPT bundled with the package (trained on Tiny Shakespeare)."""
+    return ASSETS / BUNDLED_MODELS[0]
+
+
+def bundled_model_path(name: str) -> Path:
+    """Directory of a model bundled with the package, by name (``BUNDLED_MODELS``), so ``--model NAME`` works
+    from any directory: ``spikegpt-shakespeare`` (the default) or ``spikegpt-shakespeare-driven`` (spike-driven:
+    every projection reads spike counts; README, "Where the spikes go")."""
+    if name not in BUNDLED_MODELS:
+        raise CheckpointError(f"no bundled model {name!r}; the bundled models are {', '.join(BUNDLED_MODELS)}")
+    return ASSETS / name
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).exists() or source.count("/") > 1
+
+
+def _check_local(path: Path) -> None:
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such model directory")
+    config = path / "config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{path}: not a model directory (no config.json)")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config}: not valid JSON ({e})") from e
+    if model_type != "spikegpt":
+        raise CheckpointError(f"{path}: holds a {model_type!r} model, not a SpikeGPT (model_type 'spikegpt')")
+
+
+def saved_files(model: SpikeGPTForCausalLM, tokenizer: PreTrainedTokenizerFast, directory: Path) -> dict[str, bytes]:
+    """Every file a checkpoint of ``model`` and ``tokenizer`` consists of, as saving writes them (into the empty
+    ``directory``): name → contents."""
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return {item.name: item.read_bytes() for item in sorted(directory.iterdir())}
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    if name is None or name == "auto":
+        return None
+    if name not in DTYPES:
+        raise CheckpointError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device ``name``, if this machine has it; DeviceError otherwise."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise DeviceError(f"unknown device {name!r}: {str(e).splitlines()[0]}") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            raise DeviceError(f"the device {name!r} is not available: {why} (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"the device {name!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"the device {name!r} is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"the device {name!r} is not supported; use cpu or cuda")
+    return device
+
+
+def parameter_count(config: SpikeGPTConfig) -> int:
+    """The model's number of parameters, without building it: one- and two-block models on the meta device (which
+    allocates nothing) give the part outside the blocks and one block's share (block 0 may differ: ffn_pre)."""
+    counts = []
+    for n_layer in (1, 2):
+        with torch.device("meta"):
+            model = SpikeGPTForCausalLM(SpikeGPTConfig(**{**config.to_dict(), "n_layer": n_layer}))
+        counts.append(sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()))
+    first, second = counts
+    return first + (config.n_layer - 1) * (second - first)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes the device can still give (a CPU: the system's MemAvailable), or None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(config: SpikeGPTConfig, dtype: torch.dtype, device: torch.device, source: str) -> int:
+    """The estimated bytes of the model's weights; CheckpointError when they exceed what ``device`` has."""
+    params = parameter_count(config)
+    needed = params * torch.empty((), dtype=dtype, device="meta").element_size()
+    available = available_memory(device)
+    if available is not None and needed > available:
+        raise CheckpointError(
+            f"{source}: the model needs about {needed / 2**30:.1f} GiB for its {params:,} parameters in "
+            f"{str(dtype).removeprefix('torch.')} (n_layer {config.n_layer}, n_embd {config.n_embd}, vocab_size "
+            f"{config.vocab_size}), more than the {available / 2**30:.1f} GiB available on {device}"
+        )
+    return needed
+
+
+def _names(keys) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _check_loading(info: dict, source: str) -> None:
+    """CheckpointError naming the tensors transformers could not load one for one (it would initialise them)."""
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"missing {_names(info['missing_keys'])}")
+    if info["unexpected_keys"]:
+        problems.append(f"unexpected {_names(info['unexpected_keys'])}")
+    if info["mismatched_keys"]:
+        shapes = [
+            f"{k} ({tuple(saved)} where the model has {tuple(wanted)})" for k, saved, wanted in info["mismatched_keys"]
+        ]
+        problems.append(f"mis-shaped {_names(shapes)}")
+    if info.get("error_msgs"):
+        problems.append(str(info["error_msgs"][0]).splitlines()[0])
+    if problems:
+        raise CheckpointError(f"{source}: the checkpoint does not match its config: {'; '.join(problems)}")
+
+
+def load_model(
+    source: str | Path | None = None,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    weight_bits: int | None = None,
+) -> tuple[SpikeGPTForCausalLM, PreTrainedTokenizerFast]:
+    """The model and tokenizer at ``source`` (a directory or Hub id; None: the bundled model), in eval mode;
+    ``weight_bits`` quantizes its product weights after loading (``spikegpt.quant.grids``)."""
+    target = check_device(device)
+    source = str(source) if source is not None else str(default_model_path())
+    if source in BUNDLED_MODELS and not Path(source).exists():
+        source = str(bundled_model_path(source))
+    if _looks_local(source):
+        _check_local(Path(source).expanduser())
+        source = str(Path(source).expanduser())
+    torch_dtype = (parse_dtype(dtype) if isinstance(dtype, str) or dtype is None else dtype) or torch.float32
+    try:
+        config = SpikeGPTConfig.from_pretrained(source)
+        check_memory(config, torch_dtype, target, source)
+        model, info = SpikeGPTForCausalLM.from_pretrained(
+            source, config=config, dtype=torch_dtype, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    except SpikeGPTError:
+        raise
+    except Exception as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot load a SpikeGPT model from {source}: {first_line}") from e
+    _check_loading(info, source)
+    try:
+        tokenizer = load_tokenizer(source)
+    except TokenizerError as e:
+        raise CheckpointError(f"{source}: the model has no usable tokenizer ({e})") from e
+    if len(tokenizer) > model.config.vocab_size:
+        raise CheckpointError(
+            f"{source}: the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}"
+        )
+    if weight_bits is not None:
+        quantize_model_(model, weight_bits)
+    return model.to(target).eval(), tokenizer
