@@ -10,6 +10,7 @@ import os
 import torch
 
 from .errors import KernelArgumentError, KernelUnavailableError
+from .int8_torch import check_int8_weight, int8_counts_linear_torch, int8_linear_torch
 from .lif_torch import DEFAULT_LIF, LIFParams, lif_torch
 from .sparse_torch import sparse_linear_torch
 from .wkv_torch import State, wkv_torch
@@ -100,6 +101,51 @@ def lif(
     if return_counts:
         return spikes, v_last, spikes.detach().sum(dim=1, dtype=torch.float32)
     return spikes, v_last
+
+
+def _int8_compiled(tensor: torch.Tensor) -> bool:
+    """Whether an 8-bit product on ``tensor`` runs the compiled CPU kernel (``int8_cpu``) rather than the reference:
+    on CPU tensors unless ``SPIKEGPT_KERNELS=torch``, where it can be built."""
+    if tensor.device.type != "cpu" or _configured_backend() == "torch":
+        return False
+    from . import int8_cpu
+
+    return int8_cpu.available()
+
+
+def int8_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Real-valued x ``[..., in]`` fp32 times the 8-bit weight ``codes`` ``[out, in]`` int8 · ``scales`` ``[out]``
+    → ``[..., out]`` fp32, each row of x quantized to int8 with its own scale (definition: ``int8_torch``)."""
+    flat = x.reshape(-1, x.shape[-1])
+    check_int8_weight(codes, scales, input_major=False)
+    if flat.dtype != torch.float32 or flat.shape[1] != codes.shape[1]:
+        raise KernelArgumentError(f"int8_linear takes fp32 x [..., {codes.shape[1]}], got {x.dtype} {list(x.shape)}")
+    if _int8_compiled(flat):
+        y = torch.ops.spikegpt_cpu.int8_linear(flat.contiguous(), codes.contiguous(), scales.contiguous())
+    else:
+        y = int8_linear_torch(flat, codes, scales)
+    return y.reshape(*x.shape[:-1], codes.shape[0])
+
+
+def int8_counts_linear(counts: torch.Tensor, codes_t: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Spike counts ``[..., in]`` (whole numbers) times the 8-bit weight stored input-major, ``codes_t`` ``[in, out]``
+    int8 · ``scales`` ``[out]`` → ``[..., out]`` fp32, reading only the weight rows of the batch's nonzero inputs
+    (event-driven); the result equals the dense product to the bit (definition: ``int8_torch``)."""
+    flat = counts.reshape(-1, counts.shape[-1])
+    check_int8_weight(codes_t, scales, input_major=True)
+    if flat.shape[1] != codes_t.shape[0]:
+        raise KernelArgumentError(f"int8_counts_linear takes counts [..., {codes_t.shape[0]}], got {list(counts.shape)}")
+    if _int8_compiled(flat):
+        values = flat.to(torch.float32).contiguous()
+        try:
+            y = torch.ops.spikegpt_cpu.int8_counts_linear(values, codes_t.contiguous(), scales.contiguous())
+        except RuntimeError as error:
+            raise KernelArgumentError(str(error).splitlines()[0]) from error
+    else:
+        if flat.is_floating_point() and not bool((flat == flat.round()).all()):
+            raise KernelArgumentError("int8 counts products take whole-number inputs (spike counts)")
+        y = int8_counts_linear_torch(flat, codes_t, scales)
+    return y.reshape(*counts.shape[:-1], codes_t.shape[1])
 
 
 # The operator ``spikegpt::sparse_linear``: ``torch.jit.trace`` records a call to it as one node with a fixed output
