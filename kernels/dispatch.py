@@ -134,7 +134,8 @@ def int8_counts_linear(counts: torch.Tensor, codes_t: torch.Tensor, scales: torc
     flat = counts.reshape(-1, counts.shape[-1])
     check_int8_weight(codes_t, scales, input_major=True)
     if flat.shape[1] != codes_t.shape[0]:
-        raise KernelArgumentError(f"int8_counts_linear takes counts [..., {codes_t.shape[0]}], got {list(counts.shape)}")
+        expected = codes_t.shape[0]
+        raise KernelArgumentError(f"int8_counts_linear takes counts [..., {expected}], got {list(counts.shape)}")
     if _int8_compiled(flat):
         values = flat.to(torch.float32).contiguous()
         try:

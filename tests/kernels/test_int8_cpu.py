@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from spikegpt.kernels import KernelArgumentError, int8_counts_linear, int8_linear, int8_cpu, reload_kernel_backend
+from spikegpt.kernels import KernelArgumentError, int8_counts_linear, int8_cpu, int8_linear, reload_kernel_backend
 from spikegpt.kernels.int8_torch import int8_counts_linear_torch, int8_linear_torch, quantize_rows
 
 SHAPES = [(1, 1), (7, 5), (33, 63), (257, 300), (768, 129)]  # (in, out)
