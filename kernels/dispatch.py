@@ -136,7 +136,11 @@ def int8_counts_linear(counts: torch.Tensor, codes_t: torch.Tensor, scales: torc
     if flat.shape[1] != codes_t.shape[0]:
         expected = codes_t.shape[0]
         raise KernelArgumentError(f"int8_counts_linear takes counts [..., {expected}], got {list(counts.shape)}")
-    if _int8_compiled(flat):
+    if kernel_backend(flat) == "triton":
+        from .sparse_triton import int8_counts_linear_triton
+
+        y = int8_counts_linear_triton(flat, codes_t, scales)
+    elif _int8_compiled(flat):
         values = flat.to(torch.float32).contiguous()
         try:
             y = torch.ops.spikegpt_cpu.int8_counts_linear(values, codes_t.contiguous(), scales.contiguous())

@@ -9,6 +9,10 @@ data-dependent shape and no host synchronisation): ``index`` ``[in]`` lists the 
 Each output is accumulated in index order, one active input after another (no reduction tree), so a row's result
 does not depend on which inputs the other rows activated (theirs add exact zeros). Accumulation is fp32 (fp64 for
 fp64 weights); the output has the weight's dtype. Only Triton built-ins are called (see ``triton_support``).
+
+The 8-bit form (``int8_counts_linear_triton``) runs the same kernel on int8 weights and whole-number inputs (spike
+counts) with int32 accumulation, then multiplies each output by its channel's scale: exact integer sums, so it
+equals the PyTorch reference ``int8_torch.int8_counts_linear_torch`` to the bit.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def _sparse_linear_kernel(
     index_ptr,  # [K] int64: the active inputs first
     count_ptr,  # [1] int64: how many
     y_ptr,  # [M, N]
+    scale_ptr,  # [N] fp32 output scales (read only when SCALED)
     M,
     N,
     K,
@@ -39,6 +44,7 @@ def _sparse_linear_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,  # outputs per program (the launch helper's name for the tile width)
+    SCALED: tl.constexpr,  # 8-bit weights: integer sums times a per-output scale
 ):
     ns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     ms = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -54,7 +60,12 @@ def _sparse_linear_kernel(
             ws = tl.load(w_ptr + row * stride_wk + ns.to(tl.int64) * stride_wn, mask=nmask & live, other=0).to(ACC)
             acc += xs[:, None] * ws[None, :]
     out = y_ptr + ms[:, None].to(tl.int64) * N + ns[None, :]
-    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+    if SCALED:
+        scale = tl.load(scale_ptr + ns, mask=nmask, other=0)
+        result = acc.to(tl.float32) * scale[None, :]
+    else:
+        result = acc
+    tl.store(out, result.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
 
 def active_union(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +79,26 @@ def active_union(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return index[:k], active.sum().reshape(1)
 
 
+def _launch_sparse(x, weight, union, y, acc, scales=None) -> None:
+    """Launch the kernel for ``x`` ``[M, in]`` and ``weight`` ``[out, in]`` (any strides) into ``y`` ``[M, out]``."""
+    m, k = x.shape
+    n = weight.shape[0]
+    index, count = union if union is not None else active_union(x)
+    block_n = min(MAX_BLOCK_N, max(16, triton.next_power_of_2(n)))
+    block_m = min(MAX_BLOCK_M, triton.next_power_of_2(max(m, 1)))
+    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+    support.launch(
+        _sparse_linear_kernel,
+        grid,
+        (x, weight, index, count, y, y if scales is None else scales, m, n, k, weight.stride(0), weight.stride(1)),
+        ACC=acc,
+        BLOCK_M=block_m,
+        BLOCK_K=BLOCK_K,
+        BLOCK_C=block_n,
+        SCALED=scales is not None,
+    )
+
+
 def sparse_linear_triton(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -78,20 +109,21 @@ def sparse_linear_triton(
     support.check_device(x)
     acc = support.accumulator(weight.dtype)
     x = x.contiguous()
-    m, k = x.shape
-    n = weight.shape[0]
-    index, count = union if union is not None else active_union(x)
-    y = support.empty((m, n), weight.dtype, x.device)
-    block_n = min(MAX_BLOCK_N, max(16, triton.next_power_of_2(n)))
-    block_m = min(MAX_BLOCK_M, triton.next_power_of_2(max(m, 1)))
-    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
-    support.launch(
-        _sparse_linear_kernel,
-        grid,
-        (x, weight, index, count, y, m, n, k, weight.stride(0), weight.stride(1)),
-        ACC=acc,
-        BLOCK_M=block_m,
-        BLOCK_K=BLOCK_K,
-        BLOCK_C=block_n,
-    )
+    y = support.empty((x.shape[0], weight.shape[0]), weight.dtype, x.device)
+    _launch_sparse(x, weight, union, y, acc)
+    return y
+
+
+def int8_counts_linear_triton(
+    counts: torch.Tensor,
+    codes_t: torch.Tensor,
+    scales: torch.Tensor,
+    union: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Spike counts ``[M, in]`` (whole numbers) times int8 weights stored input-major (``codes_t`` ``[in, out]``)
+    with fp32 ``scales`` ``[out]`` → ``[M, out]`` fp32: int32 sums over the batch's active inputs, then scaled."""
+    support.check_device(counts)
+    counts = counts.contiguous()
+    y = support.empty((counts.shape[0], codes_t.shape[1]), torch.float32, counts.device)
+    _launch_sparse(counts, codes_t.t(), union, y, tl.int32, scales.contiguous())
     return y
