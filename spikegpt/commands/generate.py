@@ -49,6 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..errors import GenerationError
     from ..hub.checkpoint import load_model
+    from ..hub.tokenizer import encode_counting_unknown
     from ..runtime.engine import Engine, GenerationRequest
     from ..runtime.sampling import SamplingParams
 
@@ -61,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
     )
     model, tokenizer = load_model(args.model, args.device, args.dtype, args.weight_bits)
     engine = Engine(model, tokenizer, max_batch=1, compile=args.compile, decode=args.decode)
-    prompt_ids = tokenizer.encode(args.prompt) or (
-        [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    )
+    prompt_ids, unknown = encode_counting_unknown(tokenizer, args.prompt)
+    if unknown:
+        print(f"warning: {unknown} characters of the prompt are outside the model's vocabulary", file=sys.stderr)
+    prompt_ids = prompt_ids or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
     if not prompt_ids:
         raise GenerationError("the prompt is empty and the model has no end-of-text token to start from")
     start = time.perf_counter()

@@ -137,16 +137,29 @@ def unknown_bytes(tokenizer: PreTrainedTokenizerFast, text: str, offsets: list[t
 
 
 def may_lose_characters(tokenizer: PreTrainedTokenizerFast) -> bool:
-    """Whether some characters have no token of their own in this vocabulary (they become the unknown token)."""
-    return tokenizer.unk_token_id is not None and _spells_characters(tokenizer)
+    """Whether some characters have no token of their own in this vocabulary: they become the unknown token, or,
+    in a vocabulary with no token to spare for them (a converted original that fills its checkpoint), none."""
+    return _spells_characters(tokenizer)
+
+
+def _spelled_characters(tokenizer: PreTrainedTokenizerFast, ids: list[int]) -> int:
+    """How many characters of the text the tokens ``ids`` stand for (a spelling vocabulary: one per character
+    token, a special token's whole text for a special token)."""
+    return sum(len(token) for token in tokenizer.convert_ids_to_tokens(ids))
 
 
 def encode_counting_unknown(
     tokenizer: PreTrainedTokenizerFast, text: str, add_special_tokens: bool = True
 ) -> tuple[list[int], int]:
-    """``text``'s token ids and how many of its characters the vocabulary could not spell (unknown tokens)."""
+    """``text``'s token ids and how many of its characters the vocabulary could not spell: each one an unknown
+    token, or, where the vocabulary has no unknown token, a character that got no token at all (counted all the
+    same, so that nothing is ever dropped silently)."""
     if not may_lose_characters(tokenizer):
         return tokenizer.encode(text, add_special_tokens=add_special_tokens), 0
+    if tokenizer.unk_token_id is None:
+        ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        plain = ids if not add_special_tokens else tokenizer.encode(text, add_special_tokens=False)
+        return ids, max(0, len(text) - _spelled_characters(tokenizer, plain))
     encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
     return ids, sum(b > 0 for b in unknown_bytes(tokenizer, text, offsets, ids))

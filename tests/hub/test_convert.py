@@ -189,6 +189,30 @@ def test_the_originals_unknown_character_stands_for_characters_outside_its_vocab
     assert encode_counting_unknown(tokenizer, "a é\n") == ([3, 1, 2, 0], 1)
 
 
+def test_a_full_vocabulary_without_a_placeholder_counts_the_characters_it_cannot_spell(tmp_path, capsys):
+    """A vocabulary that fills the checkpoint and lacks U+E083 has no token for a character outside it: the
+    character is counted (usage field, CLI warning), never dropped silently."""
+    chars = ["\n", " ", *"abcelo"]
+    vocab_file = tmp_path / "vocab.json"
+    vocab_file.write_text(json.dumps({str(i): c for i, c in enumerate(chars)}), encoding="utf-16")
+    torch.save(original_state_dict(len(chars), 1, 8), tmp_path / "original.pth")
+    convert_checkpoint(tmp_path / "original.pth", tmp_path / "hf", ConversionOptions(char_vocab=str(vocab_file)))
+    from spikegpt.cli import main
+    from spikegpt.hub.checkpoint import load_model
+    from spikegpt.hub.tokenizer import encode_counting_unknown
+
+    _, tokenizer = load_model(tmp_path / "hf")
+    assert len(tokenizer) == len(chars) and tokenizer.unk_token_id is None
+    assert encode_counting_unknown(tokenizer, "Hello") == (tokenizer.encode("ello"), 1)
+    assert encode_counting_unknown(tokenizer, "HELLO, a") == (tokenizer.encode(" a"), 6)
+    capsys.readouterr()
+    argv = ["generate", "--model", str(tmp_path / "hf"), "--prompt", "Hello", "--max-new-tokens", "2", "--seed", "1"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 characters of the prompt are outside the model's vocabulary" in err
+    assert "[prompt 4 tokens" in err
+
+
 class NotATensor:
     pass
 
