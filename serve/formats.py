@@ -48,6 +48,8 @@ class Choice:
     cached_tokens: int = 0  # prompt tokens restored from the prefix-state cache
     stats: SpikeStats | None = None
     error: str | None = None
+    held_events: list[GenerationEvent] = field(default_factory=list)  # whose text is held back (stop strings)
+    held_entries: list[TokenChoice] = field(default_factory=list)  # their log-probability entries
 
     def absorb(self, events: list[GenerationEvent], wants_logprobs: bool) -> tuple[str, list[TokenChoice]]:
         """Take this sequence's next events; returns the new text and log-probability entries."""
@@ -68,6 +70,20 @@ class Choice:
         self.text += text
         self.logprobs += entries
         return text, entries
+
+    def chunk_contents(
+        self, events: list[GenerationEvent], entries: list[TokenChoice], text: str
+    ) -> tuple[list[GenerationEvent], list[TokenChoice]] | None:
+        """The events and log-probability entries that a stream chunk of ``text`` reports, or None while there is
+        nothing to send: a token whose text is held back (a possible stop string, an incomplete character) makes
+        no empty chunk; its entries and spikes ride on the next chunk that carries text, or on the last one."""
+        self.held_events += events
+        self.held_entries += entries
+        if not text and self.finish_reason is None:
+            return None
+        contents = self.held_events, self.held_entries
+        self.held_events, self.held_entries = [], []
+        return contents
 
 
 def token_spikes(events: list[GenerationEvent]) -> list[dict]:
@@ -135,7 +151,7 @@ class ChatFormat(_Format):
         }
 
     def start_chunk(self, choice: Choice) -> dict:
-        delta = {"role": "assistant", "content": ""}
+        delta = {"role": "assistant"}  # no empty content: the text comes in the chunks that follow
         return {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None}
 
     def chunk_choice(self, choice: Choice, text: str, entries: list[TokenChoice] | None, finish: str | None) -> dict:

@@ -228,6 +228,10 @@ async def stream(job: Job, generation: Generation) -> AsyncIterator[str]:
             for request_id, events in _by_choice(batch).items():
                 choice = job.choices[request_id]
                 text, entries = choice.absorb(events, job.wants_logprobs)
+                contents = choice.chunk_contents(events, entries, text)
+                if contents is None:
+                    continue
+                events, entries = contents
                 logprobs = entries if job.wants_logprobs else None
                 chunk_choice = fmt.chunk_choice(choice, text, logprobs, choice.finish_reason)
                 if job.include_spikes:

@@ -36,7 +36,7 @@ def test_chat_stream_role_first_then_content_then_energy(client):
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}  # no empty content, ever
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert text == whole
     assert chunks[-1]["choices"][0]["finish_reason"] is not None
