@@ -3,8 +3,8 @@
 Checkpoints carry SpikeGPT's plain "User:/Assistant:" format as their template
 (``spikegpt.hub.tokenizer.CHAT_TEMPLATE``, its one definition), so this server, ``apply_chat_template`` and Hugging
 Face chat pipelines write the same prompt;
-``--chat-template FILE`` replaces it. With that format the reply also stops at ``"\\n\\nUser:"`` (never returned),
-where the model would go on to write the user's next turn.
+``--chat-template FILE`` replaces it. With that format the reply also stops at its first blank line (``CHAT_STOP``,
+never returned): a turn is one paragraph, and the model would go on to write the next turn.
 """
 
 from __future__ import annotations

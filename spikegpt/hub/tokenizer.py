@@ -19,12 +19,15 @@ from ..errors import TokenizerError
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"  # a character vocabulary's unknown token when it has no end-of-text token to use instead
 
-# THE chat format of SpikeGPT models: plain text in the style RWKV chat models are trained on, one turn per paragraph,
-# ending with the assistant's header so the model writes the reply:
+# THE chat format of SpikeGPT models: plain text, one turn per paragraph, each turn its speaker's name on a line of
+# its own and the text on the next (as a play's script, which the bundled models learned from), ending with the
+# assistant's header so that the model writes the reply from its first character (no leading newline):
 #
-#     System: You are a poet.
+#     System:
+#     You are a poet.
 #
-#     User: Write about the sea.
+#     User:
+#     Write about the sea.
 #
 #     Assistant:
 #
@@ -38,12 +41,14 @@ CHAT_TEMPLATE = (
     "{%- if message['content'] is string -%}{%- set text = message['content'] -%}"
     "{%- elif message['content'] -%}{%- set text = message['content'] | map(attribute='text') | join('') -%}"
     "{%- else -%}{%- set text = '' -%}{%- endif -%}"
-    "{{ '\n\n' if not loop.first else '' }}{{ names[message['role']] }}: {{ text | trim }}"
+    "{{ '\n\n' if not loop.first else '' }}{{ names[message['role']] }}:\n{{ text | trim }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '\n\n' if messages else '' }}Assistant:{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ '\n\n' if messages else '' }}{{ 'Assistant:\n' }}{%- endif -%}"
 )
-# A model continuing CHAT_TEMPLATE's text would go on to write the user's next turn: generation stops here.
-CHAT_STOP = ("\n\nUser:",)
+# A blank line ends a turn in CHAT_TEMPLATE's format, so the reply ends at its first one (never returned): the end of
+# the assistant's paragraph, where a model would otherwise go on to write the next turn. A chat request without
+# max_tokens therefore ends there, not at the server's cap.
+CHAT_STOP = ("\n\n",)
 
 
 def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:

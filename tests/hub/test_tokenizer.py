@@ -80,10 +80,10 @@ def test_the_chat_template_writes_the_plain_format():
     ]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert text == (
-        "System: You are a poet.\n\nSystem: Be brief.\n\nUser: Write about the sea.\n\nAssistant: Waves.\n\n"
-        "Tool: 42\n\nUser: \n\nAssistant:"
+        "System:\nYou are a poet.\n\nSystem:\nBe brief.\n\nUser:\nWrite about the sea.\n\nAssistant:\nWaves.\n\n"
+        "Tool:\n42\n\nUser:\n\n\nAssistant:\n"
     )
-    assert tokenizer.apply_chat_template(messages[:1], tokenize=False) == "System: You are a poet."
+    assert tokenizer.apply_chat_template(messages[:1], tokenize=False) == "System:\nYou are a poet."
 
 
 def test_bpe_tokenizer_learns_and_round_trips_any_text(tmp_path):

@@ -23,7 +23,7 @@ def test_chat_completion_shape(client, server):
     (choice,) = body["choices"]
     assert choice["message"]["role"] == "assistant"
     assert choice["finish_reason"] in ("length", "stop")
-    prompt = "System: Be brief.\n\nUser: Hi there\n\nAssistant:"
+    prompt = "System:\nBe brief.\n\nUser:\nHi there\n\nAssistant:\n"
     assert body["usage"]["prompt_tokens"] == len(server.host.tokenizer.encode(prompt))
     assert body["usage"]["completion_tokens"] == body["energy"]["generated_tokens"]
     assert body["energy"]["rules"]["strict"]["energy_j"] > 0
@@ -45,10 +45,10 @@ def test_chat_stream_role_first_then_content_then_energy(client):
 
 def test_default_format_stops_before_the_next_user_turn(client):
     response = client.post("/tokenize", json={"messages": MESSAGES})
-    text = "System: Be brief.\n\nUser: Hi there\n\nAssistant:"
+    text = "System:\nBe brief.\n\nUser:\nHi there\n\nAssistant:\n"
     assert response.json()["tokens"] == client.post("/tokenize", json={"prompt": text}).json()["tokens"]
     body = chat(client, max_tokens=200, temperature=0, **LONG)
-    assert "\n\nUser:" not in body["choices"][0]["message"]["content"]
+    assert "\n\n" not in body["choices"][0]["message"]["content"]
 
 
 def test_max_completion_tokens(client):
@@ -111,3 +111,14 @@ def test_apply_chat_template_writes_the_servers_prompt(client, tiny_model_dir):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert served == tokenizer.encode(text, add_special_tokens=False), text
         assert client.post("/detokenize", json={"tokens": served}).json()["prompt"] == text
+
+
+def test_a_chat_without_max_tokens_is_one_paragraph_without_a_leading_newline(client):
+    """The format's stop rule ends the reply at its first blank line, so a client's default request (no max_tokens)
+    gets one paragraph, finished with "stop", never a reply cut at the server's cap."""
+    for seed in range(4):
+        body = chat(client, seed=seed, temperature=0.8)
+        choice = body["choices"][0]
+        text = choice["message"]["content"]
+        assert choice["finish_reason"] == "stop", (seed, body["usage"])
+        assert text and not text.startswith("\n") and "\n\n" not in text, (seed, text)
