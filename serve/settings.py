@@ -46,7 +46,7 @@ class ServeSettings:
     cors_origins: tuple[str, ...] = ()
     chat_template: str | None = None  # a Jinja template file replacing the tokenizer's
     chat_template_timeout: float = 5.0  # seconds one render may take (templates are untrusted: serve.templating)
-    chat_template_max_chars: int = 4 << 20  # the longest prompt a render may produce
+    chat_template_max_chars: int = 1 << 20  # the longest prompt a render may produce (as large as a body)
     energy_profile: str | None = None  # None: the energy module's default profile
     threads: int | None = None  # None: half the CPUs this process may use (available_cpus), at least one
     batch_invariant: bool = True

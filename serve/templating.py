@@ -90,23 +90,18 @@ class ChatTemplateRenderer:
             if self._closed:
                 raise shutting_down()
             process = self._idle.pop() if self._idle else await self._start()
-            line = await self._ask(process, request)
-            if self._closed:
+            reply = await self._ask(process, request)
+            if process.returncode is not None or self._closed:
                 self._kill(process)
             else:
                 self._idle.append(process)
-        reply = json.loads(line)
-        if "text" in reply:
-            return reply["text"]
-        if reply["error"] == "output":
-            raise TemplateRenderError(f"rendered more than {self.max_chars} characters, the limit")
-        if reply["error"] == "memory":
-            raise TemplateRenderError("ran out of the memory a render may use")
-        raise TemplateRenderError(f"cannot render these messages: {reply['detail']}")
+        if "text" not in reply:
+            raise self._failure(reply)
+        return reply["text"]
 
-    async def _ask(self, process: asyncio.subprocess.Process, request: bytes) -> bytes:
-        """One render's reply line, within the time limit. A worker that overruns it, fails, or whose request is
-        cancelled (its render may be a runaway one) is killed, never reused."""
+    async def _ask(self, process: asyncio.subprocess.Process, request: bytes) -> dict:
+        """One render's reply, within the time limit. A worker that overruns it, fails, or whose request is
+        cancelled (its render may be a runaway one) is killed, never reused; its reply then says why."""
         try:
             async with asyncio.timeout(self.timeout):
                 process.stdin.write(request)
@@ -114,7 +109,6 @@ class ChatTemplateRenderer:
                 line = await process.stdout.readline()
             if not line.endswith(b"\n"):
                 raise EOFError("the worker is gone")
-            return line
         except asyncio.CancelledError:
             self._kill(process)
             raise
@@ -124,10 +118,19 @@ class ChatTemplateRenderer:
             if self._closed:
                 raise shutting_down() from None
             if isinstance(e, TimeoutError):
-                raise TemplateRenderError(f"took longer than {self.timeout:g} s to render") from None
-            if isinstance(e, ValueError):  # a reply line over the limit (readline's LimitOverrunError)
-                raise TemplateRenderError(f"rendered more than {self.max_chars} characters, the limit") from None
-            raise TemplateRenderError("ended its worker process (it crashed)") from None
+                return {"error": "time"}
+            # ValueError: a reply line over the limit (readline's LimitOverrunError)
+            return {"error": "output" if isinstance(e, ValueError) else "crash"}
+        return json.loads(line)
+
+    def _failure(self, reply: dict) -> TemplateRenderError:
+        reasons = {
+            "time": f"took longer than {self.timeout:g} s to render",
+            "output": f"rendered more than {self.max_chars} characters, the most a prompt may have",
+            "memory": "ran out of the memory a render may use",
+            "crash": "ended its worker process (it crashed)",
+        }
+        return TemplateRenderError(reasons.get(reply["error"]) or f"cannot render these messages: {reply['detail']}")
 
     async def _start(self) -> asyncio.subprocess.Process:
         """A new worker, ready to render (the time limit does not count its start)."""
