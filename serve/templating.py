@@ -6,8 +6,10 @@ Why worker processes, and not a thread or checks inside the render:
 - a thread cannot be stopped: given a time limit, it leaves ``{% for %}{% for %}...`` running for ever, holding
   the GIL and blocking shutdown;
 - checks inside a sandboxed render (a deadline in every call, a wrapped ``range``, an output budget) cannot reach
-  the single operations that run or allocate without bound: ``'x' * 10**10``, ``9 ** 9 ** 9``,
-  ``'x'.ljust(10**10)``, ``[0] * 10**9`` are one opcode or one C call each, and there are always more of them.
+  the single operations that run or allocate without bound: ``'x' * 10**10``, ``9 ** (9 ** 9)``,
+  ``'x'.ljust(10**10)``, ``[0] * 10**9`` are one opcode or one C call each, and there are always more of them;
+  Jinja even evaluates constant expressions such as ``'x' * 10**10`` while it compiles a template, before any
+  render-time check could run (so the workers compile too).
 
 A process is bounded by the operating system instead: it is killed at the time limit (``--chat-template-timeout``)
 and its address space is capped (on Linux) at its start-up size plus a budget derived from the output limit, so an
