@@ -18,7 +18,7 @@ from spikegpt import __version__
 from .errors import install_error_handlers
 from .host import Loader, ModelHost, load_checkpoint
 from .metrics import ServerMetrics
-from .middleware import ApiKeyMiddleware, BodySizeLimitMiddleware
+from .middleware import ApiKeyMiddleware, BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from .openapi import install_openapi
 from .playground import install_playground
 from .routes import router
@@ -51,7 +51,8 @@ def create_app(
     app.include_router(router)
     install_openapi(app)
     install_playground(app)
-    # the last added runs first: CORS (so that every answer carries its headers), then the key, then the size limit
+    # the last added runs first: CORS (so that every answer carries its headers), then the key, then the body's limits
+    app.add_middleware(BodyTimeoutMiddleware, timeout=settings.request_body_timeout)
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)

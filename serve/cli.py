@@ -58,6 +58,12 @@ FLAGS = {
         DEFAULTS.max_body_bytes,
         dict(type=int, metavar="N"),
     ),
+    "--request-body-timeout": (
+        "seconds a request body may go without a byte arriving; then it gets 408 and its connection closes (a client "
+        "that sends half a body and waits cannot hold a connection)",
+        f"{DEFAULTS.request_body_timeout:g}",
+        dict(type=float, metavar="SECONDS"),
+    ),
     "--api-key": (
         "require 'Authorization: Bearer KEY' on /v1/*, /tokenize and /detokenize (/health, /ready, /metrics stay "
         "open); prefer the environment variable, which the process list does not show",
@@ -73,6 +79,17 @@ FLAGS = {
         "a Jinja chat template file to use instead of the tokenizer's",
         "the tokenizer's, else the plain 'User: ... Assistant:' format in the README",
         dict(metavar="FILE"),
+    ),
+    "--chat-template-timeout": (
+        "seconds one chat template render may take; a template that runs longer (its worker process is killed), "
+        "raises, or grows past --chat-template-max-chars gets 400",
+        f"{DEFAULTS.chat_template_timeout:g}",
+        dict(type=float, metavar="SECONDS"),
+    ),
+    "--chat-template-max-chars": (
+        "longest prompt a chat template may render, in characters (a render's memory is capped from it too)",
+        DEFAULTS.chat_template_max_chars,
+        dict(type=int, metavar="N"),
     ),
     "--energy-profile": (
         "hardware profile pricing the energy field: 45nm-fp32, 45nm-fp16, 45nm-int8, loihi, openspike-130nm, "

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerFast
 
 from spikegpt.energy import resolve_profile
 from spikegpt.hub.checkpoint import load_model
+from spikegpt.hub.tokenizer import CHAT_TEMPLATE
 from spikegpt.modeling.model import SpikeGPTForCausalLM
 from spikegpt.runtime.engine import Engine
 
@@ -26,6 +27,7 @@ from .formats import TokenTexts
 from .metrics import ServerMetrics
 from .protocol import ServerLimits
 from .settings import ServeSettings, SettingsError
+from .templating import ChatTemplateRenderer
 from .worker import EngineWorker
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class ModelHost:
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self.token_texts: TokenTexts | None = None
         self.worker: EngineWorker | None = None
+        self.renderer: ChatTemplateRenderer | None = None  # the chat template's, once the tokenizer is loaded
         self.limits: ServerLimits | None = None  # what requests are validated against, once the model is loaded
 
     @property
@@ -109,6 +112,7 @@ class ModelHost:
                 self.on_load_error(e)
             return
         self.model, self.tokenizer, self.token_texts = model, tokenizer, TokenTexts(tokenizer)
+        self.renderer = self._chat_renderer(tokenizer)
         self.worker = EngineWorker(engine, self.settings.max_queue, self.metrics)
         s = self.settings
         self.limits = ServerLimits(model.config.vocab_size, s.max_prompt_tokens, s.max_tokens_cap, self.worker.capacity)
@@ -155,7 +159,12 @@ class ModelHost:
             self.worker.accepting = False
             grace = self.settings.shutdown_grace
             logger.info("shutting down: %d sequences in flight get %.0f s to finish", self.worker.outstanding, grace)
-            asyncio.get_running_loop().call_later(grace, self.worker.abort_all)
+            asyncio.get_running_loop().call_later(grace, self._end_requests_in_flight)
+
+    def _end_requests_in_flight(self) -> None:
+        self.worker.abort_all()
+        if self.renderer is not None:
+            self.renderer.abort()  # a render may run up to its own limit, which may be longer than the grace
 
     async def drained(self, poll: float = 0.02) -> None:
         """Return once no sequence is left in the engine (``begin_shutdown`` ends them all at the grace)."""
@@ -164,8 +173,27 @@ class ModelHost:
 
     async def close(self) -> None:
         self.status = "shutting_down"
+        if self.renderer is not None:
+            await self.renderer.close()
         if self.worker is not None:
             await self.worker.stop()
+
+    def _chat_renderer(self, tokenizer: PreTrainedTokenizerFast) -> ChatTemplateRenderer:
+        """The renderer of the chat template the server uses: ``--chat-template``'s (already set on the tokenizer),
+        else the tokenizer's own, else SpikeGPT's format; with the special tokens ``apply_chat_template`` passes."""
+        s = self.settings
+        if s.chat_template is not None:
+            name = f"the chat template {Path(s.chat_template).name!r}"
+        else:
+            name = f"the chat template of {self.model_name!r}"
+        return ChatTemplateRenderer(
+            tokenizer.get_chat_template() if tokenizer.chat_template else CHAT_TEMPLATE,
+            tokenizer.special_tokens_map,
+            name,
+            timeout=s.chat_template_timeout,
+            max_chars=s.chat_template_max_chars,
+            max_input_bytes=s.max_body_bytes,
+        )
 
 
 def _read_chat_template(path: str | None) -> str | None:

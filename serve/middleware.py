@@ -1,10 +1,12 @@
-"""ASGI middleware that acts before a request reaches a handler: the API key and the request-body size limit."""
+"""ASGI middleware that acts before a request reaches a handler: the API key, and the request body's size limit and
+time limit."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import APIError
@@ -82,3 +84,43 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def body_timed_out(timeout: float) -> APIError:
+    return APIError(
+        408,
+        f"the request body stopped arriving: nothing came for {timeout:g} s",
+        code="request_timeout",
+        headers={"Connection": "close"},  # what is left of the body will never be read
+    )
+
+
+class BodyTimeoutMiddleware:
+    """Drop a request whose body stops arriving: each wait for the next part of the body may last ``timeout``
+    seconds, else the handler's read raises a 408 and the connection closes, so that a client sending half a body
+    and waiting cannot hold a connection (nor a flood of them every connection). Once the body is complete, the
+    app's later waits (for the client to leave, while a stream runs) are not limited."""
+
+    def __init__(self, app: ASGIApp, timeout: float):
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_complete
+            if body_complete:
+                return await receive()
+            try:
+                with anyio.fail_after(self.timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise body_timed_out(self.timeout) from None
+            body_complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, send)

@@ -125,7 +125,7 @@ def _encode_prompt(host: ModelHost, prompt: str | list[int], echo: bool) -> Prom
     return Prompt(check_prompt_ids(ids, host.limits, "prompt"), prompt if echo else None, unknown)
 
 
-def _completion_job(host: ModelHost, body: CompletionRequest, life: RequestLife) -> Job:
+async def _completion_job(host: ModelHost, body: CompletionRequest, life: RequestLife) -> Job:
     max_tokens = host.settings.max_tokens_cap if body.max_tokens is None else body.max_tokens  # 0: score only
     prompts = [_encode_prompt(host, p, body.echo) for p in body.prompt]
     params = [body.sampling_params(max_tokens, body.logprobs, c) for c in range(body.n)]
@@ -133,9 +133,9 @@ def _completion_job(host: ModelHost, body: CompletionRequest, life: RequestLife)
     return Job(host, fmt, life, prompts, params, body.logprobs, body.include_usage, body.echo, body.include_spikes)
 
 
-def _chat_job(host: ModelHost, body: ChatCompletionRequest, life: RequestLife) -> Job:
+async def _chat_job(host: ModelHost, body: ChatCompletionRequest, life: RequestLife) -> Job:
     max_tokens = body.requested_max_tokens or host.settings.max_tokens_cap
-    chat = render_chat(host.tokenizer, body.messages)
+    chat = await render_chat(host.renderer, body.messages)
     ids, unknown = encode_counting_unknown(host.tokenizer, chat.text, add_special_tokens=False)
     check_prompt_ids(ids, host.limits, "messages")
     k = body.logprobs_k
@@ -150,7 +150,7 @@ async def _generate(request: Request, endpoint: str, body_type: type[Body], buil
     life = RequestLife(host.metrics, endpoint)
     try:
         host, body = await _read(request, body_type)
-        job = build(host, body, life)
+        job = await build(host, body, life)
         generation = Generation(job, request).open()
     except APIError as e:
         life.failed(e)
@@ -186,7 +186,7 @@ async def chat_completions(request: Request) -> Response:
 async def tokenize(request: Request) -> dict:
     host, body = await _read(request, TokenizeRequest)
     if body.messages is not None:
-        text, add_special_tokens = render_chat(host.tokenizer, body.messages).text, False
+        text, add_special_tokens = (await render_chat(host.renderer, body.messages)).text, False
     else:
         text, add_special_tokens = body.prompt, body.add_special_tokens
     ids, unknown = encode_counting_unknown(host.tokenizer, text, add_special_tokens)

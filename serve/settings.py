@@ -41,9 +41,12 @@ class ServeSettings:
     max_prompt_tokens: int = 4096
     max_tokens_cap: int = 1024
     max_body_bytes: int = 1 << 20
+    request_body_timeout: float = 5.0  # seconds a request body may go without a byte before it is dropped (408)
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     chat_template: str | None = None  # a Jinja template file replacing the tokenizer's
+    chat_template_timeout: float = 5.0  # seconds one render may take (templates are untrusted: serve.templating)
+    chat_template_max_chars: int = 1 << 20  # the longest prompt a render may produce (as large as a body)
     energy_profile: str | None = None  # None: the energy module's default profile
     threads: int | None = None  # None: half the CPUs this process may use (available_cpus), at least one
     batch_invariant: bool = True
@@ -64,6 +67,7 @@ class ServeSettings:
             "max_prompt_tokens",
             "max_tokens_cap",
             "max_body_bytes",
+            "chat_template_max_chars",
             "threads",
             "prefill_chunk",
             "prefill_rows",
@@ -80,6 +84,9 @@ class ServeSettings:
             raise SettingsError("state_cache_mb and state_cache_dir_mb must be 0 or more")
         if self.state_cache_dir is not None and not self.state_cache_mb:
             raise SettingsError("state_cache_dir needs the cache on (state_cache_mb > 0)")
+        for name in ("request_body_timeout", "chat_template_timeout"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} must be more than 0 seconds, got {getattr(self, name)}")
         if self.shutdown_grace < 0:
             raise SettingsError(f"shutdown_grace must be 0 or more seconds, got {self.shutdown_grace}")
         if self.compile and not self.batch_invariant:

@@ -45,6 +45,20 @@ def test_a_bad_variable_is_a_clear_error(monkeypatch):
         ServeSettings.from_env()
 
 
+def test_time_limits_are_settings(monkeypatch):
+    from spikegpt.serve.settings import ServeSettings, SettingsError
+
+    monkeypatch.setenv("SPIKEGPT_CHAT_TEMPLATE_TIMEOUT", "0.5")
+    args = build_parser().parse_args(["serve", "--request-body-timeout", "2", "--chat-template-max-chars", "9"])
+    settings = settings_from_args(args)
+    assert (settings.chat_template_timeout, settings.request_body_timeout) == (0.5, 2.0)
+    assert settings.chat_template_max_chars == 9
+    for name in ("chat_template_timeout", "request_body_timeout"):
+        for bad in (0, -1, float("nan")):
+            with pytest.raises(SettingsError, match=name):
+                ServeSettings(**{name: bad})
+
+
 def test_a_model_that_cannot_load_exits_1_with_one_line():
     result = subprocess.run(
         [SPIKEGPT, "serve", "--model", "/no/such/model", "--port", "0"], capture_output=True, text=True, timeout=120

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import time
+from urllib.parse import urlsplit
+
 import httpx
 import pytest
 from serve_helpers import TIMEOUT, run_server, tiny_settings
+from test_overload import wait_for
 
 pytest_plugins = ["serve_fixtures"]  # the server and client fixtures
 
@@ -146,6 +152,65 @@ def test_body_size_limit_is_413(guarded):
 
         check_error(client.post("/v1/completions", content=chunks()), 413)
         assert client.post("/v1/completions", json=OK).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def impatient(tiny_model_dir):
+    """A request body may go 1 s without a byte."""
+    with run_server(tiny_settings(tiny_model_dir, request_body_timeout=1.0)) as server:
+        yield server
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(1 << 16):
+        data += chunk
+    return data
+
+
+def test_a_half_sent_body_is_dropped_with_408_while_others_are_served(impatient):
+    """A raw socket sends the headers and half the body, then waits: before the limit, it would hold its
+    connection for ever."""
+    address = urlsplit(impatient.url)
+    body = json.dumps(OK).encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((address.hostname, address.port), timeout=TIMEOUT.read) as stalled:
+        stalled.sendall(head + body[: len(body) // 2])
+        with impatient.client() as other:
+            assert other.post("/v1/completions", json=OK).status_code == 200
+            assert other.get("/health").status_code == 200
+        answer = _read_until_closed(stalled)  # the server closes the connection after its answer
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout", answer
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "request_timeout" and "1 s" in error["message"]
+
+
+def test_a_slow_body_that_keeps_arriving_is_served(impatient):
+    def slowly():  # a pause shorter than the limit between parts
+        body = json.dumps(OK).encode()
+        for start in range(0, len(body), 8):
+            time.sleep(0.2)
+            yield body[start : start + 8]
+
+    with impatient.client() as client:
+        response = client.post("/v1/completions", content=slowly(), headers={"Content-Type": "application/json"})
+        assert response.status_code == 200, response.text
+
+
+def test_a_request_longer_than_the_body_limit_is_still_cancelled_when_its_client_leaves(impatient):
+    """Once the body is in, the server waits on the connection (unlimited) for the client to leave; a limit there
+    would lose the disconnect, and this endless request would run on."""
+    endless = {"prompt": "Hi", "max_tokens": 100_000, "ignore_eos": True}
+    with (
+        impatient.client(timeout=httpx.Timeout(30.0, read=2.0)) as client,  # leaves after 2 s, past the 1 s limit
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        client.post("/v1/completions", json=endless)
+    wait_for(lambda: impatient.host.worker.outstanding == 0)
 
 
 def test_cors(guarded):
