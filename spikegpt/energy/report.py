@@ -49,13 +49,16 @@ EXCLUDES = (
 NO_MEMORY_PRICES = "data movement: this profile gives no memory prices, so weight bytes are counted but not priced"
 
 BASELINES = {
-    "spiking_off": "the same architecture with every spike function the identity: every product a MAC, no neurons",
+    "spiking_off": "the same architecture with every spike function the identity: every product a MAC, no neurons; "
+    "dense reading of every weight row at the model's widths",
     "equal_bit_int8": "a dense model of equal bit width: the spiking_off count with every block projection a dense "
-    "int8 MAC (0.23 pJ, Horowitz ISSCC 2014, 45 nm) and the rest priced by this profile; Yan et al. (arXiv "
-    "2409.08290): an SNN beats an equal-bit quantized network only below ~6% spike rate once data movement counts",
+    "int8 MAC (0.23 pJ, Horowitz ISSCC 2014, 45 nm) reading 8-bit weights, the rest priced by this profile; Yan et "
+    "al. (arXiv 2409.08290): an SNN beats an equal-bit quantized network only below ~6% spike rate once data "
+    "movement counts",
     "vanilla_gpt": "SpikeGPT, TMLR 2024, Table 1 formula for a GPT of the same depth and width over the same "
     "sequences, read in windows of the context length: 3Td^2 + 2T^2d + T^2 + 2T^2 + FFN MACs per layer and "
-    "window of T tokens (no output projection, LayerNorm or head)",
+    "window of T tokens (no output projection, LayerNorm or head); its Q, K, V and FFN matrices read densely at "
+    "the profile's float width",
 }
 
 
