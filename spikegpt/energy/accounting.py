@@ -340,14 +340,14 @@ def count_operations(
                 out.append(WeightRead(short, kinds[short], rows, row_bytes(d_out, widths.products)))
         return tuple(out)
 
-    def encode(widths: tuple[int, ...], outputs: tuple[int, ...]) -> tuple[Term, ...]:
-        """The encoders of a mix's product inputs (encoded widths) and the threshold scaling of its outputs."""
+    def encode(encoded: tuple[int, ...], outputs: tuple[int, ...]) -> tuple[Term, ...]:
+        """The encoders of a mix's product inputs (their widths) and the threshold scaling of its outputs."""
         if not driven:
             return ()
         if config.input_spikes == "binary":
-            return (Term("input_lif", "neuron", tokens * sum(widths)),)
+            return (Term("input_lif", "neuron", tokens * sum(encoded)),)
         return (
-            Term("input_counts", "elementwise", COUNT_ENCODE_OPS * tokens * sum(widths)),
+            Term("input_counts", "elementwise", COUNT_ENCODE_OPS * tokens * sum(encoded)),
             Term("count_scale", "elementwise", tokens * sum(outputs)),
         )
 
