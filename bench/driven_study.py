@@ -82,6 +82,12 @@ def study_row(name: str, path: str, dataset: str, batch_size: int, max_blocks: i
             "x_vs_equal_bit_int8": baselines["equal_bit_int8"].ratio,
             "spiking_off_j_per_token": baselines["spiking_off"].energy_j / report.tokens,
             "equal_bit_int8_j_per_token": baselines["equal_bit_int8"].energy_j / report.tokens,
+            # with data movement (the weight bytes each product read, from report.weight_memory)
+            "weight_memory": report.weight_memory,
+            "data_movement_j_per_token": report.data_movement_j / report.tokens,
+            "total_j_per_token": report.total_j_per_token,
+            "total_x_vs_spiking_off": baselines["spiking_off"].total_ratio,
+            "total_x_vs_equal_bit_int8": baselines["equal_bit_int8"].total_ratio,
         }
     return row
 

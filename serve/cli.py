@@ -16,7 +16,8 @@ Serve a SpikeGPT model over an OpenAI-compatible HTTP API: POST /v1/completions 
 (streaming with server-sent events), GET /v1/models, POST /tokenize and /detokenize, GET /health (liveness:
 503 only after a failed load), GET /ready (readiness: 503 while the model loads and while draining after
 SIGTERM) and GET /metrics (Prometheus). Every response, and the last chunk of every stream, carries an
-"energy" field: the request's measured firing rates and the estimated energy of its arithmetic.
+"energy" field: the request's measured firing rates and the estimated energy of its arithmetic, of the
+weights it read (data movement) and their total, beside three baselines.
 
 Concurrent requests share one batch: each prompt is read with the parallel form, then every running sequence
 advances by one token per batched recurrent step. Every flag can also be set by an environment variable
@@ -92,8 +93,8 @@ FLAGS = {
         dict(type=int, metavar="N"),
     ),
     "--energy-profile": (
-        "hardware profile pricing the energy field: 45nm-fp32, 45nm-fp16, 45nm-int8, loihi, openspike-130nm, "
-        "rram-cim-22nm, or a .toml/.json file",
+        "hardware profile pricing the energy field (per operation, and per byte of weights read from SRAM or "
+        "DRAM): 45nm-fp32, 45nm-fp16, 45nm-int8, loihi, openspike-130nm, rram-cim-22nm, or a .toml/.json file",
         "45nm-fp32",
         dict(metavar="NAME|PATH"),
     ),

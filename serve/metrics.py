@@ -76,6 +76,13 @@ class ServerMetrics:
             ["rule"],
             registry=r,
         )
+        self.data_movement = Counter(
+            PREFIX + "energy_data_movement_joules",
+            "Estimated energy of reading the model's weights for successful requests, by accounting rule (bytes "
+            "read under the rule's reading, dense or event-driven, priced per byte by the energy profile)",
+            ["rule"],
+            registry=r,
+        )
 
     def watch_state_cache(self, stats: CacheStats) -> None:
         """Export the prefix-state cache's own counters, read at each scrape (the cache keeps them; nothing here
@@ -93,6 +100,7 @@ class ServerMetrics:
         self.firing_rate.observe(energy["firing_rate"])
         for rule, report in energy["rules"].items():
             self.energy.labels(rule=rule).inc(report["energy_j"])
+            self.data_movement.labels(rule=rule).inc(report["data_movement_j"])
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -35,6 +35,18 @@ function formatJoules(j) {
   return j ? `${threeFigures(j / 1e-12)} pJ` : "0 J";
 }
 
+const BYTE_PREFIXES = [[2 ** 40, "Ti"], [2 ** 30, "Gi"], [2 ** 20, "Mi"], [2 ** 10, "Ki"]];
+
+function formatBytes(n) {
+  for (const [scale, prefix] of BYTE_PREFIXES) {
+    if (n >= scale) {
+      const value = n / scale; // below 1024: 1000 MiB is written out, not as "1e+3 MiB"
+      return `${value < 1000 ? threeFigures(value) : value.toFixed(0)} ${prefix}B`;
+    }
+  }
+  return `${n} B`;
+}
+
 function formatRatio(r) {
   return r === null || r === undefined ? "-" : `${r.toPrecision(3)}×`;
 }
@@ -392,15 +404,31 @@ function renderUsage(usage) {
 
 const BASELINE_NAMES = { spiking_off: "spiking off", vanilla_gpt: "vanilla GPT" };
 
-function meterBar(name, joules, largest, cls) {
-  const width = largest ? (100 * joules) / largest : 0;
+// one row of a rule's meter: the operations' energy as a bar, with data movement stacked on when it is given
+function meterBar(name, joules, moved, largest, cls) {
+  const share = (j) => (largest ? (100 * j) / largest : 0).toFixed(2);
+  const bar = element("div", { class: "bar" }, element("span", { style: `width: ${share(joules)}%` }));
+  if (moved !== null) bar.append(element("span", { class: "moved", style: `width: ${share(moved)}%` }));
   return element(
     "div",
     { class: `meter-row ${cls}` },
     element("span", { class: "meter-name", text: name }),
-    element("div", { class: "bar" }, element("span", { style: `width: ${width.toFixed(2)}%` })),
-    element("span", { class: "meter-value", text: formatJoules(joules) }),
+    bar,
+    element("span", {
+      class: moved === null ? "meter-value" : "meter-total",
+      text: formatJoules(moved === null ? joules : joules + moved),
+    }),
   );
+}
+
+function ratioLine(name, baseline, ratio, attr, suffix) {
+  return element("p", {
+    class: "ratio",
+    [attr]: name,
+    "data-value": String(ratio),
+    title: baseline.description,
+    text: `${BASELINE_NAMES[name] || name} / this model${suffix}: ${formatRatio(ratio)}`,
+  });
 }
 
 function renderEnergy(energy) {
@@ -411,29 +439,39 @@ function renderEnergy(energy) {
   fact(summary, "tokens processed", energy.tokens);
   fact(summary, "profile", energy.profile);
   box.append(summary);
+  const joules = (figures, name, report, field) =>
+    fact(figures, name, formatJoules(report[field]), { "data-field": field, "data-value": String(report[field]) });
   for (const [rule, report] of Object.entries(energy.rules)) {
     const card = element("article", { class: "rule", "data-rule": rule, "aria-label": `rule ${rule}` });
     card.append(element("h3", { text: `rule ${rule}`, title: report.rule_description }));
     const figures = element("dl", { class: "facts" });
-    fact(figures, "total", formatJoules(report.energy_j), { "data-field": "energy_j", "data-value": String(report.energy_j) });
-    fact(figures, "per generated token", formatJoules(report.energy_j_per_generated_token), {
-      "data-field": "energy_j_per_generated_token",
-      "data-value": String(report.energy_j_per_generated_token),
+    joules(figures, "operations", report, "energy_j");
+    joules(figures, "per generated token", report, "energy_j_per_generated_token");
+    const memory = report.weight_memory ? ` from ${report.weight_memory.toUpperCase()}` : " (not priced)";
+    fact(figures, "weights read", `${formatBytes(report.weight_bytes)}${memory}`, {
+      "data-field": "weight_bytes",
+      "data-value": String(report.weight_bytes),
+      title: report.reads_rule_description,
     });
+    joules(figures, "data movement", report, "data_movement_j");
+    joules(figures, "total", report, "total_j");
+    joules(figures, "total per generated token", report, "total_j_per_generated_token");
     card.append(figures);
     const baselines = Object.entries(report.baselines);
+    card.append(element("h4", { text: "operations" }));
     const largest = Math.max(report.energy_j, ...baselines.map(([, b]) => b.energy_j));
-    card.append(meterBar("this model", report.energy_j, largest, "self"));
+    card.append(meterBar("this model", report.energy_j, null, largest, "self"));
     for (const [name, baseline] of baselines) {
-      card.append(meterBar(BASELINE_NAMES[name] || name, baseline.energy_j, largest, "baseline"));
-      const ratio = element("p", {
-        class: "ratio",
-        "data-baseline": name,
-        "data-value": String(baseline.ratio),
-        title: baseline.description,
-        text: `${BASELINE_NAMES[name] || name} / this model: ${formatRatio(baseline.ratio)}`,
-      });
-      card.append(ratio);
+      card.append(meterBar(BASELINE_NAMES[name] || name, baseline.energy_j, null, largest, "baseline"));
+      card.append(ratioLine(name, baseline, baseline.ratio, "data-baseline", ""));
+    }
+    card.append(element("h4", { text: `with data movement (${report.reads_rule} reads)` }));
+    const largestTotal = Math.max(report.total_j, ...baselines.map(([, b]) => b.total_j));
+    card.append(meterBar("this model", report.energy_j, report.data_movement_j, largestTotal, "self"));
+    for (const [name, baseline] of baselines) {
+      const label = BASELINE_NAMES[name] || name;
+      card.append(meterBar(label, baseline.energy_j, baseline.data_movement_j, largestTotal, "baseline"));
+      card.append(ratioLine(name, baseline, baseline.total_ratio, "data-total-baseline", " with data movement"));
     }
     box.append(card);
   }

@@ -16,10 +16,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="estimate the energy of running a model over a text, from its measured spikes",
         description="Read a text with the model (the parallel form, in chunks that carry the recurrent state), "
         "count the spikes of every layer, and turn them into operation counts (MAC, AC, neuron updates, "
-        "elementwise steps) under an accounting rule, priced with a hardware profile. Prints a per-layer table "
-        "with totals, energy per token and ratios against two baselines (the same model with spiking off, and "
-        "the SpikeGPT paper's vanilla-GPT formula). The result is an ESTIMATE: it leaves out memory traffic, "
-        "static power and off-chip I/O. Logits are counted at every position, as when a model scores a text.",
+        "elementwise steps) and the weight bytes each product read (dense hardware: every row; event-driven: the "
+        "rows of nonzero inputs) under an accounting rule, priced with a hardware profile (per operation, and per "
+        "byte from on-chip SRAM or DRAM). Prints a per-layer table of operations, data movement and their total, "
+        "energy per token and ratios against three baselines (the same model with spiking off, a dense int8 model "
+        "of equal bit width, and the SpikeGPT paper's vanilla-GPT formula). The result is an ESTIMATE: it leaves "
+        "out the movement of activations and the recurrent state, static power and off-chip I/O. Logits are "
+        "counted at every position, as when a model scores a text.",
     )
     add_model_arguments(parser)
     source = parser.add_mutually_exclusive_group()
@@ -42,6 +45,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="energy per operation: a built-in profile (45nm-fp32, 45nm-fp16, 45nm-int8, loihi, openspike-130nm, "
         "rram-cim-22nm) or a .toml/.json "
         "profile file (see --list-profiles for the format) (default: 45nm-fp32)",
+    )
+    parser.add_argument(
+        "--weight-memory",
+        choices=["auto", "sram", "dram"],
+        default=None,
+        help="where the weights are read from, overriding the profile's setting: 'auto' (on-chip SRAM when all the "
+        "model's weight matrices fit the profile's sram_bytes, else DRAM), or always 'sram' or 'dram' (default: "
+        "the profile's, 'auto' for every built-in profile)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object instead of a table")
     parser.add_argument(
@@ -98,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens is not None and args.max_tokens < 1:
         raise EnergyError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     profile = resolve_profile(args.profile)  # bad options fail before the model loads
+    if args.weight_memory is not None:
+        profile = profile.with_weight_memory(args.weight_memory)
     if args.plot:
         pyplot()
     text = _read_text(args)

@@ -76,7 +76,26 @@ one attention sequence: a sequence is cut into consecutive windows of ``ctx_len`
 ``equal_bit_int8`` is a dense model of equal bit width: the spiking_off count with every block projection a dense
 int8 MAC (0.23 pJ, Horowitz 2014, 45 nm), the rest priced by the report's profile. Yan et al. (arXiv 2409.08290)
 find an SNN beats such an equal-bit quantized network only below about 6% spike rate once data movement is
-counted (here it is not).
+counted, which the weight reads below do.
+
+Data movement: the weights each matrix reads, counted from the same receipts (``WeightRead``). A matrix of fan-in
+d_in and fan-out d_out is stored as d_in rows, one per input element, each the d_out weights that element
+multiplies, packed at the matrix's width b: ⌈d_out·b / 8⌉ bytes a row. Per layer:
+
+    block products  dense hardware (rules strict and paper) reads every row for every token: T·d_in rows;
+                    event-driven hardware (rule event) reads the rows of nonzero inputs only: N rows, N the
+                    product's nonzero input elements from its receipt (a spike count c reads its row once)
+    head            H·d rows of V weights under every rule (its input, a LayerNorm output, is never zero)
+    embedding       one row of d weights per token (a table lookup), under every rule
+
+Widths (``WeightWidths``): the block products and the head at the model's ``weight_bits`` (8, 4 or 1 where it is
+quantized); float weights, and the embedding (never quantized), at the profile's ``float_weight_bits``, the width
+of the hardware's number format. Each token reads its weights anew (matrix–vector products, batch 1: no reuse of
+a read across the tokens of a batch or a prefill chunk); per-channel vectors (LayerNorm affines, decays, token-shift
+ratios, quantization scales: O(d) per layer and token), activations and the recurrent state are not counted. The
+baselines read as dense hardware: spiking_off every row at the model's widths; equal_bit_int8 the block products
+at 8 bits, the head at the model's width; vanilla_gpt the matrices of its formula (per layer and token 3 of d × d
+and the FFN's d × F and F × d) at the float width.
 """
 
 from __future__ import annotations
@@ -99,6 +118,11 @@ RULES = {
     "event": "event-driven hardware with graded spikes (Loihi 2 style): a zero input to a product costs nothing, "
     "each nonzero whole-number input count x fan-out ACs, each nonzero real input fan-out MACs; the rest as strict",
 }
+READS = {
+    "dense": "dense hardware reads every weight row of every product for every token",
+    "event": "event-driven hardware reads the weight rows of a product's nonzero inputs only",
+}
+RULE_READS = {"strict": "dense", "paper": "dense", "event": "event"}  # how each rule's hardware reads its weights
 PROJECTIONS = ("key", "value", "receptance", "output")  # the names of the block products' terms
 
 LAYERNORM_OPS = 5  # per element: sum, sum of squares, subtract the mean, scale by 1/std, affine
@@ -120,12 +144,51 @@ class Term:
 
 
 @dataclass(frozen=True)
+class WeightRead:
+    """The weights one matrix of a layer read: ``rows`` rows (one per input element read) of ``row_bytes`` bytes
+    each; ``kind``: the operations they feed ("mac", "ac"), or "lookup" for the embedding table."""
+
+    name: str
+    kind: str
+    rows: int
+    row_bytes: int
+
+    @property
+    def bytes(self) -> int:
+        return self.rows * self.row_bytes
+
+
+@dataclass(frozen=True)
+class WeightWidths:
+    """Bits per stored weight of the block products, the head and the embedding table."""
+
+    products: int
+    head: int
+    embedding: int
+
+    @classmethod
+    def of(cls, config: SpikeGPTConfig, float_bits: int) -> WeightWidths:
+        """A model's widths: its ``weight_bits`` where quantized (products and head), ``float_bits`` elsewhere;
+        the embedding is never quantized (``spikegpt.quant.grids``)."""
+        bits = config.weight_bits or float_bits
+        return cls(bits, bits, float_bits)
+
+    def to_dict(self) -> dict:
+        return {"products": self.products, "head": self.head, "embedding": self.embedding}
+
+
+def row_bytes(fan_out: int, bits: int) -> int:
+    """Bytes of one stored row: ``fan_out`` weights of ``bits`` bits, packed, in whole bytes."""
+    return -(-fan_out * bits // 8)
+
+
+@dataclass(frozen=True)
 class LayerOps:
     """The operations of one row of the report: the embedding, a block's time or channel mix, or the head.
 
     site: the spiking site whose spikes this layer emits (None for the head); spikes, elements: what was measured
     there (its firing rate is spikes / elements); input_site: whose spikes the paper rule scales this layer's
-    projections by.
+    projections by; reads: the weights its matrices read.
     """
 
     name: str
@@ -134,10 +197,15 @@ class LayerOps:
     spikes: int | None = None
     elements: int = 0
     input_site: str | None = None
+    reads: tuple[WeightRead, ...] = ()
 
     @property
     def firing_rate(self) -> float | None:
         return self.spikes / self.elements if self.spikes is not None and self.elements else None
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(r.bytes for r in self.reads)
 
     def count(self, kind: str) -> int:
         return sum(t.count for t in self.terms if t.kind == kind)
@@ -202,23 +270,46 @@ def check_rule(rule: str) -> None:
         raise EnergyError(f"unknown accounting rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
+def product_shapes(config: SpikeGPTConfig) -> dict[str, tuple[int, int]]:
+    """Every block product of the model in forward order, named as ``projection_names`` names them (e.g.
+    ``blocks.0.att.key``), with its fan-in and fan-out: the one place the accounting learns the model's products."""
+    d, hidden = config.n_embd, config.ffn_hidden
+    return {
+        name: (projection_fan_in(name, d, hidden), hidden if name.endswith((".ffn.key", ".ffn_pre.key")) else d)
+        for name in projection_names(config.n_layer, config.ffn_pre)
+    }
+
+
+def stored_weight_bytes(config: SpikeGPTConfig, widths: WeightWidths) -> int:
+    """Bytes of every weight matrix of the model at ``widths``: the embedding table, the block products, the head
+    (what the placement rule of a profile compares with its on-chip memory)."""
+    d, vocab = config.n_embd, config.vocab_size
+    products = sum(d_in * row_bytes(d_out, widths.products) for d_in, d_out in product_shapes(config).values())
+    return vocab * row_bytes(d, widths.embedding) + products + d * row_bytes(vocab, widths.head)
+
+
 def count_operations(
     totals: SpikeTotals,
     config: SpikeGPTConfig,
     rule: str,
     head_tokens: int | None = None,
     spiking: bool | None = None,
+    widths: WeightWidths | None = None,
 ) -> list[LayerOps]:
-    """Per-layer operation counts under ``rule``; ``head_tokens``: positions with logits (default: every token);
-    ``spiking=False`` counts the same tokens on the model with its spike functions off (the baseline)."""
+    """Per-layer operation counts and weight reads under ``rule``; ``head_tokens``: positions with logits (default:
+    every token); ``spiking=False`` counts the same tokens on the model with its spike functions off (the
+    baseline); ``widths``: of the weights read (default: the model's, float weights at 32 bits)."""
     check_rule(rule)
     spiking = config.spiking if spiking is None else spiking
+    widths = WeightWidths.of(config, 32) if widths is None else widths
     driven = spiking and config.spike_placement == "inputs"  # the products read whole numbers
     tokens, d = totals.tokens, config.n_embd
     spikes = dict(zip(totals.sites, totals.spikes, strict=True))
     reads = dict(zip(totals.projections, totals.reads, strict=True))
+    shapes = product_shapes(config)
     elements = tokens * d
     paper = rule == "paper"
+    event_reads = RULE_READS[rule] == "event" and spiking  # the baseline (spiking off) is dense hardware
 
     def read(name: str) -> tuple[int, int]:
         if name not in reads:
@@ -228,7 +319,8 @@ def count_operations(
             )
         return reads[name]
 
-    def projection(layer: str, name: str, d_in: int, d_out: int, input_site: str | None) -> Term:
+    def projection(layer: str, name: str, input_site: str | None) -> Term:
+        d_in, d_out = shapes[f"{layer}.{name}"]
         if driven:  # spikes or spike counts: one AC per unit of count and output, under every rule
             return Term(name, "ac", read(f"{layer}.{name}")[1] * d_out)
         if paper and input_site is not None:  # R̂ · T·d_in·d_out with R̂ = S / (T·d); d_in or d_out is d: exact
@@ -237,14 +329,25 @@ def count_operations(
             return Term(name, "mac", read(f"{layer}.{name}")[0] * d_out)
         return Term(name, "mac", tokens * d_in * d_out)
 
-    def encode(widths: tuple[int, ...], outputs: tuple[int, ...]) -> tuple[Term, ...]:
-        """The encoders of a mix's product inputs (encoded widths) and the threshold scaling of its outputs."""
+    def weight_reads(layer: str, terms: tuple[Term, ...]) -> tuple[WeightRead, ...]:
+        """The rows each product of ``layer`` read: every row for every token, or (event) those of nonzero inputs."""
+        kinds = {t.name: t.kind for t in terms}
+        out = []
+        for name, (d_in, d_out) in shapes.items():
+            if name.rpartition(".")[0] == layer:
+                short = name.rpartition(".")[2]
+                rows = read(name)[0] if event_reads else tokens * d_in
+                out.append(WeightRead(short, kinds[short], rows, row_bytes(d_out, widths.products)))
+        return tuple(out)
+
+    def encode(encoded: tuple[int, ...], outputs: tuple[int, ...]) -> tuple[Term, ...]:
+        """The encoders of a mix's product inputs (their widths) and the threshold scaling of its outputs."""
         if not driven:
             return ()
         if config.input_spikes == "binary":
-            return (Term("input_lif", "neuron", tokens * sum(widths)),)
+            return (Term("input_lif", "neuron", tokens * sum(encoded)),)
         return (
-            Term("input_counts", "elementwise", COUNT_ENCODE_OPS * tokens * sum(widths)),
+            Term("input_counts", "elementwise", COUNT_ENCODE_OPS * tokens * sum(encoded)),
             Term("count_scale", "elementwise", tokens * sum(outputs)),
         )
 
@@ -259,13 +362,13 @@ def count_operations(
             Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
             Term("token_shift", "elementwise", 3 * MIX_OPS * elements),
             *encode((d, d, d, d), (d, d, d, d)),
-            projection(layer, "key", d, d, input_site),
-            projection(layer, "value", d, d, input_site),
-            projection(layer, "receptance", d, d, input_site),
+            projection(layer, "key", input_site),
+            projection(layer, "value", input_site),
+            projection(layer, "receptance", input_site),
             Term("sigmoid", "elementwise", SIGMOID_OPS * elements),
             wkv,
             Term("gate", "elementwise", elements),
-            projection(layer, "output", d, d, None),
+            projection(layer, "output", None),
         )
 
     def channel_mix(layer: str, input_site: str | None) -> tuple[Term, ...]:
@@ -274,10 +377,10 @@ def count_operations(
             Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
             Term("token_shift", "elementwise", 2 * MIX_OPS * elements),
             *encode((d, d, hidden), (hidden, d, d)),
-            projection(layer, "key", d, hidden, input_site),
+            projection(layer, "key", input_site),
             Term("relu_square", "elementwise", 2 * tokens * hidden),
-            projection(layer, "value", hidden, d, input_site),
-            projection(layer, "receptance", d, d, input_site),
+            projection(layer, "value", input_site),
+            projection(layer, "receptance", input_site),
             Term("sigmoid", "elementwise", SIGMOID_OPS * elements),
             Term("gate", "elementwise", elements),
         )
@@ -291,31 +394,32 @@ def count_operations(
         )
     else:
         embedding_terms = (Term("ln0", "elementwise", LAYERNORM_OPS * elements),)
-    layers = [LayerOps("embedding", embedding_terms, embedding_site, spikes[embedding_site], elements)]
+    lookup = (WeightRead("lookup", "lookup", tokens, row_bytes(d, widths.embedding)),)
+    layers = [LayerOps("embedding", embedding_terms, embedding_site, spikes[embedding_site], elements, reads=lookup)]
     previous = embedding_site  # the spikes that last entered the residual stream (placement "residual")
     for layer in _mix_names(config):
         mixer = time_mix if layer.endswith(".att") else channel_mix
         site = f"{layer}.lif" if config.spike_placement == "residual" else None  # a LIF on the residual stream
         terms = mixer(layer, previous if paper and not driven else None) + spike_out(site if spiking else None)
+        matrices = weight_reads(layer, terms)
         if site is not None:
-            layers.append(LayerOps(layer, terms, site, spikes[site], elements, previous if paper else None))
+            layers.append(LayerOps(layer, terms, site, spikes[site], elements, previous if paper else None, matrices))
             previous = site
         elif driven:  # the row's rate: spikes per element read by its products
-            mine = [
-                (reads[p], projection_fan_in(p, d, config.ffn_hidden))
-                for p in totals.projections
-                if p.startswith(f"{layer}.")
-            ]
+            mine = [(reads[p], shapes[p][0]) for p in totals.projections if p.startswith(f"{layer}.")]
             read_spikes = sum(r[1] for r, _ in mine)
-            layers.append(LayerOps(layer, terms, None, read_spikes, tokens * sum(w for _, w in mine)))
+            layers.append(
+                LayerOps(layer, terms, None, read_spikes, tokens * sum(w for _, w in mine), reads=matrices)
+            )
         else:
-            layers.append(LayerOps(layer, terms, None, None, elements))
+            layers.append(LayerOps(layer, terms, None, None, elements, reads=matrices))
     head_tokens = tokens if head_tokens is None else head_tokens
     head_terms = (
         Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
         Term("head", "mac", head_tokens * d * config.vocab_size),
     )
-    layers.append(LayerOps("head", head_terms))
+    head_reads = (WeightRead("head", "mac", head_tokens * d, row_bytes(config.vocab_size, widths.head)),)
+    layers.append(LayerOps("head", head_terms, reads=head_reads))
     return layers
 
 
@@ -331,6 +435,22 @@ def context_windows(tokens: int, context: int) -> list[int]:
     """The lengths of the consecutive windows in which a model with a ``context``-token limit reads ``tokens``."""
     full, rest = divmod(tokens, context)
     return [context] * full + ([rest] if rest else [])
+
+
+def vanilla_gpt_reads(tokens: int, config: SpikeGPTConfig, bits: int) -> tuple[WeightRead, ...]:
+    """The weights the vanilla-GPT formula's matrices read over ``tokens`` tokens, dense, at ``bits`` bits: per
+    layer and token the Q, K, V matrices (3·d rows of d) and the FFN's d × F and F × d (d rows of F, F rows of d)."""
+    d, hidden, layers = config.n_embd, config.ffn_hidden, config.n_layer
+    return (
+        WeightRead("qkv", "mac", layers * tokens * 3 * d, row_bytes(d, bits)),
+        WeightRead("ffn", "mac", layers * tokens * d, row_bytes(hidden, bits)),
+        WeightRead("ffn", "mac", layers * tokens * hidden, row_bytes(d, bits)),
+    )
+
+
+def vanilla_gpt_weight_bytes(config: SpikeGPTConfig, bits: int) -> int:
+    """Bytes of the vanilla-GPT formula's matrices (its reads of one token)."""
+    return sum(r.bytes for r in vanilla_gpt_reads(1, config, bits))
 
 
 def vanilla_gpt_operations(row_tokens: tuple[int, ...], config: SpikeGPTConfig) -> tuple[Term, ...]:

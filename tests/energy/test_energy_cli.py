@@ -97,3 +97,34 @@ def test_the_readmes_energy_snippet_runs_as_it_is(tmp_path):
     assert result.returncode == 0, result.stderr
     energy_j = float(result.stdout.split()[0])
     assert 0 < energy_j < 1
+
+
+def test_json_gives_operations_data_movement_and_totals_with_the_memory_forced(tiny_model_dir, capsys):
+    args = ["energy", "--model", str(tiny_model_dir), "--prompt", "To be, or not", "--rule", "event", "--json"]
+    assert main([*args, "--weight-memory", "sram"]) == 0
+    in_sram = json.loads(capsys.readouterr().out)
+    assert main([*args, "--weight-memory", "dram"]) == 0
+    in_dram = json.loads(capsys.readouterr().out)
+    for report, pj_per_byte in ((in_sram, 12.5), (in_dram, 162.5)):  # the 45 nm profile's figures
+        assert report["weight_memory"] in ("sram", "dram") and report["reads_rule"] == "event"
+        assert report["data_movement_j"] == pytest.approx(report["weight_bytes"] * pj_per_byte * 1e-12)
+        assert report["total_j"] == pytest.approx(report["energy_j"] + report["data_movement_j"])
+        assert sum(layer["weight_bytes"] for layer in report["layers"]) == report["weight_bytes"]
+        for layer in report["layers"]:
+            assert sum(read["bytes"] for read in layer["reads"]) == layer["weight_bytes"]
+        for baseline in report["baselines"].values():
+            assert baseline["total_j"] == pytest.approx(baseline["energy_j"] + baseline["data_movement_j"])
+            assert baseline["total_ratio"] == pytest.approx(baseline["total_j"] / report["total_j"])
+    assert (in_sram["weight_memory"], in_dram["weight_memory"]) == ("sram", "dram")
+    assert in_sram["weight_bytes"] == in_dram["weight_bytes"] and in_sram["energy_j"] == in_dram["energy_j"]
+
+
+def test_forcing_a_memory_the_profile_does_not_price_is_one_line(tiny_model_dir, tmp_path, capsys):
+    profile = tmp_path / "ops-only.json"
+    profile.write_text('{"name": "ops-only", "mac_pj": 1, "ac_pj": 1, "neuron_pj": 1, "elementwise_pj": 1}')
+    args = ["energy", "--model", str(tiny_model_dir), "--prompt", "hi", "--profile", str(profile)]
+    assert main([*args, "--weight-memory", "dram"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "spikegpt energy: error: profile ops-only: weight_memory 'dram' needs dram_pj_per_byte (a profile that "
+        "prices data movement gives the price of the memory its weights come from, and for 'auto' the SRAM capacity)"
+    ]

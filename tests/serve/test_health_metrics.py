@@ -81,8 +81,9 @@ def test_metrics_move_with_requests(client):
     assert delta(after, before, "spikegpt:e2e_request_latency_seconds_count") == 3
     assert delta(after, before, "spikegpt:firing_rate_count") == 3
     assert 0 < delta(after, before, "spikegpt:firing_rate_sum") < 3
-    for rule in ("strict", "paper"):
+    for rule in ("strict", "paper", "event"):
         assert delta(after, before, "spikegpt:energy_joules_total", ("rule", rule)) > 0
+        assert delta(after, before, "spikegpt:energy_data_movement_joules_total", ("rule", rule)) > 0
     assert after[("spikegpt:num_requests_running",)] == 0
     assert after[("spikegpt:num_requests_waiting",)] == 0
 

@@ -18,7 +18,7 @@ import pytest
 from playground_browser import chromium, unavailable
 from serve_helpers import ServerProcess, metric_values, sse_events
 
-from spikegpt.energy.render import format_joules
+from spikegpt.energy.render import format_bytes, format_joules
 
 pytest_plugins = ["serve_fixtures"]  # the keyless in-process server, for the page without a key field
 
@@ -135,6 +135,8 @@ def page_figures(page: Page) -> dict:
                 [f.dataset.field, [f.dataset.value, f.querySelector('dd').textContent]])),
             ratios: Object.fromEntries([...a.querySelectorAll('[data-baseline]')].map(p => [p.dataset.baseline, p.dataset.value])),
             meters: [...a.querySelectorAll('.meter-value')].map(m => m.textContent),
+            total_ratios: Object.fromEntries([...a.querySelectorAll('[data-total-baseline]')].map(p => [p.dataset.totalBaseline, p.dataset.value])),
+            total_meters: [...a.querySelectorAll('.meter-total')].map(m => m.textContent),
         }])),
     })""")  # noqa: E501
 
@@ -163,15 +165,25 @@ def test_the_page_streams_and_shows_the_apis_figures_for_the_same_seeded_request
     assert set(shown["rules"]) == {"strict", "paper", "event"}
     for rule, report in energy["rules"].items():
         figures = shown["rules"][rule]
-        for field in ("energy_j", "energy_j_per_generated_token"):
+        joule_fields = ("energy_j", "energy_j_per_generated_token", "data_movement_j", "total_j")
+        for field in (*joule_fields, "total_j_per_generated_token"):
             value, text_shown = figures["fields"][field]
             assert float(value) == report[field]  # the very number the API sent
             assert text_shown == format_joules(report[field])  # shown as the CLI's table shows it
+        value, text_shown = figures["fields"]["weight_bytes"]
+        memory = report["weight_memory"].upper()
+        assert int(value) == report["weight_bytes"] and text_shown == f"{format_bytes(int(value))} from {memory}"
         assert {name: float(v) for name, v in figures["ratios"].items()} == {
             name: b["ratio"] for name, b in report["baselines"].items()
         }
         assert figures["meters"] == [format_joules(report["energy_j"])] + [
             format_joules(b["energy_j"]) for b in report["baselines"].values()
+        ]
+        assert {name: float(v) for name, v in figures["total_ratios"].items()} == {
+            name: b["total_ratio"] for name, b in report["baselines"].items()
+        }
+        assert figures["total_meters"] == [format_joules(report["total_j"])] + [
+            format_joules(b["total_j"]) for b in report["baselines"].values()
         ]
     assert page.evaluate("() => document.getElementById('model-placement').textContent") == "residual"
     # the server always reports prompt_tokens_details (0 here: the cache is off)
