@@ -24,6 +24,7 @@ from .config import SpikeGPTConfig
 from .errors import CheckpointError, ConfigError, DeviceError, SpikeGPTError, TokenizerError
 from .model import SpikeGPTForCausalLM
 from .quantize import quantize_model_
+from .threads import apply_threads
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -250,9 +251,13 @@ def load_model(
     device: str = "cpu",
     dtype: str | torch.dtype | None = None,
     weight_bits: int | None = None,
+    threads: int | None = None,
 ) -> tuple[SpikeGPTForCausalLM, PreTrainedTokenizerFast]:
     """The model and tokenizer at ``source`` (a directory or Hub id; None: the bundled model), in eval mode;
-    ``weight_bits`` quantizes its product weights after loading (``spikegpt.quantize``)."""
+    ``weight_bits`` quantizes its product weights after loading (``spikegpt.quantize``). ``threads`` sets torch's
+    CPU thread count for the process first (``spikegpt.threads``; None keeps a count already set there, else decides
+    by its policy)."""
+    apply_threads(threads)
     target = check_device(device)
     source = str(source) if source is not None else str(default_model_path())
     if source in BUNDLED_MODELS and not Path(source).exists():

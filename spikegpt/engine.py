@@ -57,6 +57,7 @@ from .state import RecurrentState
 from .state_cache import StateCache, model_fingerprint
 from .stats import SpikeStats
 from .textstream import TextStream
+from .threads import apply_threads
 from .tracing import trace_decode_step
 
 logger = logging.getLogger(__name__)
@@ -155,11 +156,15 @@ class Engine:
         state_cache_dir: str | None = None,
         state_cache_dir_bytes: int = 1 << 30,
         cache_stride: int | None = None,
+        threads: int | None = None,
     ):
         """``prefill_chunk`` tokens per prompt and ``prefill_rows`` prompts (default: up to 4) per prefill call.
         ``state_cache_bytes`` > 0 turns on the prefix-state cache: states at every ``cache_stride`` tokens of a
         prompt (a multiple of the chunk; default: about 64), at its last chunk boundary and at a finished
-        sequence's, in memory, and in ``state_cache_dir`` (within ``state_cache_dir_bytes``) when given."""
+        sequence's, in memory, and in ``state_cache_dir`` (within ``state_cache_dir_bytes``) when given.
+        ``threads``: torch's CPU thread count, set for the process (``spikegpt.threads``; None keeps a count already
+        set there, else decides by its policy, which keeps clear of cores other work is using)."""
+        apply_threads(threads)
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if compile and not batch_invariant:

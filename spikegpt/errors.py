@@ -56,3 +56,7 @@ class DatasetError(SpikeGPTError):
 
 class TrainingError(SpikeGPTError):
     """A training run cannot start or continue (invalid options, nothing to resume from, incompatible checkpoint)."""
+
+
+class ThreadsError(SpikeGPTError, ValueError):
+    """A CPU thread count is invalid (``--threads``, ``threads=``: a whole number of at least 1)."""
