@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import contextlib
 
-from spikegpt.commands.common import add_model_arguments
+from spikegpt.commands.common import THREADS_DEFAULT, THREADS_HELP, add_model_arguments
 from spikegpt.runtime.products import DECODE_HELP, DECODE_MODES
 
 from .settings import ENV_PREFIX, ServeSettings
@@ -98,11 +98,7 @@ FLAGS = {
         "45nm-fp32",
         dict(metavar="NAME|PATH"),
     ),
-    "--threads": (
-        "CPU threads for the model's arithmetic; the rest are left to HTTP",
-        "half the CPUs this process may use (its affinity mask, capped by a container's CPU quota), at least 1",
-        dict(type=int, metavar="N"),
-    ),
+    "--threads": (THREADS_HELP, f"{THREADS_DEFAULT}, less one CPU kept for HTTP", dict(type=int, metavar="N")),
     "--batch-invariant": (
         "always decode --max-batch rows, so the same request and seed give the same text alone or under any "
         "load; --no-batch-invariant decodes only the running rows",

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedTokenizerFast
 
 from spikegpt.energy import resolve_profile
@@ -21,6 +20,7 @@ from spikegpt.hub.checkpoint import load_model
 from spikegpt.hub.tokenizer import CHAT_TEMPLATE
 from spikegpt.modeling.model import SpikeGPTForCausalLM
 from spikegpt.runtime.engine import Engine
+from spikegpt.threads import apply_threads
 
 from .errors import APIError, shutting_down
 from .formats import TokenTexts
@@ -31,6 +31,8 @@ from .templating import ChatTemplateRenderer
 from .worker import EngineWorker
 
 logger = logging.getLogger(__name__)
+
+HTTP_CPUS = 1  # CPUs the default thread count leaves to the event loop (parsing, streaming) beside the arithmetic
 
 Loader = Callable[[ServeSettings], tuple[SpikeGPTForCausalLM, PreTrainedTokenizerFast]]
 
@@ -83,7 +85,7 @@ class ModelHost:
     async def load(self) -> None:
         started = time.monotonic()
         try:
-            torch.set_num_threads(self.settings.torch_threads)
+            threads = await asyncio.to_thread(apply_threads, self.settings.threads, HTTP_CPUS)
             model, tokenizer = await asyncio.to_thread(self.loader, self.settings)
             if self.chat_template is not None:
                 tokenizer.chat_template = self.chat_template
@@ -122,10 +124,11 @@ class ModelHost:
         c = model.config
         shape = f"{c.n_layer} layers, width {c.n_embd}, vocabulary {c.vocab_size}"
         logger.info(
-            "serving %s (%s) on %s, up to %d sequences per batch; ready in %.1f s",
+            "serving %s (%s) on %s with %d CPU threads, up to %d sequences per batch; ready in %.1f s",
             self.model_name,
             shape,
             self.settings.device,
+            threads,
             self.settings.max_batch,
             time.monotonic() - started,
         )

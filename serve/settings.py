@@ -8,7 +8,6 @@ variables, so any ASGI server can run it.
 
 from __future__ import annotations
 
-import math
 import os
 import typing
 from collections.abc import Mapping
@@ -48,7 +47,7 @@ class ServeSettings:
     chat_template_timeout: float = 5.0  # seconds one render may take (templates are untrusted: serve.templating)
     chat_template_max_chars: int = 1 << 20  # the longest prompt a render may produce (as large as a body)
     energy_profile: str | None = None  # None: the energy module's default profile
-    threads: int | None = None  # None: half the CPUs this process may use (available_cpus), at least one
+    threads: int | None = None  # None: spikegpt.threads' default, keeping one CPU for HTTP
     batch_invariant: bool = True
     compile: bool = False  # torch.compile the decoding step (needs a C++ compiler; slower start, faster steps)
     decode: str = "auto"  # the decoding step's products: auto, dense or sparse (spikegpt.runtime.products)
@@ -111,10 +110,6 @@ class ServeSettings:
         path = Path(self.model).expanduser()
         return path.resolve().name if path.exists() else self.model
 
-    @property
-    def torch_threads(self) -> int:
-        return self.threads or max(1, available_cpus() // 2)
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> ServeSettings:
         """Settings from ``SPIKEGPT_*`` variables, then ``overrides`` (given flags) on top."""
@@ -127,52 +122,6 @@ class ServeSettings:
                 values[f.name] = _parse(f.name, raw, hints[f.name])
         values.update(overrides)
         return cls(**values)
-
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
-    """The CPUs this process's cgroup may use (quota / period), or None without a limit: cgroup v2's ``cpu.max``
-    in the process's own group and every group above it (the tightest wins), else cgroup v1's
-    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``. In a container these are the container's limits (docker
-    ``--cpus``, Kubernetes ``resources.limits.cpu``)."""
-    limits = []
-    try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError:
-        lines = []
-    group = next((line.split(":", 2)[2] for line in lines if line.startswith("0::")), None)
-    if group is not None:  # cgroup v2
-        folder = root / group.lstrip("/")
-        while True:
-            fields = _read(folder / "cpu.max").split()
-            if len(fields) == 2 and fields[0] != "max":
-                limits.append(int(fields[0]) / int(fields[1]))
-            if folder == root or root not in folder.parents:
-                break
-            folder = folder.parent
-    for v1 in (root / "cpu", root / "cpu,cpuacct"):
-        quota, period = _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us")
-        if quota.lstrip("-").isdigit() and period.isdigit() and int(quota) > 0 and int(period) > 0:
-            limits.append(int(quota) / int(period))
-            break
-    return min(limits) if limits else None
-
-
-def available_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
-    """CPUs this process may use: the cores it may run on (``os.sched_getaffinity``, which ``taskset`` and
-    ``docker --cpuset-cpus`` narrow), capped by its cgroup's CPU quota rounded up; ``os.cpu_count`` sees neither."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    limit = cgroup_cpu_limit(root, proc_cgroup)
-    return max(1, min(cores, math.ceil(limit))) if limit is not None else max(1, cores)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
 
 
 def _parse(name: str, raw: str, hint) -> object:

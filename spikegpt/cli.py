@@ -2,7 +2,9 @@
 
 Each subcommand lives in a module exposing ``add_parser(subparsers)``, which registers its parser (or returns a
 list of parsers, when one module holds several subcommands) with ``set_defaults(run=...)``; ``run(args)``
-returns the exit status. Errors reach the user as one line; set ``SPIKEGPT_DEBUG=1`` for the traceback.
+returns the exit status. Errors reach the user as one line; set ``SPIKEGPT_DEBUG=1`` for the traceback. A command
+with ``--threads`` (``commands.common.add_threads_argument``) runs after torch's CPU thread count is set by the
+policy of ``spikegpt.threads``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "apply_threads", False):
+            from .threads import apply_threads
+
+            apply_threads(getattr(args, "threads", None))
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("spikegpt: interrupted", file=sys.stderr)

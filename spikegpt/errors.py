@@ -6,11 +6,20 @@ class SpikeGPTError(Exception):
 
 
 class ConfigError(SpikeGPTError, ValueError):
-    """A model configuration is invalid."""
+    """A model configuration is invalid. ``field`` names the offending field, when there is one."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class CheckpointError(SpikeGPTError):
-    """A checkpoint file or directory is missing, truncated, or does not match the model."""
+    """A checkpoint file or directory is missing, truncated, or does not match the model, or holds values that are
+    not numbers. ``name`` is the tensor or config field at fault, when there is one."""
+
+    def __init__(self, message: str, name: str | None = None):
+        super().__init__(message)
+        self.name = name
 
 
 class DeviceError(SpikeGPTError, ValueError):
@@ -47,3 +56,7 @@ class DatasetError(SpikeGPTError):
 
 class TrainingError(SpikeGPTError):
     """A training run cannot start or continue (invalid options, nothing to resume from, incompatible checkpoint)."""
+
+
+class ThreadsError(SpikeGPTError, ValueError):
+    """A CPU thread count is invalid (``--threads``, ``threads=``: a whole number of at least 1)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,11 @@ from spikegpt.kernels import reload_kernel_backend
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Commands, loaders and engines choose torch's thread count by how busy the machine is (spikegpt.threads); the suite
+# keeps torch's own count instead, in this process and in the commands it runs, so that no result depends on the
+# load of the moment. The tests of that choice (tests/core/test_threads.py) remove the variable.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
 # A small alphabet the tests write their own text in.
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\n-é"
 
@@ -25,6 +31,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def torch_threads() -> int:
+    """Torch's CPU thread count as a thread started now sees it: the process's. (A thread that has already run torch
+    code keeps the count it started with until it sets one itself, so a count set in another thread, as the server
+    sets it, shows here and not in the test's own thread.)"""
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
 
 
 def tiny_config(**overrides) -> SpikeGPTConfig:

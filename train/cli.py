@@ -14,6 +14,7 @@ import types
 import typing
 from pathlib import Path
 
+from spikegpt.commands.common import add_model_arguments, add_threads_argument
 from spikegpt.errors import TrainingError
 
 from .config import FIELDS, TrainConfig, default_config_path, make_config, read_config_file
@@ -104,6 +105,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
             continue
         group = groups.get(field.name, group)
         _add_config_flag(group, field)
+    add_threads_argument(parser)
     parser.set_defaults(run=run_train, train_parser=parser)
     return parser
 
@@ -148,8 +150,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    from spikegpt.commands.common import add_model_arguments
-
     parser = subparsers.add_parser(
         "eval",
         help="evaluate a model on a dataset: loss, perplexity, bits per byte, firing rates",
@@ -178,6 +178,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--max-blocks", type=int, default=None, help="evaluate only the first N blocks")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_weight_noise_arguments(parser)
+    add_threads_argument(parser)
     parser.set_defaults(run=run_eval)
     return parser
 

@@ -4,6 +4,27 @@ from __future__ import annotations
 
 import argparse
 
+THREADS_HELP = (
+    "CPU threads for the model's arithmetic; more threads than the cores other work leaves idle make every "
+    "operation wait for a thread the system has pushed off"
+)
+THREADS_DEFAULT = (
+    "OMP_NUM_THREADS when set, else the CPUs this process may use (affinity mask, container CPU quota) that other "
+    "work leaves idle, at most their physical cores and 8, at least 1"
+)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """--threads, which ``spikegpt.cli`` applies (``spikegpt.threads.apply_threads``) before the command runs."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help=f"{THREADS_HELP} (default: {THREADS_DEFAULT})",
+    )
+    parser.set_defaults(apply_threads=True)
+
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
     """--model, --device, --dtype, --weight-bits."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import add_threads_argument
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -49,6 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="store the weights in this dtype (default: as in the checkpoint, written as float32); "
         "time_decay and time_first always stay float32",
     )
+    add_threads_argument(parser)
     parser.set_defaults(run=run)
     return parser
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import add_model_arguments
+from .common import add_model_arguments, add_threads_argument
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -77,6 +77,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="print the built-in profiles as TOML (a template for your own profile file) and exit",
     )
+    add_threads_argument(parser)
     parser.set_defaults(run=run)
     return parser
 

@@ -7,7 +7,7 @@ import sys
 import time
 
 from ..runtime.products import DECODE_HELP, DECODE_MODES
-from .common import add_model_arguments
+from .common import add_model_arguments, add_threads_argument
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -42,11 +42,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "before the first token, then faster decoding); without it the step is traced once",
     )
     parser.add_argument("--decode", choices=DECODE_MODES, default="auto", help=f"{DECODE_HELP} (default: auto)")
+    add_threads_argument(parser)
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..errors import GenerationError
     from ..hub.checkpoint import load_model
     from ..hub.tokenizer import encode_counting_unknown
@@ -87,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
     decode_time = elapsed - (first_token_at - start)
     speed = (final.completion_tokens - 1) / decode_time if final.completion_tokens > 1 and decode_time > 0 else 0.0
     rate = float(final.stats.firing_rate())
+    threads = torch.get_num_threads()
     print(
         f"[prompt {final.prompt_tokens} tokens, generated {final.completion_tokens} tokens in {elapsed:.2f} s "
         f"(first token after {first_token_at - start:.3f} s, then {speed:.1f} tokens/s), "
-        f"mean firing rate {rate:.3f}, finish reason {final.finish_reason}]",
+        f"mean firing rate {rate:.3f}, finish reason {final.finish_reason}, {threads} CPU thread"
+        + ("s]" if threads != 1 else "]"),
         file=sys.stderr,
     )
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_weight_bits_argument
+from .common import add_threads_argument, add_weight_bits_argument
 
 CARD = """---
 library_name: transformers
@@ -41,6 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_weight_bits_argument(parser, required=True)
     parser.add_argument("output_dir", metavar="OUT_DIR", help="directory to create (must not exist or be empty)")
+    add_threads_argument(parser)
     parser.set_defaults(run=run)
     return parser
 

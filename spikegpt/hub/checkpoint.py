@@ -1,9 +1,11 @@
 """Loading a model and its tokenizer from a Hugging Face directory or Hub id, strictly, with errors a user can act on.
 
-Strict means no half-loaded model is ever returned: the device must be available, the configuration's weights
-must fit in the memory the device has (estimated from the configuration before any tensor is allocated), and every
-tensor of the model must come from the checkpoint with its shape, and every tensor of the checkpoint must be used;
-otherwise a ``CheckpointError`` (or ``DeviceError``) names what is wrong.
+Strict means no half-loaded model is ever returned: the device must be available, the configuration must be valid
+(every real-valued field a finite number) and its weights must fit in the memory the device has (estimated from the
+configuration before any tensor is allocated), every tensor of the model must come from the checkpoint with its
+shape, stored as floating point where the model's is, and hold finite values only (one pass over the weights), and
+every tensor of the checkpoint must be used; otherwise a ``CheckpointError`` (or ``DeviceError``) names what is
+wrong.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import os
 from pathlib import Path
 
 import torch
+from huggingface_hub import try_to_load_from_cache
+from safetensors import safe_open
 from transformers import PreTrainedTokenizerFast
 
-from ..errors import CheckpointError, DeviceError, SpikeGPTError, TokenizerError
+from ..errors import CheckpointError, ConfigError, DeviceError, SpikeGPTError, TokenizerError
 from ..modeling.config import SpikeGPTConfig
 from ..modeling.model import SpikeGPTForCausalLM
 from ..quant.grids import quantize_model_
+from ..threads import apply_threads
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -170,14 +175,89 @@ def _check_loading(info: dict, source: str) -> None:
         raise CheckpointError(f"{source}: the checkpoint does not match its config: {'; '.join(problems)}")
 
 
+def read_config(source: str) -> SpikeGPTConfig:
+    """The configuration of the checkpoint at ``source``; an invalid one is a CheckpointError naming its field."""
+    try:
+        return SpikeGPTConfig.from_pretrained(source)
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: config.json: {e}", e.field) from e
+
+
+# the files ``from_pretrained`` reads the weights from, in its order of preference (an index lists the shards)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def weight_files(source: str) -> list[Path]:
+    """The files the weights of ``source`` were loaded from: in the local directory, or in the Hub cache that
+    loading filled (nothing is downloaded here)."""
+    for name in WEIGHT_FILES:
+        if Path(source).is_dir():
+            found = Path(source) / name if (Path(source) / name).is_file() else None
+        else:
+            cached = try_to_load_from_cache(source, name)
+            found = Path(cached) if isinstance(cached, str) else None
+        if found is None:
+            continue
+        if name.endswith(".index.json"):
+            shards = json.loads(found.read_text())["weight_map"].values()
+            return [found.parent / shard for shard in sorted(set(shards))]
+        return [found]
+    return []
+
+
+def stored_dtypes(files: list[Path]) -> dict[str, tuple[str, bool]]:
+    """Tensor name → (its dtype as stored, whether that is floating point), from the files' headers: safetensors
+    dtypes ("F32", "BF16", "I32", ...) without reading the data, pickled ones as torch dtypes on the meta device."""
+    stored = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            with safe_open(file, framework="pt") as tensors:
+                for name in tensors.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+                    kind = tensors.get_slice(name).get_dtype()
+                    stored[name] = (kind, kind == "BF16" or kind.startswith("F"))  # F64 ... F8_E4M3, and BF16
+        else:
+            for name, tensor in torch.load(file, map_location="meta", weights_only=True).items():
+                stored[name] = (str(tensor.dtype).removeprefix("torch."), tensor.is_floating_point())
+    return stored
+
+
+def _check_weights(model: SpikeGPTForCausalLM, files: list[Path], source: str) -> None:
+    """CheckpointError naming the first tensor the model holds as floating point that the checkpoint stores as
+    another kind (loading would have cast integers into weights silently), or that holds NaN or infinity: one
+    pass over the weights, before anything computes with them."""
+    stored = stored_dtypes(files)
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        kind, is_float = stored.get(name, (None, True))
+        if not is_float:
+            raise CheckpointError(f"{source}: {name} is stored as {kind}, not as floating point weights", name)
+        if not torch.isfinite(tensor).all():
+            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+            raise CheckpointError(
+                f"{source}: {name} holds values that are not finite numbers ({nan:,} NaN and {inf:,} infinite of "
+                f"{tensor.numel():,})",
+                name,
+            )
+
+
 def load_model(
     source: str | Path | None = None,
     device: str = "cpu",
     dtype: str | torch.dtype | None = None,
     weight_bits: int | None = None,
+    threads: int | None = None,
 ) -> tuple[SpikeGPTForCausalLM, PreTrainedTokenizerFast]:
     """The model and tokenizer at ``source`` (a directory or Hub id; None: the bundled model), in eval mode;
-    ``weight_bits`` quantizes its product weights after loading (``spikegpt.quant.grids``)."""
+    ``weight_bits`` quantizes its product weights after loading (``spikegpt.quant.grids``). ``threads`` sets torch's
+    CPU thread count for the process first (``spikegpt.threads``; None keeps a count already set there, else decides
+    by its policy)."""
+    apply_threads(threads)
     target = check_device(device)
     source = str(source) if source is not None else str(default_model_path())
     if source in BUNDLED_MODELS and not Path(source).exists():
@@ -187,7 +267,7 @@ def load_model(
         source = str(Path(source).expanduser())
     torch_dtype = (parse_dtype(dtype) if isinstance(dtype, str) or dtype is None else dtype) or torch.float32
     try:
-        config = SpikeGPTConfig.from_pretrained(source)
+        config = read_config(source)
         check_memory(config, torch_dtype, target, source)
         model, info = SpikeGPTForCausalLM.from_pretrained(
             source, config=config, dtype=torch_dtype, output_loading_info=True, ignore_mismatched_sizes=True
@@ -198,6 +278,7 @@ def load_model(
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load a SpikeGPT model from {source}: {first_line}") from e
     _check_loading(info, source)
+    _check_weights(model, weight_files(source), source)
     try:
         tokenizer = load_tokenizer(source)
     except TokenizerError as e:

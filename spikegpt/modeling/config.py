@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -89,37 +91,47 @@ class SpikeGPTConfig(PreTrainedConfig):
         self.check()
 
     def check(self) -> None:
-        """Raise ``ConfigError`` naming the first invalid field."""
+        """Raise ``ConfigError`` naming the first invalid field (its ``field``)."""
         for name in ("vocab_size", "n_layer", "n_embd", "ctx_len", "ffn_hidden", "rescale_layer", "spike_count_max"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}", name)
         for name in ("vocab_size", "n_layer", "n_embd", "ctx_len", "ffn_hidden", "spike_count_max"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", name)
+        for name in FLOAT_FIELDS:  # NaN passes every comparison below, inf most of them: refuse both first
+            value = getattr(self, name)
+            if isinstance(value, int | float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}", name)
         if self.lif_tau <= 1.0:
-            raise ConfigError(f"lif_tau must be greater than 1, got {self.lif_tau}")
+            raise ConfigError(f"lif_tau must be greater than 1, got {self.lif_tau}", "lif_tau")
         if self.lif_reset not in LIF_RESETS:
-            raise ConfigError(f"lif_reset must be one of {', '.join(LIF_RESETS)}, got {self.lif_reset!r}")
+            raise ConfigError(f"lif_reset must be one of {', '.join(LIF_RESETS)}, got {self.lif_reset!r}", "lif_reset")
         if self.surrogate not in SURROGATES:
-            raise ConfigError(f"surrogate must be one of {', '.join(SURROGATES)}, got {self.surrogate!r}")
+            raise ConfigError(f"surrogate must be one of {', '.join(SURROGATES)}, got {self.surrogate!r}", "surrogate")
         if self.spike_placement not in SPIKE_PLACEMENTS:
             raise ConfigError(
-                f"spike_placement must be one of {', '.join(SPIKE_PLACEMENTS)}, got {self.spike_placement!r}"
+                f"spike_placement must be one of {', '.join(SPIKE_PLACEMENTS)}, got {self.spike_placement!r}",
+                "spike_placement",
             )
         if self.input_spikes not in INPUT_SPIKES:
-            raise ConfigError(f"input_spikes must be one of {', '.join(INPUT_SPIKES)}, got {self.input_spikes!r}")
+            raise ConfigError(
+                f"input_spikes must be one of {', '.join(INPUT_SPIKES)}, got {self.input_spikes!r}", "input_spikes"
+            )
         if not self.spike_count_scale > 0:
-            raise ConfigError(f"spike_count_scale must be positive, got {self.spike_count_scale}")
+            raise ConfigError(f"spike_count_scale must be positive, got {self.spike_count_scale}", "spike_count_scale")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}", "dropout")
         if self.rescale_layer < 0:
-            raise ConfigError(f"rescale_layer must be 0 (off) or positive, got {self.rescale_layer}")
+            raise ConfigError(f"rescale_layer must be 0 (off) or positive, got {self.rescale_layer}", "rescale_layer")
         if self.weight_bits is not None:
             from ..quant.grids import check_weight_bits
 
             check_weight_bits(self.weight_bits)
         if self.tie_word_embeddings:
-            raise ConfigError("SpikeGPT's head is never tied to its embedding (tie_word_embeddings must be False)")
+            raise ConfigError(
+                "SpikeGPT's head is never tied to its embedding (tie_word_embeddings must be False)",
+                "tie_word_embeddings",
+            )
 
     @property
     def spiking_inputs(self) -> bool:
@@ -133,3 +145,7 @@ class SpikeGPTConfig(PreTrainedConfig):
     @property
     def hidden_size(self) -> int:
         return self.n_embd
+
+
+# every real-valued hyper-parameter, read from the annotations so that a new one is checked as well (``check``)
+FLOAT_FIELDS = tuple(name for name, kind in SpikeGPTConfig.__annotations__.items() if "float" in str(kind))

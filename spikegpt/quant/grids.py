@@ -34,7 +34,8 @@ WEIGHT_BITS = (8, 4, 1)
 
 def check_weight_bits(bits: int) -> None:
     if isinstance(bits, bool) or bits not in WEIGHT_BITS:
-        raise ConfigError(f"weight_bits must be one of {', '.join(map(str, WEIGHT_BITS))}, got {bits!r}")
+        choices = ", ".join(map(str, WEIGHT_BITS))
+        raise ConfigError(f"weight_bits must be one of {choices}, got {bits!r}", "weight_bits")
 
 
 def quantize_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,16 +93,21 @@ def model_weight_bits(model: nn.Module) -> int | None:
 def quantize_model_(model: nn.Module, bits: int) -> nn.Module:
     """Post-training quantization in place: every product's weights onto the ``bits`` grid (float32 values, memory
     layout kept) and ``config.weight_bits`` set. A model already on a grid is only re-quantized to the same width
-    (a no-op); a float model must compute in float32, the only dtype that holds every grid value exactly."""
+    (a no-op); a float model must compute in float32, the only dtype that holds every grid value exactly, and its
+    product weights must be finite numbers."""
     check_weight_bits(bits)
     current = model_weight_bits(model)
     if current is not None and current != bits:
         raise ConfigError(
             f"the model's weights are already quantized to {current} bits; quantize its float original to {bits}"
         )
-    for name, linear in quantized_linears(model):
+    linears = list(quantized_linears(model))
+    for name, linear in linears:  # all checked before any is changed: a refused model is left as it was
         if linear.weight.dtype != torch.float32:
             raise ConfigError(f"{name}: quantized weights need float32 (got {linear.weight.dtype}); load in fp32")
+        if not torch.isfinite(linear.weight).all():  # a NaN or infinite row would become a NaN scale
+            raise ConfigError(f"{name}.weight holds values that are not finite numbers: no grid holds them")
+    for _, linear in linears:
         linear.weight.copy_(dequantize(*quantize_weight(linear.weight, bits)))
     model.config.weight_bits = bits
     return model

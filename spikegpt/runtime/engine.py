@@ -52,6 +52,7 @@ from ..modeling.model import SpikeGPTForCausalLM
 from ..modeling.state import RecurrentState
 from ..modeling.stats import SpikeStats
 from ..quant.int8 import use_int8_kernels_
+from ..threads import apply_threads
 from .prefill import Prefiller, PrefillTask, aligned
 from .products import Crossovers, DecodeProducts, prepare_weights
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
@@ -155,11 +156,15 @@ class Engine:
         state_cache_dir: str | None = None,
         state_cache_dir_bytes: int = 1 << 30,
         cache_stride: int | None = None,
+        threads: int | None = None,
     ):
         """``prefill_chunk`` tokens per prompt and ``prefill_rows`` prompts (default: up to 4) per prefill call.
         ``state_cache_bytes`` > 0 turns on the prefix-state cache: states at every ``cache_stride`` tokens of a
         prompt (a multiple of the chunk; default: about 64), at its last chunk boundary and at a finished
-        sequence's, in memory, and in ``state_cache_dir`` (within ``state_cache_dir_bytes``) when given."""
+        sequence's, in memory, and in ``state_cache_dir`` (within ``state_cache_dir_bytes``) when given.
+        ``threads``: torch's CPU thread count, set for the process (``spikegpt.threads``; None keeps a count already
+        set there, else decides by its policy, which keeps clear of cores other work is using)."""
+        apply_threads(threads)
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if compile and not batch_invariant:

@@ -115,9 +115,10 @@ def test_a_hub_id_loads_from_the_hub_cache(tmp_path, tiny_model_dir):
     for item in tiny_model_dir.iterdir():
         (snapshot / item.name).write_bytes(item.read_bytes())
     script = (
-        "from spikegpt.hub.checkpoint import load_model\n"
+        "from spikegpt.hub.checkpoint import load_model, weight_files\n"
         "model, tokenizer = load_model('someone/tiny-spikegpt')\n"
         "print(type(model).__name__, model.config.n_layer, len(tokenizer))\n"
+        "print(*(path.relative_to(path.parents[2]) for path in weight_files('someone/tiny-spikegpt')))\n"
         "try:\n"
         "    load_model('someone/not-there')\n"
         "except Exception as e:\n"
@@ -126,7 +127,9 @@ def test_a_hub_id_loads_from_the_hub_cache(tmp_path, tiny_model_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["SpikeGPTForCausalLM", "2", str(len(ALPHABET) + 1), "CheckpointError"]
+    # the weights checked for finite floats are the cached files the model was loaded from
+    weights = f"snapshots/{revision}/model.safetensors"
+    assert result.stdout.split() == ["SpikeGPTForCausalLM", "2", str(len(ALPHABET) + 1), weights, "CheckpointError"]
 
 
 def true_log_probability(model, sequence: torch.Tensor, prompt_len: int, eos: int | None) -> float:

@@ -13,7 +13,14 @@ from spikegpt import SpikeGPTConfig
 from spikegpt.cli import main
 from spikegpt.errors import ConfigError
 from spikegpt.hub.checkpoint import load_model
-from spikegpt.quant.grids import dequantize, fake_quantize, quantize_model_, quantize_weight, quantized_linears
+from spikegpt.quant.grids import (
+    WEIGHT_BITS,
+    dequantize,
+    fake_quantize,
+    quantize_model_,
+    quantize_weight,
+    quantized_linears,
+)
 
 
 def grid(bits: int, rows: int = 6, cols: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,6 +109,19 @@ def test_a_quantized_model_is_not_requantized_to_another_width():
         quantize_model_(model, 8)
     with pytest.raises(ConfigError, match="float32"):
         quantize_model_(tiny_model().to(torch.bfloat16), 8)
+
+
+@pytest.mark.parametrize("bits", WEIGHT_BITS)
+def test_weights_that_are_not_numbers_are_not_put_on_a_grid(bits):
+    model = tiny_model()
+    model.model.blocks[1].ffn.key.weight.data[3] = float("nan")
+    model.head.weight.data[0, 0] = float("inf")
+    before = {name: linear.weight.clone() for name, linear in quantized_linears(model)}
+    with pytest.raises(ConfigError, match=r"model\.blocks\.1\.ffn\.key\.weight holds values that are not finite"):
+        quantize_model_(model, bits)
+    for name, linear in quantized_linears(model):  # nothing changed, nothing recorded
+        torch.testing.assert_close(linear.weight, before[name], rtol=0, atol=0, equal_nan=True, msg=name)
+    assert model.config.weight_bits is None
 
 
 @pytest.mark.parametrize("bad", [3, 16, True, 0])

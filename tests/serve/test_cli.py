@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 
 import httpx
 import pytest
+from safetensors.torch import load_file, save_file
 from serve_helpers import SPIKEGPT, ServerProcess
 
 from spikegpt.cli import build_parser, main
@@ -66,6 +68,29 @@ def test_a_model_that_cannot_load_exits_1_with_one_line():
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "spikegpt serve: error: /no/such/model: no such model directory" in result.stderr
+
+
+@pytest.mark.parametrize("broken", ["config", "weights"])
+def test_a_model_that_is_not_numbers_never_serves(tmp_path, tiny_model_dir, broken):
+    """A NaN in config.json or in a tensor: the server exits 1 with one line naming it, before it was ever ready."""
+    model_dir = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, model_dir)
+    if broken == "config":
+        config = json.loads((model_dir / "config.json").read_text())
+        (model_dir / "config.json").write_text(json.dumps({**config, "lif_threshold": float("nan")}))
+    else:
+        tensors = load_file(model_dir / "model.safetensors")
+        tensors["model.blocks.0.att.key.weight"][4, 2] = float("nan")
+        save_file(tensors, model_dir / "model.safetensors")
+    command = [SPIKEGPT, "serve", "--model", str(model_dir), "--port", "0", "--threads", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("spikegpt serve: error:")]
+    assert len(errors) == 1
+    named = "lif_threshold must be a finite number" if broken == "config" else "model.blocks.0.att.key.weight holds"
+    assert named in errors[0]
+    assert "ready in" not in result.stderr  # the host's "serving ... ready in N s" line: it never served
 
 
 def test_sigterm_lets_short_streams_finish_and_ends_long_ones_cleanly(tiny_model_dir):

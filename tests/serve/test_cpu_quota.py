@@ -1,13 +1,18 @@
-"""The server's default thread count follows the CPUs a container may use: cgroup v2 and v1 quotas (written as a
-cgroup filesystem would show them, in a temporary directory) and the affinity mask."""
+"""The default thread count (spikegpt.threads) follows the CPUs a container may use: cgroup v2 and v1 quotas (written
+as a cgroup filesystem would show them, in a temporary directory) and the affinity mask; the server keeps one for
+HTTP."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+import torch
+from conftest import torch_threads
+from serve_helpers import run_server, tiny_settings
 
-from spikegpt.serve.settings import ServeSettings, available_cpus, cgroup_cpu_limit
+from spikegpt import threads
+from spikegpt.threads import CpuView, available_cpus, cgroup_cpu_limit
 
 
 def v2(tmp_path, limits: dict[str, str], group: str = "/kubepods/pod1/app"):
@@ -65,6 +70,15 @@ def test_available_cpus_rounds_a_quota_up_and_never_exceeds_the_affinity(tmp_pat
     assert available_cpus(root, proc) == cores
 
 
-def test_the_default_thread_count_is_half_the_available_cpus():
-    assert ServeSettings().torch_threads == max(1, available_cpus() // 2)
-    assert ServeSettings(threads=3).torch_threads == 3
+def test_the_server_keeps_one_cpu_for_http(monkeypatch, tiny_model_dir):
+    """A quiet 4-CPU machine stands in for this one (measure_cpus replaced: the test cannot choose the machine's
+    load): the default gives the model 3 threads and leaves one to the event loop."""
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_chosen", None)
+    monkeypatch.setattr(threads, "measure_cpus", lambda environ=None: CpuView(cpus=4, cores=4, busy=0.0))
+    try:
+        with run_server(tiny_settings(tiny_model_dir, threads=None)):
+            assert torch_threads() == 3
+    finally:
+        torch.set_num_threads(before)
