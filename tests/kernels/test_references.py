@@ -57,7 +57,10 @@ def test_wkv_reference_matches_direct_formula(form, case, dtype, seed):
     names = ["y", "num", "den", "max", "dw", "du", "dk", "dv", "dnum", "dden", "dmax"]
     for name, got, want in zip(names, outputs + gradients, want_outputs + want_gradients, strict=False):
         assert got.dtype == (dtype if name != "y" else k.to(dtype).dtype), name
-        assert rel_err(got, want) <= TOLERANCE[dtype], f"{name}: {rel_err(got, want):.2e}"
+        # the extreme case's fp32 gradients lose a little more (exponents near 60): worst over 150 seeds of every
+        # form 1.24e-5, as the Triton kernel's test found; 4e-5 there, as in test_wkv_triton.py
+        tolerance = 4e-5 if case == "extreme" and dtype == torch.float32 else TOLERANCE[dtype]
+        assert rel_err(got, want) <= tolerance, f"{name}: {rel_err(got, want):.2e}"
 
 
 def test_wkv_fresh_state_is_the_default():
