@@ -3,7 +3,9 @@
 The generation routes read their bodies themselves (so that validation is strict and the errors are OpenAI's), so
 FastAPI cannot see the bodies: each route declares its body with ``json_body`` and its statuses from ``ERRORS``,
 and ``install_openapi`` puts the request models' JSON schemas (from the same pydantic models that validate) into
-the document's components.
+the document's components. Once the model is loaded, the document states the served model's limits too (its
+vocabulary, prompt length, generation cap and capacity, marked in the models by ``server_limit``), so that every
+request the document allows is one the server accepts.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from .protocol import (
+    SERVER_LIMIT,
+    STATED_LIMITS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    ServerLimits,
+    TokenizeRequest,
+)
 
 REQUEST_MODELS = (CompletionRequest, ChatCompletionRequest, TokenizeRequest, DetokenizeRequest)
 
@@ -74,16 +84,40 @@ METRICS_RESPONSES = {
 }
 
 
+def state_limits(schema: object, limits: ServerLimits | None) -> None:
+    """Replace, in place, each ``server_limit`` marker in a JSON schema with the keywords stating that limit;
+    without ``limits`` (no model loaded yet) drop the markers."""
+    if isinstance(schema, dict):
+        name = schema.pop(SERVER_LIMIT, None)
+        for value in schema.values():
+            state_limits(value, limits)
+        if name is not None and limits is not None:
+            schema.update(STATED_LIMITS[name](limits))
+    elif isinstance(schema, list):
+        for value in schema:
+            state_limits(value, limits)
+
+
+def openapi_document(app: FastAPI, limits: ServerLimits | None) -> dict:
+    """The OpenAPI document of ``app``'s routes, stating ``limits`` (those of the served model) where given."""
+    document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for model in REQUEST_MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    state_limits(schemas, limits)
+    return document
+
+
 def install_openapi(app: FastAPI) -> None:
+    """Serve the document of the server's current limits: none while the model loads, then the served model's."""
+    documents: dict[ServerLimits | None, dict] = {}
+
     def openapi() -> dict:
-        if app.openapi_schema is None:
-            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            for model in REQUEST_MODELS:
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                schemas.update(schema.pop("$defs", {}))
-                schemas[model.__name__] = schema
-            app.openapi_schema = document
-        return app.openapi_schema
+        limits = app.state.host.limits
+        if limits not in documents:
+            documents[limits] = openapi_document(app, limits)
+        return documents[limits]
 
     app.openapi = openapi

@@ -3,19 +3,28 @@
 Every field is checked here, once, against ``spikegpt.runtime.sampling.LIMITS`` (the table the sampler and engine rely
 on) and the served model's own limits (``ServerLimits``: vocabulary, prompt length, generation cap, capacity), so what
 passes can be represented and run by the engine. Strictly: a wrong type is a 400, never coerced (``"5"`` is not a
-number, ``1`` is not ``true``); ``null`` in an optional field means its default (the official OpenAI client sends
-``temperature=None`` as null). Unknown fields are ignored, as OpenAI clients send fields this server has no use
-for; fields that would change the result but are not supported are refused.
+number, ``1`` is not ``true``), except that a whole number written as a float (``1.0``) is an integer, as in JSON
+Schema; ``null`` in an optional field means its default (the official OpenAI client sends ``temperature=None`` as
+null). Unknown fields are ignored, as OpenAI clients send fields this server has no use for; fields that would
+change the result but are not supported are refused.
+
+The models' JSON schemas (the OpenAPI document's request bodies) state every rule checked here that JSON Schema can
+say: the rules checked by validators with their own messages through ``states``, the rules between fields as
+model-level ``anyOf``/``oneOf``, and the served model's limits through ``server_limit`` markers that the served
+document fills in from its ``ServerLimits`` (``STATED_LIMITS``). So a request valid by the document is accepted,
+except for what no schema can state: a text prompt's or a chat's length in tokens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -24,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from spikegpt.runtime.sampling import LIMITS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, SamplingParams, choice_seed
+from spikegpt.runtime.sampling import LIMITS, MAX_N, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS, SamplingParams, choice_seed
 
 from .errors import invalid, validation_error
 
@@ -43,16 +52,48 @@ def _limits(info: ValidationInfo) -> ServerLimits:
     return info.context["limits"]
 
 
+def states(**keywords: Any) -> Any:
+    """JSON Schema keywords stating a rule that a validator here checks with its own message (pydantic's
+    constraints would word the error otherwise), so that the document refuses what the server refuses."""
+    return Field(json_schema_extra=keywords)
+
+
+SERVER_LIMIT = "x-server-limit"  # the key of a marker in a JSON schema, replaced in the served document
+
+
+def server_limit(name: str) -> Any:
+    """Marks a JSON schema where the served document states limit ``name`` of ``STATED_LIMITS``."""
+    return states(**{SERVER_LIMIT: name})
+
+
+def _whole(value: object) -> object:
+    # JSON Schema (and so the OpenAPI document) counts 1.0 as an integer: a whole float is taken as the int it
+    # equals; 1.5, true and "1" still reach the strict int check and are refused
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _is_integer(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(_whole(value), int)
+
+
+Integer = Annotated[int, BeforeValidator(_whole)]  # an int field's type: 1.0 is 1
+
+
 def _float(name: str):
     return Annotated[float, Field(**LIMITS[name].constraints(), allow_inf_nan=False)]
 
 
 def _int(name: str):
-    return Annotated[int, Field(**LIMITS[name].constraints())]
+    # the range inside the conversion, where pydantic's JSON schema shows it as minimum and maximum
+    return Annotated[int, Field(**LIMITS[name].constraints()), BeforeValidator(_whole)]
 
 
-TokenId = _int("token_id")
-TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+TokenId = _int("token_id")  # a stop token may be any id: one outside the vocabulary never matches
+VocabularyId = Annotated[TokenId, server_limit("vocabulary")]  # below the served vocabulary's size
+PromptIds = Annotated[list[VocabularyId], Field(min_length=1), server_limit("prompt_length")]
+MaxTokens = Annotated[_int("max_tokens"), server_limit("max_tokens")]
+ChatMaxTokens = Annotated[_int("chat_max_tokens"), server_limit("max_tokens")]
+StopString = Annotated[str, states(minLength=1)]
 
 
 def refused(message: str, neutral: object = None) -> AfterValidator:
@@ -94,15 +135,17 @@ class _Generation(_Body):
     presence_penalty: _float("presence_penalty") | None = 0.0
     frequency_penalty: _float("frequency_penalty") | None = 0.0
     repetition_penalty: _float("repetition_penalty") | None = 1.0
-    n: _int("n") | None = 1
+    n: Annotated[_int("n"), server_limit("sequences")] | None = 1
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     seed: _int("seed") | None = None
     ignore_eos: bool | None = False
-    logit_bias: Annotated[dict[str, float] | None, refused("logit_bias is not supported by this server")] = None
-    max_tokens: _int("max_tokens") | None = None
+    logit_bias: Annotated[
+        dict[str, float] | None, refused("logit_bias is not supported by this server"), states(maxProperties=0)
+    ] = None
+    max_tokens: MaxTokens | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -170,6 +213,49 @@ class _Generation(_Body):
         )
 
 
+def only_with(field: str, flag: str) -> dict:
+    """JSON Schema: ``field`` is absent or null unless ``flag`` is true (a model validator's rule)."""
+    flag_true = {"required": [flag], "properties": {flag: {"const": True}}}
+    return {"anyOf": [flag_true, {"properties": {field: {"type": "null"}}}]}
+
+
+def exactly_one_of(first: str, second: str) -> dict:
+    """JSON Schema: exactly one of the two fields is given (present and not null)."""
+
+    def alone(given: str, other: str) -> dict:
+        return {"required": [given], "properties": {given: {"not": {"type": "null"}}, other: {"type": "null"}}}
+
+    return {"oneOf": [alone(first, second), alone(second, first)]}
+
+
+def _sequences_per_prompts(limits: ServerLimits) -> dict:
+    """JSON Schema for ``n`` × prompts ≤ ``max_sequences``: for each n, a list of several prompts holds at most
+    max_sequences // n (one branch per distinct bound, with the largest n that has it)."""
+    largest_n = {limits.max_sequences // n: n for n in range(1, min(MAX_N, limits.max_sequences) + 1)}
+    one_prompt = {"items": {"type": "integer"}}  # a string or one list of token ids: a list of prompts fails it
+    return {
+        "anyOf": [
+            {"properties": {"n": {"maximum": n}, "prompt": {"anyOf": [one_prompt, {"maxItems": prompts}]}}}
+            for prompts, n in largest_n.items()
+        ]
+    }
+
+
+# What the served document states where a model marks a limit of the served model (``server_limit``): the keywords
+# it adds there, from the server's ``ServerLimits``. A schema built without a loaded model drops the markers.
+STATED_LIMITS: dict[str, Callable[[ServerLimits], dict]] = {
+    "vocabulary": lambda limits: {"maximum": limits.vocab_size - 1},
+    "prompt_length": lambda limits: {"maxItems": limits.max_prompt_tokens},
+    # a text's length in tokens depends on the tokenizer (and a chat's on the template): JSON Schema cannot check it
+    "text_length": lambda limits: {
+        "description": f"at most {limits.max_prompt_tokens} tokens once tokenized (a chat: rendered by its template)"
+    },
+    "max_tokens": lambda limits: {"maximum": limits.max_tokens_cap},
+    "sequences": lambda limits: {"maximum": min(MAX_N, limits.max_sequences)},
+    "sequences_per_prompts": _sequences_per_prompts,
+}
+
+
 def _prompt_problem(ids: list[int], limits: ServerLimits) -> str | None:
     if len(ids) > limits.max_prompt_tokens:
         return f"the prompt has {len(ids)} tokens; this server takes at most {limits.max_prompt_tokens}"
@@ -187,21 +273,33 @@ def check_prompt_ids(ids: list[int], limits: ServerLimits, param: str) -> list[i
 
 
 class CompletionRequest(_Generation):
+    model_config = ConfigDict(
+        json_schema_extra={"allOf": [only_with("stream_options", "stream")], SERVER_LIMIT: "sequences_per_prompts"}
+    )
+
     # a string, a list of token ids, or a list of either (several prompts); normalised to the last form
-    prompt: str | TokenIds | Annotated[list[str | TokenIds], Field(min_length=1)]
-    max_tokens: _int("max_tokens") | None = 16  # OpenAI's default; 0 (legacy API): score the prompt, generate nothing
+    prompt: Annotated[
+        str | PromptIds | Annotated[list[str | PromptIds], Field(min_length=1)], server_limit("text_length")
+    ]
+    max_tokens: MaxTokens | None = 16  # OpenAI's default; 0 (legacy API): score the prompt, generate nothing
     echo: bool | None = False
     logprobs: _int("logprobs") | None = None
-    best_of: Annotated[int | None, refused("best_of other than 1 is not supported by this server; use n", 1)] = None
-    suffix: Annotated[str | None, refused("suffix (insertion) is not supported by this model")] = None
+    best_of: Annotated[
+        Integer | None,
+        refused("best_of other than 1 is not supported by this server; use n", 1),
+        states(minimum=0, maximum=1),
+    ] = None
+    suffix: Annotated[
+        str | None,
+        refused("suffix (insertion) is not supported by this model"),
+        states(maxLength=0),
+    ] = None
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt(cls, value):
         def single(p) -> bool:
-            return isinstance(p, str) or (
-                isinstance(p, list) and bool(p) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
-            )
+            return isinstance(p, str) or (isinstance(p, list) and bool(p) and all(_is_integer(t) for t in p))
 
         if single(value):
             return [value]
@@ -237,7 +335,7 @@ def only_text(what: str) -> AfterValidator:
 
 
 class TextPart(_Body):
-    type: Annotated[str, only_text("content parts")]
+    type: Annotated[str, only_text("content parts"), states(const="text")]
     text: str | None = None
 
 
@@ -253,17 +351,23 @@ class ChatMessage(_Body):
 
 
 class ResponseFormat(_Body):
-    type: Annotated[str, only_text("response formats")]
+    type: Annotated[str, only_text("response formats"), states(const="text")]
 
 
 class ChatCompletionRequest(_Generation):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: _int("chat_max_tokens") | None = None
-    max_completion_tokens: _int("chat_max_tokens") | None = None
+    model_config = ConfigDict(
+        json_schema_extra={"allOf": [only_with("stream_options", "stream"), only_with("top_logprobs", "logprobs")]}
+    )
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1), server_limit("text_length")]
+    max_tokens: ChatMaxTokens | None = None
+    max_completion_tokens: ChatMaxTokens | None = None
     logprobs: bool | None = False
     top_logprobs: _int("logprobs") | None = None
     response_format: ResponseFormat | None = None
-    tools: Annotated[list[dict] | None, refused("tools (function calling) are not supported by this model")] = None
+    tools: Annotated[
+        list[dict] | None, refused("tools (function calling) are not supported by this model"), states(maxItems=0)
+    ] = None
 
     @model_validator(mode="after")
     def _logprobs_and_sequences(self, info: ValidationInfo):
@@ -282,6 +386,8 @@ class ChatCompletionRequest(_Generation):
 
 
 class TokenizeRequest(_Body):
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("prompt", "messages"))
+
     model: str | None = None
     prompt: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
@@ -296,7 +402,7 @@ class TokenizeRequest(_Body):
 
 class DetokenizeRequest(_Body):
     model: str | None = None
-    tokens: list[TokenId]
+    tokens: list[VocabularyId]
 
     @field_validator("tokens")
     @classmethod
