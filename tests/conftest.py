@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,6 +46,39 @@ def torch_threads() -> int:
     thread.start()
     thread.join()
     return seen[0]
+
+
+# Lets go every reader that waits to open a FIFO (see watched_fifo), printing a line for each.
+_FIFO_RELEASER = """
+import os, sys, time
+fifo, patience = sys.argv[1], float(sys.argv[2])
+time.sleep(patience)
+while True:
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO while nobody has it open for reading
+        print("released", flush=True)
+    except OSError:
+        pass
+    time.sleep(0.05)
+"""
+
+
+@contextmanager
+def watched_fifo(fifo: Path, patience: float = 10.0) -> Iterator[list[str]]:
+    """Run a block that must never open ``fifo`` for reading (an open that waits for a writer forever). After
+    ``patience`` seconds every reader waiting on it is let go (its writing end opened and closed: the reader reads
+    nothing), so that code which opens it fails a test instead of hanging it. The releasing runs in another process:
+    a reader blocked inside an extension may hold the GIL, and no thread of this process would run. Yields a list
+    that holds, once the block has ended, one line per reader let go: empty when nothing opened the FIFO."""
+    releaser = subprocess.Popen(
+        [sys.executable, "-c", _FIFO_RELEASER, str(fifo), str(patience)], stdout=subprocess.PIPE, text=True
+    )
+    released: list[str] = []
+    try:
+        yield released
+    finally:
+        releaser.kill()
+        released += releaser.communicate()[0].split()
 
 
 def tiny_config(**overrides) -> SpikeGPTConfig:

@@ -227,7 +227,9 @@ class Engine:
             f"device={self.device.type};kernels={kernel_backend(self.next_tokens)};torch={torch.__version__}"
         )
         fingerprint = model_fingerprint(self.model) if directory is not None else "this process"
-        return StateCache(self.prefill_chunk, f"{fingerprint};{layout}", max_bytes, directory, dir_bytes, self.device)
+        tag = f"{fingerprint};{layout}"
+        template = self.model.fresh_state(1)
+        return StateCache(self.prefill_chunk, tag, max_bytes, directory, dir_bytes, self.device, template=template)
 
     def warm_up(self) -> None:
         """One prefill call and a tiny request, so that the first client does not pay for the first call of every

@@ -76,7 +76,7 @@ def test_chunks_compute_the_models_function(model, seed):
 
 def test_prefiller_stores_states_at_stride_and_end_and_announces_them(model, seed):
     g = torch.Generator().manual_seed(seed)
-    cache = StateCache(CHUNK, "test", 1 << 20)
+    cache = StateCache(CHUNK, "test", 1 << 20, template=model.fresh_state(1))
     prefiller = Prefiller(model, ROWS, CHUNK, cache, stride=2 * CHUNK)
     tokens = prompt(g, 5 * CHUNK + 3, model.config.vocab_size)
     end = aligned(len(tokens), CHUNK)
