@@ -1,6 +1,7 @@
 """Write the documentation's tables of measurements from the committed results in ``bench/results/``.
 
-Every measured figure in the documentation comes from here, never typed by hand: each table goes to
+Every measured figure in the documentation comes from here, never typed by hand (and so does the table of the
+built-in hardware profiles, from the package's own definition): each table goes to
 ``docs/generated/NAME.md``, which the pages include (``--8<-- "NAME.md"``, the ``pymdownx.snippets`` extension), and
 the README's table of figures is written between its ``generated:figures`` markers. Each table says which result
 it comes from and where and when that was measured: from the result file itself where it records it, else from
@@ -258,6 +259,60 @@ def driven_projections() -> str:
     )
 
 
+def study_figure() -> str:
+    """Bits per byte against the fraction of zero inputs of the study's models, the twin as a dashed line: an
+    inline SVG (deterministic text, so the check that it is current is exact)."""
+    study = read_records("driven-study-tail.json")[0]
+    points = [
+        (r["input_zero_fraction"], r["bits_per_byte"], model_label(r).split(" (bundled")[0].replace("`", ""))
+        for r in study["models"]
+    ]
+    twin = study["twin_bits_per_byte"]
+    low = min([twin] + [y for _, y, _ in points]) - 0.1
+    high = max(y for _, y, _ in points) + 0.1
+    width, height, left, bottom, top, right = 640, 320, 60, 40, 15, 20
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + x * (width - left - right), top + (high - y) / (high - low) * (height - top - bottom)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" role="img" '
+        'aria-label="bits per byte against zero inputs" font-family="sans-serif" font-size="12">',
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="currentColor"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="currentColor"/>',
+    ]
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x, _ = at(tick, low)
+        parts.append(f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle" fill="currentColor">'
+                     f"{tick:.0%}</text>")  # fmt: skip
+    steps = int((high - low) / 0.2) + 1
+    for i in range(steps + 1):
+        value = round(low + i * 0.2, 1)
+        if low <= value <= high:
+            _, y = at(0, value)
+            parts.append(
+                f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="currentColor">{value:.1f}</text>'
+            )
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor="middle" fill="currentColor">'
+                 "zero inputs (fraction of the projections' input elements)</text>")  # fmt: skip
+    parts.append(f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" fill="currentColor" '
+                 f'transform="rotate(-90 14 {(top + height - bottom) / 2})">bits per byte</text>')  # fmt: skip
+    _, y = at(0, twin)
+    parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="currentColor" '
+                 'stroke-dasharray="4 4" opacity="0.6"/>')  # fmt: skip
+    parts.append(f'<text x="{width - right - 4}" y="{y - 5:.1f}" text-anchor="end" fill="currentColor">'
+                 f"non-spiking twin {twin:.3f}</text>")  # fmt: skip
+    for x_value, y_value, label in points:
+        x, y = at(x_value, y_value)
+        anchor = "end" if x_value > 0.7 else "start"
+        shift = -8 if anchor == "end" else 8
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="#e8710a"/>')
+        parts.append(f'<text x="{x + shift:.1f}" y="{y - 8:.1f}" text-anchor="{anchor}" fill="currentColor">'
+                     f"{label}: {y_value:.3f}</text>")  # fmt: skip
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n\n" + source_note("driven-study-tail.json")
+
+
 def bundled_model() -> str:
     study = read_records("driven-study-tail.json")[0]
     row = next(r for r in study["models"] if r["model"] == "spikegpt/assets/spikegpt-shakespeare")
@@ -275,10 +330,37 @@ def bundled_model() -> str:
     )
 
 
-def hardware_study() -> str:
+HARDWARE_TABLES = ("bits", "noise", "energy")  # the tables bench/hardware_study.py's compare_markdown prints
+
+
+def hardware_study(which: str) -> str:
+    """One of the study's tables, both placements side by side."""
     names = ("hardware_study.json", "hardware_study-inputs.json")
     render = bench_module("hardware_study")
-    return render.compare_markdown([read_records(name)[0] for name in names]) + "\n\n" + source_note(*names)
+    tables = render.compare_markdown([read_records(name)[0] for name in names]).split("\n\n")
+    assert len(tables) == len(HARDWARE_TABLES), "bench/hardware_study.py's compare_markdown changed its tables"
+    return tables[HARDWARE_TABLES.index(which)] + "\n\n" + source_note(*names)
+
+
+# ---------------------------------------------------------------- the package's own figures
+
+
+def profiles() -> str:
+    """The built-in hardware profiles, from their one definition (``spikegpt.energy.BUILTIN_PROFILES``)."""
+    from spikegpt.energy import BUILTIN_PROFILES
+
+    rows = [
+        [
+            f"`{name}`",
+            f"{p.mac_pj:g} pJ",
+            f"{p.ac_pj:g} pJ",
+            f"{p.neuron_pj:g} pJ",
+            f"{p.elementwise_pj:g} pJ",
+            p.source,
+        ]
+        for name, p in BUILTIN_PROFILES.items()
+    ]
+    return table(["profile", "MAC", "AC", "neuron update", "elementwise", "source"], rows)
 
 
 # ---------------------------------------------------------------- the headline figures (README, home page)
@@ -342,7 +424,9 @@ SNIPPETS = {
     "driven-study.md": lambda: driven_study("driven-study.json"),
     "driven-study-tail.md": lambda: driven_study("driven-study-tail.json"),
     "driven-projections.md": driven_projections,
-    "hardware-study.md": hardware_study,
+    "driven-figure.md": study_figure,
+    **{f"hardware-{which}.md": (lambda which=which: hardware_study(which)) for which in HARDWARE_TABLES},
+    "profiles.md": profiles,
 }
 HEADER = "<!-- Generated by docs/gen_figures.py from bench/results/: do not edit. -->\n"
 
@@ -369,11 +453,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     files = outputs()
     stale = [path for path, text in files.items() if not path.is_file() or path.read_text() != text]
+    leftover = [path for path in sorted(GENERATED.glob("*")) if path not in files]  # no longer generated
     if args.check:
-        for path in stale:
+        for path in stale + leftover:
             print(f"stale: {path.relative_to(ROOT)} (run: python docs/gen_figures.py)", file=sys.stderr)
-        return 1 if stale else 0
+        return 1 if stale or leftover else 0
     GENERATED.mkdir(exist_ok=True)
+    for path in leftover:
+        path.unlink()
+        print(f"deleted {path.relative_to(ROOT)}")
     for path in stale:
         path.write_text(files[path])
         print(f"wrote {path.relative_to(ROOT)}")
