@@ -366,7 +366,8 @@ def profiles() -> str:
 # ---------------------------------------------------------------- the headline figures (README, home page)
 
 
-def headline() -> str:
+def headline(docs: str = "") -> str:
+    """The key figures, each linking to its page: ``docs`` is the path from the including page to ``docs/``."""
     tail = {r["model"]: r for r in read_records("driven-study-tail.json")[0]["models"]}
     residual = tail["spikegpt/assets/spikegpt-shakespeare"]
     driven = tail["spikegpt/assets/spikegpt-shakespeare-driven"]
@@ -390,23 +391,28 @@ def headline() -> str:
         return f"{machine}, {date}"
 
     study = when("driven-study-tail.json")
-    rows = [
+    rows = [  # what, the figure, where and when, the page with the whole table
         ["held-out bits per byte, bundled model (Tiny Shakespeare)",
-         f"{residual['bits_per_byte']:.4f} (non-spiking twin {twin:.4f})", study],
-        ["held-out bits per byte, spike-driven model", f"{driven['bits_per_byte']:.4f}", study],
-        ["estimated energy, `strict` rule, 45 nm fp32: bundled model", energy(residual), study],
-        ["estimated energy, `strict` rule, 45 nm fp32: spike-driven model", energy(driven), study],
+         f"{residual['bits_per_byte']:.4f} (non-spiking twin {twin:.4f})", study, "spikes/frontier.md"],
+        ["held-out bits per byte, spike-driven model", f"{driven['bits_per_byte']:.4f}", study, "spikes/frontier.md"],
+        ["estimated energy, `strict` rule, 45 nm fp32: bundled model", energy(residual), study,
+         "spikes/spike-driven.md"],
+        ["estimated energy, `strict` rule, 45 nm fp32: spike-driven model", energy(driven), study,
+         "spikes/spike-driven.md"],
         [f"decoding, batch 1, {size_of(ours)}, traced step",
-         f"{ours['traced_tok_s']:.0f} tok/s (transformers RWKV {hf['tok_s']:.0f})", when("decode-forms.jsonl")],
+         f"{ours['traced_tok_s']:.0f} tok/s (transformers RWKV {hf['tok_s']:.0f})", when("decode-forms.jsonl"),
+         "performance/benchmarks.md#decoding-speed"],
         [f"event-driven decoding, {largest.replace('x', ' × ')}, binary-spike inputs, batch 1",
          f"{event[largest]['b1']['sparse_vs_dense_net']['binary']:.2f}× the dense step",
-         when("event_decode-inputs.jsonl")],
+         when("event_decode-inputs.jsonl"), "performance/kernels.md#event-driven-decoding"],
         [f"int8 decoding, {int8_size.replace('x', ' × ')}, batch 1",
-         f"{int8_forms['int8_dynamic']['vs_fp32_traced']:.2f}× fp32", when("int8_decode.jsonl")],
+         f"{int8_forms['int8_dynamic']['vs_fp32_traced']:.2f}× fp32", when("int8_decode.jsonl"),
+         "spikes/hardware.md#8-bit-decoding-on-a-cpu"],
         ["4-bit weights (post-training), bundled model",
          f"{ptq['4bit']['bits_per_byte'] / ptq['fp32']['bits_per_byte'] - 1:+.2%} bits per byte",
-         when("hardware_study.json")],
+         when("hardware_study.json"), "spikes/hardware.md#the-study"],
     ]  # fmt: skip
+    rows = [[f"[{what}]({docs}{page})", figure, measured] for what, figure, measured, page in rows]
     return table(["", "figure", "measured on"], rows)
 
 
@@ -443,7 +449,7 @@ def readme_with(figures: str, readme: str) -> str:
 def outputs() -> dict[Path, str]:
     """Every file this script writes, with its content."""
     files = {GENERATED / name: HEADER + make() + "\n" for name, make in SNIPPETS.items()}
-    files[README] = readme_with(headline(), README.read_text())
+    files[README] = readme_with(headline(docs="docs/"), README.read_text())
     return files
 
 
