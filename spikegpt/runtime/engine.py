@@ -141,6 +141,10 @@ class _Sequence:
 
 
 class Engine:
+    """Batched, streaming generation with one model: ``submit`` requests (from any thread), call ``step`` until
+    ``has_work`` is False (from one thread), and read the events each step returns. How a step runs: the module's
+    docstring."""
+
     def __init__(
         self,
         model: SpikeGPTForCausalLM,
@@ -273,6 +277,9 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> list[GenerationEvent]:
+        """One decoding step of every running sequence, then the admission of waiting requests and a prefill call;
+        returns the events of this step: one for each sequence that sampled a token or finished, and the final
+        event of each request that was aborted or refused."""
         events: list[GenerationEvent] = []
         self._drain_inbox(events)
         working = bool(self.running or self._waiting or self.prefiller.urgent)

@@ -88,10 +88,10 @@ def test_text_is_required_unless_listing(capsys):
     )
 
 
-def test_the_readmes_energy_snippet_runs_as_it_is(tmp_path):
-    """The README's Python example of energy_report, copied as a user would, in a fresh interpreter."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    blocks = readme.split("```python\n")[1:]
+def test_the_energy_guides_snippet_runs_as_it_is(tmp_path):
+    """The energy guide's Python example of energy_report, copied as a user would, in a fresh interpreter."""
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "spikes" / "energy.md").read_text()
+    blocks = guide.split("```python\n")[1:]
     (snippet,) = [b.split("```")[0] for b in blocks if "energy_report(" in b.split("```")[0]]
     result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -8,6 +8,7 @@ import pytest
 from conftest import ALPHABET
 
 from spikegpt.errors import TokenizerError
+from spikegpt.hub.checkpoint import BUNDLED_MODELS, bundled_model_path
 from spikegpt.hub.tokenizer import (
     CHAT_TEMPLATE,
     END_OF_TEXT,
@@ -84,6 +85,15 @@ def test_the_chat_template_writes_the_plain_format():
         "Tool:\n42\n\nUser:\n\n\nAssistant:\n"
     )
     assert tokenizer.apply_chat_template(messages[:1], tokenize=False) == "System:\nYou are a poet."
+
+
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_the_bundled_models_carry_the_current_chat_template(name):
+    """A bundled tokenizer keeps the chat template it was saved with, and the server renders the tokenizer's own
+    template (with the format's stop rule only when it is CHAT_TEMPLATE): a bundled copy left behind by a change of
+    the format would serve the old prompt and run every chat to the cap."""
+    tokenizer = load_tokenizer(bundled_model_path(name))
+    assert tokenizer.chat_template == CHAT_TEMPLATE
 
 
 def test_bpe_tokenizer_learns_and_round_trips_any_text(tmp_path):

@@ -1,0 +1,503 @@
+"""Write the documentation's tables of measurements from the committed results in ``bench/results/``.
+
+Every measured figure in the documentation comes from here, never typed by hand (and so does the table of the
+built-in hardware profiles, from the package's own definition): each table goes to
+``docs/generated/NAME.md``, which the pages include (``--8<-- "NAME.md"``, the ``pymdownx.snippets`` extension), and
+the README's table of figures is written between its ``generated:figures`` markers. Each table says which result
+it comes from and where and when that was measured: from the result file itself where it records it, else from
+``bench/results/provenance.json``. The study tables reuse the renderers of the scripts that measured them
+(``bench/driven_study.py``, ``bench/hardware_study.py``).
+
+    python docs/gen_figures.py           # write the tables
+    python docs/gen_figures.py --check   # exit 1, naming the stale files, if anything would change
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+GENERATED = ROOT / "docs" / "generated"
+README = ROOT / "README.md"
+PROVENANCE = RESULTS / "provenance.json"
+BEGIN, END = "<!-- generated:figures (docs/gen_figures.py) -->", "<!-- end generated:figures -->"
+BUNDLED = {
+    "spikegpt/assets/spikegpt-shakespeare": "spikegpt-shakespeare",
+    "spikegpt/assets/spikegpt-shakespeare-driven": "spikegpt-shakespeare-driven",
+}
+
+
+# ---------------------------------------------------------------- reading results and where they come from
+
+
+def read_records(name: str) -> list[dict]:
+    """A result file's records: one per line for ``.jsonl``, the one object of a ``.json``."""
+    text = (RESULTS / name).read_text()
+    if name.endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [json.loads(text)]
+
+
+def _machine_id_words(machine_id: str) -> str:
+    """``cpu:AMD EPYC:2cores:2threads`` (``spikegpt.runtime.products.machine_id``) in words."""
+    kind, name, *rest = machine_id.split(":")
+    words = [w.replace("cores", " cores").replace("threads", " threads") for w in rest]
+    return ", ".join([f"{name} ({kind.upper()})", *words])
+
+
+def provenance(name: str) -> tuple[str, str]:
+    """(machine, date) of a result: what the file records, completed by ``provenance.json``."""
+    records = read_records(name)
+    recorded = json.loads(PROVENANCE.read_text())["results"].get(name, {})
+    machine, date = recorded.get("machine"), recorded.get("date")
+    meta = records[0].get("meta", {})
+    sections = [v for v in meta.values() if isinstance(v, dict) and "time" in v]
+    if sections:
+        date = max(v["time"] for v in sections)[:10]
+        machine = f"{machine}, torch {sections[0]['torch']}" if machine else f"torch {sections[0]['torch']}"
+    for record in records:
+        if "machine" in record:
+            machine = _machine_id_words(record["machine"])
+    threads = next((r["threads"] for r in records if "threads" in r), None)
+    if threads and machine and "thread" not in machine:
+        machine += f", {threads} torch thread{'s' if threads > 1 else ''}"
+    if not machine or not date:
+        raise SystemExit(f"bench/results/{name}: no machine or date, in the file or in {PROVENANCE.name}")
+    return machine, date
+
+
+def source_note(*names: str) -> str:
+    """The line under a table: which results, measured where and when."""
+    parts = []
+    for name in names:
+        machine, date = provenance(name)
+        parts.append(f"`bench/results/{name}`: {machine}, {date}")
+    return "<small>Measured: " + "; ".join(parts) + ".</small>"
+
+
+def bench_module(name: str) -> ModuleType:
+    """A script of ``bench/`` as a module, for its table renderers."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def by_measure(records: list[dict], measure: str) -> list[dict]:
+    return [r for r in records if r.get("measure") == measure]
+
+
+def size_of(record: dict) -> str:
+    return f"{record['n_layer']} × {record['n_embd']}"
+
+
+# ---------------------------------------------------------------- decoding speed
+
+
+def decode_forms() -> str:
+    records = read_records("decode-forms.jsonl")
+    ours = [r for r in by_measure(records, "decode") if r["model"] == "spikegpt (ours)"]
+    peers = {(r["model"], r["n_layer"], r["n_embd"]): r["tok_s"] for r in by_measure(records, "decode") if "tok_s" in r}
+    rows = []
+    for r in ours:
+
+        def form(key: str, r=r) -> str:
+            return f"{r[key]:.0f} tok/s ({r[key] / r['bound_tok_s']:.0%})"
+
+        rows.append([
+            size_of(r), form("eager_tok_s"), f"**{form('traced_tok_s')}**", form("compiled_tok_s"),
+            f"{peers[('transformers RwkvForCausalLM', r['n_layer'], r['n_embd'])]:.0f} tok/s",
+            f"{peers[('rwkv package cpu fp32', r['n_layer'], r['n_embd'])]:.0f} tok/s",
+            f"{r['bound_tok_s']:.0f} tok/s",
+        ])  # fmt: skip
+    prefill = [
+        f"{size_of(r)}: {r['parallel_tok_s']:,.0f} tok/s, {r['speedup']:.1f}× token by token"
+        for r in by_measure(records, "prefill")
+    ]
+    header = ["model (layers × width)", "eager forward", "traced step (default)", "`--compile`",
+              "transformers `RwkvForCausalLM`", "ChatRWKV `rwkv`, `cpu fp32`", "bound"]  # fmt: skip
+    return (
+        table(header, rows)
+        + "\n\nPercentages are of the bound: the bytes of weights a step reads divided by the copy bandwidth measured"
+        " in the same run. Prefill of a 512-token prompt with the parallel form: "
+        + "; ".join(prefill)
+        + ".\n\n"
+        + source_note("decode-forms.jsonl")
+    )
+
+
+DENSITY_LABELS = {
+    "bundled": "as measured on the bundled model of the placement",
+    "binary": "as measured on the binary-spike study model",
+    "measured": "the random-weight model's own inputs",
+}
+
+
+def _density_label(key: str, row_density: float) -> str:
+    what = DENSITY_LABELS.get(key, "synthetic")
+    return f"{what}: {row_density:.0%}"
+
+
+def event_decode(placement: str) -> str:
+    name = f"event_decode-{placement}.jsonl"
+    records = read_records(name)
+    summary = by_measure(records, "summary")[-1]["sizes"]
+    densities = {
+        (size_of(r), r["density"]): r["row_density"]
+        for r in by_measure(records, "event_driven_decode")
+        if r["batch"] == 1
+    }
+    rows = []
+    for size, entry in summary.items():
+        b1, b16 = entry["b1"], entry["b16"]
+        label = size.replace("x", " × ")
+        for key, ratio in b1["sparse_vs_dense_net"].items():
+            rows.append([
+                label, _density_label(key, densities[(label, key)]), f"{ratio:.2f}×",
+                f"{b1['vs_rwkv_package'][key]:.2f}×" if key in b1["vs_rwkv_package"] else "–",
+                f"{b16['auto_vs_dense_net'][key]:.2f}×",
+            ])  # fmt: skip
+    header = ["model", "active inputs per row", "batch 1: sparse ÷ dense", "batch 1: ÷ `rwkv` package",
+              "batch 16: auto ÷ dense"]  # fmt: skip
+    return (
+        table(header, rows)
+        + "\n\nRatios of tokens per second of the engine's traced decoding step, random weights, vocabulary 50277; "
+        "the cost of making the synthetic inputs is measured and left out.\n\n" + source_note(name)
+    )
+
+
+def crossover() -> str:
+    records = by_measure(read_records("crossover.jsonl"), "crossover")
+    shapes: dict[str, dict[int, float]] = {}
+    for r in records:
+        shapes.setdefault(f"{r['n_in']} → {r['n_out']}", {})[r["batch"]] = r["crossover"]
+    rows = [[shape, f"{by_batch.get(1, 0):.0%}", f"{by_batch.get(16, 0):.0%}"] for shape, by_batch in shapes.items()]
+    return (
+        table(["product (inputs → outputs)", "batch 1", "batch 16"], rows)
+        + "\n\nThe fraction of active inputs below which the event-driven product was at least 10% faster than the "
+        "dense one (0%: never).\n\n" + source_note("crossover.jsonl")
+    )
+
+
+def int8_decode() -> str:
+    runs = {name: read_records(name) for name in ("int8_decode.jsonl", "int8_decode-2threads.jsonl")}
+    one, two = (by_measure(records, "decode") for records in runs.values())
+    labels = {"fp32": "fp32 traced", "int8_dynamic": "int8 `linear_dynamic` (the engine's)",
+              "int8_weight_only": "int8 `_weight_int8pack_mm`"}  # fmt: skip
+    base1, base2 = one[0]["tok_s"], two[0]["tok_s"]
+    rows = [
+        [labels[a["form"]], f"{a['tok_s']:.1f}", f"{b['tok_s']:.1f}", f"{a['bytes_per_token'] / 1e6:.1f} MB",
+         f"{a['bound_tok_s']:.0f}", f"{a['tok_s'] / base1:.2f}× / {b['tok_s'] / base2:.2f}×"]
+        for a, b in zip(one, two, strict=True)
+    ]  # fmt: skip
+    products = [
+        f"{p['name']} {p['shape'][0]}×{p['shape'][1]}: fp32 {p['fp32_ms']:.3g} ms, int8 dynamic "
+        f"{p['int8_dynamic_ms']:.3g} ms, weight-only {p['int8_weight_only_ms']:.3g} ms"
+        for p in by_measure(runs["int8_decode.jsonl"], "product")
+    ]
+    size = size_of(one[0])
+    header = ["step", "tok/s, 1 thread", "tok/s, 2 threads", "weight bytes per token", "bound, 1 thread (tok/s)",
+              "vs fp32 traced (1 / 2 threads)"]  # fmt: skip
+    return (
+        f"{size}, random weights, batch 1:\n\n"
+        + table(header, rows)
+        + "\n\nSingle batch-1 products, one thread: "
+        + "; ".join(products)
+        + ".\n\n"
+        + source_note(*runs)
+    )
+
+
+# ---------------------------------------------------------------- studies
+
+
+def model_label(row: dict) -> str:
+    """A study row's model in words: its placement, encoding and, for a bundled model, its name."""
+    if row["spike_placement"] == "residual":
+        label = "`residual`"
+    elif row["input_spikes"] == "counts":
+        label = f"`inputs`, counts K {row['spike_count_max']}, k {row['spike_count_scale']:g}"
+    else:
+        label = f"`inputs`, {row['input_spikes']} LIF" if row["input_spikes"] == "binary" else f"`{row['name']}`"
+    bundled = BUNDLED.get(row["model"])
+    return f"{label} (bundled `{bundled}`)" if bundled else label
+
+
+def driven_study(name: str) -> str:
+    study = read_records(name)[0]
+    render = bench_module("driven_study")
+    rows = [{**row, "name": model_label(row)} for row in study["models"]]
+    blocks = "the whole held-out tail" if study["max_blocks"] is None else f"the first {study['max_blocks']} blocks"
+    return (
+        render.markdown(rows, study["twin_bits_per_byte"])
+        + f"\n\nHeld-out Tiny Shakespeare, {blocks}; energy per processed token under the 45 nm fp32 profile. "
+        "The non-spiking twin's figure is from the bundled model's card.\n\n" + source_note(name)
+    )
+
+
+def driven_projections() -> str:
+    study = read_records("driven-study-tail.json")[0]
+    render = bench_module("driven_study")
+    rows = [{**row, "name": model_label(row)} for row in study["models"]]
+    return (
+        "Zero fraction / spikes per input element of every projection's input:\n\n"
+        + render.projection_table(rows)
+        + "\n\n"
+        + source_note("driven-study-tail.json")
+    )
+
+
+def study_figure() -> str:
+    """Bits per byte against the fraction of zero inputs of the study's models, the twin as a dashed line: an
+    inline SVG (deterministic text, so the check that it is current is exact)."""
+    study = read_records("driven-study-tail.json")[0]
+    points = [
+        (r["input_zero_fraction"], r["bits_per_byte"], model_label(r).split(" (bundled")[0].replace("`", ""))
+        for r in study["models"]
+    ]
+    twin = study["twin_bits_per_byte"]
+    low = min([twin] + [y for _, y, _ in points]) - 0.1
+    high = max(y for _, y, _ in points) + 0.1
+    width, height, left, bottom, top, right = 640, 320, 60, 40, 15, 20
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + x * (width - left - right), top + (high - y) / (high - low) * (height - top - bottom)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" role="img" '
+        'aria-label="bits per byte against zero inputs" font-family="sans-serif" font-size="12">',
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="currentColor"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="currentColor"/>',
+    ]
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        x, _ = at(tick, low)
+        parts.append(f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle" fill="currentColor">'
+                     f"{tick:.0%}</text>")  # fmt: skip
+    steps = int((high - low) / 0.2) + 1
+    for i in range(steps + 1):
+        value = round(low + i * 0.2, 1)
+        if low <= value <= high:
+            _, y = at(0, value)
+            parts.append(
+                f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="currentColor">{value:.1f}</text>'
+            )
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor="middle" fill="currentColor">'
+                 "zero inputs (fraction of the projections' input elements)</text>")  # fmt: skip
+    parts.append(f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" fill="currentColor" '
+                 f'transform="rotate(-90 14 {(top + height - bottom) / 2})">bits per byte</text>')  # fmt: skip
+    _, y = at(0, twin)
+    parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="currentColor" '
+                 'stroke-dasharray="4 4" opacity="0.6"/>')  # fmt: skip
+    parts.append(f'<text x="{width - right - 4}" y="{y - 5:.1f}" text-anchor="end" fill="currentColor">'
+                 f"non-spiking twin {twin:.3f}</text>")  # fmt: skip
+    for x_value, y_value, label in points:
+        x, y = at(x_value, y_value)
+        anchor = "end" if x_value > 0.7 else "start"
+        shift = -8 if anchor == "end" else 8
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="#e8710a"/>')
+        parts.append(f'<text x="{x + shift:.1f}" y="{y - 8:.1f}" text-anchor="{anchor}" fill="currentColor">'
+                     f"{label}: {y_value:.3f}</text>")  # fmt: skip
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n\n" + source_note("driven-study-tail.json")
+
+
+def bundled_model() -> str:
+    study = read_records("driven-study-tail.json")[0]
+    row = next(r for r in study["models"] if r["model"] == "spikegpt/assets/spikegpt-shakespeare")
+    rates = row["site_rates"]
+    lif = [v for k, v in rates.items() if k != "embedding"]
+    rows = [
+        ["bits per byte (= per character)", f"{row['bits_per_byte']:.4f}", f"{study['twin_bits_per_byte']:.4f}"],
+        ["mean firing rate", f"{row['residual_firing_rate']:.3f} (embedding {rates['embedding']:.2f}; LIF layers "
+         f"{min(lif):.2f}–{max(lif):.2f})", "—"],
+    ]  # fmt: skip
+    return (
+        table(["held-out 10% of Tiny Shakespeare", "spiking (bundled)", "non-spiking reference (card)"], rows)
+        + "\n\n"
+        + source_note("driven-study-tail.json")
+    )
+
+
+HARDWARE_TABLES = ("bits", "noise", "energy")  # the tables bench/hardware_study.py's compare_markdown prints
+
+
+def hardware_study(which: str) -> str:
+    """One of the study's tables, both placements side by side."""
+    names = ("hardware_study.json", "hardware_study-inputs.json")
+    render = bench_module("hardware_study")
+    tables = render.compare_markdown([read_records(name)[0] for name in names]).split("\n\n")
+    assert len(tables) == len(HARDWARE_TABLES), "bench/hardware_study.py's compare_markdown changed its tables"
+    return tables[HARDWARE_TABLES.index(which)] + "\n\n" + source_note(*names)
+
+
+# ---------------------------------------------------------------- the package's own figures
+
+
+def weights_read(profile) -> str:
+    """A profile's price of reading weights (data movement), in a table cell."""
+    from spikegpt.energy.render import format_bytes
+
+    if not profile.prices_memory:
+        return "not priced"
+    prices = []
+    if profile.sram_pj_per_byte is not None:
+        size = f", up to {format_bytes(profile.sram_bytes)}" if profile.sram_bytes is not None else ""
+        prices.append(f"{profile.sram_pj_per_byte:g} pJ/byte (SRAM{size})")
+    if profile.dram_pj_per_byte is not None:
+        prices.append(f"{profile.dram_pj_per_byte:g} pJ/byte (DRAM)")
+    cell = " / ".join(prices)
+    if profile.weight_memory != "auto":
+        cell += f", always {profile.weight_memory.upper()}"
+    cell += f"; float weights {profile.float_weight_bits}-bit"
+    if profile.reads_included:
+        kinds = " and ".join(kind.upper() for kind in profile.reads_included)
+        several = len(profile.reads_included) > 1
+        verb = "prices include their weight reads" if several else "price includes its weight read"
+        cell += f"; the {kinds} {verb}"
+    return cell
+
+
+def profiles() -> str:
+    """The built-in hardware profiles, from their one definition (``spikegpt.energy.BUILTIN_PROFILES``)."""
+    from spikegpt.energy import BUILTIN_PROFILES
+
+    rows = [
+        [
+            f"`{name}`",
+            f"{p.mac_pj:g} pJ",
+            f"{p.ac_pj:g} pJ",
+            f"{p.neuron_pj:g} pJ",
+            f"{p.elementwise_pj:g} pJ",
+            weights_read(p),
+            p.source,
+        ]
+        for name, p in BUILTIN_PROFILES.items()
+    ]
+    return table(["profile", "MAC", "AC", "neuron update", "elementwise", "weights read", "source"], rows)
+
+
+# ---------------------------------------------------------------- the headline figures (README, home page)
+
+
+def headline(docs: str = "") -> str:
+    """The key figures, each linking to its page: ``docs`` is the path from the including page to ``docs/``."""
+    tail = {r["model"]: r for r in read_records("driven-study-tail.json")[0]["models"]}
+    residual = tail["spikegpt/assets/spikegpt-shakespeare"]
+    driven = tail["spikegpt/assets/spikegpt-shakespeare-driven"]
+    twin = read_records("driven-study-tail.json")[0]["twin_bits_per_byte"]
+    decode = by_measure(read_records("decode-forms.jsonl"), "decode")
+    ours = next(r for r in decode if r["model"] == "spikegpt (ours)")
+    hf = next(r for r in decode if r["model"] == "transformers RwkvForCausalLM" and r["n_embd"] == ours["n_embd"])
+    event = by_measure(read_records("event_decode-inputs.jsonl"), "summary")[-1]["sizes"]
+    largest = list(event)[-1]
+    int8 = by_measure(read_records("int8_decode.jsonl"), "summary")[-1]["sizes"]
+    int8_size, int8_forms = next(iter(int8.items()))
+    ptq = read_records("hardware_study.json")[0]["ptq"]
+
+    def energy(row: dict) -> str:
+        strict = row["energy"]["strict"]
+        off = strict["spiking_off_j_per_token"] * 1e6
+        return f"{strict['j_per_token'] * 1e6:.2f} µJ/token (spiking off: {off:.2f}, {strict['x_vs_spiking_off']:.2f}×)"
+
+    def when(name: str) -> str:
+        machine, date = provenance(name)
+        return f"{machine}, {date}"
+
+    study = when("driven-study-tail.json")
+    rows = [  # what, the figure, where and when, the page with the whole table
+        ["held-out bits per byte, bundled model (Tiny Shakespeare)",
+         f"{residual['bits_per_byte']:.4f} (non-spiking twin {twin:.4f})", study, "spikes/frontier.md"],
+        ["held-out bits per byte, spike-driven model", f"{driven['bits_per_byte']:.4f}", study, "spikes/frontier.md"],
+        ["estimated energy, `strict` rule, 45 nm fp32: bundled model", energy(residual), study,
+         "spikes/spike-driven.md"],
+        ["estimated energy, `strict` rule, 45 nm fp32: spike-driven model", energy(driven), study,
+         "spikes/spike-driven.md"],
+        [f"decoding, batch 1, {size_of(ours)}, traced step",
+         f"{ours['traced_tok_s']:.0f} tok/s (transformers RWKV {hf['tok_s']:.0f})", when("decode-forms.jsonl"),
+         "performance/benchmarks.md#decoding-speed"],
+        [f"event-driven decoding, {largest.replace('x', ' × ')}, binary-spike inputs, batch 1",
+         f"{event[largest]['b1']['sparse_vs_dense_net']['binary']:.2f}× the dense step",
+         when("event_decode-inputs.jsonl"), "performance/kernels.md#event-driven-decoding"],
+        [f"int8 decoding, {int8_size.replace('x', ' × ')}, batch 1",
+         f"{int8_forms['int8_dynamic']['vs_fp32_traced']:.2f}× fp32", when("int8_decode.jsonl"),
+         "spikes/hardware.md#8-bit-decoding-on-a-cpu"],
+        ["4-bit weights (post-training), bundled model",
+         f"{ptq['4bit']['bits_per_byte'] / ptq['fp32']['bits_per_byte'] - 1:+.2%} bits per byte",
+         when("hardware_study.json"), "spikes/hardware.md#the-study"],
+    ]  # fmt: skip
+    rows = [[f"[{what}]({docs}{page})", figure, measured] for what, figure, measured, page in rows]
+    return table(["", "figure", "measured on"], rows)
+
+
+# ---------------------------------------------------------------- writing
+
+
+SNIPPETS = {
+    "headline.md": headline,
+    "bundled-model.md": bundled_model,
+    "decode-forms.md": decode_forms,
+    "event-decode-inputs.md": lambda: event_decode("inputs"),
+    "event-decode-residual.md": lambda: event_decode("residual"),
+    "crossover.md": crossover,
+    "int8-decode.md": int8_decode,
+    "driven-study.md": lambda: driven_study("driven-study.json"),
+    "driven-study-tail.md": lambda: driven_study("driven-study-tail.json"),
+    "driven-projections.md": driven_projections,
+    "driven-figure.md": study_figure,
+    **{f"hardware-{which}.md": (lambda which=which: hardware_study(which)) for which in HARDWARE_TABLES},
+    "profiles.md": profiles,
+}
+HEADER = "<!-- Generated by docs/gen_figures.py from bench/results/: do not edit. -->\n"
+
+
+def readme_with(figures: str, readme: str) -> str:
+    """The README with ``figures`` between its markers."""
+    before, found, rest = readme.partition(BEGIN)
+    _, found_end, after = rest.partition(END)
+    if not found or not found_end:
+        raise SystemExit(f"README.md lacks the markers {BEGIN} ... {END}")
+    return f"{before}{BEGIN}\n{figures}\n{END}{after}"
+
+
+def outputs() -> dict[Path, str]:
+    """Every file this script writes, with its content."""
+    files = {GENERATED / name: HEADER + make() + "\n" for name, make in SNIPPETS.items()}
+    files[README] = readme_with(headline(docs="docs/"), README.read_text())
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if any file would change")
+    args = parser.parse_args(argv)
+    files = outputs()
+    stale = [path for path, text in files.items() if not path.is_file() or path.read_text() != text]
+    leftover = [path for path in sorted(GENERATED.glob("*")) if path not in files]  # no longer generated
+    if args.check:
+        for path in stale + leftover:
+            print(f"stale: {path.relative_to(ROOT)} (run: python docs/gen_figures.py)", file=sys.stderr)
+        return 1 if stale or leftover else 0
+    GENERATED.mkdir(exist_ok=True)
+    for path in leftover:
+        path.unlink()
+        print(f"deleted {path.relative_to(ROOT)}")
+    for path in stale:
+        path.write_text(files[path])
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
