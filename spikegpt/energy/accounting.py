@@ -87,7 +87,8 @@ import torch
 
 from ..errors import EnergyError
 from ..modeling.config import SpikeGPTConfig
-from ..modeling.stats import SpikeStats, projection_fan_in, projection_names, site_names
+from ..modeling.layout import Mix, Product, spike_layout
+from ..modeling.stats import SpikeStats
 
 KINDS = ("mac", "ac", "neuron", "elementwise")
 
@@ -187,13 +188,14 @@ class SpikeTotals:
         return sum(self.spikes) / elements if elements else 0.0
 
     def check(self, config: SpikeGPTConfig) -> None:
-        expected = site_names(config.n_layer, config.ffn_pre, config.spike_placement)
+        layout = spike_layout(config)
+        expected = layout.sites
         if self.sites != expected or self.n_embd != config.n_embd:
             raise EnergyError(
                 f"the spike statistics ({len(self.sites)} sites, width {self.n_embd}) do not come from this model "
                 f"({len(expected)} sites, width {config.n_embd}): pass the config of the model that produced them"
             )
-        if self.projections and self.projections != projection_names(config.n_layer, config.ffn_pre):
+        if self.projections and self.projections != layout.product_names:
             raise EnergyError("the projection reads do not come from this model: pass its config")
 
 
@@ -212,8 +214,8 @@ def count_operations(
     """Per-layer operation counts under ``rule``; ``head_tokens``: positions with logits (default: every token);
     ``spiking=False`` counts the same tokens on the model with its spike functions off (the baseline)."""
     check_rule(rule)
-    spiking = config.spiking if spiking is None else spiking
-    driven = spiking and config.spike_placement == "inputs"  # the products read whole numbers
+    layout = spike_layout(config, spiking)
+    driven = layout.spiking_inputs  # the products read whole numbers
     tokens, d = totals.tokens, config.n_embd
     spikes = dict(zip(totals.sites, totals.spikes, strict=True))
     reads = dict(zip(totals.projections, totals.reads, strict=True))
@@ -228,24 +230,26 @@ def count_operations(
             )
         return reads[name]
 
-    def projection(layer: str, name: str, d_in: int, d_out: int, input_site: str | None) -> Term:
-        if driven:  # spikes or spike counts: one AC per unit of count and output, under every rule
-            return Term(name, "ac", read(f"{layer}.{name}")[1] * d_out)
+    def projection(product: Product, input_site: str | None) -> Term:
+        d_in, d_out = product.fan_in, product.fan_out
+        if product.reads_spikes:  # spikes or spike counts: one AC per unit of count and output, under every rule
+            return Term(product.role, "ac", read(product.name)[1] * d_out)
         if paper and input_site is not None:  # R̂ · T·d_in·d_out with R̂ = S / (T·d); d_in or d_out is d: exact
-            return Term(name, "ac", spikes[input_site] * (d_in * d_out // d))
+            return Term(product.role, "ac", spikes[input_site] * (d_in * d_out // d))
         if rule == "event":  # the zeros of a real input (relu(k)², for one) cost nothing
-            return Term(name, "mac", read(f"{layer}.{name}")[0] * d_out)
-        return Term(name, "mac", tokens * d_in * d_out)
+            return Term(product.role, "mac", read(product.name)[0] * d_out)
+        return Term(product.role, "mac", tokens * d_in * d_out)
 
-    def encode(widths: tuple[int, ...], outputs: tuple[int, ...]) -> tuple[Term, ...]:
-        """The encoders of a mix's product inputs (encoded widths) and the threshold scaling of its outputs."""
+    def encode(mix: Mix) -> tuple[Term, ...]:
+        """The encoders of a mix's product inputs and the threshold scaling of its products' outputs."""
         if not driven:
             return ()
+        widths = sum(product.fan_in for product in mix.products)
         if config.input_spikes == "binary":
-            return (Term("input_lif", "neuron", tokens * sum(widths)),)
+            return (Term("input_lif", "neuron", tokens * widths),)
         return (
-            Term("input_counts", "elementwise", COUNT_ENCODE_OPS * tokens * sum(widths)),
-            Term("count_scale", "elementwise", tokens * sum(outputs)),
+            Term("input_counts", "elementwise", COUNT_ENCODE_OPS * tokens * widths),
+            Term("count_scale", "elementwise", tokens * sum(product.fan_out for product in mix.products)),
         )
 
     def spike_out(site: str | None) -> tuple[Term, ...]:
@@ -253,37 +257,38 @@ def count_operations(
             return (Term("residual", "elementwise", elements),)
         return (Term("lif", "neuron", elements), Term("residual", "ac", spikes[site]))
 
-    def time_mix(layer: str, input_site: str | None) -> tuple[Term, ...]:
+    def time_mix(mix: Mix, input_site: str | None) -> tuple[Term, ...]:
+        key, value, receptance, output = mix.products
         wkv = Term("wkv", "mac", PAPER_WKV_MACS * elements) if paper else Term("wkv", "elementwise", WKV_OPS * elements)
         return (
             Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
             Term("token_shift", "elementwise", 3 * MIX_OPS * elements),
-            *encode((d, d, d, d), (d, d, d, d)),
-            projection(layer, "key", d, d, input_site),
-            projection(layer, "value", d, d, input_site),
-            projection(layer, "receptance", d, d, input_site),
+            *encode(mix),
+            projection(key, input_site),
+            projection(value, input_site),
+            projection(receptance, input_site),
             Term("sigmoid", "elementwise", SIGMOID_OPS * elements),
             wkv,
             Term("gate", "elementwise", elements),
-            projection(layer, "output", d, d, None),
+            projection(output, None),
         )
 
-    def channel_mix(layer: str, input_site: str | None) -> tuple[Term, ...]:
-        hidden = config.ffn_hidden
+    def channel_mix(mix: Mix, input_site: str | None) -> tuple[Term, ...]:
+        key, receptance, value = mix.products
         return (
             Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
             Term("token_shift", "elementwise", 2 * MIX_OPS * elements),
-            *encode((d, d, hidden), (hidden, d, d)),
-            projection(layer, "key", d, hidden, input_site),
-            Term("relu_square", "elementwise", 2 * tokens * hidden),
-            projection(layer, "value", hidden, d, input_site),
-            projection(layer, "receptance", d, d, input_site),
+            *encode(mix),
+            projection(key, input_site),
+            Term("relu_square", "elementwise", 2 * tokens * key.fan_out),
+            projection(value, input_site),
+            projection(receptance, input_site),
             Term("sigmoid", "elementwise", SIGMOID_OPS * elements),
             Term("gate", "elementwise", elements),
         )
 
     embedding_site = totals.sites[0]
-    if spiking and config.binary_embedding:
+    if layout.spiking and config.binary_embedding:
         embedding_terms = (
             Term("threshold", "elementwise", elements),
             Term("ln0_sums", "ac", LAYERNORM_STAT_OPS * spikes[embedding_site]),
@@ -293,23 +298,19 @@ def count_operations(
         embedding_terms = (Term("ln0", "elementwise", LAYERNORM_OPS * elements),)
     layers = [LayerOps("embedding", embedding_terms, embedding_site, spikes[embedding_site], elements)]
     previous = embedding_site  # the spikes that last entered the residual stream (placement "residual")
-    for layer in _mix_names(config):
-        mixer = time_mix if layer.endswith(".att") else channel_mix
-        site = f"{layer}.lif" if config.spike_placement == "residual" else None  # a LIF on the residual stream
-        terms = mixer(layer, previous if paper and not driven else None) + spike_out(site if spiking else None)
+    for mix in layout.mixes:
+        mixer = time_mix if mix.kind == "time" else channel_mix
+        site = mix.site  # a LIF on the residual stream
+        terms = mixer(mix, previous if paper and not driven else None) + spike_out(site if layout.spiking else None)
         if site is not None:
-            layers.append(LayerOps(layer, terms, site, spikes[site], elements, previous if paper else None))
+            layers.append(LayerOps(mix.name, terms, site, spikes[site], elements, previous if paper else None))
             previous = site
         elif driven:  # the row's rate: spikes per element read by its products
-            mine = [
-                (reads[p], projection_fan_in(p, d, config.ffn_hidden))
-                for p in totals.projections
-                if p.startswith(f"{layer}.")
-            ]
-            read_spikes = sum(r[1] for r, _ in mine)
-            layers.append(LayerOps(layer, terms, None, read_spikes, tokens * sum(w for _, w in mine)))
+            read_spikes = sum(read(product.name)[1] for product in mix.products)
+            read_elements = tokens * sum(product.fan_in for product in mix.products)
+            layers.append(LayerOps(mix.name, terms, None, read_spikes, read_elements))
         else:
-            layers.append(LayerOps(layer, terms, None, None, elements))
+            layers.append(LayerOps(mix.name, terms, None, None, elements))
     head_tokens = tokens if head_tokens is None else head_tokens
     head_terms = (
         Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
@@ -317,14 +318,6 @@ def count_operations(
     )
     layers.append(LayerOps("head", head_terms))
     return layers
-
-
-def _mix_names(config: SpikeGPTConfig) -> list[str]:
-    """The mixes in forward order: ``blocks.i.att`` (or ``blocks.0.ffn_pre``) and ``blocks.i.ffn``."""
-    names = []
-    for i in range(config.n_layer):
-        names += [f"blocks.{i}.{'ffn_pre' if config.ffn_pre and i == 0 else 'att'}", f"blocks.{i}.ffn"]
-    return names
 
 
 def context_windows(tokens: int, context: int) -> list[int]:

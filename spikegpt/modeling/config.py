@@ -122,11 +122,6 @@ class SpikeGPTConfig(PreTrainedConfig):
             raise ConfigError("SpikeGPT's head is never tied to its embedding (tie_word_embeddings must be False)")
 
     @property
-    def spiking_inputs(self) -> bool:
-        """Whether the projections read spikes (placement "inputs" with spiking on)."""
-        return self.spiking and self.spike_placement == "inputs"
-
-    @property
     def num_hidden_layers(self) -> int:
         return self.n_layer
 

@@ -29,9 +29,10 @@ from ..hub.code_files import AUTO_MAP, write_code_files
 from ..progress import transformers_bars_on_terminal
 from ..runtime.step import generate_step
 from .config import SpikeGPTConfig
+from .layout import SpikeLayout, spike_layout
 from .neuron import EmbeddingSpikes, InputSpikes, LIFLayer, input_reads
 from .state import RecurrentState
-from .stats import SpikeStats, projection_names, site_names
+from .stats import SpikeStats
 
 LayerState = tuple[torch.Tensor, ...]  # one block's slice of RecurrentState, in its field order
 IGNORE_INDEX = -100  # a label the loss skips: a position without a target (padding)
@@ -58,7 +59,7 @@ def project(linear: nn.Linear, spikes: torch.Tensor, scale: torch.Tensor | None)
 class TimeMix(nn.Module):
     """RWKV-4 time mixing: token shift, bias-free K/V/R/O projections and the WKV recurrence."""
 
-    def __init__(self, config: SpikeGPTConfig, layer_id: int):
+    def __init__(self, config: SpikeGPTConfig, layer_id: int, spiking_inputs: bool):
         super().__init__()
         self.layer_id = layer_id
         c = config.n_embd
@@ -74,7 +75,7 @@ class TimeMix(nn.Module):
         for zero_init in (self.key, self.receptance, self.output):
             zero_init.init_scale = 0.0
         self.encode = self.encode_output = None
-        if config.spiking_inputs:
+        if spiking_inputs:
             self.encode = InputSpikes(config, (c, c, c), (True, True, True))
             self.encode_output = InputSpikes(config, (c,), (True,))
         self.membrane_width = sum(e.membrane_width for e in (self.encode, self.encode_output) if e is not None)
@@ -110,7 +111,7 @@ class TimeMix(nn.Module):
 class ChannelMix(nn.Module):
     """RWKV-4 channel mixing: token shift, ``sigmoid(R x_r) * V(relu(K x_k)^2)``."""
 
-    def __init__(self, config: SpikeGPTConfig, layer_id: int):
+    def __init__(self, config: SpikeGPTConfig, layer_id: int, spiking_inputs: bool):
         super().__init__()
         self.layer_id = layer_id
         c, hidden = config.n_embd, config.ffn_hidden
@@ -122,7 +123,7 @@ class ChannelMix(nn.Module):
         for zero_init in (self.value, self.receptance):
             zero_init.init_scale = 0.0
         self.encode = self.encode_value = None
-        if config.spiking_inputs:
+        if spiking_inputs:
             self.encode = InputSpikes(config, (c, c), (True, True))
             self.encode_value = InputSpikes(config, (hidden,), (False,))
         self.membrane_width = sum(e.membrane_width for e in (self.encode, self.encode_value) if e is not None)
@@ -151,7 +152,7 @@ class ChannelMix(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: SpikeGPTConfig, layer_id: int):
+    def __init__(self, config: SpikeGPTConfig, layout: SpikeLayout, layer_id: int):
         super().__init__()
         self.layer_id = layer_id
         c, eps = config.n_embd, config.layer_norm_eps
@@ -159,12 +160,13 @@ class Block(nn.Module):
             self.ln0 = nn.LayerNorm(c, eps=eps)
         self.ln1 = nn.LayerNorm(c, eps=eps)
         self.ln2 = nn.LayerNorm(c, eps=eps)
-        if layer_id == 0 and config.ffn_pre:
-            self.ffn_pre = ChannelMix(config, 0)
+        first, _ = layout.block(layer_id)
+        if first.kind == "channel":  # ffn_pre
+            self.ffn_pre = ChannelMix(config, layer_id, layout.spiking_inputs)
         else:
-            self.att = TimeMix(config, layer_id)
-        self.ffn = ChannelMix(config, layer_id)
-        self.spikes_on_residual = config.spike_placement == "residual"
+            self.att = TimeMix(config, layer_id, layout.spiking_inputs)
+        self.ffn = ChannelMix(config, layer_id, layout.spiking_inputs)
+        self.spikes_on_residual = layout.lif_on_residual
         self.att_lif = LIFLayer(config)
         self.ffn_lif = LIFLayer(config)
         self.drop = nn.Dropout(config.dropout)
@@ -309,10 +311,11 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
         super().__init__(config)
         self.emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.emb_spikes = EmbeddingSpikes(config)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.layout = spike_layout(config)
+        self.blocks = nn.ModuleList(Block(config, self.layout, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.sites = site_names(config.n_layer, config.ffn_pre, config.spike_placement)
-        self.projections = projection_names(config.n_layer, config.ffn_pre)
+        self.sites = self.layout.sites  # the names of SpikeStats' counts and reads
+        self.projections = self.layout.product_names
         self.input_width = max(block.membrane_width for block in self.blocks)
         self.post_init()
 
@@ -392,6 +395,15 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
 
     def fresh_state(self, batch: int) -> RecurrentState:
         return self.model.fresh_state(batch)
+
+    @property
+    def layout(self) -> SpikeLayout:
+        """Where the model's spikes are and what its products read (``spikegpt.modeling.layout``)."""
+        return self.model.layout
+
+    def product(self, name: str) -> nn.Linear:
+        """The module of the layout's product ``name`` (``blocks.0.att.key``, ..., ``head``)."""
+        return self.head if name == self.layout.head.name else self.model.get_submodule(name)
 
     def forward(
         self,
