@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+from .progress import transformers_bars_on_terminal
+
 COMMAND_MODULES = (
     "spikegpt.commands.generate",
     "spikegpt.commands.convert",
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.run(args) or 0)
+        with transformers_bars_on_terminal():  # the bars of loading and saving models, in a log: cursor codes
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("spikegpt: interrupted", file=sys.stderr)
         return 130

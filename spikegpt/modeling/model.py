@@ -15,7 +15,9 @@ the same spikes and logits as one pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -23,18 +25,17 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from spikegpt.kernels import fresh_state, wkv
-
-from ..hub.code_files import AUTO_MAP, write_code_files
-from ..progress import transformers_bars_on_terminal
-from ..runtime.step import generate_step
+from .code_files import AUTO_MAP, write_code_files
 from .config import SpikeGPTConfig
 from .layout import SpikeLayout, spike_layout
 from .neuron import EmbeddingSpikes, InputSpikes, LIFLayer, input_reads
+from .ops import fresh_state, wkv
 from .state import RecurrentState
 from .stats import SpikeStats
 
 LayerState = tuple[torch.Tensor, ...]  # one block's slice of RecurrentState, in its field order
+# step(tokens [B, 1], state) -> (logits [B, vocab], new state, (spike counts, projection reads))
+DecodingStep = Callable[[torch.Tensor, RecurrentState], tuple[torch.Tensor, RecurrentState, tuple]]
 IGNORE_INDEX = -100  # a label the loss skips: a position without a target (padding)
 
 
@@ -255,19 +256,12 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """Hugging Face's save, plus the ``auto_map`` and code files that load the checkpoint without ``import
-        spikegpt`` (``trust_remote_code=True``; see ``hub_code``)."""
+        """Hugging Face's save, plus the ``auto_map`` and the model's own code files, with which the checkpoint
+        loads through ``trust_remote_code=True`` where only torch and transformers are installed (``code_files``)."""
         self.config.auto_map = dict(AUTO_MAP)
-        with transformers_bars_on_terminal():
-            super().save_pretrained(save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_code_files(save_directory)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        # (the decoding layout of the weights is the engine's set-up: spikegpt.runtime.products.prepare_weights)
-        with transformers_bars_on_terminal():
-            return super().from_pretrained(*args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -381,6 +375,12 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
 class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
     """SpikeGPT with its language-modelling head (untied)."""
 
+    # Where generate()'s one-token forwards (``decoding``) may get a faster form of the same step: a function
+    # (model, tokens [B, 1], state) -> a step running the very same operations, or None where none can serve. The
+    # spikegpt package installs its traced step (``spikegpt.runtime.step.generate_step``) on import; a checkpoint
+    # loaded without the package decodes with the plain forward.
+    decoding_steps: ClassVar[Callable[..., DecodingStep | None] | None] = None
+
     def __init__(self, config: SpikeGPTConfig):
         super().__init__(config)
         self.model = SpikeGPTModel(config)
@@ -430,8 +430,9 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
 
         ``attention_mask`` is accepted for ``generate()`` but must be all ones: a recurrent model reads every token,
         so batches must not be padded. ``logits_to_keep`` > 0 computes only the last positions' logits.
-        ``decoding`` (set by ``generate()`` after the prompt): one token per row from ``state``, through the traced
-        recurrent step where it can serve (the same operations, bit for bit, without Python between them).
+        ``decoding`` (set by ``generate()`` after the prompt): one token per row from ``state``, through the step
+        ``decoding_steps`` gives where it can serve (the package's traced step: the same operations, bit for bit,
+        without Python between them).
         """
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError(
@@ -439,8 +440,9 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
                 "supported; generate sequences of different lengths separately"
             )
         one_token = state is not None and input_ids is not None and input_ids.shape[1] == 1
-        if decoding and one_token and labels is None and shift_labels is None and not output_spike_stats:
-            step = generate_step(self, input_ids, state)
+        steps = type(self).decoding_steps
+        if decoding and one_token and labels is None and shift_labels is None and not output_spike_stats and steps:
+            step = steps(self, input_ids, state)
             if step is not None:
                 logits, state, _ = step(input_ids, state)
                 return SpikeGPTCausalLMOutput(logits=logits[:, None], state=state)

@@ -28,13 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-
-WEIGHT_BITS = (8, 4, 1)
-
-
-def check_weight_bits(bits: int) -> None:
-    if isinstance(bits, bool) or bits not in WEIGHT_BITS:
-        raise ConfigError(f"weight_bits must be one of {', '.join(map(str, WEIGHT_BITS))}, got {bits!r}")
+from ..modeling.config import check_weight_bits
 
 
 def quantize_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
