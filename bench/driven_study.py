@@ -54,15 +54,15 @@ def study_row(name: str, path: str, dataset: str, batch_size: int, max_blocks: i
     eval_set = make_eval_set(blocks, tokenizer, max_blocks, unknown)
     started = time.perf_counter()
     result, stats = evaluate_with_stats(model, eval_set, batch_size, progress=False)
-    c = model.config
+    c, driven = model.config, model.layout.spiking_inputs
     row = {
         "name": name,
         "model": str(path),
         "steps": trained_steps(Path(path)),
         "spike_placement": c.spike_placement if c.spiking else "none (spiking off)",
-        "input_spikes": c.input_spikes if c.spiking_inputs else None,
-        "spike_count_max": c.spike_count_max if c.spiking_inputs and c.input_spikes == "counts" else None,
-        "spike_count_scale": c.spike_count_scale if c.spiking_inputs and c.input_spikes == "counts" else None,
+        "input_spikes": c.input_spikes if driven else None,
+        "spike_count_max": c.spike_count_max if driven and c.input_spikes == "counts" else None,
+        "spike_count_scale": c.spike_count_scale if driven and c.input_spikes == "counts" else None,
         "bits_per_byte": result.bits_per_byte,
         "tokens": result.tokens,
         "residual_firing_rate": result.firing_rate,

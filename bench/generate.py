@@ -17,7 +17,7 @@ import time
 
 import torch
 
-import spikegpt.modeling.model
+from spikegpt import SpikeGPTForCausalLM
 from spikegpt.hub.checkpoint import load_model
 from spikegpt.runtime.engine import Engine, GenerationRequest
 from spikegpt.runtime.sampling import SamplingParams
@@ -64,7 +64,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model()
     ids = torch.tensor([tokenizer.encode(PROMPT)])
-    traced_step = spikegpt.modeling.model.generate_step
+    traced_step = SpikeGPTForCausalLM.decoding_steps
     ways = {
         "generate_traced": lambda: time_generate(model, ids, args.tokens),
         "generate_eager": lambda: time_generate(model, ids, args.tokens),
@@ -72,12 +72,12 @@ def main() -> None:
     }
     results = {}
     for name, measure in ways.items():
-        spikegpt.modeling.model.generate_step = (lambda *a: None) if name == "generate_eager" else traced_step
+        SpikeGPTForCausalLM.decoding_steps = None if name == "generate_eager" else traced_step
         speeds = [measure() for _ in range(args.repeats)]
         results[name] = statistics.median(speeds)
         print(json.dumps({"measure": "decode", "way": name, "tokens": args.tokens, "tok_s": speeds,
                           "median_tok_s": results[name], "threads": torch.get_num_threads()}))  # fmt: skip
-    spikegpt.modeling.model.generate_step = traced_step
+    SpikeGPTForCausalLM.decoding_steps = traced_step
     summary = {
         "measure": "summary",
         **{f"{k}_tok_s": v for k, v in results.items()},

@@ -97,10 +97,7 @@ def lif(
         from .lif_triton import lif_triton
 
         return lif_triton(x, v0, params, return_counts)
-    spikes, v_last = lif_torch(x, v0, params)
-    if return_counts:
-        return spikes, v_last, spikes.detach().sum(dim=1, dtype=torch.float32)
-    return spikes, v_last
+    return lif_torch(x, v0, params, return_counts)
 
 
 def _int8_compiled(tensor: torch.Tensor) -> bool:

@@ -153,9 +153,18 @@ class _LIF(torch.autograd.Function):
 
 
 def lif_torch(
-    x: torch.Tensor, v0: torch.Tensor | None = None, params: LIFParams = DEFAULT_LIF
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same function as ``lif_sequential``, with a hand-written backward. Returns (spikes, v_last)."""
+    x: torch.Tensor, v0: torch.Tensor | None = None, params: LIFParams = DEFAULT_LIF, return_counts: bool = False
+):
+    """Same function as ``lif_sequential``, with a hand-written backward. Returns (spikes, v_last), or with
+    ``return_counts`` (spikes, v_last, counts) as the dispatch function ``lif`` does: ``counts`` ``[B, C]`` fp32 are
+    the spikes per channel."""
+    spikes, v_last = _lif(x, v0, params)
+    if return_counts:
+        return spikes, v_last, spikes.detach().sum(dim=1, dtype=torch.float32)
+    return spikes, v_last
+
+
+def _lif(x: torch.Tensor, v0: torch.Tensor | None, params: LIFParams) -> tuple[torch.Tensor, torch.Tensor]:
     check_lif_args(x, v0, params)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or (v0 is not None and v0.requires_grad))
     if x.shape[1] == 1 and not needs_grad:  # decoding: one token, nothing to save for a backward

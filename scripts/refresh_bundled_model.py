@@ -20,10 +20,14 @@ WEIGHTS = "model.safetensors"  # never rewritten: re-saving would change its lay
 def refresh(bundled: Path) -> None:
     model, tokenizer = load_model(bundled)
     with tempfile.TemporaryDirectory() as scratch:
-        for name, data in saved_files(model, tokenizer, Path(scratch)).items():
-            if name != WEIGHTS and name != "README.md":
-                (bundled / name).write_bytes(data)
-                print(f"wrote {bundled / name}")
+        written = saved_files(model, tokenizer, Path(scratch))
+    for name, data in written.items():
+        if name != WEIGHTS and name != "README.md":
+            (bundled / name).write_bytes(data)
+            print(f"wrote {bundled / name}")
+    for stale in sorted(set(p.name for p in bundled.glob("*.py")) - set(written)):  # code files saving no longer writes
+        (bundled / stale).unlink()
+        print(f"removed {bundled / stale}")
 
 
 def main(names: list[str]) -> int:

@@ -74,12 +74,12 @@ class ModelHost:
         """How to read the model's spike counts (the model card's ``spiking``): where the spikes are, the sites in
         the order of every list of counts, and the values each site produces per token (count / (tokens * width)
         is a firing rate)."""
-        config = self.config
+        layout = self.model.layout
         return {
-            "placement": getattr(config, "spike_placement", "residual"),  # the published placement is the default
-            "sites": list(self.model.model.sites),
-            "site_width": config.n_embd,
-            "n_layer": config.n_layer,
+            "placement": layout.placement,
+            "sites": list(layout.sites),
+            "site_width": layout.site_width,
+            "n_layer": layout.n_layer,
         }
 
     async def load(self) -> None:

@@ -15,6 +15,8 @@ import logging
 import os
 import sys
 
+from .progress import transformers_bars_on_terminal
+
 COMMAND_MODULES = (
     "spikegpt.commands.generate",
     "spikegpt.commands.convert",
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             from .threads import apply_threads
 
             apply_threads(getattr(args, "threads", None))
-        return int(args.run(args) or 0)
+        with transformers_bars_on_terminal():  # the bars of loading and saving models, in a log: cursor codes
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("spikegpt: interrupted", file=sys.stderr)
         return 130

@@ -1,16 +1,7 @@
 """Typed exceptions of the core library: each message says what is wrong and what to do about it."""
 
-
-class SpikeGPTError(Exception):
-    """Base class of every error this package raises on purpose."""
-
-
-class ConfigError(SpikeGPTError, ValueError):
-    """A model configuration is invalid. ``field`` names the offending field, when there is one."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
+# defined beside the model, whose files checkpoints carry (they import nothing from the rest of the package)
+from .modeling.config import ConfigError, SpikeGPTError  # noqa: F401 (ConfigError: re-exported)
 
 
 class CheckpointError(SpikeGPTError):

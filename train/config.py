@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spikegpt.errors import ConfigError, TrainingError
-from spikegpt.quant.grids import WEIGHT_BITS, check_weight_bits
+from spikegpt.modeling.config import WEIGHT_BITS, check_weight_bits
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from spikegpt.modeling.stats import SpikeStats, projection_fan_in
+from spikegpt.modeling.stats import SpikeStats
 
 from .data import PAD
 
@@ -67,8 +67,10 @@ class SpikeTotals:
     """Spike counts summed over batches on the device (no host sync until ``stats`` is read)."""
 
     def __init__(self, model, device):
-        self.sites, self.projections = model.model.sites, model.model.projections
-        self.n_embd, self.ffn_hidden = model.config.n_embd, model.config.ffn_hidden
+        layout = model.layout
+        self.sites, self.projections = layout.sites, layout.product_names
+        self.n_embd = layout.site_width
+        self.fan_ins = [product.fan_in for product in layout.products]  # in the order of the projections
         self.counts = torch.zeros(len(self.sites), dtype=torch.long, device=device)
         self.reads = torch.zeros(len(self.projections), 2, dtype=torch.long, device=device)
         self.tokens = torch.zeros((), dtype=torch.long, device=device)
@@ -98,8 +100,8 @@ class SpikeTotals:
         element (the summed counts; 0 for real-valued inputs, which carry no spikes)."""
         reads, tokens = self.reads.tolist(), int(self.tokens)
         out = {}
-        for name, (nonzero, spikes) in zip(self.projections, reads, strict=True):
-            elements = max(tokens * projection_fan_in(name, self.n_embd, self.ffn_hidden), 1)
+        for name, fan_in, (nonzero, spikes) in zip(self.projections, self.fan_ins, reads, strict=True):
+            elements = max(tokens * fan_in, 1)
             out[name] = {"zero_fraction": 1 - nonzero / elements, "spikes_per_input": spikes / elements}
         return out
 
@@ -190,8 +192,6 @@ def evaluate_with_stats(
 
 
 def _zero_fraction(spikes: SpikeTotals) -> float:
-    widths = torch.tensor(
-        [projection_fan_in(p, spikes.n_embd, spikes.ffn_hidden) for p in spikes.projections], dtype=torch.long
-    )
+    widths = torch.tensor(spikes.fan_ins, dtype=torch.long)
     elements = int((widths * spikes.tokens.cpu()).sum())
     return 1 - int(spikes.reads[:, 0].sum()) / max(elements, 1)

@@ -18,10 +18,10 @@ CARD_METADATA = (
     "tags: [spikegpt, spiking-neural-network, rwkv, custom_code]",
 )
 HOW_TO_LOAD = (
-    "Its code is the `spikegpt` package (`pip install spikegpt`): `AutoModelForCausalLM.from_pretrained(DIR, "
-    'trust_remote_code=True)` and `pipeline("text-generation", model=DIR, trust_remote_code=True)` load it '
-    "through the small code files saved beside the weights, which import the installed package; or run "
-    "`spikegpt generate --model DIR`."
+    "Its model code travels with it: `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` and "
+    '`pipeline("text-generation", model=DIR, trust_remote_code=True)` load it from the model files saved beside '
+    "the weights, with torch and transformers alone; with the `spikegpt` package (`pip install spikegpt`) the "
+    "same files run its Triton kernels on a GPU, and `spikegpt generate --model DIR` runs it."
 )
 
 

@@ -106,7 +106,8 @@ import torch
 
 from ..errors import EnergyError
 from ..modeling.config import SpikeGPTConfig
-from ..modeling.stats import SpikeStats, projection_fan_in, projection_names, site_names
+from ..modeling.layout import Mix, Product, spike_layout
+from ..modeling.stats import SpikeStats
 
 KINDS = ("mac", "ac", "neuron", "elementwise")
 
@@ -255,13 +256,14 @@ class SpikeTotals:
         return sum(self.spikes) / elements if elements else 0.0
 
     def check(self, config: SpikeGPTConfig) -> None:
-        expected = site_names(config.n_layer, config.ffn_pre, config.spike_placement)
+        layout = spike_layout(config)
+        expected = layout.sites
         if self.sites != expected or self.n_embd != config.n_embd:
             raise EnergyError(
                 f"the spike statistics ({len(self.sites)} sites, width {self.n_embd}) do not come from this model "
                 f"({len(expected)} sites, width {config.n_embd}): pass the config of the model that produced them"
             )
-        if self.projections and self.projections != projection_names(config.n_layer, config.ffn_pre):
+        if self.projections and self.projections != layout.product_names:
             raise EnergyError("the projection reads do not come from this model: pass its config")
 
 
@@ -270,21 +272,11 @@ def check_rule(rule: str) -> None:
         raise EnergyError(f"unknown accounting rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
-def product_shapes(config: SpikeGPTConfig) -> dict[str, tuple[int, int]]:
-    """Every block product of the model in forward order, named as ``projection_names`` names them (e.g.
-    ``blocks.0.att.key``), with its fan-in and fan-out: the one place the accounting learns the model's products."""
-    d, hidden = config.n_embd, config.ffn_hidden
-    return {
-        name: (projection_fan_in(name, d, hidden), hidden if name.endswith((".ffn.key", ".ffn_pre.key")) else d)
-        for name in projection_names(config.n_layer, config.ffn_pre)
-    }
-
-
 def stored_weight_bytes(config: SpikeGPTConfig, widths: WeightWidths) -> int:
     """Bytes of every weight matrix of the model at ``widths``: the embedding table, the block products, the head
     (what the placement rule of a profile compares with its on-chip memory)."""
     d, vocab = config.n_embd, config.vocab_size
-    products = sum(d_in * row_bytes(d_out, widths.products) for d_in, d_out in product_shapes(config).values())
+    products = sum(p.fan_in * row_bytes(p.fan_out, widths.products) for p in spike_layout(config).products)
     return vocab * row_bytes(d, widths.embedding) + products + d * row_bytes(vocab, widths.head)
 
 
@@ -300,16 +292,15 @@ def count_operations(
     every token); ``spiking=False`` counts the same tokens on the model with its spike functions off (the
     baseline); ``widths``: of the weights read (default: the model's, float weights at 32 bits)."""
     check_rule(rule)
-    spiking = config.spiking if spiking is None else spiking
+    layout = spike_layout(config, spiking)
+    driven = layout.spiking_inputs  # the products read whole numbers
     widths = WeightWidths.of(config, 32) if widths is None else widths
-    driven = spiking and config.spike_placement == "inputs"  # the products read whole numbers
     tokens, d = totals.tokens, config.n_embd
     spikes = dict(zip(totals.sites, totals.spikes, strict=True))
     reads = dict(zip(totals.projections, totals.reads, strict=True))
-    shapes = product_shapes(config)
     elements = tokens * d
     paper = rule == "paper"
-    event_reads = RULE_READS[rule] == "event" and spiking  # the baseline (spiking off) is dense hardware
+    event_reads = RULE_READS[rule] == "event" and layout.spiking  # the baseline (spiking off) is dense hardware
 
     def read(name: str) -> tuple[int, int]:
         if name not in reads:
@@ -319,36 +310,39 @@ def count_operations(
             )
         return reads[name]
 
-    def projection(layer: str, name: str, input_site: str | None) -> Term:
-        d_in, d_out = shapes[f"{layer}.{name}"]
-        if driven:  # spikes or spike counts: one AC per unit of count and output, under every rule
-            return Term(name, "ac", read(f"{layer}.{name}")[1] * d_out)
+    def projection(product: Product, input_site: str | None) -> Term:
+        d_in, d_out = product.fan_in, product.fan_out
+        if product.reads_spikes:  # spikes or spike counts: one AC per unit of count and output, under every rule
+            return Term(product.role, "ac", read(product.name)[1] * d_out)
         if paper and input_site is not None:  # R̂ · T·d_in·d_out with R̂ = S / (T·d); d_in or d_out is d: exact
-            return Term(name, "ac", spikes[input_site] * (d_in * d_out // d))
+            return Term(product.role, "ac", spikes[input_site] * (d_in * d_out // d))
         if rule == "event":  # the zeros of a real input (relu(k)², for one) cost nothing
-            return Term(name, "mac", read(f"{layer}.{name}")[0] * d_out)
-        return Term(name, "mac", tokens * d_in * d_out)
+            return Term(product.role, "mac", read(product.name)[0] * d_out)
+        return Term(product.role, "mac", tokens * d_in * d_out)
 
-    def weight_reads(layer: str, terms: tuple[Term, ...]) -> tuple[WeightRead, ...]:
-        """The rows each product of ``layer`` read: every row for every token, or (event) those of nonzero inputs."""
+    def weight_reads(mix: Mix, terms: tuple[Term, ...]) -> tuple[WeightRead, ...]:
+        """The rows each product of ``mix`` read: every row for every token, or (event) those of nonzero inputs."""
         kinds = {t.name: t.kind for t in terms}
-        out = []
-        for name, (d_in, d_out) in shapes.items():
-            if name.rpartition(".")[0] == layer:
-                short = name.rpartition(".")[2]
-                rows = read(name)[0] if event_reads else tokens * d_in
-                out.append(WeightRead(short, kinds[short], rows, row_bytes(d_out, widths.products)))
-        return tuple(out)
+        return tuple(
+            WeightRead(
+                product.role,
+                kinds[product.role],
+                read(product.name)[0] if event_reads else tokens * product.fan_in,
+                row_bytes(product.fan_out, widths.products),
+            )
+            for product in mix.products
+        )
 
-    def encode(encoded: tuple[int, ...], outputs: tuple[int, ...]) -> tuple[Term, ...]:
-        """The encoders of a mix's product inputs (their widths) and the threshold scaling of its outputs."""
+    def encode(mix: Mix) -> tuple[Term, ...]:
+        """The encoders of a mix's product inputs and the threshold scaling of its products' outputs."""
         if not driven:
             return ()
+        widths_in = sum(product.fan_in for product in mix.products)
         if config.input_spikes == "binary":
-            return (Term("input_lif", "neuron", tokens * sum(encoded)),)
+            return (Term("input_lif", "neuron", tokens * widths_in),)
         return (
-            Term("input_counts", "elementwise", COUNT_ENCODE_OPS * tokens * sum(encoded)),
-            Term("count_scale", "elementwise", tokens * sum(outputs)),
+            Term("input_counts", "elementwise", COUNT_ENCODE_OPS * tokens * widths_in),
+            Term("count_scale", "elementwise", tokens * sum(product.fan_out for product in mix.products)),
         )
 
     def spike_out(site: str | None) -> tuple[Term, ...]:
@@ -356,37 +350,38 @@ def count_operations(
             return (Term("residual", "elementwise", elements),)
         return (Term("lif", "neuron", elements), Term("residual", "ac", spikes[site]))
 
-    def time_mix(layer: str, input_site: str | None) -> tuple[Term, ...]:
+    def time_mix(mix: Mix, input_site: str | None) -> tuple[Term, ...]:
+        key, value, receptance, output = mix.products
         wkv = Term("wkv", "mac", PAPER_WKV_MACS * elements) if paper else Term("wkv", "elementwise", WKV_OPS * elements)
         return (
             Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
             Term("token_shift", "elementwise", 3 * MIX_OPS * elements),
-            *encode((d, d, d, d), (d, d, d, d)),
-            projection(layer, "key", input_site),
-            projection(layer, "value", input_site),
-            projection(layer, "receptance", input_site),
+            *encode(mix),
+            projection(key, input_site),
+            projection(value, input_site),
+            projection(receptance, input_site),
             Term("sigmoid", "elementwise", SIGMOID_OPS * elements),
             wkv,
             Term("gate", "elementwise", elements),
-            projection(layer, "output", None),
+            projection(output, None),
         )
 
-    def channel_mix(layer: str, input_site: str | None) -> tuple[Term, ...]:
-        hidden = config.ffn_hidden
+    def channel_mix(mix: Mix, input_site: str | None) -> tuple[Term, ...]:
+        key, receptance, value = mix.products
         return (
             Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
             Term("token_shift", "elementwise", 2 * MIX_OPS * elements),
-            *encode((d, d, hidden), (hidden, d, d)),
-            projection(layer, "key", input_site),
-            Term("relu_square", "elementwise", 2 * tokens * hidden),
-            projection(layer, "value", input_site),
-            projection(layer, "receptance", input_site),
+            *encode(mix),
+            projection(key, input_site),
+            Term("relu_square", "elementwise", 2 * tokens * key.fan_out),
+            projection(value, input_site),
+            projection(receptance, input_site),
             Term("sigmoid", "elementwise", SIGMOID_OPS * elements),
             Term("gate", "elementwise", elements),
         )
 
     embedding_site = totals.sites[0]
-    if spiking and config.binary_embedding:
+    if layout.spiking and config.binary_embedding:
         embedding_terms = (
             Term("threshold", "elementwise", elements),
             Term("ln0_sums", "ac", LAYERNORM_STAT_OPS * spikes[embedding_site]),
@@ -397,22 +392,21 @@ def count_operations(
     lookup = (WeightRead("lookup", "lookup", tokens, row_bytes(d, widths.embedding)),)
     layers = [LayerOps("embedding", embedding_terms, embedding_site, spikes[embedding_site], elements, reads=lookup)]
     previous = embedding_site  # the spikes that last entered the residual stream (placement "residual")
-    for layer in _mix_names(config):
-        mixer = time_mix if layer.endswith(".att") else channel_mix
-        site = f"{layer}.lif" if config.spike_placement == "residual" else None  # a LIF on the residual stream
-        terms = mixer(layer, previous if paper and not driven else None) + spike_out(site if spiking else None)
-        matrices = weight_reads(layer, terms)
+    for mix in layout.mixes:
+        mixer = time_mix if mix.kind == "time" else channel_mix
+        site = mix.site  # a LIF on the residual stream
+        terms = mixer(mix, previous if paper and not driven else None) + spike_out(site if layout.spiking else None)
+        matrices = weight_reads(mix, terms)
         if site is not None:
-            layers.append(LayerOps(layer, terms, site, spikes[site], elements, previous if paper else None, matrices))
+            before = previous if paper else None
+            layers.append(LayerOps(mix.name, terms, site, spikes[site], elements, before, matrices))
             previous = site
         elif driven:  # the row's rate: spikes per element read by its products
-            mine = [(reads[p], shapes[p][0]) for p in totals.projections if p.startswith(f"{layer}.")]
-            read_spikes = sum(r[1] for r, _ in mine)
-            layers.append(
-                LayerOps(layer, terms, None, read_spikes, tokens * sum(w for _, w in mine), reads=matrices)
-            )
+            read_spikes = sum(read(product.name)[1] for product in mix.products)
+            read_elements = tokens * sum(product.fan_in for product in mix.products)
+            layers.append(LayerOps(mix.name, terms, None, read_spikes, read_elements, reads=matrices))
         else:
-            layers.append(LayerOps(layer, terms, None, None, elements, reads=matrices))
+            layers.append(LayerOps(mix.name, terms, None, None, elements, reads=matrices))
     head_tokens = tokens if head_tokens is None else head_tokens
     head_terms = (
         Term("layernorm", "elementwise", LAYERNORM_OPS * elements),
@@ -421,14 +415,6 @@ def count_operations(
     head_reads = (WeightRead("head", "mac", head_tokens * d, row_bytes(config.vocab_size, widths.head)),)
     layers.append(LayerOps("head", head_terms, reads=head_reads))
     return layers
-
-
-def _mix_names(config: SpikeGPTConfig) -> list[str]:
-    """The mixes in forward order: ``blocks.i.att`` (or ``blocks.0.ffn_pre``) and ``blocks.i.ffn``."""
-    names = []
-    for i in range(config.n_layer):
-        names += [f"blocks.{i}.{'ffn_pre' if config.ffn_pre and i == 0 else 'att'}", f"blocks.{i}.ffn"]
-    return names
 
 
 def context_windows(tokens: int, context: int) -> list[int]:

@@ -1,2 +1,2 @@
-"""Checkpoints in and out: strict loading of a model directory or Hub id, the code files a checkpoint carries, the
-converter for the original ``.pth`` weights, and the tokenizers."""
+"""Checkpoints in and out: strict loading of a model directory or Hub id, the converter for the original ``.pth``
+weights, and the tokenizers. (The code a checkpoint carries is the model's own: ``spikegpt.modeling.code_files``.)"""

@@ -1,18 +1,39 @@
-"""``SpikeGPTConfig``: every hyper-parameter of a SpikeGPT model, saved as ``config.json``."""
+"""``SpikeGPTConfig``: every hyper-parameter of a SpikeGPT model, saved as ``config.json``.
+
+Also the package's base error and ``ConfigError``: they live beside the model (which imports nothing from the rest
+of the package, so that checkpoints carry it) and ``spikegpt.errors`` re-exports them.
+"""
 
 from __future__ import annotations
 
 import math
 
-from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
-
-from ..errors import ConfigError
+from huggingface_hub.dataclasses import strict  # transformers' own configurations use it; a dependency of transformers
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 LIF_RESETS = ("hard", "soft")
 SURROGATES = ("atan", "sigmoid")
 SPIKE_PLACEMENTS = ("residual", "inputs")
 INPUT_SPIKES = ("binary", "counts")
+WEIGHT_BITS = (8, 4, 1)  # the weight grids of spikegpt.quant.grids
+
+
+class SpikeGPTError(Exception):
+    """Base class of every error the spikegpt package raises on purpose."""
+
+
+class ConfigError(SpikeGPTError, ValueError):
+    """A model configuration is invalid. ``field`` names the offending field, when there is one."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def check_weight_bits(bits: int) -> None:
+    if isinstance(bits, bool) or bits not in WEIGHT_BITS:
+        raise ConfigError(f"weight_bits must be one of {', '.join(map(str, WEIGHT_BITS))}, got {bits!r}", "weight_bits")
 
 
 @strict
@@ -124,19 +145,12 @@ class SpikeGPTConfig(PreTrainedConfig):
         if self.rescale_layer < 0:
             raise ConfigError(f"rescale_layer must be 0 (off) or positive, got {self.rescale_layer}", "rescale_layer")
         if self.weight_bits is not None:
-            from ..quant.grids import check_weight_bits
-
             check_weight_bits(self.weight_bits)
         if self.tie_word_embeddings:
             raise ConfigError(
                 "SpikeGPT's head is never tied to its embedding (tie_word_embeddings must be False)",
                 "tie_word_embeddings",
             )
-
-    @property
-    def spiking_inputs(self) -> bool:
-        """Whether the projections read spikes (placement "inputs" with spiking on)."""
-        return self.spiking and self.spike_placement == "inputs"
 
     @property
     def num_hidden_layers(self) -> int:
@@ -149,3 +163,10 @@ class SpikeGPTConfig(PreTrainedConfig):
 
 # every real-valued hyper-parameter, read from the annotations so that a new one is checked as well (``check``)
 FLOAT_FIELDS = tuple(name for name, kind in SpikeGPTConfig.__annotations__.items() if "float" in str(kind))
+
+# Make the model type known to transformers unless a class already stands for it (the package registers its own on
+# import): a checkpoint loaded with trust_remote_code=True, where the package is not installed, then lets
+# AutoTokenizer, which reads the model's configuration before the tokenizer's, load its tokenizer without asking
+# again whether to run the checkpoint's code.
+if SpikeGPTConfig.model_type not in CONFIG_MAPPING:
+    AutoConfig.register(SpikeGPTConfig.model_type, SpikeGPTConfig)

@@ -15,7 +15,9 @@ the same spikes and logits as one pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -23,17 +25,17 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from spikegpt.kernels import fresh_state, wkv
-
-from ..hub.code_files import AUTO_MAP, write_code_files
-from ..progress import transformers_bars_on_terminal
-from ..runtime.step import generate_step
+from .code_files import AUTO_MAP, write_code_files
 from .config import SpikeGPTConfig
+from .layout import SpikeLayout, spike_layout
 from .neuron import EmbeddingSpikes, InputSpikes, LIFLayer, input_reads
+from .ops import fresh_state, wkv
 from .state import RecurrentState
-from .stats import SpikeStats, projection_names, site_names
+from .stats import SpikeStats
 
 LayerState = tuple[torch.Tensor, ...]  # one block's slice of RecurrentState, in its field order
+# step(tokens [B, 1], state) -> (logits [B, vocab], new state, (spike counts, projection reads))
+DecodingStep = Callable[[torch.Tensor, RecurrentState], tuple[torch.Tensor, RecurrentState, tuple]]
 IGNORE_INDEX = -100  # a label the loss skips: a position without a target (padding)
 
 
@@ -58,7 +60,7 @@ def project(linear: nn.Linear, spikes: torch.Tensor, scale: torch.Tensor | None)
 class TimeMix(nn.Module):
     """RWKV-4 time mixing: token shift, bias-free K/V/R/O projections and the WKV recurrence."""
 
-    def __init__(self, config: SpikeGPTConfig, layer_id: int):
+    def __init__(self, config: SpikeGPTConfig, layer_id: int, spiking_inputs: bool):
         super().__init__()
         self.layer_id = layer_id
         c = config.n_embd
@@ -74,7 +76,7 @@ class TimeMix(nn.Module):
         for zero_init in (self.key, self.receptance, self.output):
             zero_init.init_scale = 0.0
         self.encode = self.encode_output = None
-        if config.spiking_inputs:
+        if spiking_inputs:
             self.encode = InputSpikes(config, (c, c, c), (True, True, True))
             self.encode_output = InputSpikes(config, (c,), (True,))
         self.membrane_width = sum(e.membrane_width for e in (self.encode, self.encode_output) if e is not None)
@@ -110,7 +112,7 @@ class TimeMix(nn.Module):
 class ChannelMix(nn.Module):
     """RWKV-4 channel mixing: token shift, ``sigmoid(R x_r) * V(relu(K x_k)^2)``."""
 
-    def __init__(self, config: SpikeGPTConfig, layer_id: int):
+    def __init__(self, config: SpikeGPTConfig, layer_id: int, spiking_inputs: bool):
         super().__init__()
         self.layer_id = layer_id
         c, hidden = config.n_embd, config.ffn_hidden
@@ -122,7 +124,7 @@ class ChannelMix(nn.Module):
         for zero_init in (self.value, self.receptance):
             zero_init.init_scale = 0.0
         self.encode = self.encode_value = None
-        if config.spiking_inputs:
+        if spiking_inputs:
             self.encode = InputSpikes(config, (c, c), (True, True))
             self.encode_value = InputSpikes(config, (hidden,), (False,))
         self.membrane_width = sum(e.membrane_width for e in (self.encode, self.encode_value) if e is not None)
@@ -151,7 +153,7 @@ class ChannelMix(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: SpikeGPTConfig, layer_id: int):
+    def __init__(self, config: SpikeGPTConfig, layout: SpikeLayout, layer_id: int):
         super().__init__()
         self.layer_id = layer_id
         c, eps = config.n_embd, config.layer_norm_eps
@@ -159,12 +161,13 @@ class Block(nn.Module):
             self.ln0 = nn.LayerNorm(c, eps=eps)
         self.ln1 = nn.LayerNorm(c, eps=eps)
         self.ln2 = nn.LayerNorm(c, eps=eps)
-        if layer_id == 0 and config.ffn_pre:
-            self.ffn_pre = ChannelMix(config, 0)
+        first, _ = layout.block(layer_id)
+        if first.kind == "channel":  # ffn_pre
+            self.ffn_pre = ChannelMix(config, layer_id, layout.spiking_inputs)
         else:
-            self.att = TimeMix(config, layer_id)
-        self.ffn = ChannelMix(config, layer_id)
-        self.spikes_on_residual = config.spike_placement == "residual"
+            self.att = TimeMix(config, layer_id, layout.spiking_inputs)
+        self.ffn = ChannelMix(config, layer_id, layout.spiking_inputs)
+        self.spikes_on_residual = layout.lif_on_residual
         self.att_lif = LIFLayer(config)
         self.ffn_lif = LIFLayer(config)
         self.drop = nn.Dropout(config.dropout)
@@ -253,19 +256,12 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """Hugging Face's save, plus the ``auto_map`` and code files that load the checkpoint without ``import
-        spikegpt`` (``trust_remote_code=True``; see ``hub_code``)."""
+        """Hugging Face's save, plus the ``auto_map`` and the model's own code files, with which the checkpoint
+        loads through ``trust_remote_code=True`` where only torch and transformers are installed (``code_files``)."""
         self.config.auto_map = dict(AUTO_MAP)
-        with transformers_bars_on_terminal():
-            super().save_pretrained(save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_code_files(save_directory)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        # (the decoding layout of the weights is the engine's set-up: spikegpt.runtime.products.prepare_weights)
-        with transformers_bars_on_terminal():
-            return super().from_pretrained(*args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -309,10 +305,11 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
         super().__init__(config)
         self.emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.emb_spikes = EmbeddingSpikes(config)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.layout = spike_layout(config)
+        self.blocks = nn.ModuleList(Block(config, self.layout, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.sites = site_names(config.n_layer, config.ffn_pre, config.spike_placement)
-        self.projections = projection_names(config.n_layer, config.ffn_pre)
+        self.sites = self.layout.sites  # the names of SpikeStats' counts and reads
+        self.projections = self.layout.product_names
         self.input_width = max(block.membrane_width for block in self.blocks)
         self.post_init()
 
@@ -378,6 +375,12 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
 class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
     """SpikeGPT with its language-modelling head (untied)."""
 
+    # Where generate()'s one-token forwards (``decoding``) may get a faster form of the same step: a function
+    # (model, tokens [B, 1], state) -> a step running the very same operations, or None where none can serve. The
+    # spikegpt package installs its traced step (``spikegpt.runtime.step.generate_step``) on import; a checkpoint
+    # loaded without the package decodes with the plain forward.
+    decoding_steps: ClassVar[Callable[..., DecodingStep | None] | None] = None
+
     def __init__(self, config: SpikeGPTConfig):
         super().__init__(config)
         self.model = SpikeGPTModel(config)
@@ -392,6 +395,15 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
 
     def fresh_state(self, batch: int) -> RecurrentState:
         return self.model.fresh_state(batch)
+
+    @property
+    def layout(self) -> SpikeLayout:
+        """Where the model's spikes are and what its products read (``spikegpt.modeling.layout``)."""
+        return self.model.layout
+
+    def product(self, name: str) -> nn.Linear:
+        """The module of the layout's product ``name`` (``blocks.0.att.key``, ..., ``head``)."""
+        return self.head if name == self.layout.head.name else self.model.get_submodule(name)
 
     def forward(
         self,
@@ -418,8 +430,9 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
 
         ``attention_mask`` is accepted for ``generate()`` but must be all ones: a recurrent model reads every token,
         so batches must not be padded. ``logits_to_keep`` > 0 computes only the last positions' logits.
-        ``decoding`` (set by ``generate()`` after the prompt): one token per row from ``state``, through the traced
-        recurrent step where it can serve (the same operations, bit for bit, without Python between them).
+        ``decoding`` (set by ``generate()`` after the prompt): one token per row from ``state``, through the step
+        ``decoding_steps`` gives where it can serve (the package's traced step: the same operations, bit for bit,
+        without Python between them).
         """
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError(
@@ -427,8 +440,9 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
                 "supported; generate sequences of different lengths separately"
             )
         one_token = state is not None and input_ids is not None and input_ids.shape[1] == 1
-        if decoding and one_token and labels is None and shift_labels is None and not output_spike_stats:
-            step = generate_step(self, input_ids, state)
+        steps = type(self).decoding_steps
+        if decoding and one_token and labels is None and shift_labels is None and not output_spike_stats and steps:
+            step = steps(self, input_ids, state)
             if step is not None:
                 logits, state, _ = step(input_ids, state)
                 return SpikeGPTCausalLMOutput(logits=logits[:, None], state=state)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikegpt.kernels import LIFParams, lif
-from spikegpt.kernels.surrogate import spike, spike_count
-
 from .config import SpikeGPTConfig
+from .ops import LIFParams, lif, spike, spike_count
 
 __all__ = ["EmbeddingSpikes", "InputSpikes", "LIFLayer", "input_reads", "spike"]
 

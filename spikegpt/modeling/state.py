@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from spikegpt.kernels.wkv_torch import FRESH_MAX
+from .ops import FRESH_MAX
 
 
 @dataclass

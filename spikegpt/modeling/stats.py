@@ -8,52 +8,18 @@ from dataclasses import dataclass
 import torch
 
 
-def site_names(n_layer: int, ffn_pre: bool, placement: str = "residual") -> tuple[str, ...]:
-    """Names of the spiking sites whose spikes enter the residual stream, in forward order: the embedding, then
-    (placement "residual") each block's two LIF layers. Spikes at the projections' inputs are in ``reads``."""
-    names = ["embedding"]
-    if placement != "residual":
-        return tuple(names)
-    for i in range(n_layer):
-        names.append(f"blocks.{i}.{'ffn_pre' if ffn_pre and i == 0 else 'att'}.lif")
-        names.append(f"blocks.{i}.ffn.lif")
-    return tuple(names)
-
-
-def projection_names(n_layer: int, ffn_pre: bool) -> tuple[str, ...]:
-    """Every matrix product of the blocks in forward order, as ``blocks.i.att.key`` (the head is not one of them)."""
-    names = []
-    for i in range(n_layer):
-        if ffn_pre and i == 0:
-            names += [f"blocks.0.ffn_pre.{p}" for p in CHANNEL_MIX_PROJECTIONS]
-        else:
-            names += [f"blocks.{i}.att.{p}" for p in TIME_MIX_PROJECTIONS]
-        names += [f"blocks.{i}.ffn.{p}" for p in CHANNEL_MIX_PROJECTIONS]
-    return tuple(names)
-
-
-def projection_fan_in(name: str, n_embd: int, ffn_hidden: int) -> int:
-    """Input width of a projection named as ``projection_names`` names it: the channel mix's value reads the hidden
-    width, every other projection the model width."""
-    return ffn_hidden if name.endswith((".ffn.value", ".ffn_pre.value")) else n_embd
-
-
-TIME_MIX_PROJECTIONS = ("key", "value", "receptance", "output")
-CHANNEL_MIX_PROJECTIONS = ("key", "receptance", "value")
-
-
 @dataclass
 class SpikeStats:
     """Spike counts of a forward pass (or of several, accumulated) per sequence and site.
 
     counts: ``[batch, n_sites]`` int64 tensor on the model's device: spikes (nonzero outputs) per row and site.
     tokens: ``[batch]`` int64 tensor: tokens each row has processed, so every site saw ``tokens * n_embd`` values.
-    sites: site names (see ``site_names``).
+    sites: site names (``SpikeLayout.sites``).
     n_embd: elements per token at every site.
     reads: ``[batch, n_projections, 2]`` int64: what each projection's input held, per row: its nonzero elements
         and, where the input is whole numbers (spikes or spike counts), the sum of their magnitudes (else 0).
         None for statistics made without them.
-    projections: projection names (see ``projection_names``), in the order of ``reads``.
+    projections: projection names (``SpikeLayout.product_names``), in the order of ``reads``.
     head_tokens: ``[batch]`` int64: positions whose logits the head computed (set by ``SpikeGPTForCausalLM``;
         None where no head ran or it was not tracked).
 

@@ -28,14 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-
-WEIGHT_BITS = (8, 4, 1)
-
-
-def check_weight_bits(bits: int) -> None:
-    if isinstance(bits, bool) or bits not in WEIGHT_BITS:
-        choices = ", ".join(map(str, WEIGHT_BITS))
-        raise ConfigError(f"weight_bits must be one of {choices}, got {bits!r}", "weight_bits")
+from ..modeling.config import WEIGHT_BITS, check_weight_bits  # noqa: F401 (WEIGHT_BITS: re-exported)
 
 
 def quantize_weight(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

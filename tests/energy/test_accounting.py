@@ -9,11 +9,12 @@ from conftest import tiny_config
 from spikegpt.energy import HardwareProfile, count_operations, energy_report, vanilla_gpt_operations
 from spikegpt.energy.accounting import SpikeTotals
 from spikegpt.errors import EnergyError
-from spikegpt.modeling.stats import SpikeStats, site_names
+from spikegpt.modeling.layout import spike_layout
+from spikegpt.modeling.stats import SpikeStats
 
 # d = 4, F = 8, V = 5; two sequences of 3 and 2 tokens: T = 5, T·d = 20 values per site.
 CONFIG = tiny_config(n_embd=4, ffn_hidden=8, vocab_size=5, n_layer=2)
-SITES = site_names(2, False)  # embedding, blocks.0.att.lif, blocks.0.ffn.lif, blocks.1.att.lif, blocks.1.ffn.lif
+SITES = spike_layout(CONFIG).sites  # embedding, blocks.0.att.lif, blocks.0.ffn.lif, blocks.1.att.lif, blocks.1.ffn.lif
 ROW_SPIKES = [[4, 1, 2, 0, 3], [3, 2, 0, 1, 2]]  # per row and site
 SPIKES = [7, 3, 2, 1, 5]  # their sums per site
 ONE_PJ_EACH = HardwareProfile("unit", mac_pj=1.0, ac_pj=1.0, neuron_pj=1.0, elementwise_pj=1.0)
@@ -133,7 +134,7 @@ def test_head_tokens_and_generated_tokens():
 
 def test_ffn_pre_and_float_embedding_change_the_counted_work():
     config = tiny_config(n_embd=4, ffn_hidden=8, vocab_size=5, n_layer=2, ffn_pre=True, binary_embedding=False)
-    stats = SpikeStats(torch.tensor([SPIKES], dtype=torch.float32), torch.tensor([5]), site_names(2, True), 4)
+    stats = SpikeStats(torch.tensor([SPIKES], dtype=torch.float32), torch.tensor([5]), spike_layout(config).sites, 4)
     layers = energy_report(stats, config, "paper", ONE_PJ_EACH).layers
     assert layers[0].ops.terms[0].name == "ln0" and layers[0].ops.count("ac") == 0  # a float embedding: no AC
     assert layers[1].ops.name == "blocks.0.ffn_pre"

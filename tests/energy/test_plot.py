@@ -11,7 +11,7 @@ import pytest
 from spikegpt import SpikeGPTConfig
 from spikegpt.energy import SpikeTotals, energy_report
 from spikegpt.energy.render import energy_figure, format_joules, pyplot
-from spikegpt.modeling.stats import site_names
+from spikegpt.modeling.layout import spike_layout
 
 pytest.importorskip("matplotlib", reason="the plot needs matplotlib (the plot extra)")
 
@@ -22,7 +22,7 @@ def report_of_depth(n_layer: int, rule: str, seed: int, ffn_pre: bool = False):
     config = SpikeGPTConfig(vocab_size=100, n_layer=n_layer, n_embd=64, ffn_pre=ffn_pre)
     generator = random.Random(seed)
     tokens = 300
-    sites = site_names(n_layer, ffn_pre)
+    sites = spike_layout(config).sites
     spikes = tuple(generator.randint(0, tokens * 64) for _ in sites)
     totals = SpikeTotals(sites, spikes, (tokens,), 64)
     return energy_report(totals, config, rule, generated_tokens=100)

@@ -12,14 +12,14 @@ from spikegpt.energy import HardwareProfile, count_operations, energy_report
 from spikegpt.energy.accounting import SpikeTotals
 from spikegpt.energy.profiles import INT8
 from spikegpt.errors import EnergyError
-from spikegpt.modeling.stats import SpikeStats, projection_names, site_names
+from spikegpt.modeling.layout import spike_layout
+from spikegpt.modeling.stats import SpikeStats
 
 ONE_PJ_EACH = HardwareProfile("unit", mac_pj=1.0, ac_pj=1.0, neuron_pj=1.0, elementwise_pj=1.0)
 # d = 4, F = 8, V = 5, two blocks; two sequences of 3 and 2 tokens: T = 5
 SHAPE = dict(n_embd=4, ffn_hidden=8, vocab_size=5, n_layer=2)
-PROJECTIONS = projection_names(
-    2, False
-)  # per block: att.key, .value, .receptance, .output, ffn.key, .receptance, .value
+# per block: att.key, .value, .receptance, .output, ffn.key, .receptance, .value
+PROJECTIONS = spike_layout(tiny_config(**SHAPE)).product_names
 FAN_OUT = [4, 4, 4, 4, 8, 4, 4] * 2
 FAN_IN = [4, 4, 4, 4, 4, 4, 8] * 2
 # made-up reads per row and projection: (nonzero elements, summed counts)
@@ -27,7 +27,7 @@ ROW_READS = [[(5, 9), (3, 3), (12, 20), (0, 0), (7, 7), (2, 5), (30, 31)] * 2, [
 
 
 def stats_for(config, row_spikes) -> SpikeStats:
-    sites = site_names(config.n_layer, config.ffn_pre, config.spike_placement)
+    sites = spike_layout(config).sites
     return SpikeStats(
         torch.tensor(row_spikes, dtype=torch.long),
         torch.tensor([3, 2]),
@@ -100,7 +100,7 @@ def test_reads_are_required_where_a_rule_prices_them():
     with pytest.raises(EnergyError, match="carry no projection reads"):
         energy_report(bare, config, "strict")
     residual = tiny_config(**SHAPE)
-    bare = SpikeStats(torch.ones(2, 5, dtype=torch.long), torch.tensor([3, 2]), site_names(2, False), 4)
+    bare = SpikeStats(torch.ones(2, 5, dtype=torch.long), torch.tensor([3, 2]), spike_layout(residual).sites, 4)
     assert energy_report(bare, residual, "strict").energy_j > 0  # strict on real inputs needs no reads
     with pytest.raises(EnergyError, match="carry no projection reads"):
         energy_report(bare, residual, "event")
@@ -147,7 +147,7 @@ def test_counts_past_two_to_the_24_stay_exact():
     """fp32 holds whole numbers exactly only below 2^24: the counters are int64 from the model to the report."""
     big = 2**24 + 1
     config = tiny_config(**SHAPE)
-    sites = site_names(2, False)
+    sites = spike_layout(config).sites
     one = SpikeStats(
         torch.full((1, 5), big, dtype=torch.long),
         torch.tensor([2**22]),

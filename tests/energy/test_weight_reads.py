@@ -12,7 +12,7 @@ from spikegpt import SpikeGPTForCausalLM
 from spikegpt.energy import BUILTIN_PROFILES, HardwareProfile, SpikeTotals, energy_report
 from spikegpt.energy.render import format_table
 from spikegpt.errors import EnergyError
-from spikegpt.modeling.stats import projection_names, site_names
+from spikegpt.modeling.layout import spike_layout
 
 D, HIDDEN, VOCAB, LAYERS = 8, 16, 6, 2
 S1 = [0, 3, 5]  # channels of ln1's output that are nonzero: the time mix's K, V, R inputs
@@ -153,7 +153,7 @@ def test_rows_are_read_at_the_weight_width_packed_in_whole_bytes(
     weight_bits, profile, product_row, head_row, embedding_row
 ):
     config = tiny_config(**SHAPE, weight_bits=weight_bits)
-    totals = SpikeTotals(site_names(1, False), (3, 2, 1), (3,), 4)  # T = 3, strict needs no receipts
+    totals = SpikeTotals(spike_layout(config).sites, (3, 2, 1), (3,), 4)  # T = 3, strict needs no receipts
     report = energy_report(totals, config, "strict", profile)
     products = sum(3 * fan_in * product_row(fan_out) for fan_in, fan_out in FAN)
     assert [layer.ops.weight_bytes for layer in report.layers] == [
@@ -172,8 +172,8 @@ def test_reads_inside_an_operations_price_are_counted_not_priced_again():
     """Loihi's synaptic operation includes reading its weight: the AC products' bytes cost nothing more, the MAC
     head's and the embedding's are priced; a compute-in-memory macro's products read nothing out of the array."""
     config = tiny_config(**SHAPE, spike_placement="inputs")
-    reads = tuple((5, 7) for _ in projection_names(1, False))
-    totals = SpikeTotals(("embedding",), (3,), (3,), 4, projection_names(1, False), reads)
+    names = spike_layout(config).product_names
+    totals = SpikeTotals(("embedding",), (3,), (3,), 4, names, tuple((5, 7) for _ in names))
     for name, priced in (("loihi", {"lookup", "head"}), ("rram-cim-22nm", {"lookup"})):
         profile = BUILTIN_PROFILES[name]
         report = energy_report(totals, config, "event", profile)
@@ -186,7 +186,7 @@ def test_reads_inside_an_operations_price_are_counted_not_priced_again():
 
 def test_a_profile_without_memory_prices_counts_bytes_and_says_it_prices_none():
     config = tiny_config(**SHAPE)
-    totals = SpikeTotals(site_names(1, False), (3, 2, 1), (3,), 4)
+    totals = SpikeTotals(spike_layout(config).sites, (3, 2, 1), (3,), 4)
     report = energy_report(totals, config, "strict", HardwareProfile("ops-only", 1.0, 1.0, 1.0, 1.0))
     assert report.weight_bytes > 0 and report.data_movement_j == 0 and report.weight_memory is None
     assert report.total_j == report.energy_j

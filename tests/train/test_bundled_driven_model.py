@@ -15,6 +15,7 @@ from spikegpt import bundled_model_path
 from spikegpt.cli import main
 from spikegpt.errors import CheckpointError
 from spikegpt.hub.checkpoint import load_model, saved_files
+from spikegpt.modeling.code_files import code_files
 
 NAME = "spikegpt-shakespeare-driven"
 DRIVEN = bundled_model_path(NAME)
@@ -40,7 +41,8 @@ def test_the_driven_files_are_what_saving_writes_now(tmp_path):
     (``trust_remote_code``), as every checkpoint now carries them; its card says how to load it."""
     model, tokenizer = load_model(NAME)
     written = saved_files(model, tokenizer, tmp_path)
-    assert {"chat_template.jinja", "configuration_spikegpt.py", "modeling_spikegpt.py"} <= set(written)
+    assert {"chat_template.jinja", *code_files()} <= set(written)
+    assert {path.name for path in DRIVEN.glob("*.py")} == set(code_files()), "stale code files"
     for name, data in written.items():
         if name != "model.safetensors":
             stale = f"{name} is stale: re-save the driven model (its card)"

@@ -13,6 +13,7 @@ from train_helpers import as_saved, offline  # noqa: F401 (offline is an autouse
 import spikegpt
 from spikegpt.cli import main
 from spikegpt.hub.checkpoint import load_model, saved_files
+from spikegpt.modeling.code_files import code_files
 from spikegpt.train.model_card import CARD_METADATA, HOW_TO_LOAD
 
 BUNDLED = spikegpt.default_model_path()
@@ -53,7 +54,8 @@ def test_the_bundled_files_are_what_saving_writes_now(tmp_path):
     the weights file is the trained one, never rewritten (scripts/refresh_bundled_model.py)."""
     model, tokenizer = load_model()
     written = saved_files(model, tokenizer, tmp_path)
-    assert {"chat_template.jinja", "configuration_spikegpt.py", "modeling_spikegpt.py"} <= set(written)
+    assert {"chat_template.jinja", *code_files()} <= set(written)
+    assert {path.name for path in BUNDLED.glob("*.py")} == set(code_files()), "stale code files"
     for name, data in written.items():
         if name != "model.safetensors":
             stale = f"{name} is stale: run python scripts/refresh_bundled_model.py"
