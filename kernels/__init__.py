@@ -31,7 +31,7 @@ if __name__ == "kernels":
     sys.modules["kernels"] = _theirs
     _spec.loader.exec_module(_theirs)
 else:
-    from .dispatch import kernel_backend, lif, reload_kernel_backend, sparse_linear, wkv
+    from .dispatch import int8_sparse_linear, kernel_backend, lif, reload_kernel_backend, sparse_linear, wkv
     from .errors import KernelArgumentError, KernelError, KernelUnavailableError
     from .lif_torch import LIFParams
     from .wkv_torch import State, fresh_state
@@ -43,6 +43,7 @@ else:
         "LIFParams",
         "State",
         "fresh_state",
+        "int8_sparse_linear",
         "kernel_backend",
         "lif",
         "reload_kernel_backend",

@@ -25,6 +25,17 @@ class DecodeModeError(SpikeGPTError, ValueError):
     """An unknown decoding mode (``auto``, ``dense``, ``sparse``) or an unreadable crossover file."""
 
 
+class ProductCombinationError(ConfigError):
+    """Two product modes that cannot share a projection (``spikegpt.runtime.products`` decides which combine).
+
+    ``first`` and ``second`` name the two modes."""
+
+    def __init__(self, message: str, first: str, second: str):
+        super().__init__(message)
+        self.first = first
+        self.second = second
+
+
 class GenerationError(SpikeGPTError, ValueError):
     """A generation request is invalid (bad sampling parameters, empty or too long prompt).
 

@@ -47,13 +47,13 @@ from transformers import PreTrainedTokenizerFast
 
 from spikegpt.kernels import kernel_backend
 
-from ..errors import ConfigError
 from ..modeling.model import SpikeGPTForCausalLM
 from ..modeling.state import RecurrentState
 from ..modeling.stats import SpikeStats
-from ..quant.int8 import use_int8_kernels_
+from ..quant.grids import model_weight_bits
+from ..quant.int8 import DEFAULT_INT8_KERNEL
 from .prefill import Prefiller, PrefillTask, aligned
-from .products import Crossovers, DecodeProducts, prepare_weights
+from .products import Crossovers, decode_products, prepare_weights
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
 from .state_cache import StateCache, model_fingerprint
 from .step import trace_decode_step
@@ -166,16 +166,11 @@ class Engine:
             raise ValueError("compile needs batch_invariant: the compiled step has one fixed shape")
         self.model = model.eval()
         self.device = model.head.weight.device
-        # A model on the 8-bit grid decodes with int8 weights on a CPU (a quarter of the bytes per token); its
-        # products are then the int8 kernel's, so the event-driven ones (which read float rows) stay off.
-        int8 = not compile and self.device.type == "cpu" and getattr(model.config, "weight_bits", None) == 8
-        if int8 and decode == "sparse":
-            raise ConfigError("decode 'sparse' reads float weight rows; an 8-bit model decodes with int8 kernels")
-        # dense or event-driven products in the decoding step (decode: auto, dense, sparse); prefill stays dense
-        self.products = DecodeProducts(model, "dense" if int8 else decode, max_batch, crossovers)
+        # A model on the 8-bit grid decodes with int8 weights on a CPU (a quarter of the bytes per token), composed
+        # with event-driven products where decode asks for them; prefill stays dense
+        int8 = not compile and self.device.type == "cpu" and model_weight_bits(model) == 8
         prepare_weights(model, decode)
-        if int8:
-            use_int8_kernels_(model)
+        self.products = decode_products(model, decode, max_batch, crossovers, DEFAULT_INT8_KERNEL if int8 else None)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.batch_invariant = batch_invariant

@@ -18,7 +18,7 @@ from spikegpt.runtime.engine import Engine, GenerationRequest
 from spikegpt.runtime.products import (
     DEFAULT_CROSSOVER,
     Crossovers,
-    DecodeProducts,
+    decode_products,
     machine_id,
     prepare_weights,
     product_key,
@@ -76,7 +76,7 @@ def test_the_traced_step_records_event_driven_products_only_when_asked(bundled):
     model, _ = bundled
     tokens, state = torch.zeros(2, 1, dtype=torch.long), model.fresh_state(2)
     for mode, calls in (("dense", 0), ("sparse", model.config.n_layer)):
-        products = DecodeProducts(model, mode, batch=2)
+        products = decode_products(model, mode, batch=2)
         step = trace_decode_step(model, tokens, state, products)
         graph = str(step.traced.inlined_graph)
         assert graph.count("spikegpt::sparse_linear") == calls, mode
@@ -91,7 +91,7 @@ def test_sparse_logits_equal_dense_logits_to_float_tolerance(bundled):
     token = prompt[:, -1:]
     with torch.inference_mode():
         dense = model(token, state=state.clone()).logits
-        with DecodeProducts(model, "sparse", batch=1):
+        with decode_products(model, "sparse", batch=1):
             sparse = model(token, state=state).logits
     assert torch.allclose(sparse, dense, rtol=1e-5, atol=1e-5)
 
@@ -108,19 +108,19 @@ def crossover_file(tmp_path, value: float, model, batch: int) -> Crossovers:
 
 def test_auto_follows_the_measured_crossover_and_a_dense_batch_falls_back(bundled, tmp_path, monkeypatch):
     model, _ = bundled
-    never = DecodeProducts(model, "auto", 4, crossover_file(tmp_path, 0.0, model, batch=4))
+    never = decode_products(model, "auto", 4, crossover_file(tmp_path, 0.0, model, batch=4))
     assert never.thresholds == {}  # measured never to win: the plain dense product, no operator call
-    always = DecodeProducts(model, "auto", 4, crossover_file(tmp_path, 1.0, model, batch=4))
+    always = decode_products(model, "auto", 4, crossover_file(tmp_path, 1.0, model, batch=4))
     assert set(always.thresholds.values()) == {1.0}
     # measured at 0.5: a mostly-zero row of relu(k)^2 goes event-driven, a filled-in one densely
-    half = DecodeProducts(model, "auto", 4, crossover_file(tmp_path, 0.5, model, batch=4))
+    half = decode_products(model, "auto", 4, crossover_file(tmp_path, 0.5, model, batch=4))
     from spikegpt.kernels import sparse_torch
 
     calls = []
     event_driven = sparse_torch._active_rows_product
     monkeypatch.setattr(sparse_torch, "_active_rows_product", lambda *a: calls.append(1) or event_driven(*a))
-    value = sparse_candidates(model)[0]
     with half:
+        value = sparse_candidates(model)[0]  # the product module swapped in for the channel mix's V
         value(torch.relu(torch.randn(4, 1, value.in_features) - 0.5) ** 2)  # ~31% active, well below 0.5: sparse
         assert len(calls) == 1
         value(torch.rand(4, 1, value.in_features) + 0.1)  # no zeros: dense
