@@ -9,7 +9,7 @@ from quantize_helpers import tiny_model
 from spikegpt.errors import ConfigError
 from spikegpt.hub.checkpoint import load_model
 from spikegpt.quant.grids import quantize_model_, quantized_linears
-from spikegpt.runtime.engine import Engine, GenerationRequest
+from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest, generate
 from spikegpt.runtime.products import Product, decode_products
 from spikegpt.runtime.sampling import SamplingParams
 
@@ -67,12 +67,10 @@ def test_int8_kernels_need_an_8_bit_model():
 
 def test_the_engine_decodes_an_8_bit_model_with_int8_weights():
     model, tokenizer = load_model(None, weight_bits=8)
-    engine = Engine(model, tokenizer, max_batch=2)
-    with engine.products:  # the decoding step's products
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=2))
+    with engine.runner.products:  # the decoding step's products
         assert all(isinstance(linear, Product) and linear.int8 for _, linear in quantized_linears(model))
-    engine.submit(GenerationRequest("a", tokenizer.encode("ROMEO:"), SamplingParams(max_tokens=12, seed=1)))
-    events = []
-    while engine.has_work():
-        events += engine.step()
+    request = GenerationRequest("a", tokenizer.encode("ROMEO:"), SamplingParams(max_tokens=12, seed=1))
+    events = [event for step in generate(engine, [request]) for event in step]
     assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 12
     assert "".join(e.text for e in events)

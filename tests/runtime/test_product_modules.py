@@ -17,12 +17,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import lively_weights_, tiny_config
+from test_products import greedy_texts
 
 from spikegpt import SpikeGPTForCausalLM, bundled_model_path
 from spikegpt.errors import ProductCombinationError
 from spikegpt.hub.checkpoint import load_model
 from spikegpt.quant.grids import dequantize, quantize_model_, quantize_weight, quantized_linears
-from spikegpt.runtime.engine import Engine, GenerationRequest
+from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest, generate
 from spikegpt.runtime.products import (
     Product,
     ProductMode,
@@ -187,12 +188,12 @@ def test_no_mode_patches_a_forward_on_any_module(tiny_model_dir):
         float_model(torch.randint(0, 3, (2, 5)))
         assert _modules_with_own_forward(float_model) == []
     model8, tokenizer = load_model(tiny_model_dir, weight_bits=8)
-    engine = Engine(model8, tokenizer, max_batch=2, decode="sparse", batch_invariant=False)
-    engine.submit(GenerationRequest("a", tokenizer.encode("Hello"), SamplingParams(max_tokens=4, seed=1)))
-    while engine.has_work():
-        engine.step()
+    engine = Engine(model8, tokenizer, EngineConfig(max_batch=2, decode="sparse", batch_invariant=False))
+    for _ in generate(
+        engine, [GenerationRequest("a", tokenizer.encode("Hello"), SamplingParams(max_tokens=4, seed=1))]
+    ):
         assert _modules_with_own_forward(model8) == []
-    with engine.products:
+    with engine.runner.products:
         assert _modules_with_own_forward(model8) == []
 
 
@@ -208,27 +209,14 @@ def test_no_code_in_the_package_assigns_a_forward():
     assert offenders == []
 
 
-def greedy_texts(engine: Engine, tokens: int = 24) -> dict[str, str]:
-    prompts = ("ROMEO:\nWhat say you", "First Citizen:\nBefore we proceed", "KING HENRY:\n", "O, ")
-    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
-    for i, prompt in enumerate(prompts):
-        engine.submit(GenerationRequest(str(i), engine.tokenizer.encode(prompt), params))
-    texts = {str(i): "" for i in range(len(prompts))}
-    while engine.has_work():
-        for event in engine.step():
-            assert event.finish_reason in (None, "length"), event.error
-            texts[event.request_id] += event.text
-    return texts
-
-
 @pytest.mark.parametrize("name", ["spikegpt-shakespeare", "spikegpt-shakespeare-driven"])
 def test_an_8_bit_model_decodes_event_driven_with_the_dense_int8_text(name):
     """Both placements on the 8-bit grid: the engine's int8 products composed with event-driven ones (relu(k)² into
     the channel mixes' V; spike counts into every block projection) give the dense int8 engine's greedy text."""
     model, tokenizer = load_model(bundled_model_path(name), weight_bits=8)
-    dense = greedy_texts(Engine(model, tokenizer, max_batch=4, decode="dense"))
-    engine = Engine(model, tokenizer, max_batch=4, decode="sparse")
-    composed = [n for n, mode in engine.products.modes.items() if set(mode.names) == {"int8", "event_driven"}]
+    dense = greedy_texts(Engine(model, tokenizer, EngineConfig(max_batch=4, decode="dense")), tokens=24)
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=4, decode="sparse"))
+    composed = [n for n, mode in engine.runner.products.modes.items() if set(mode.names) == {"int8", "event_driven"}]
     assert len(composed) == len(sparse_candidates(model)) > 0
-    assert greedy_texts(engine) == dense
+    assert greedy_texts(engine, tokens=24) == dense
     assert all(len(text) > 15 for text in dense.values())

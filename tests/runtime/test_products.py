@@ -14,7 +14,7 @@ from conftest import tiny_config
 from spikegpt import SpikeGPTForCausalLM, bundled_model_path
 from spikegpt.errors import DecodeModeError
 from spikegpt.hub.checkpoint import load_model
-from spikegpt.runtime.engine import Engine, GenerationRequest
+from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest, generate
 from spikegpt.runtime.products import (
     DEFAULT_CROSSOVER,
     Crossovers,
@@ -32,11 +32,10 @@ PROMPTS = ("ROMEO:\nWhat say you", "First Citizen:\nBefore we proceed", "KING HE
 
 def greedy_texts(engine: Engine, prompts=PROMPTS, tokens: int = 40) -> dict[str, str]:
     params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
-    for i, prompt in enumerate(prompts):
-        engine.submit(GenerationRequest(str(i), engine.tokenizer.encode(prompt), params))
+    requests = [GenerationRequest(str(i), engine.tokenizer.encode(p), params) for i, p in enumerate(prompts)]
     texts = {str(i): "" for i in range(len(prompts))}
-    while engine.has_work():
-        for event in engine.step():
+    for events in generate(engine, requests):
+        for event in events:
             assert event.finish_reason in (None, "length"), event.error
             texts[event.request_id] += event.text
     return texts
@@ -66,8 +65,12 @@ def test_every_block_projection_of_a_spike_driven_model_is_a_candidate_but_never
 def test_sparse_and_dense_decoding_give_the_same_greedy_text(request, which, batch_invariant):
     """Both placements: relu(k)² into the channel mixes' V (residual) and spike counts into every projection."""
     model, tokenizer = request.getfixturevalue(which)
-    dense = greedy_texts(Engine(model, tokenizer, max_batch=4, batch_invariant=batch_invariant, decode="dense"))
-    sparse = greedy_texts(Engine(model, tokenizer, max_batch=4, batch_invariant=batch_invariant, decode="sparse"))
+    dense = greedy_texts(
+        Engine(model, tokenizer, EngineConfig(max_batch=4, batch_invariant=batch_invariant, decode="dense"))
+    )
+    sparse = greedy_texts(
+        Engine(model, tokenizer, EngineConfig(max_batch=4, batch_invariant=batch_invariant, decode="sparse"))
+    )
     assert sparse == dense
     assert all(len(text) > 20 for text in dense.values())
 
@@ -146,7 +149,7 @@ def test_the_crossover_file_absent_corrupt_and_merged(tmp_path, monkeypatch):
 def test_bad_decode_modes_are_refused(bundled):
     model, tokenizer = bundled
     with pytest.raises(DecodeModeError, match="decode must be one of auto, dense, sparse"):
-        Engine(model, tokenizer, max_batch=1, decode="fast")
+        Engine(model, tokenizer, EngineConfig(max_batch=1, decode="fast"))
     from spikegpt.serve.settings import ServeSettings, SettingsError
 
     with pytest.raises(SettingsError, match="decode must be one of"):
