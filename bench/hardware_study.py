@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import emit
 
 from spikegpt.energy import BUILTIN_PROFILES, energy_report, read_spike_stats
 from spikegpt.hub.checkpoint import load_model
@@ -45,10 +46,6 @@ from spikegpt.train.noise_eval import evaluate_with_noise
 LOGNORMAL_SIGMAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
 GAUSSIAN_SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.2)
 STUCK_RATES = (0.001, 0.01, 0.03, 0.1)
-
-
-def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
 
 
 def eval_blocks(tokenizer, dataset: str, ctx_len: int) -> np.ndarray:

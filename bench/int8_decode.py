@@ -25,7 +25,8 @@ import time
 import warnings
 
 import torch
-from decode import copy_bandwidth, emit, ours, tokens_per_second
+from common import emit
+from decode import copy_bandwidth, ours, tokens_per_second
 
 from spikegpt.quant.grids import quantize_model_, quantized_linears
 from spikegpt.quant.int8 import INT8_KERNELS
