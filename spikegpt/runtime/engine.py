@@ -262,9 +262,8 @@ class Engine:
         c = self.config.prefill_chunk
         with torch.inference_mode():
             self.prefiller.run_chunk([PrefillTask([0] * c, 0, c, self.model.fresh_state(1))])
-        for _ in generate(
-            self, [GenerationRequest("warm-up", [0], SamplingParams(max_tokens=2, temperature=1.0, seed=0))]
-        ):
+        request = GenerationRequest("warm-up", [0], SamplingParams(max_tokens=2, temperature=1.0, seed=0))
+        for _ in generate(self, [request]):
             pass
 
     # -- called from any thread -------------------------------------------------------------------------------
