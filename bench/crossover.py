@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import emit
 
 from spikegpt.kernels import sparse_linear
 from spikegpt.runtime.products import Crossovers, machine_id, product_key
@@ -136,12 +136,12 @@ def main() -> None:
         for batch in args.batches:
             working_set = args.working_set_mb * 2**20
             record = measure(n_in, n_out, batch, dtype, args.repeats, device, working_set, args.margin)
-            print(json.dumps({"measure": "crossover", **record}), flush=True)
+            emit({"measure": "crossover", **record})
             products[product_key(dtype, batch, n_in, n_out)] = record["crossover"]
     summary = {"measure": "summary", "machine": machine_id(device), "crossovers": products}
     if not args.dry_run:
         summary["written"] = str(Crossovers(machine_id(device), products).save(Path(args.out) if args.out else None))
-    print(json.dumps(summary), flush=True)
+    emit(summary)
 
 
 if __name__ == "__main__":

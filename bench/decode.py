@@ -44,14 +44,11 @@ import time
 from pathlib import Path
 
 import torch
+from common import emit
 
 from spikegpt.hub.checkpoint import BUNDLED_MODELS
 
 VOCAB = 50277
-
-
-def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
 
 
 DEVICE = torch.device("cpu")  # --device

@@ -11,15 +11,15 @@ Decoding speed excludes the prompt. Prints one JSON object per measurement, then
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
+from common import emit
 
 from spikegpt import SpikeGPTForCausalLM
 from spikegpt.hub.checkpoint import load_model
-from spikegpt.runtime.engine import Engine, GenerationRequest
+from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest, generate
 from spikegpt.runtime.sampling import SamplingParams
 
 PROMPT = "ROMEO:"
@@ -38,14 +38,12 @@ def time_generate(model, ids: torch.Tensor, tokens: int) -> float:
 
 
 def time_engine(model, tokenizer, ids: torch.Tensor, tokens: int) -> float:
-    engine = Engine(model, tokenizer, max_batch=1)
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=1))
 
     def run() -> float:
         params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
-        engine.submit(GenerationRequest("bench", ids[0].tolist(), params))
         first = None
-        while engine.has_work():
-            events = engine.step()
+        for events in generate(engine, [GenerationRequest("bench", ids[0].tolist(), params)]):
             if first is None and events:
                 first = time.perf_counter()
         return (tokens - 1) / (time.perf_counter() - first)
@@ -75,8 +73,8 @@ def main() -> None:
         SpikeGPTForCausalLM.decoding_steps = None if name == "generate_eager" else traced_step
         speeds = [measure() for _ in range(args.repeats)]
         results[name] = statistics.median(speeds)
-        print(json.dumps({"measure": "decode", "way": name, "tokens": args.tokens, "tok_s": speeds,
-                          "median_tok_s": results[name], "threads": torch.get_num_threads()}))  # fmt: skip
+        emit({"measure": "decode", "way": name, "tokens": args.tokens, "tok_s": speeds,
+              "median_tok_s": results[name], "threads": torch.get_num_threads()})  # fmt: skip
     SpikeGPTForCausalLM.decoding_steps = traced_step
     summary = {
         "measure": "summary",
@@ -84,7 +82,7 @@ def main() -> None:
         "generate_traced_vs_engine": results["generate_traced"] / results["engine"],
         "generate_eager_vs_engine": results["generate_eager"] / results["engine"],
     }
-    print(json.dumps(summary))
+    emit(summary)
 
 
 if __name__ == "__main__":

@@ -32,11 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import emit
 
 from spikegpt.energy import BUILTIN_PROFILES, energy_report, read_spike_stats
 from spikegpt.hub.checkpoint import load_model
-from spikegpt.quant.int8 import use_int8_kernels_
+from spikegpt.quant.int8 import DEFAULT_INT8_KERNEL
 from spikegpt.quant.noise import DeviceModel
+from spikegpt.runtime.products import decode_products
 from spikegpt.train.data import PAD, DataSource, eval_stream, load_corpus
 from spikegpt.train.evaluate import evaluate, make_eval_set
 from spikegpt.train.noise_eval import evaluate_with_noise
@@ -44,10 +46,6 @@ from spikegpt.train.noise_eval import evaluate_with_noise
 LOGNORMAL_SIGMAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
 GAUSSIAN_SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.2)
 STUCK_RATES = (0.001, 0.01, 0.03, 0.1)
-
-
-def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
 
 
 def eval_blocks(tokenizer, dataset: str, ctx_len: int) -> np.ndarray:
@@ -102,8 +100,8 @@ def decode(args, blocks) -> dict:
     n_bytes = make_eval_set(full, tokenizer).n_bytes
     out = {"blocks": len(full), "bytes": n_bytes}
     out["8bit_fp32_product"] = recurrent_bits_per_byte(model, full, n_bytes)
-    use_int8_kernels_(model)
-    out["8bit_int8_kernel"] = recurrent_bits_per_byte(model, full, n_bytes)
+    with decode_products(model, "dense", int8=DEFAULT_INT8_KERNEL):
+        out["8bit_int8_kernel"] = recurrent_bits_per_byte(model, full, n_bytes)
     emit({"section": "decode", **out})
     return out
 

@@ -9,8 +9,9 @@ tokens (sent as token ids) and each request generates exactly ``--max-tokens`` t
 The peer, measured in the same run when the bench starts the server itself (``--model``): the same requests
 through the engine alone, in this process, with no HTTP, JSON or client, at the same concurrency levels; the ratio
 says what the service around the engine costs. Bounded in count (``--requests`` per level) and time
-(``--time-limit`` per level). Prints one JSON object per measurement, then a summary with the goals of issue 6:
-aggregate tokens/s at concurrency 16 ≥ 6x concurrency 1, and p50 TTFT < 100 ms at concurrency 1.
+(``--time-limit`` per level). Prints one JSON object per measurement, then a summary with the ratios between
+them (16 against 1 concurrent streams; cache hits against cold; the streams during a long prefill against
+otherwise). The goals those ratios are held to are stated in the README beside the figures.
 
     python bench/serve.py --model path/to/model            # starts `spikegpt serve` on a free local port
     python bench/serve.py --model bundled                  # the bundled model
@@ -24,16 +25,14 @@ import asyncio
 import itertools
 import json
 import random
-import re
-import statistics
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
+from common import emit, percentiles
+
+from spikegpt.serve.testing import ServerProcess
 
 PROMPT_TEXT = (
     "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
@@ -41,24 +40,8 @@ PROMPT_TEXT = (
 )
 
 
-def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
-
-
 def _auth(api_key: str | None) -> dict:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
-def percentiles(values: list[float], scale: float = 1000.0) -> dict | None:
-    """p50/p90/p99 and mean, in milliseconds by default."""
-    if not values:
-        return None
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * scale
-
-    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "mean": statistics.fmean(values) * scale}
 
 
 @dataclass
@@ -209,47 +192,6 @@ def request_bodies(ids: list[int], count: int, max_tokens: int, offset: int) -> 
     ]
 
 
-class ServerProcess:
-    """``spikegpt serve`` on a port the system picks, for the duration of the bench."""
-
-    def __init__(self, model: str | None, extra: list[str]):
-        spikegpt = str(Path(sys.executable).with_name("spikegpt"))
-        command = [spikegpt, "serve", "--port", "0", "--no-access-log", "--max-tokens-cap", "100000", *extra]
-        if model is not None:
-            command += ["--model", model]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-        self.url: str | None = None
-        self._started = threading.Event()
-        threading.Thread(target=self._read_log, daemon=True).start()
-
-    def _read_log(self) -> None:
-        for line in self.process.stderr:
-            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-            if found:
-                self.url = found.group(1)
-                self._started.set()
-            if "error" in line.lower():
-                print(line.rstrip(), file=sys.stderr)
-
-    def wait_ready(self, timeout: float = 300) -> str:
-        if not self._started.wait(timeout):
-            raise RuntimeError("the server did not start")
-        deadline = time.monotonic() + timeout
-        while httpx.get(self.url + "/ready", timeout=5).status_code != 200:  # /health is liveness only
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.1)
-        return self.url
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 def engine_peer(
     model: str | None,
     ids: list[int],
@@ -265,30 +207,23 @@ def engine_peer(
     import torch
 
     from spikegpt.hub.checkpoint import load_model
-    from spikegpt.runtime.engine import Engine, GenerationRequest
+    from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest, generate
     from spikegpt.runtime.sampling import SamplingParams
 
     torch.set_num_threads(threads)
     loaded, tokenizer = load_model(model, device or "cpu")
-    engine = Engine(loaded, tokenizer, max_batch=max(levels), compile=compile, decode=decode or "auto")
-    engine.submit(GenerationRequest("warm-up", ids, SamplingParams(max_tokens=4)))  # compiles, with --compile
-    while engine.has_work():
-        engine.step()
+    config = EngineConfig(max_batch=max(levels), compile=compile, decode=decode or EngineConfig.decode)
+    engine = Engine(loaded, tokenizer, config)
+    for _ in generate(engine, [GenerationRequest("warm-up", ids, SamplingParams(max_tokens=4))]):
+        pass  # compiles, with --compile
     for concurrency in levels:
         pending = [
             GenerationRequest(f"r{i}", ids, SamplingParams(max_tokens=max_tokens, seed=i, ignore_eos=True))
             for i in range(requests)
         ]
-        in_flight, tokens = 0, 0
         start = time.perf_counter()
-        while pending or in_flight:
-            while pending and in_flight < concurrency:
-                engine.submit(pending.pop(0))
-                in_flight += 1
-            for event in engine.step():
-                if event.finish_reason is not None:
-                    in_flight -= 1
-                    tokens += event.completion_tokens
+        finals = [e for events in generate(engine, pending, concurrency) for e in events if e.finish_reason]
+        tokens = sum(event.completion_tokens for event in finals)
         duration = time.perf_counter() - start
         emit(
             {
@@ -473,26 +408,23 @@ def run_levels(url: str, args, label: str) -> tuple[dict, list[int], str]:
     return by_level, ids, model_name
 
 
-def goals(by_level: dict, scenarios: dict) -> dict:
-    """Issue 6's and issue 11's goals, from one server's measurements."""
+def ratios(by_level: dict, scenarios: dict) -> dict:
+    """The ratios one server's measurements are judged by (the README states the goals beside the figures)."""
     out = {}
     if 1 in by_level and 16 in by_level:
         low, high = by_level[1], by_level[16]
         if low["output_tokens_per_s"]:
             out["tokens_per_s_ratio_16_vs_1"] = high["output_tokens_per_s"] / low["output_tokens_per_s"]
-            out["goal_batched_6x"] = out["tokens_per_s_ratio_16_vs_1"] >= 6
         if low["ttft_ms"] and high["ttft_ms"]:
             out["ttft_p50_ratio_16_vs_1"] = high["ttft_ms"]["p50"] / low["ttft_ms"]["p50"]
-            out["goal_ttft_16_within_3x"] = out["ttft_p50_ratio_16_vs_1"] <= 3
-            out["goal_ttft_p50_under_100ms"] = low["ttft_ms"]["p50"] < 100
-    if "ttft_after_over_cold" in scenarios.get("shared_prefix", {}):
-        out["goal_shared_prefix_hit_within_10pct"] = scenarios["shared_prefix"]["ttft_after_over_cold"] <= 0.10
-    if "ttft_last_over_first" in scenarios.get("chat", {}):
-        out["goal_chat_last_turn_within_1_5x"] = scenarios["chat"]["ttft_last_over_first"] <= 1.5
-    if "itl_p99_during_over_p50_otherwise" in scenarios.get("long_prompt", {}):
-        out["goal_itl_p99_during_long_prefill_within_3x"] = (
-            scenarios["long_prompt"]["itl_p99_during_over_p50_otherwise"] <= 3
-        )
+            out["ttft_p50_ms_concurrency_1"] = low["ttft_ms"]["p50"]
+    for scenario, ratio in (
+        ("shared_prefix", "ttft_after_over_cold"),
+        ("chat", "ttft_last_over_first"),
+        ("long_prompt", "itl_p99_during_over_p50_otherwise"),
+    ):
+        if ratio in scenarios.get(scenario, {}):
+            out[f"{scenario}_{ratio}"] = scenarios[scenario][ratio]
     return out
 
 
@@ -552,11 +484,12 @@ def main(argv: list[str] | None = None) -> int:
     for label, flags in runs:
         server = None
         if flags is not None:
-            extra = ["--max-batch", str(max([16, *args.concurrency])), "--threads", str(args.threads), *flags]
+            extra = ["--max-batch", str(max([16, *args.concurrency])), "--max-tokens-cap", "100000", *flags]
             extra += (["--compile"] if args.compile else []) + args.server_arg
             extra += ["--device", args.device] if args.device else []
             extra += ["--decode", args.decode] if args.decode else []
-            server = ServerProcess(model, extra)
+            extra += ["--model", model] if model is not None else []
+            server = ServerProcess(*extra, threads=args.threads, echo_errors=True)
         try:
             url = args.url or server.wait_ready()
             by_level = {}
@@ -565,8 +498,8 @@ def main(argv: list[str] | None = None) -> int:
             scenarios = run_scenarios(url, args, label) if args.scenarios else {}
         finally:
             if server is not None:
-                server.stop()
-        summary[f"cache_{label}" if flags is not None else "server"] = goals(by_level, scenarios)
+                server.stop(grace=60)
+        summary[f"cache_{label}" if flags is not None else "server"] = ratios(by_level, scenarios)
     if args.model is not None and not args.no_peer and ids is not None:
         requests = args.requests or max(16, 4 * max(args.concurrency))
         engine_peer(

@@ -18,17 +18,13 @@ Prints one JSON object per measurement, then a summary with the ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
-
-
-def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
+from common import emit
 
 
 def spikegpt_model(args):

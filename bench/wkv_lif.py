@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import statistics
 import tempfile
 import time
 
 import torch
+from common import emit
 
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 from spikegpt.kernels import lif, wkv
@@ -47,11 +47,6 @@ PARTS = ("kernels", "compile", "forms", "train-step")
 GPU_MISSING = "missing: no CUDA device in this run; the Triton kernels and GPU figures need one"
 # tensors of [B, T, C] elements each pass moves at least: reads + writes, forward and forward+backward
 FLOOR_TENSORS = {("wkv", "fwd"): 3, ("wkv", "fwd+bwd"): 3 + 5, ("lif", "fwd"): 2, ("lif", "fwd+bwd"): 2 + 3}
-
-
-def emit(record: dict) -> dict:
-    print(json.dumps(record), flush=True)
-    return record
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

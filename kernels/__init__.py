@@ -6,6 +6,7 @@
 the reference otherwise, except for one-token WKV and LIF steps (decoding), which take the reference everywhere:
 a handful of element-wise operations that a traced or compiled decoding step records with the rest of the step,
 where a Triton launch would cost more Python launch overhead than its work and could not be traced.
+``int8_sparse_linear`` is the event-driven product over 8-bit weights (CPU; its torch reference only, for now).
 
 ``SPIKEGPT_KERNELS=torch|triton|auto`` forces a choice; it is read once, at the first dispatch, and cached
 (``reload_kernel_backend()`` reads it again).
@@ -34,6 +35,7 @@ else:
     from .dispatch import (
         int8_counts_linear,
         int8_linear,
+        int8_sparse_linear,
         kernel_backend,
         lif,
         reload_kernel_backend,
@@ -53,6 +55,7 @@ else:
         "fresh_state",
         "int8_counts_linear",
         "int8_linear",
+        "int8_sparse_linear",
         "kernel_backend",
         "lif",
         "reload_kernel_backend",

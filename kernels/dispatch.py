@@ -1,6 +1,5 @@
 """The dispatch functions of ``spikegpt.kernels`` (see the package's docstring) and the ``spikegpt::sparse_linear``
-operator."""
-
+and ``spikegpt::int8_sparse_linear`` operators."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import torch
 from .errors import KernelArgumentError, KernelUnavailableError
 from .int8_torch import check_int8_weight, int8_counts_linear_torch, int8_linear_torch
 from .lif_torch import DEFAULT_LIF, LIFParams, lif_torch
-from .sparse_torch import sparse_linear_torch
+from .sparse_torch import int8_sparse_linear_torch, sparse_linear_torch
 from .wkv_torch import State, wkv_torch
 
 BACKENDS = ("auto", "torch", "triton")
@@ -200,3 +199,45 @@ _LIBRARY = torch.library.Library("spikegpt", "DEF")
 _LIBRARY.define("sparse_linear(Tensor x, Tensor weight, float max_density=1.0) -> Tensor")
 _LIBRARY.impl("sparse_linear", _sparse_linear, "CompositeExplicitAutograd")
 torch.library.register_fake("spikegpt::sparse_linear", _sparse_linear_shape, lib=_LIBRARY)
+
+
+def int8_sparse_linear(
+    x: torch.Tensor, codes_t: torch.Tensor, scale: torch.Tensor, max_density: float = 1.0, quantize_input: bool = True
+) -> torch.Tensor:
+    """The event-driven product over 8-bit weights on a CPU: ``x`` ``[..., in]`` (float32) times the int8 codes
+    ``codes_t`` ``[in, out]`` (input-major) scaled by ``scale`` ``[out]``, reading only the int8 rows of nonzero
+    inputs; for inference. ``quantize_input``: the dynamic int8 kernel's arithmetic (inputs quantized per row),
+    else the weight-only kernel's (float32 inputs). Definition and row-by-row decision:
+    ``sparse_torch.int8_sparse_linear_torch``. An operator, like ``sparse_linear``, so a traced step keeps the
+    data-dependent choice inside the call."""
+    return torch.ops.spikegpt.int8_sparse_linear.default(x, codes_t, scale, max_density, quantize_input)
+
+
+def _int8_sparse_linear(
+    x: torch.Tensor, codes_t: torch.Tensor, scale: torch.Tensor, max_density: float = 1.0, quantize_input: bool = True
+) -> torch.Tensor:
+    if codes_t.dim() != 2 or codes_t.dtype != torch.int8 or x.shape[-1] != codes_t.shape[0]:
+        raise KernelArgumentError(
+            f"int8_sparse_linear takes x [..., in] and int8 codes [in, out], got {list(x.shape)} and "
+            f"{list(codes_t.shape)} {codes_t.dtype}"
+        )
+    if scale.shape != (codes_t.shape[1],) or x.device.type != "cpu":
+        raise KernelArgumentError(
+            f"int8_sparse_linear takes CPU tensors and one scale per output, got {list(scale.shape)} on {x.device}"
+        )
+    y = int8_sparse_linear_torch(x.reshape(-1, x.shape[-1]), codes_t, scale, max_density, quantize_input)
+    return y.reshape(*x.shape[:-1], codes_t.shape[1])
+
+
+def _int8_sparse_linear_shape(
+    x: torch.Tensor, codes_t: torch.Tensor, scale: torch.Tensor, max_density: float = 1.0, quantize_input: bool = True
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], codes_t.shape[1]), dtype=torch.float32)
+
+
+_LIBRARY.define(
+    "int8_sparse_linear(Tensor x, Tensor codes_t, Tensor scale, float max_density=1.0, bool quantize_input=True) "
+    "-> Tensor"
+)
+_LIBRARY.impl("int8_sparse_linear", _int8_sparse_linear, "CompositeExplicitAutograd")
+torch.library.register_fake("spikegpt::int8_sparse_linear", _int8_sparse_linear_shape, lib=_LIBRARY)

@@ -111,7 +111,7 @@ FLAGS = {
         "off",
         dict(action=argparse.BooleanOptionalAction),
     ),
-    "--decode": (DECODE_HELP, "auto", dict(choices=DECODE_MODES)),
+    "--decode": (DECODE_HELP, DEFAULTS.decode, dict(choices=DECODE_MODES)),
     "--prefill-chunk": (
         "prompt tokens per prompt and prefill call: prompts are read in fixed-shape chunks at multiples of this, "
         "interleaved with decoding steps (one call per step while sequences decode); also where states are cached",

@@ -47,10 +47,13 @@ class Prompt:
 
 
 class Job:
-    """The sequences of one request and everything needed to answer it."""
+    """The sequences of one request and everything needed to answer it: ``prompts``, each answered by one choice
+    per entry of ``params_for_choice``; ``logprobs`` (k best alternatives per token, or None) and, with
+    ``prompt_logprobs``, the echoed prompts' log-probabilities too; the usage chunk and spikes when asked for."""
 
     def __init__(
         self,
+        *,
         host: ModelHost,
         fmt: CompletionFormat | ChatFormat,
         life: RequestLife,

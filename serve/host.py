@@ -89,21 +89,7 @@ class ModelHost:
             model, tokenizer = await asyncio.to_thread(self.loader, self.settings)
             if self.chat_template is not None:
                 tokenizer.chat_template = self.chat_template
-            s = self.settings
-            engine = await asyncio.to_thread(
-                Engine,
-                model,
-                tokenizer,
-                s.max_batch,
-                s.batch_invariant,
-                compile=s.compile,
-                decode=s.decode,
-                prefill_chunk=s.prefill_chunk,
-                prefill_rows=s.prefill_rows,
-                state_cache_bytes=s.state_cache_mb << 20,
-                state_cache_dir=s.state_cache_dir,
-                state_cache_dir_bytes=s.state_cache_dir_mb << 20,
-            )
+            engine = await asyncio.to_thread(Engine, model, tokenizer, self.settings.engine_config())
             if engine.cache is not None:
                 self.metrics.watch_state_cache(engine.cache.stats)
             await asyncio.to_thread(engine.warm_up)

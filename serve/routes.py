@@ -129,8 +129,17 @@ async def _completion_job(host: ModelHost, body: CompletionRequest, life: Reques
     max_tokens = host.settings.max_tokens_cap if body.max_tokens is None else body.max_tokens  # 0: score only
     prompts = [_encode_prompt(host, p, body.echo) for p in body.prompt]
     params = [body.sampling_params(max_tokens, body.logprobs, c) for c in range(body.n)]
-    fmt = CompletionFormat(host.token_texts)
-    return Job(host, fmt, life, prompts, params, body.logprobs, body.include_usage, body.echo, body.include_spikes)
+    return Job(
+        host=host,
+        fmt=CompletionFormat(host.token_texts),
+        life=life,
+        prompts=prompts,
+        params_for_choice=params,
+        logprobs=body.logprobs,
+        include_usage=body.include_usage,
+        prompt_logprobs=body.echo,
+        include_spikes=body.include_spikes,
+    )
 
 
 async def _chat_job(host: ModelHost, body: ChatCompletionRequest, life: RequestLife) -> Job:
@@ -140,9 +149,16 @@ async def _chat_job(host: ModelHost, body: ChatCompletionRequest, life: RequestL
     check_prompt_ids(ids, host.limits, "messages")
     k = body.logprobs_k
     params = [body.sampling_params(max_tokens, k, c, chat.stop) for c in range(body.n)]
-    fmt = ChatFormat(host.token_texts)
-    prompts = [Prompt(ids, None, unknown)]
-    return Job(host, fmt, life, prompts, params, k, body.include_usage, include_spikes=body.include_spikes)
+    return Job(
+        host=host,
+        fmt=ChatFormat(host.token_texts),
+        life=life,
+        prompts=[Prompt(ids, None, unknown)],
+        params_for_choice=params,
+        logprobs=k,
+        include_usage=body.include_usage,
+        include_spikes=body.include_spikes,
+    )
 
 
 async def _generate(request: Request, endpoint: str, body_type: type[Body], build: Callable) -> Response:

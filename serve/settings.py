@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from spikegpt.errors import ConfigError, SpikeGPTError
+from spikegpt.errors import ConfigError, DecodeModeError, SpikeGPTError
 from spikegpt.quant.grids import check_weight_bits
-from spikegpt.runtime.products import DECODE_MODES
+from spikegpt.runtime.engine import EngineConfig
 
 ENV_PREFIX = "SPIKEGPT_"
 BUNDLED_MODEL_NAME = "spikegpt-shakespeare"
@@ -35,7 +35,7 @@ class ServeSettings:
     weight_bits: int | None = None  # quantize the weights after loading (spikegpt.quant.grids); None: as stored
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch: int = 16
+    max_batch: int = EngineConfig.max_batch
     max_queue: int = 64
     max_prompt_tokens: int = 4096
     max_tokens_cap: int = 1024
@@ -48,11 +48,13 @@ class ServeSettings:
     chat_template_max_chars: int = 1 << 20  # the longest prompt a render may produce (as large as a body)
     energy_profile: str | None = None  # None: the energy module's default profile
     threads: int | None = None  # None: spikegpt.threads' default, keeping one CPU for HTTP
-    batch_invariant: bool = True
-    compile: bool = False  # torch.compile the decoding step (needs a C++ compiler; slower start, faster steps)
-    decode: str = "auto"  # the decoding step's products: auto, dense or sparse (spikegpt.runtime.products)
-    prefill_chunk: int = 8  # tokens per prompt per prefill call (also the prefix-state cache's granularity)
-    prefill_rows: int = 4  # prompts per prefill call
+    # the engine's options (spikegpt.runtime.engine.EngineConfig defines them and their defaults)
+    batch_invariant: bool = EngineConfig.batch_invariant
+    compile: bool = EngineConfig.compile  # torch.compile the decoding step (needs a C++ compiler)
+    decode: str = EngineConfig.decode  # the decoding step's products: auto, dense or sparse
+    prefill_chunk: int = EngineConfig.prefill_chunk  # tokens per prompt per prefill call (the cache's granularity)
+    prefill_rows: int = 4  # prompts per prefill call: always 4 rows in a server (the engine's default is fewer
+    # when max_batch is below 4)
     state_cache_mb: int = 256  # prefix-state cache in memory; 0 turns it off
     state_cache_dir: str | None = None  # keep cached states here too, across restarts
     state_cache_dir_mb: int = 1024  # the most that directory holds of this model's states
@@ -88,17 +90,28 @@ class ServeSettings:
                 raise SettingsError(f"{name} must be more than 0 seconds, got {getattr(self, name)}")
         if self.shutdown_grace < 0:
             raise SettingsError(f"shutdown_grace must be 0 or more seconds, got {self.shutdown_grace}")
-        if self.compile and not self.batch_invariant:
-            raise SettingsError("compile needs batch_invariant (the compiled step has one fixed shape)")
-        if self.weight_bits is not None:
-            try:
+        try:
+            if self.weight_bits is not None:
                 check_weight_bits(self.weight_bits)
-            except ConfigError as e:
-                raise SettingsError(str(e)) from e
-        if self.decode not in DECODE_MODES:
-            raise SettingsError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
+            self.engine_config()
+        except (ConfigError, DecodeModeError) as e:
+            raise SettingsError(str(e)) from e
         if self.api_key is not None and not self.api_key:
             raise SettingsError("api_key must not be empty (leave it unset to serve without a key)")
+
+    def engine_config(self) -> EngineConfig:
+        """The options of the engine that serves the model."""
+        return EngineConfig(
+            max_batch=self.max_batch,
+            batch_invariant=self.batch_invariant,
+            prefill_chunk=self.prefill_chunk,
+            prefill_rows=self.prefill_rows,
+            compile=self.compile,
+            decode=self.decode,
+            state_cache_bytes=self.state_cache_mb << 20,
+            state_cache_dir=self.state_cache_dir,
+            state_cache_dir_bytes=self.state_cache_dir_mb << 20,
+        )
 
     @property
     def model_name(self) -> str:

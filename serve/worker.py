@@ -42,7 +42,7 @@ class Submission:
 class EngineWorker:
     def __init__(self, engine: Engine, max_queue: int, metrics: ServerMetrics):
         self.engine = engine
-        self.capacity = engine.max_batch + max_queue
+        self.capacity = engine.config.max_batch + max_queue
         self.metrics = metrics
         self.accepting = True
         self._outstanding = 0  # sequences submitted and not yet finished (event-loop side)

@@ -1,7 +1,7 @@
 """Typed exceptions of the core library: each message says what is wrong and what to do about it."""
 
 # defined beside the model, whose files checkpoints carry (they import nothing from the rest of the package)
-from .modeling.config import ConfigError, SpikeGPTError  # noqa: F401 (ConfigError: re-exported)
+from .modeling.config import ConfigError, SpikeGPTError
 
 
 class CheckpointError(SpikeGPTError):
@@ -23,6 +23,17 @@ class TokenizerError(SpikeGPTError):
 
 class DecodeModeError(SpikeGPTError, ValueError):
     """An unknown decoding mode (``auto``, ``dense``, ``sparse``) or an unreadable crossover file."""
+
+
+class ProductCombinationError(ConfigError):
+    """Two product modes that cannot share a projection (``spikegpt.runtime.products`` decides which combine).
+
+    ``first`` and ``second`` name the two modes."""
+
+    def __init__(self, message: str, first: str, second: str):
+        super().__init__(message)
+        self.first = first
+        self.second = second
 
 
 class GenerationError(SpikeGPTError, ValueError):

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 from spikegpt.errors import ConfigError, TrainingError
 from spikegpt.hub.tokenizer import load_tokenizer
-from spikegpt.quant.grids import enable_fake_quantization, quantize_model_
+from spikegpt.quant.grids import quantize_model_
+from spikegpt.runtime.products import fake_quantized_products
 
 from .checkpointing import DataPosition, export_model, load_trainer_state, resolve_resume, save_checkpoint
 from .config import ACCELERATE_PRECISION, TrainConfig
@@ -154,7 +155,8 @@ class Trainer:
         )
         n_params = sum(p.numel() for p in model.parameters())
         if cfg.weight_bits is not None:
-            enable_fake_quantization(model, cfg.weight_bits)  # before prepare: the wrappers call these forwards
+            # product modules in place of the Linears, before prepare: the wrappers then hold them
+            fake_quantized_products(model, cfg.weight_bits).install()
 
         self.model, self.optimizer = accelerator.prepare(model, _optimizer(model, cfg))
         self.unwrapped = accelerator.unwrap_model(self.model)

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from ..runtime.engine import EngineConfig
 from ..runtime.products import DECODE_HELP, DECODE_MODES
 from .common import add_model_arguments, add_threads_argument
 
@@ -41,7 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="compile the decoding step with torch.compile (needs a C++ compiler; about half a minute "
         "before the first token, then faster decoding); without it the step is traced once",
     )
-    parser.add_argument("--decode", choices=DECODE_MODES, default="auto", help=f"{DECODE_HELP} (default: auto)")
+    default = EngineConfig.decode
+    parser.add_argument("--decode", choices=DECODE_MODES, default=default, help=f"{DECODE_HELP} (default: {default})")
     add_threads_argument(parser)
     parser.set_defaults(run=run)
     return parser
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import GenerationError
     from ..hub.checkpoint import load_model
     from ..hub.tokenizer import encode_counting_unknown
-    from ..runtime.engine import Engine, GenerationRequest
+    from ..runtime.engine import Engine, GenerationRequest, generate
     from ..runtime.sampling import SamplingParams
 
     params = SamplingParams(
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     model, tokenizer = load_model(args.model, args.device, args.dtype, args.weight_bits)
-    engine = Engine(model, tokenizer, max_batch=1, compile=args.compile, decode=args.decode)
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=1, compile=args.compile, decode=args.decode))
     prompt_ids, unknown = encode_counting_unknown(tokenizer, args.prompt)
     if unknown:
         print(f"warning: {unknown} characters of the prompt are outside the model's vocabulary", file=sys.stderr)
@@ -73,10 +75,9 @@ def run(args: argparse.Namespace) -> int:
         raise GenerationError("the prompt is empty and the model has no end-of-text token to start from")
     start = time.perf_counter()
     first_token_at = None
-    engine.submit(GenerationRequest("cli", prompt_ids, params))
     final = None
-    while engine.has_work():
-        for event in engine.step():
+    for events in generate(engine, [GenerationRequest("cli", prompt_ids, params)]):
+        for event in events:
             if first_token_at is None:
                 first_token_at = time.perf_counter()
             sys.stdout.write(event.text)

@@ -20,11 +20,9 @@ float32 rounding, exactly for 8 and 4 bits in practice since the row maximum set
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -104,20 +102,3 @@ def quantize_model_(model: nn.Module, bits: int) -> nn.Module:
         linear.weight.copy_(dequantize(*quantize_weight(linear.weight, bits)))
     model.config.weight_bits = bits
     return model
-
-
-def _fake_quantized_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, fake_quantize(self.weight, self.fake_quant_bits), self.bias)
-
-
-def enable_fake_quantization(model: nn.Module, bits: int) -> None:
-    """Quantization-aware training: every product computes with its weights fake-quantized to ``bits`` (straight-
-    through gradient), while the parameters, state dict and optimizer keep the float master weights. Set on the
-    modules' instances, so wrappers (DDP, accelerate) and checkpoints are untouched; ``quantize_model_`` after
-    training puts the weights themselves on the grid."""
-    check_weight_bits(bits)
-    if model_weight_bits(model) is not None:
-        raise ConfigError("quantization-aware training starts from a float model, not an already quantized one")
-    for _, linear in quantized_linears(model):
-        linear.fake_quant_bits = bits
-        linear.forward = types.MethodType(_fake_quantized_forward, linear)

@@ -1,13 +1,19 @@
-"""Batched streaming generation over recurrent-state slots.
+"""Batched streaming generation over recurrent-state slots: the engine schedules, its ``ModelRunner`` executes.
 
-The engine owns the model and every sequence's state. Each ``step()``: every running sequence advances by one
-token in a single batched recurrent step; then requests that arrived are admitted into free slots, starting from
-the longest prefix of their prompt in the prefix-state cache (when there is one); then prompts are read in
-fixed-shape chunks (``spikegpt.runtime.prefill``: several prompts per call, one call per step while other sequences are
-decoding, so a long prompt never stalls them); then one batched sampling pass picks the next token of every
-sequence whose prompt is read. A prompt's last few tokens (fewer than a chunk) go through the decoding step like
-generated ones. Finished and aborted sequences leave at once and their slot is reused; a request starts from a
-fresh state or a cached one, never from another request's, so nothing leaks between requests.
+The engine decides what runs when, and for whom: admission into the runner's state slots, the prefill schedule,
+sampling, the events each request receives and fault isolation; the runner (``spikegpt.runtime.runner``) holds
+the slots' states, runs the decoding step over them with its products and keeps each slot's spike statistics.
+``EngineConfig`` is the one place the engine's options are defined (the server's settings and the CLI build one),
+and ``generate`` the one submit-then-step loop that drives an engine to the end.
+
+Each ``step()``: every running sequence advances by one token in a single batched recurrent step; then requests
+that arrived are admitted into free slots, starting from the longest prefix of their prompt in the prefix-state
+cache (when there is one); then prompts are read in fixed-shape chunks (``spikegpt.runtime.prefill``: several
+prompts per call, one call per step while other sequences are decoding, so a long prompt never stalls them); then
+one batched sampling pass picks the next token of every sequence whose prompt is read. A prompt's last few tokens
+(fewer than a chunk) go through the decoding step like generated ones. Finished and aborted sequences leave at once
+and their slot is reused; a request starts from a fresh state or a cached one, never from another request's, so
+nothing leaks between requests.
 
 Bit-exactness: chunks start at absolute multiples of the chunk and always have the shape ``[rows, chunk]``, and
 cache entries sit only at chunk boundaries, so a prompt's arithmetic is the same whether its first chunks were
@@ -23,8 +29,9 @@ size). The step's cost is then mostly fixed (per-operation overhead plus the pad
 many sequences at once costs little more than serving one.
 
 ``decode`` chooses the decoding step's products (``spikegpt.runtime.products``): dense, event-driven (only the weight
-rows of nonzero inputs) or ``auto`` (event-driven below the crossover measured for this machine). On a CPU each row
-decides for itself, so batch invariance holds in every mode. Prompts are always read with dense products.
+rows of nonzero inputs) or ``auto`` (event-driven below the crossover measured for this machine), composed with
+int8 ones for a model on the 8-bit grid on a CPU. On a CPU each row decides for itself, so batch invariance holds
+in every mode. Prompts are always read with dense products.
 
 Faults are isolated per request: a failure while admitting, prefilling, sampling or detokenising one request
 ends that request alone, with a final event whose finish_reason is "error" and whose ``error`` names the stage
@@ -32,7 +39,8 @@ ends that request alone, with a final event whose finish_reason is "error" and w
 prompt by prompt (the same shape, so the same bits), so only a prompt that fails by itself fails. Only a failure
 of the batched decoding step ends every sequence in it, each with its final event and its slot back.
 
-``submit`` and ``abort`` may be called from any thread; ``step`` from one thread only.
+``submit`` and ``abort`` may be called from any thread; ``step`` from one thread only. The engine reads time
+(when to run background work) from its ``clock``, ``time.monotonic`` unless a test gives it another.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -51,13 +61,12 @@ from ..errors import ConfigError
 from ..modeling.model import SpikeGPTForCausalLM
 from ..modeling.state import RecurrentState
 from ..modeling.stats import SpikeStats
-from ..quant.int8 import use_int8_kernels_
 from ..threads import apply_threads
 from .prefill import Prefiller, PrefillTask, aligned
-from .products import Crossovers, DecodeProducts, prepare_weights
+from .products import Crossovers, check_decode_mode
+from .runner import ModelRunner
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
 from .state_cache import StateCache, model_fingerprint
-from .step import trace_decode_step
 from .textstream import TextStream
 
 logger = logging.getLogger(__name__)
@@ -66,6 +75,58 @@ IDLE_PREFILL_CALLS = 8  # prefill calls per step while no sequence is decoding (
 # background tasks run alone only after this long with nothing else to do: in a busy server the next request is
 # usually a few milliseconds away, and should not find a call in its way
 BACKGROUND_AFTER_IDLE_S = 0.05
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Every option of the engine, defined (with its default) here only; the server's settings and the CLI build one.
+
+    max_batch: sequences decoded together (the runner's state slots); more wait.
+    batch_invariant: the decoding step always runs every slot, so a row's result never depends on the others.
+    prefill_chunk: prompt tokens per prompt and prefill call (prompts are read in chunks at multiples of it).
+    prefill_rows: prompts per prefill call (None: up to 4, at most ``max_batch``).
+    compile: torch.compile the decoding step (needs ``batch_invariant``); otherwise it is traced where it can be.
+    decode: the decoding step's products: auto, dense or sparse (``spikegpt.runtime.products``).
+    state_cache_bytes: > 0 turns on the prefix-state cache: states at every ``cache_stride`` tokens of a prompt (a
+        multiple of the chunk; None: about 64), at its last chunk boundary and at a finished sequence's, in memory,
+        and in ``state_cache_dir`` (within ``state_cache_dir_bytes``) when given.
+    threads: torch's CPU thread count, set for the process (``spikegpt.threads``; None keeps a count already set
+        there, else decides by its policy, which keeps clear of cores other work is using).
+    """
+
+    max_batch: int = 16
+    batch_invariant: bool = True
+    prefill_chunk: int = 8
+    prefill_rows: int | None = None
+    compile: bool = False
+    decode: str = "auto"
+    state_cache_bytes: int = 0
+    state_cache_dir: str | None = None
+    state_cache_dir_bytes: int = 1 << 30
+    cache_stride: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "prefill_chunk", "prefill_rows", "cache_stride"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.compile and not self.batch_invariant:
+            raise ConfigError("compile needs batch_invariant (the compiled step has one fixed shape)")
+        check_decode_mode(self.decode)
+        if self.cache_stride is not None and self.cache_stride % self.prefill_chunk:
+            chunk, stride = self.prefill_chunk, self.cache_stride
+            raise ConfigError(f"the cache stride must be a multiple of the prefill chunk {chunk}, got {stride}")
+
+    @property
+    def rows(self) -> int:
+        """Prompts per prefill call."""
+        return self.prefill_rows or min(4, self.max_batch)
+
+    @property
+    def stride(self) -> int:
+        """Tokens between the states a prompt stores in the cache."""
+        return self.cache_stride or self.prefill_chunk * max(1, 64 // self.prefill_chunk)
 
 
 @dataclass(frozen=True)
@@ -149,101 +210,71 @@ class Engine:
         self,
         model: SpikeGPTForCausalLM,
         tokenizer: PreTrainedTokenizerFast,
-        max_batch: int = 16,
-        batch_invariant: bool = True,
-        prefill_chunk: int = 8,
-        compile: bool = False,
-        decode: str = "auto",
+        config: EngineConfig | None = None,
+        *,
         crossovers: Crossovers | None = None,
-        prefill_rows: int | None = None,
-        state_cache_bytes: int = 0,
-        state_cache_dir: str | None = None,
-        state_cache_dir_bytes: int = 1 << 30,
-        cache_stride: int | None = None,
-        threads: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
-        """``prefill_chunk`` tokens per prompt and ``prefill_rows`` prompts (default: up to 4) per prefill call.
-        ``state_cache_bytes`` > 0 turns on the prefix-state cache: states at every ``cache_stride`` tokens of a
-        prompt (a multiple of the chunk; default: about 64), at its last chunk boundary and at a finished
-        sequence's, in memory, and in ``state_cache_dir`` (within ``state_cache_dir_bytes``) when given.
-        ``threads``: torch's CPU thread count, set for the process (``spikegpt.threads``; None keeps a count already
-        set there, else decides by its policy, which keeps clear of cores other work is using)."""
-        apply_threads(threads)
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        if compile and not batch_invariant:
-            raise ValueError("compile needs batch_invariant: the compiled step has one fixed shape")
+        """``config``: the options (``EngineConfig()``'s defaults if None). ``crossovers``: the measured crossovers of
+        the event-driven products (read from the crossover file if None). ``clock``: seconds, monotonic."""
+        config = config if config is not None else EngineConfig()
+        self.config = config
+        apply_threads(config.threads)
         self.model = model.eval()
         self.device = model.head.weight.device
-        # A model on the 8-bit grid decodes with int8 weights on a CPU (a quarter of the bytes per token); its
-        # products are then the int8 kernel's, so the event-driven ones (which read float rows) stay off.
-        int8 = not compile and self.device.type == "cpu" and getattr(model.config, "weight_bits", None) == 8
-        if int8 and decode == "sparse":
-            raise ConfigError("decode 'sparse' reads float weight rows; an 8-bit model decodes with int8 kernels")
-        # dense or event-driven products in the decoding step (decode: auto, dense, sparse); prefill stays dense
-        self.products = DecodeProducts(model, "dense" if int8 else decode, max_batch, crossovers)
-        prepare_weights(model, decode)
-        if int8:
-            use_int8_kernels_(model)
+        self.runner = ModelRunner(
+            model,
+            config.max_batch,
+            batch_invariant=config.batch_invariant,
+            compile=config.compile,
+            decode=config.decode,
+            crossovers=crossovers,
+        )
         self.tokenizer = tokenizer
-        self.max_batch = max_batch
-        self.batch_invariant = batch_invariant
-        self.prefill_chunk = prefill_chunk
-        self.prefill_rows = prefill_rows or min(4, max_batch)
         self.vocab_size = model.config.vocab_size
         self.eos_token_id = tokenizer.eos_token_id
-        self.state = model.fresh_state(max_batch)
-        self.slots: list[_Sequence | None] = [None] * max_batch
-        self.sampler = BatchSampler(max_batch, self.vocab_size, self.device)
-        self.logits = torch.zeros(max_batch, self.vocab_size, device=self.device)
-        self.next_tokens = torch.zeros(max_batch, 1, dtype=torch.long, device=self.device)
-        # each row's spike statistics since its prompt, as whole numbers (int64: exact however long it runs)
-        whole = dict(dtype=torch.long, device=self.device)
-        self.counts = torch.zeros(max_batch, len(model.model.sites), **whole)
-        self.reads = torch.zeros(max_batch, len(model.model.projections), 2, **whole)
-        self.tokens = torch.zeros(max_batch, **whole)
-        self.head_tokens = torch.zeros(max_batch, **whole)  # positions whose logits were computed
+        self.slots: list[_Sequence | None] = [None] * config.max_batch
+        self.sampler = BatchSampler(config.max_batch, self.vocab_size, self.device)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._waiting: list[GenerationRequest] = []
         self._keys: dict[str, list[str]] = {}  # cache keys of waiting prompts' prefixes
-        self.cache = self._state_cache(state_cache_bytes, state_cache_dir, state_cache_dir_bytes)
-        stride = cache_stride or prefill_chunk * max(1, 64 // prefill_chunk)
-        self.prefiller = Prefiller(model, self.prefill_rows, prefill_chunk, self.cache, stride)
+        self.cache = self._state_cache()
+        self.prefiller = Prefiller(model, config.rows, config.prefill_chunk, self.cache, config.stride)
         self._owners: dict[PrefillTask, _Sequence] = {}
-        self._active_at = time.monotonic()  # when the engine last had work besides background tasks
-        # The fixed-shape step's hundreds of small operations cost more than its arithmetic on a CPU: compiled,
-        # they become a few fused kernels (compiled once, at the first step); traced, TorchScript runs the same
-        # operations without Python between them. Either way a row's result still depends on nothing but the row.
-        if compile:
-            self.decode_step = torch.compile(self._model_step, dynamic=False)
-        elif batch_invariant and kernel_backend(self.next_tokens, steps=1) == "torch":
-            self.decode_step = trace_decode_step(model, self.next_tokens, self.state, self.products)
-        else:
-            self.decode_step = self._model_step
+        self.clock = clock
+        self._active_at = clock()  # when the engine last had work besides background tasks
 
-    def _state_cache(self, max_bytes: int, directory: str | None, dir_bytes: int) -> StateCache | None:
-        if max_bytes <= 0:
+    def _state_cache(self) -> StateCache | None:
+        config = self.config
+        if config.state_cache_bytes <= 0:
             return None
         # what decides the arithmetic of a stored state, besides the weights: the prefill shape, dtype, device,
         # kernels and torch's own version
         layout = (
-            f"chunk={self.prefill_chunk};rows={self.prefill_rows};dtype={self.model.dtype};"
-            f"device={self.device.type};kernels={kernel_backend(self.next_tokens)};torch={torch.__version__}"
+            f"chunk={config.prefill_chunk};rows={config.rows};dtype={self.model.dtype};"
+            f"device={self.device.type};kernels={kernel_backend(self.runner.next_tokens)};torch={torch.__version__}"
         )
+        directory = config.state_cache_dir
         fingerprint = model_fingerprint(self.model) if directory is not None else "this process"
-        tag = f"{fingerprint};{layout}"
-        template = self.model.fresh_state(1)
-        return StateCache(self.prefill_chunk, tag, max_bytes, directory, dir_bytes, self.device, template=template)
+        return StateCache(
+            config.prefill_chunk,
+            f"{fingerprint};{layout}",
+            config.state_cache_bytes,
+            directory,
+            config.state_cache_dir_bytes,
+            self.device,
+            template=self.model.fresh_state(1),
+        )
 
     def warm_up(self) -> None:
         """One prefill call and a tiny request, so that the first client does not pay for the first call of every
         operation. Nothing is cached."""
-        c = self.prefill_chunk
+        c = self.config.prefill_chunk
         with torch.inference_mode():
             self.prefiller.run_chunk([PrefillTask([0] * c, 0, c, self.model.fresh_state(1))])
-        self.submit(GenerationRequest("warm-up", [0], SamplingParams(max_tokens=2, temperature=1.0, seed=0)))
-        while self.has_work():
-            self.step()
+        request = GenerationRequest("warm-up", [0], SamplingParams(max_tokens=2, temperature=1.0, seed=0))
+        for _ in generate(self, [request]):
+            pass
 
     # -- called from any thread -------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> None:
@@ -269,7 +300,7 @@ class Engine:
         ``BACKGROUND_AFTER_IDLE_S``; ``has_background`` says whether there are any)."""
         if self.running > 0 or self._waiting or not self._inbox.empty() or self.prefiller.urgent:
             return True
-        return self.prefiller.busy and time.monotonic() - self._active_at >= BACKGROUND_AFTER_IDLE_S
+        return self.prefiller.busy and self.clock() - self._active_at >= BACKGROUND_AFTER_IDLE_S
 
     @property
     def has_background(self) -> bool:
@@ -283,7 +314,7 @@ class Engine:
         events: list[GenerationEvent] = []
         self._drain_inbox(events)
         working = bool(self.running or self._waiting or self.prefiller.urgent)
-        now = time.monotonic()
+        now = self.clock()
         if working:
             self._active_at = now
         idle = not working and now - self._active_at >= BACKGROUND_AFTER_IDLE_S
@@ -303,7 +334,7 @@ class Engine:
             self._sample(ready, events)
         for seq in self.slots:  # the next prompt token of sequences still feeding theirs
             if seq is not None and seq.phase == "feed":
-                self.next_tokens[seq.slot, 0] = seq.request.prompt_ids[seq.fed]
+                self.runner.next_tokens[seq.slot, 0] = seq.request.prompt_ids[seq.fed]
         return events
 
     def fail_all(self) -> list[GenerationEvent]:
@@ -385,7 +416,7 @@ class Engine:
                 seq.prompt_logprobs = [None]
             self.sampler.start(slot, request.params, prompt)
             state = state if state is not None else self.model.fresh_state(1)
-            end = aligned(len(prompt), self.prefill_chunk)
+            end = aligned(len(prompt), self.config.prefill_chunk)
             if start < end:
                 scores = (lambda position, logits: self._score(seq, position, logits)) if seq.prompt_logprobs else None
                 task = PrefillTask(prompt, start, end, state, scores=scores)
@@ -434,23 +465,12 @@ class Engine:
     def _prompt_read(self, seq: _Sequence, end: int, state, logits, task: PrefillTask | None = None) -> None:
         """The prompt's chunks are read by ``task`` (or restored, without one): into the slot, with the spike
         statistics of what was computed for it; then feed the rest or sample."""
-        slot = seq.slot
         seq.task = None
-        self.state.write_rows([slot], state)
-        for totals, value in (
-            (self.counts, None if task is None else task.counts),
-            (self.reads, None if task is None else task.reads),
-        ):
-            if value is None:
-                totals[slot] = 0
-            else:
-                totals[slot] = value
-        self.tokens[slot] = 0 if task is None else task.computed
-        self.head_tokens[slot] = 0 if task is None else task.head_tokens
+        whole = end == len(seq.request.prompt_ids)
+        self.runner.start(seq.slot, state, None if task is None else task.stats, logits if whole else None)
         if self.cache is not None:
             seq.boundary = (end, state)
-        if end == len(seq.request.prompt_ids):
-            self.logits[slot] = logits
+        if whole:
             seq.phase = "decode"
         else:
             seq.phase, seq.fed = "feed", end
@@ -461,7 +481,7 @@ class Engine:
         if seq.phase == "decode":
             return True
         if seq.prompt_logprobs is not None:
-            self._score(seq, seq.fed, self.logits[seq.slot : seq.slot + 1])
+            self._score(seq, seq.fed, self.runner.logits[seq.slot : seq.slot + 1])
         seq.fed += 1
         if seq.fed == len(seq.request.prompt_ids):
             seq.phase = "decode"
@@ -481,23 +501,8 @@ class Engine:
 
     def _decode(self, running: list[_Sequence], events: list[GenerationEvent]) -> bool:
         """One recurrent step for the running sequences; on failure they all end with an error (returns False)."""
-        rows = None if self.batch_invariant else torch.tensor([s.slot for s in running], device=self.device)
         try:
-            if rows is None:
-                logits, self.state, (counts, reads) = self.decode_step(self.next_tokens, self.state)
-                self.logits.copy_(logits)
-                self.counts += counts
-                self.reads += reads
-                self.tokens += 1
-                self.head_tokens += 1
-            else:
-                logits, state, (counts, reads) = self._model_step(self.next_tokens[rows], self.state.select(rows))
-                self.state.write_rows(rows, state)
-                self.logits[rows] = logits.float()
-                self.counts[rows] += counts
-                self.reads[rows] += reads
-                self.tokens[rows] += 1
-                self.head_tokens[rows] += 1
+            self.runner.decode([s.slot for s in running])
         except Exception:  # the batched step itself: every sequence in it ends
             logger.exception("decoding step failed; ending the %d sequences in it", len(running))
             for seq in running:
@@ -505,36 +510,31 @@ class Engine:
             return False
         return True
 
-    def _model_step(self, tokens: torch.Tensor, state: RecurrentState) -> tuple:
-        """One recurrent step: (last logits [B, vocab], new state, (spike counts [B, sites], reads))."""
-        with self.products:
-            out = self.model(tokens, state=state, output_spike_stats=True)
-        return out.logits[:, -1], out.state, (out.spike_stats.counts, out.spike_stats.reads)
-
     def _sample(self, ready: list[_Sequence], events: list[GenerationEvent]) -> None:
         """One batched sampling pass; if it fails, each sequence is sampled alone with the same random numbers (a
         row's result never depends on the others), so only a sequence that fails by itself ends."""
         slots = [s.slot for s in ready]
         uniforms = self.sampler.draw(slots)
         spikes = self._token_spikes(ready)
+        logits, next_tokens = self.runner.logits, self.runner.next_tokens
         try:
-            tokens, choices = self.sampler.sample(self.logits, slots, uniforms)
+            tokens, choices = self.sampler.sample(logits, slots, uniforms)
         except Exception:
             logger.exception("batched sampling failed; sampling its %d sequences one by one", len(ready))
         else:
-            self.next_tokens[:, 0] = tokens
+            next_tokens[:, 0] = tokens
             for seq, choice in zip(ready, choices, strict=True):
                 seq.generated.append(choice.token_id)
                 self._advance(seq, choice, events, spikes.get(seq.slot))
             return
         for seq, uniform in zip(ready, uniforms, strict=True):
             try:
-                tokens, (choice,) = self.sampler.sample(self.logits, [seq.slot], [uniform])
+                tokens, (choice,) = self.sampler.sample(logits, [seq.slot], [uniform])
             except Exception:
                 logger.exception("sampling failed for request %s", seq.request.request_id)
                 events.append(self._finish(seq, "error", None, error="sample"))
                 continue
-            self.next_tokens[seq.slot, 0] = tokens[seq.slot]
+            next_tokens[seq.slot, 0] = tokens[seq.slot]
             seq.generated.append(choice.token_id)
             self._advance(seq, choice, events, spikes.get(seq.slot))
 
@@ -544,11 +544,8 @@ class Engine:
         asking = [seq for seq in ready if seq.request.token_spikes]
         if not asking:
             return {}
-        rows = [seq.slot for seq in asking]
-        # the counters are int64 (exact however long a sequence runs); one tensor, one transfer
-        flat = torch.cat([self.counts[rows], self.tokens[rows, None]], dim=1).tolist()
         out = {}
-        for seq, (*counts, tokens) in zip(asking, flat, strict=True):
+        for seq, (tokens, counts) in zip(asking, self.runner.stats.spikes([s.slot for s in asking]), strict=True):
             old_tokens, old_counts = seq.reported or (0, [0] * len(counts))
             out[seq.slot] = TokenSpikes(tokens - old_tokens, [c - o for c, o in zip(counts, old_counts, strict=True)])
             seq.reported = (tokens, counts)
@@ -599,16 +596,6 @@ class Engine:
             self._owners.pop(seq.task, None)
         elif reason in ("stop", "length"):
             self._cache_the_end(seq)
-        row = slice(seq.slot, seq.slot + 1)
-        stats = SpikeStats(
-            counts=self.counts[row].clone(),
-            tokens=self.tokens[row].clone(),
-            sites=self.model.model.sites,
-            n_embd=self.model.config.n_embd,
-            reads=self.reads[row].clone(),
-            projections=self.model.model.projections,
-            head_tokens=self.head_tokens[row].clone(),
-        )
         return GenerationEvent(
             seq.request.request_id,
             text,
@@ -616,7 +603,7 @@ class Engine:
             len(seq.request.prompt_ids),
             seq.completion_tokens,
             reason,
-            stats,
+            self.runner.stats.of(seq.slot),
             error,
             cached_tokens=seq.cached_tokens,
         )
@@ -629,6 +616,25 @@ class Engine:
             return
         tokens = seq.request.prompt_ids + seq.generated
         start, state = seq.boundary
-        end = aligned(len(tokens), self.prefill_chunk)
+        end = aligned(len(tokens), self.config.prefill_chunk)
         if end > start:
             self.prefiller.add(PrefillTask(tokens, start, end, state, background=True))
+
+
+def generate(
+    engine: Engine, requests: Iterable[GenerationRequest], max_in_flight: int | None = None
+) -> Iterator[list[GenerationEvent]]:
+    """Drive ``engine`` until it has nothing left to do: submit ``requests`` (all at once, or keeping at most
+    ``max_in_flight`` of them unfinished), step, and yield each step's events. The one loop the CLI, the benchmarks
+    and the tests run an engine with (the server's worker steps it from its own thread)."""
+    pending = deque(requests)
+    in_flight = 0
+    while True:
+        while pending and (max_in_flight is None or in_flight < max_in_flight):
+            engine.submit(pending.popleft())
+            in_flight += 1
+        if not engine.has_work():
+            return
+        events = engine.step()
+        in_flight -= sum(event.finish_reason is not None for event in events)
+        yield events

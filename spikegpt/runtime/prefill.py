@@ -25,6 +25,7 @@ import torch
 
 from ..modeling.model import SpikeGPTForCausalLM
 from ..modeling.state import RecurrentState
+from ..modeling.stats import SpikeStats
 from .state_cache import StateCache
 
 logger = logging.getLogger(__name__)
@@ -44,9 +45,9 @@ class PrefillTask:
 
     scores: called with (first position, logits of every position of a chunk ``[chunk, vocab]``) for prompt
         log-probabilities. background: runs only in rows no request needs.
-    After the last chunk: ``logits`` (the last position's, ``[vocab]``), ``counts`` (spikes per site), ``reads``
-    (per projection: nonzero inputs and their sum), ``computed`` (tokens read) and ``head_tokens`` (positions whose
-    logits were computed: every position when scoring, else the last one).
+    After the last chunk: ``logits`` (the last position's, ``[vocab]``) and ``stats``, the spike statistics of what
+    was read (one row: spikes per site, what each projection read, the tokens read and the positions whose logits
+    were computed: every position when scoring, else the last one).
     """
 
     tokens: list[int]
@@ -57,10 +58,7 @@ class PrefillTask:
     scores: Callable[[int, torch.Tensor], None] | None = None
     background: bool = False
     awaited: bool = False  # a background task that a waiting request needs
-    counts: torch.Tensor | None = None
-    reads: torch.Tensor | None = None
-    computed: int = 0
-    head_tokens: int = 0
+    stats: SpikeStats | None = None
     logits: torch.Tensor | None = None
     error: str | None = None
 
@@ -93,7 +91,6 @@ class ChunkRunner:
         state = RecurrentState.stack([t.state for t in tasks] + [self._padding] * (self.rows - len(tasks)))
         out = self.model.model(ids, state=state, output_spike_stats=True)
         hidden = out.last_hidden_state
-        counts, reads = out.spike_stats.counts, out.spike_stats.reads
         for i, task in enumerate(tasks):
             try:
                 if task.scores is not None:
@@ -105,10 +102,9 @@ class ChunkRunner:
                 task.error = f"{type(e).__name__}: {e}"
                 continue
             task.state = out.state.select([i])
-            task.counts = counts[i].clone() if task.counts is None else task.counts + counts[i]
-            task.reads = reads[i].clone() if task.reads is None else task.reads + reads[i]
-            task.head_tokens += c if task.scores is not None else int(logits is not None)
-            task.computed += c
+            stats = out.spike_stats.select([i])
+            stats.head_tokens = torch.full_like(stats.tokens, c if task.scores is not None else int(logits is not None))
+            task.stats = stats if task.stats is None else task.stats + stats
             task.position += c
             task.logits = logits
 

@@ -1,4 +1,4 @@
-"""How the decoding step runs its products: the weights' layout, and dense or event-driven products per product.
+"""How the decoding step runs its products: the weights' layout, and one product module per projection.
 
 Batch-1 decoding reads every weight once per token, so its speed is the bytes of weights it reads. Two things
 here decide those bytes:
@@ -8,15 +8,26 @@ here decide those bytes:
   vocabulary: 3.4 ms instead of 8.7 ms on the development machine, REFERENCES.md), and the event-driven products
   read contiguous rows. On CUDA the dense products stay as loaded (cuBLAS reads either layout at full speed); only
   the products that may run event-driven are laid out input-major, for coalesced row loads.
-- **products** (``DecodeProducts``): a product whose input has many zeros (in the ``residual`` placement the
-  channel mix's V reads relu(k)², ~60% zeros; in the ``inputs`` placement every product reads spikes) can read
-  only the weight rows of its nonzero inputs (``spikegpt.kernels.sparse_linear``). ``decode="dense"`` never does,
-  ``"sparse"`` always does, ``"auto"`` does when the input is sparser than the crossover measured on this machine
-  for this product's shape and batch (``bench/crossover.py`` writes it to ``crossover_path()``; a default stands
-  in when it is absent), so a batch that fills in falls back to dense.
+- **products** (``Product``, ``Products``): a projection's ``nn.Linear`` is swapped for a product module (and
+  swapped back to restore it) that computes ``x @ W.T`` in one of these modes or their composition:
 
-The choice applies to the decoding step only (``with products:`` around it, or around tracing it); prompts are
-read with the dense parallel form.
+  ``dense``           the float weights (``F.linear``);
+  ``event_driven``    only the weight rows of nonzero inputs (``spikegpt.kernels.sparse_linear``), for inputs
+                      with many zeros: in the ``residual`` placement the channel mix's V reads relu(k)², ~60% zeros;
+                      in the ``inputs`` placement every product reads spikes;
+  ``int8``            the 8-bit codes of a model on the 8-bit grid, through an int8 kernel (``spikegpt.quant.int8``);
+                      with ``event_driven``, only the int8 rows of nonzero inputs (``kernels.int8_sparse_linear``);
+  ``fake_quantized``  the weights fake-quantized to a grid (quantization-aware training; ``quant.grids``).
+
+  Which modes combine is decided here only (``INCOMPATIBLE``, ``check_combination``); installing a product over
+  one already installed composes the two, or raises ``ProductCombinationError`` naming both. No ``forward`` is
+  ever patched: a product is a module of its own class, holding the Linear's very parameters.
+
+For the decoding step (``decode_products``): ``decode="dense"`` never reads event-driven, ``"sparse"`` always does
+(where a product may), ``"auto"`` does when the input is sparser than the crossover measured on this machine for
+this product's shape and batch (``bench/crossover.py`` writes it to ``crossover_path()``; a default stands in when
+it is absent), so a batch that fills in falls back to dense. The choice applies to the decoding step only
+(``with products:`` around it, or around tracing it); prompts are read with the dense parallel form.
 """
 
 from __future__ import annotations
@@ -25,16 +36,20 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from itertools import combinations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spikegpt.kernels import sparse_linear
 
-from ..errors import DecodeModeError
-from ..modeling.model import ChannelMix
+from ..errors import ConfigError, DecodeModeError, ProductCombinationError
+from ..quant.grids import check_weight_bits, fake_quantize, model_weight_bits, quantized_linears
+from ..quant.int8 import Int8Weights, check_int8_model
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +85,10 @@ def prepare_weights(model: nn.Module, decode: str = "auto") -> None:
 
 
 def sparse_candidates(model: nn.Module) -> list[nn.Linear]:
-    """The products whose inputs can be mostly zero: every block's projections in the spike-driven ``inputs``
-    placement; in the ``residual`` placement the channel mixes' V, which reads relu(k)². Never the head: it reads
-    ``ln_out``'s output, dense in both placements."""
-    if getattr(model.config, "spike_placement", "residual") == "inputs":
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        return [m for m in model.modules() if isinstance(m, nn.Linear) and m is not head]
-    return [m.value for m in model.modules() if isinstance(m, ChannelMix)]
+    """The products that may run event-driven, as the model's spike layout says (``modeling/layout.py``): every
+    block projection where the inputs are spikes, otherwise the channel mixes' V, which reads relu(k)²; never the
+    head, which reads ``ln_out``'s dense output. The products, the layout and the benchmarks ask here."""
+    return [model.product(product.name) for product in model.layout.products if product.event_driven]
 
 
 # -- the crossover file --------------------------------------------------------------------------------------------
@@ -119,7 +131,11 @@ class Crossovers:
     source: str = "default"
 
     def lookup(self, dtype: torch.dtype, batch: int, n_in: int, n_out: int) -> float:
-        return self.products.get(product_key(dtype, batch, n_in, n_out), self.default)
+        """The crossover measured for this product; unmeasured, ``default`` for a float product and 0 (dense) for
+        an int8 one: the default stands for float products' measured break-even, and an event-driven int8 product
+        (a torch gather for now, not a compiled kernel) is no faster than the int8 kernel until measured."""
+        unmeasured = self.default if dtype.is_floating_point else 0.0
+        return self.products.get(product_key(dtype, batch, n_in, n_out), unmeasured)
 
     @classmethod
     def load(cls, device: torch.device, path: Path | None = None) -> Crossovers:
@@ -158,42 +174,200 @@ class Crossovers:
         return path
 
 
-# -- the products of the decoding step ---------------------------------------------------------------------------
+# -- product modes, and which combine ---------------------------------------------------------------------------
+
+# The pairs of modes that cannot share a product, and why: decided here only (every pair not listed composes).
+INCOMPATIBLE = {
+    frozenset({"int8", "fake_quantized"}): "int8 products read the 8-bit codes of a model already on the grid, "
+    "while fake quantization trains the float weights of a model not yet on it",
+    frozenset({"event_driven", "fake_quantized"}): "fake quantization is for training, and an event-driven "
+    "product has no gradient",
+}
 
 
-class DecodeProducts:
-    """The decoding step's choice of product for each sparse candidate; ``with products:`` applies it.
+def check_combination(first: str, second: str) -> None:
+    """Raise ``ProductCombinationError`` naming both modes unless they can share a product."""
+    if first == second:
+        raise ProductCombinationError(f"the product is already {first}: a mode applies once", first, second)
+    reason = INCOMPATIBLE.get(frozenset((first, second)))
+    if reason is not None:
+        raise ProductCombinationError(f"{first} and {second} products cannot combine: {reason}", first, second)
 
-    ``decode``: ``"dense"`` (every product ``F.linear``), ``"sparse"`` (the candidates always event-driven) or
-    ``"auto"`` (event-driven below the measured crossover for the candidate's shape at ``batch`` rows; a product
-    whose crossover is 0 keeps the plain dense product, as the operator's call would only add its own cost).
+
+@dataclass(frozen=True)
+class ProductMode:
+    """How one projection computes ``x @ W.T``: the dense product of its float weights, unless modes are set (more
+    than one: their composition, where ``check_combination`` allows it).
+
+    event_driven: read only the weight rows of nonzero inputs, in rows with at most this fraction of nonzero inputs
+        (the crossover; 1: every row).
+    int8: the int8 kernel (``spikegpt.quant.int8.INT8_KERNELS``) reading the 8-bit codes of a model on the grid.
+    fake_quantized: the weights fake-quantized to this many bits, straight-through gradient (training).
     """
 
-    def __init__(self, model: nn.Module, decode: str, batch: int, crossovers: Crossovers | None = None):
-        self.decode = check_decode_mode(decode)
-        self.thresholds: dict[nn.Linear, float] = {}
-        if decode == "dense":
-            return
-        device = next(model.parameters()).device
-        crossovers = crossovers if crossovers is not None else Crossovers.load(device)
-        for module in sparse_candidates(model):
-            n_out, n_in = module.weight.shape
-            limit = 1.0 if decode == "sparse" else crossovers.lookup(module.weight.dtype, batch, n_in, n_out)
-            if limit > 0:
-                self.thresholds[module] = limit
+    event_driven: float | None = None
+    int8: str | None = None
+    fake_quantized: int | None = None
 
-    def __enter__(self) -> None:
-        for module, limit in self.thresholds.items():
-            module.forward = _event_driven(module, limit)
+    def __post_init__(self) -> None:
+        for first, second in combinations(self.names, 2):
+            check_combination(first, second)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The modes set, in field order (empty: dense)."""
+        return tuple(f.name for f in fields(self) if getattr(self, f.name) is not None)
+
+    def __str__(self) -> str:
+        return " + ".join(self.names) or "dense"
+
+    def combined(self, other: ProductMode) -> ProductMode:
+        """This mode composed with ``other``'s."""
+        for first in self.names:
+            for second in other.names:
+                check_combination(first, second)
+        return replace(self, **{name: getattr(other, name) for name in other.names})
+
+
+DENSE = ProductMode()
+
+
+class Product(nn.Linear):
+    """One projection's product, computed as ``mode`` says, swapped in for the ``nn.Linear`` it stands for.
+
+    It holds that Linear's very parameters under the same names, so state dicts, optimizers and checkpoints see
+    nothing change, and it is an ``nn.Linear`` to every reader of the model (quantization, the energy accounting,
+    the weights' layout). Int8 and event-driven are decoding modes: a call over several positions per row (a
+    prompt read by the parallel form, a scored text) gets the dense product of the float weights, the same
+    function. Fake quantization applies to every call (training)."""
+
+    def __init__(self, name: str, linear: nn.Linear, mode: ProductMode):
+        # built on the meta device, then given the Linear's own parameters: nothing is allocated or copied
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        self.weight, self.bias = linear.weight, linear.bias
+        self.mode = mode
+        event_driven = mode.event_driven is not None
+        self.int8 = None if mode.int8 is None else Int8Weights(name, linear, mode.int8, input_major=event_driven)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.mode
+        if mode.fake_quantized is not None:
+            return F.linear(x, fake_quantize(self.weight, mode.fake_quantized), self.bias)
+        if x.dim() == 3 and x.shape[1] > 1:  # several positions per row: not a decoding step
+            return F.linear(x, self.weight, self.bias)
+        if self.int8 is not None:  # (int8 products are bias-free: Int8Weights checks)
+            return self.int8(x, mode.event_driven)
+        if mode.event_driven is not None:
+            y = sparse_linear(x, self.weight, mode.event_driven)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mode={self.mode}"
+
+
+@dataclass
+class _Swap:
+    name: str
+    parent: nn.Module
+    attribute: str
+    previous: nn.Module
+    product: Product
+
+
+class Products:
+    """Product modules for some of a model's projections, by qualified name (``blocks.0.att.key``).
+
+    ``install()`` swaps each projection's module (an ``nn.Linear``, or a product already installed, whose mode the
+    new one then composes with) for its product; ``restore()`` swaps back what was there, so leaving one mode
+    returns to the one before. ``with products:`` does both, around a decoding step or its tracing. Built once (int8
+    weights are packed here, and an impossible combination is refused here, before anything changes), installed as
+    often as needed."""
+
+    def __init__(self, model: nn.Module, modes: Mapping[str, ProductMode]):
+        self._swaps: list[_Swap] = []
+        for name, mode in modes.items():
+            if not mode.names:
+                continue  # dense: the Linear itself
+            parent_name, _, attribute = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            previous = getattr(parent, attribute)
+            if not isinstance(previous, nn.Linear):
+                raise ConfigError(f"{name} is not a projection (nn.Linear) of the model")
+            if isinstance(previous, Product):
+                mode = previous.mode.combined(mode)
+            self._swaps.append(_Swap(name, parent, attribute, previous, Product(name, previous, mode)))
+
+    def __len__(self) -> int:
+        return len(self._swaps)
+
+    @property
+    def modes(self) -> dict[str, ProductMode]:
+        """Each swapped projection's mode (composed with the one it replaces)."""
+        return {swap.name: swap.product.mode for swap in self._swaps}
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The event-driven products' crossovers, by projection."""
+        return {name: mode.event_driven for name, mode in self.modes.items() if mode.event_driven is not None}
+
+    def install(self) -> Products:
+        for swap in self._swaps:
+            if getattr(swap.parent, swap.attribute) is not swap.previous:
+                raise ConfigError(f"{swap.name} changed since these products were built; build them again")
+        for swap in self._swaps:
+            setattr(swap.parent, swap.attribute, swap.product)
+        return self
+
+    def restore(self) -> None:
+        for swap in reversed(self._swaps):
+            setattr(swap.parent, swap.attribute, swap.previous)
+
+    def __enter__(self) -> Products:
+        return self.install()
 
     def __exit__(self, *exc) -> None:
-        for module in self.thresholds:
-            module.__dict__.pop("forward", None)  # back to the class's dense forward
+        self.restore()
 
 
-def _event_driven(module: nn.Linear, limit: float):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        y = sparse_linear(x, module.weight, limit)
-        return y if module.bias is None else y + module.bias
+def decode_products(
+    model: nn.Module,
+    decode: str = "auto",
+    batch: int = 1,
+    crossovers: Crossovers | None = None,
+    int8: str | None = None,
+) -> Products:
+    """The decoding step's products. ``int8``: every projection through this int8 kernel (a model on the 8-bit
+    grid, on a CPU). ``decode``: ``"dense"``, ``"sparse"`` (every candidate event-driven, composed with int8 when
+    both apply) or ``"auto"`` (event-driven below the measured crossover for the candidate's shape at ``batch``
+    rows; a product whose crossover is 0 keeps the plain dense product, as the operator's call would only add its
+    own cost)."""
+    check_decode_mode(decode)
+    modes: dict[str, ProductMode] = {}
+    if int8 is not None:
+        check_int8_model(model)
+        modes = {name: ProductMode(int8=int8) for name, _ in quantized_linears(model)}
+    if decode == "dense":
+        return Products(model, modes)
+    device = next(model.parameters()).device
+    crossovers = crossovers if crossovers is not None else Crossovers.load(device)
+    names = {module: name for name, module in model.named_modules()}
+    for module in sparse_candidates(model):
+        n_out, n_in = module.weight.shape
+        dtype = module.weight.dtype if int8 is None else torch.int8
+        limit = 1.0 if decode == "sparse" else crossovers.lookup(dtype, batch, n_in, n_out)
+        if limit > 0:
+            name = names[module]
+            modes[name] = modes.get(name, DENSE).combined(ProductMode(event_driven=limit))
+    return Products(model, modes)
 
-    return forward
+
+def fake_quantized_products(model: nn.Module, bits: int) -> Products:
+    """Quantization-aware training: every product computes with its weights fake-quantized to ``bits`` (straight-
+    through gradient), while the parameters, state dict and optimizer keep the float master weights. Install it
+    before wrapping the model (DDP, accelerate); ``quantize_model_`` after training puts the weights themselves on
+    the grid."""
+    check_weight_bits(bits)
+    if model_weight_bits(model) is not None:
+        raise ConfigError("quantization-aware training starts from a float model, not an already quantized one")
+    return Products(model, {name: ProductMode(fake_quantized=bits) for name, _ in quantized_linears(model)})

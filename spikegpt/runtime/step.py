@@ -20,7 +20,7 @@ from ..modeling.state import RecurrentState
 
 if TYPE_CHECKING:
     from ..modeling.model import SpikeGPTForCausalLM
-    from .products import DecodeProducts
+    from .products import Products
 
 
 class _DecodeStep(torch.nn.Module):
@@ -48,7 +48,7 @@ def _transformers_logs_silenced():
 
 
 def trace_decode_step(
-    model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState, products: DecodeProducts | None = None
+    model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState, products: Products | None = None
 ):
     """One recurrent step at a fixed batch shape (``tokens`` ``[B, 1]``), recorded with ``torch.jit.trace``: a
     function ``(tokens, state) -> (last logits [B, vocab], new state, (spike counts [B, sites], projection reads
@@ -60,10 +60,10 @@ def trace_decode_step(
     CPU (``compile=True``); ``torch.export`` runs slower than eager here. Tracing takes a fraction of a second and
     doubles the decoding speed of a small model, so it stays while the pinned torch has it.
 
-    ``products``: the choice of dense or event-driven products to record (``spikegpt.runtime.products``). An
-    event-driven product is the operator ``spikegpt::sparse_linear``, which the trace records as one call with a
-    fixed output shape; which weight rows it reads, and whether it falls back to dense, is decided inside the call at
-    every step."""
+    ``products``: the product modules to record (``spikegpt.runtime.products``: dense, event-driven, int8). An
+    event-driven product is an operator (``spikegpt::sparse_linear``, ``spikegpt::int8_sparse_linear``), which the
+    trace records as one call with a fixed output shape; which weight rows it reads, and whether it falls back to
+    dense, is decided inside the call at every step."""
     with torch.no_grad(), warnings.catch_warnings(), _transformers_logs_silenced(), products or nullcontext():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: intended
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -20,7 +20,7 @@ from spikegpt import threads
 from spikegpt.cli import main
 from spikegpt.errors import ThreadsError
 from spikegpt.hub.checkpoint import load_model
-from spikegpt.runtime.engine import Engine
+from spikegpt.runtime.engine import Engine, EngineConfig
 from spikegpt.threads import (
     MAX_DEFAULT_THREADS,
     CpuView,
@@ -126,21 +126,21 @@ def test_the_engine_and_the_loader_apply_the_policy_by_default_and_a_count_when_
     torch.set_num_threads(2)
     model, tokenizer = load_model(tiny_model_dir)
     assert torch.get_num_threads() == 1  # the policy, on a busy machine
-    Engine(model, tokenizer, max_batch=1, threads=3)
+    Engine(model, tokenizer, EngineConfig(max_batch=1, threads=3))
     assert torch.get_num_threads() == 3
-    Engine(model, tokenizer, max_batch=1)
+    Engine(model, tokenizer, EngineConfig(max_batch=1))
     assert torch.get_num_threads() == 3  # kept
     load_model(tiny_model_dir, threads=2)
     assert torch.get_num_threads() == 2
     with pytest.raises(ThreadsError):
-        Engine(model, tokenizer, max_batch=1, threads=0)
+        Engine(model, tokenizer, EngineConfig(max_batch=1, threads=0))
 
 
 def test_a_fresh_engine_decides_by_the_policy(monkeypatch, tiny_model_dir):
     model, tokenizer = load_model(tiny_model_dir, threads=2)
     monkeypatch.setattr(threads, "_chosen", None)  # as a library user's process that never loaded through us
     a_machine(monkeypatch, CpuView(cpus=8, cores=8, busy=5.0))
-    Engine(model, tokenizer, max_batch=1)
+    Engine(model, tokenizer, EngineConfig(max_batch=1))
     assert torch.get_num_threads() == 3
 
 

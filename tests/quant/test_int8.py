@@ -9,8 +9,8 @@ from quantize_helpers import tiny_model
 from spikegpt.errors import ConfigError
 from spikegpt.hub.checkpoint import load_model
 from spikegpt.quant.grids import quantize_model_, quantized_linears
-from spikegpt.quant.int8 import use_int8_kernels_
-from spikegpt.runtime.engine import Engine, GenerationRequest
+from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest, generate
+from spikegpt.runtime.products import Product, decode_products
 from spikegpt.runtime.sampling import SamplingParams
 
 # The dynamic kernel rounds its input to 7 bits per sequence (fbgemm's reduce_range): each input element moves by
@@ -31,7 +31,7 @@ def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
 def test_int8_products_match_the_dequantized_fp32_product(kernel, tolerance):
     model = quantize_model_(tiny_model(seed=1), 8)
     references = {name: linear.weight.double().clone() for name, linear in quantized_linears(model)}
-    assert use_int8_kernels_(model, kernel) == len(references)
+    assert len(decode_products(model, "dense", int8=kernel).install()) == len(references)
     g = torch.Generator().manual_seed(6)
     for name, linear in quantized_linears(model):
         x = torch.randn(3, 1, linear.in_features, generator=g)  # fresh inputs: a decoding step of 3 sequences
@@ -44,13 +44,13 @@ def test_prompts_keep_the_fp32_product_of_the_grid_weights():
     model = quantize_model_(tiny_model(seed=3), 8)
     ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(8))
     expected = model(ids).logits
-    use_int8_kernels_(model)
+    decode_products(model, "dense", int8="dynamic").install()
     assert torch.equal(model(ids).logits, expected)
 
 
 def test_a_rows_int8_result_does_not_depend_on_the_other_rows():
     model = quantize_model_(tiny_model(seed=2), 8)
-    use_int8_kernels_(model)
+    decode_products(model, "dense", int8="dynamic").install()
     x = torch.randn(4, 1, 32, generator=torch.Generator().manual_seed(7))
     x[2] *= 50.0  # a loud neighbour would change a per-batch input scale
     batched = model.model.blocks[0].att.key(x)
@@ -60,18 +60,17 @@ def test_a_rows_int8_result_does_not_depend_on_the_other_rows():
 
 def test_int8_kernels_need_an_8_bit_model():
     with pytest.raises(ConfigError, match="8-bit grid"):
-        use_int8_kernels_(tiny_model())
+        decode_products(tiny_model(), "dense", int8="dynamic")
     with pytest.raises(ConfigError, match="8-bit grid"):
-        use_int8_kernels_(quantize_model_(tiny_model(), 4))
+        decode_products(quantize_model_(tiny_model(), 4), "dense", int8="dynamic")
 
 
 def test_the_engine_decodes_an_8_bit_model_with_int8_weights():
     model, tokenizer = load_model(None, weight_bits=8)
-    engine = Engine(model, tokenizer, max_batch=2)
-    assert all(hasattr(linear, "int8_packed") for _, linear in quantized_linears(model))
-    engine.submit(GenerationRequest("a", tokenizer.encode("ROMEO:"), SamplingParams(max_tokens=12, seed=1)))
-    events = []
-    while engine.has_work():
-        events += engine.step()
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=2))
+    with engine.runner.products:  # the decoding step's products
+        assert all(isinstance(linear, Product) and linear.int8 for _, linear in quantized_linears(model))
+    request = GenerationRequest("a", tokenizer.encode("ROMEO:"), SamplingParams(max_tokens=12, seed=1))
+    events = [event for step in generate(engine, [request]) for event in step]
     assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 12
     assert "".join(e.text for e in events)

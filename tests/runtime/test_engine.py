@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
+from spikegpt.errors import ConfigError, DecodeModeError
 from spikegpt.hub.checkpoint import load_model
-from spikegpt.runtime.engine import Engine, GenerationRequest
+from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest, generate
 from spikegpt.runtime.sampling import BatchSampler, SamplingParams
+from spikegpt.serve.settings import ServeSettings, SettingsError
 
 VOCAB = 12
 
@@ -88,16 +91,12 @@ def test_logprobs_are_of_the_raw_distribution():
 
 def run(engine: Engine, requests: list[GenerationRequest], abort_after: dict[str, int] | None = None) -> dict:
     """Drive the engine to the end; returns each request's (text, finish reason)."""
-    for request in requests:
-        engine.submit(request)
     out = {r.request_id: ["", None] for r in requests}
-    steps = 0
-    while engine.has_work():
-        for event in engine.step():
+    for steps, events in enumerate(generate(engine, requests), start=1):
+        for event in events:
             out[event.request_id][0] += event.text
             if event.finish_reason:
                 out[event.request_id][1] = event.finish_reason
-        steps += 1
         for request_id, at in (abort_after or {}).items():
             if steps == at:
                 engine.abort(request_id)
@@ -106,7 +105,7 @@ def run(engine: Engine, requests: list[GenerationRequest], abort_after: dict[str
 
 def test_engine_aborts_queued_and_running_requests_and_reuses_slots(tiny_model_dir):
     model, tokenizer = load_model(tiny_model_dir)
-    engine = Engine(model, tokenizer, max_batch=1)
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=1))
     params = SamplingParams(max_tokens=50, ignore_eos=True, seed=1)
     ids = tokenizer.encode("Hello")
     requests = [GenerationRequest(name, ids, params) for name in ("running", "queued", "after")]
@@ -114,12 +113,12 @@ def test_engine_aborts_queued_and_running_requests_and_reuses_slots(tiny_model_d
     assert result["running"][1] == "abort" and result["queued"] == ("", "abort")
     assert result["after"][1] == "length"
     # a fresh state per request: the request served after others equals the same request served first
-    assert run(Engine(model, tokenizer, max_batch=1), [requests[2]])["after"] == result["after"]
+    assert run(Engine(model, tokenizer, EngineConfig(max_batch=1)), [requests[2]])["after"] == result["after"]
 
 
 def test_the_traced_decoding_step_is_the_models_forward_bit_for_bit(tiny_model_dir, seed):
     """The engine's default CPU step is recorded with torch.jit.trace; it must run exactly the model's forward."""
-    from spikegpt.runtime.engine import trace_decode_step
+    from spikegpt.runtime.step import trace_decode_step
 
     model, _ = load_model(tiny_model_dir)
     batch = 4
@@ -142,14 +141,13 @@ def test_engine_counts_the_logits_it_computes_and_keeps_counts_whole(tiny_model_
     for, and one per decoding step (including the steps that feed a prompt's tail shorter than a chunk); the
     counters are int64 (issue 9, item 6)."""
     model, tokenizer = load_model(tiny_model_dir)
-    engine = Engine(model, tokenizer, max_batch=2, prefill_chunk=4)
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=2, prefill_chunk=4))
     ids = tokenizer.encode("Hello there")  # 11 tokens: two prefill chunks of 4, then 3 fed by decoding steps
     params = SamplingParams(max_tokens=5, ignore_eos=True, seed=1)
     finals = {}
-    for request in (GenerationRequest("chunked", ids, params), GenerationRequest("scored", ids, params, 2)):
-        engine.submit(request)
-    while engine.has_work():
-        finals.update({e.request_id: e for e in engine.step() if e.finish_reason})
+    requests = [GenerationRequest("chunked", ids, params), GenerationRequest("scored", ids, params, 2)]
+    for events in generate(engine, requests):
+        finals.update({e.request_id: e for e in events if e.finish_reason})
     chunked, scored = finals["chunked"].stats, finals["scored"].stats
     assert chunked.counts.dtype == chunked.reads.dtype == chunked.head_tokens.dtype == torch.long
     # the prefill's last position, the 3 fed tokens' steps (the last one's logits give the first sampled token),
@@ -174,7 +172,7 @@ def test_a_stop_string_that_never_matches_changes_nothing(tiny_model_dir):
         params = SamplingParams(max_tokens=16, seed=seed, stop_token_ids=(stop_token,))
         requests.append(GenerationRequest(f"plain-{seed}", ids, params))
         requests.append(GenerationRequest(f"stops-{seed}", ids, replace(params, stop=never)))
-    result = run(Engine(model, tokenizer, max_batch=16), requests)
+    result = run(Engine(model, tokenizer, EngineConfig(max_batch=16)), requests)
     plain = {seed: result[f"plain-{seed}"] for seed in seeds}
     for seed in seeds:
         assert result[f"stops-{seed}"] == plain[seed], seed
@@ -182,3 +180,45 @@ def test_a_stop_string_that_never_matches_changes_nothing(tiny_model_dir):
     assert "stop" in reasons  # some sequences did end on EOS or the stop token
     # and the case that lost text before: a sequence ending on EOS or the stop token right after a held-back char
     assert any(t and t[-1] in "eat " and f == "stop" for t, f in plain.values())
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"max_batch": 0}, ConfigError, "max_batch must be at least 1"),
+        ({"prefill_chunk": 0}, ConfigError, "prefill_chunk must be at least 1"),
+        ({"compile": True, "batch_invariant": False}, ConfigError, "compile needs batch_invariant"),
+        ({"prefill_chunk": 8, "cache_stride": 12}, ConfigError, "multiple of the prefill chunk 8, got 12"),
+        ({"decode": "fast"}, DecodeModeError, "decode must be one of auto, dense, sparse"),
+    ],
+)
+def test_engine_options_are_checked_where_they_are_defined(options, error, message):
+    """``EngineConfig`` refuses what the engine cannot run; the server's settings refuse it with the same words."""
+    with pytest.raises(error, match=message):
+        EngineConfig(**options)
+    if "cache_stride" not in options:  # (a stride is not a server setting)
+        with pytest.raises(SettingsError, match=message):
+            ServeSettings(**options)
+
+
+def test_the_server_and_the_cli_build_the_engines_options():
+    settings = ServeSettings(max_batch=3, decode="dense", state_cache_mb=2, prefill_chunk=4)
+    assert settings.engine_config() == EngineConfig(
+        max_batch=3, decode="dense", state_cache_bytes=2 << 20, prefill_chunk=4, prefill_rows=4
+    )
+    defaults = ServeSettings().engine_config()
+    for name in ("max_batch", "batch_invariant", "prefill_chunk", "compile", "decode"):
+        assert getattr(defaults, name) == getattr(EngineConfig(), name), name  # one definition of each default
+
+
+def test_generate_keeps_at_most_max_in_flight_requests_unfinished(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir)
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=4))
+    params = SamplingParams(max_tokens=3, ignore_eos=True, seed=1)
+    requests = [GenerationRequest(f"r{i}", tokenizer.encode("Hello"), params) for i in range(5)]
+    finished, most = [], 0
+    for events in generate(engine, requests, max_in_flight=2):
+        most = max(most, engine.running + engine.waiting)
+        finished += [e.request_id for e in events if e.finish_reason]
+    assert most == 2 and sorted(finished) == [r.request_id for r in requests]
+    assert not engine.has_work()

@@ -52,7 +52,7 @@ def test_a_row_is_the_same_bits_alone_or_among_others_and_restored(model, seed):
     crowded = whole(model, mine)
     read(model, [*others[:2], crowded, *others[2:]])
     assert same_state(alone.state, crowded.state) and torch.equal(alone.logits, crowded.logits)
-    assert torch.equal(alone.counts, crowded.counts)
+    assert torch.equal(alone.stats.counts, crowded.stats.counts)
     # restored at every boundary: the state there, then the rest read from it
     for split in range(CHUNK, len(mine), CHUNK):
         head = PrefillTask(mine, 0, split, model.fresh_state(1))

@@ -14,11 +14,11 @@ from conftest import tiny_config
 from spikegpt import SpikeGPTForCausalLM, bundled_model_path
 from spikegpt.errors import DecodeModeError
 from spikegpt.hub.checkpoint import load_model
-from spikegpt.runtime.engine import Engine, GenerationRequest
+from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest, generate
 from spikegpt.runtime.products import (
     DEFAULT_CROSSOVER,
     Crossovers,
-    DecodeProducts,
+    decode_products,
     machine_id,
     prepare_weights,
     product_key,
@@ -32,11 +32,10 @@ PROMPTS = ("ROMEO:\nWhat say you", "First Citizen:\nBefore we proceed", "KING HE
 
 def greedy_texts(engine: Engine, prompts=PROMPTS, tokens: int = 40) -> dict[str, str]:
     params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
-    for i, prompt in enumerate(prompts):
-        engine.submit(GenerationRequest(str(i), engine.tokenizer.encode(prompt), params))
+    requests = [GenerationRequest(str(i), engine.tokenizer.encode(p), params) for i, p in enumerate(prompts)]
     texts = {str(i): "" for i in range(len(prompts))}
-    while engine.has_work():
-        for event in engine.step():
+    for events in generate(engine, requests):
+        for event in events:
             assert event.finish_reason in (None, "length"), event.error
             texts[event.request_id] += event.text
     return texts
@@ -66,8 +65,12 @@ def test_every_block_projection_of_a_spike_driven_model_is_a_candidate_but_never
 def test_sparse_and_dense_decoding_give_the_same_greedy_text(request, which, batch_invariant):
     """Both placements: relu(k)² into the channel mixes' V (residual) and spike counts into every projection."""
     model, tokenizer = request.getfixturevalue(which)
-    dense = greedy_texts(Engine(model, tokenizer, max_batch=4, batch_invariant=batch_invariant, decode="dense"))
-    sparse = greedy_texts(Engine(model, tokenizer, max_batch=4, batch_invariant=batch_invariant, decode="sparse"))
+    dense = greedy_texts(
+        Engine(model, tokenizer, EngineConfig(max_batch=4, batch_invariant=batch_invariant, decode="dense"))
+    )
+    sparse = greedy_texts(
+        Engine(model, tokenizer, EngineConfig(max_batch=4, batch_invariant=batch_invariant, decode="sparse"))
+    )
     assert sparse == dense
     assert all(len(text) > 20 for text in dense.values())
 
@@ -76,7 +79,7 @@ def test_the_traced_step_records_event_driven_products_only_when_asked(bundled):
     model, _ = bundled
     tokens, state = torch.zeros(2, 1, dtype=torch.long), model.fresh_state(2)
     for mode, calls in (("dense", 0), ("sparse", model.config.n_layer)):
-        products = DecodeProducts(model, mode, batch=2)
+        products = decode_products(model, mode, batch=2)
         step = trace_decode_step(model, tokens, state, products)
         graph = str(step.traced.inlined_graph)
         assert graph.count("spikegpt::sparse_linear") == calls, mode
@@ -91,7 +94,7 @@ def test_sparse_logits_equal_dense_logits_to_float_tolerance(bundled):
     token = prompt[:, -1:]
     with torch.inference_mode():
         dense = model(token, state=state.clone()).logits
-        with DecodeProducts(model, "sparse", batch=1):
+        with decode_products(model, "sparse", batch=1):
             sparse = model(token, state=state).logits
     assert torch.allclose(sparse, dense, rtol=1e-5, atol=1e-5)
 
@@ -108,19 +111,19 @@ def crossover_file(tmp_path, value: float, model, batch: int) -> Crossovers:
 
 def test_auto_follows_the_measured_crossover_and_a_dense_batch_falls_back(bundled, tmp_path, monkeypatch):
     model, _ = bundled
-    never = DecodeProducts(model, "auto", 4, crossover_file(tmp_path, 0.0, model, batch=4))
+    never = decode_products(model, "auto", 4, crossover_file(tmp_path, 0.0, model, batch=4))
     assert never.thresholds == {}  # measured never to win: the plain dense product, no operator call
-    always = DecodeProducts(model, "auto", 4, crossover_file(tmp_path, 1.0, model, batch=4))
+    always = decode_products(model, "auto", 4, crossover_file(tmp_path, 1.0, model, batch=4))
     assert set(always.thresholds.values()) == {1.0}
     # measured at 0.5: a mostly-zero row of relu(k)^2 goes event-driven, a filled-in one densely
-    half = DecodeProducts(model, "auto", 4, crossover_file(tmp_path, 0.5, model, batch=4))
+    half = decode_products(model, "auto", 4, crossover_file(tmp_path, 0.5, model, batch=4))
     from spikegpt.kernels import sparse_torch
 
     calls = []
     event_driven = sparse_torch._active_rows_product
     monkeypatch.setattr(sparse_torch, "_active_rows_product", lambda *a: calls.append(1) or event_driven(*a))
-    value = sparse_candidates(model)[0]
     with half:
+        value = sparse_candidates(model)[0]  # the product module swapped in for the channel mix's V
         value(torch.relu(torch.randn(4, 1, value.in_features) - 0.5) ** 2)  # ~31% active, well below 0.5: sparse
         assert len(calls) == 1
         value(torch.rand(4, 1, value.in_features) + 0.1)  # no zeros: dense
@@ -146,7 +149,7 @@ def test_the_crossover_file_absent_corrupt_and_merged(tmp_path, monkeypatch):
 def test_bad_decode_modes_are_refused(bundled):
     model, tokenizer = bundled
     with pytest.raises(DecodeModeError, match="decode must be one of auto, dense, sparse"):
-        Engine(model, tokenizer, max_batch=1, decode="fast")
+        Engine(model, tokenizer, EngineConfig(max_batch=1, decode="fast"))
     from spikegpt.serve.settings import ServeSettings, SettingsError
 
     with pytest.raises(SettingsError, match="decode must be one of"):

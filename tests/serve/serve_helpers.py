@@ -1,15 +1,11 @@
 """Helpers of the serving tests: a real server (uvicorn in a thread, on a free 127.0.0.1 port, serving a saved
-model, or ``spikegpt serve`` in a subprocess) and ways to talk to it over real HTTP."""
+model; ``spikegpt serve`` in a subprocess is ``spikegpt.serve.testing.ServerProcess``, which the benchmarks use
+too) and ways to talk to it over real HTTP."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,13 +23,6 @@ from spikegpt.serve.host import load_checkpoint
 from spikegpt.serve.settings import ServeSettings
 
 TIMEOUT = httpx.Timeout(30.0)
-
-# the command installed beside this Python (where pip puts it), else the one on PATH
-SPIKEGPT = (
-    str(Path(sys.executable).with_name("spikegpt"))
-    if Path(sys.executable).with_name("spikegpt").exists()
-    else (shutil.which("spikegpt") or "spikegpt")
-)
 
 
 @dataclass
@@ -131,37 +120,3 @@ def metric_values(client: httpx.Client) -> dict[tuple, float]:
         for sample in family.samples:
             values[(sample.name, *sorted(sample.labels.items()))] = sample.value
     return values
-
-
-class ServerProcess:
-    """``spikegpt serve`` in a subprocess on a port the OS picks (read back from its log)."""
-
-    def __init__(self, *args: str):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        command = [SPIKEGPT, "serve", "--port", "0", "--threads", "1", "--no-access-log", *args]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-        self.log: list[str] = []
-        self.started = threading.Event()
-        self.url = None
-        threading.Thread(target=self._read_log, daemon=True).start()
-
-    def _read_log(self) -> None:
-        for line in self.process.stderr:
-            self.log.append(line)
-            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-            if found:
-                self.url = found.group(1)
-                self.started.set()
-
-    def wait_ready(self, timeout: float = 120) -> str:
-        assert self.started.wait(timeout), "".join(self.log)
-        deadline = time.monotonic() + timeout
-        while httpx.get(self.url + "/ready", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, "".join(self.log)
-            time.sleep(0.05)
-        return self.url
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=30)

@@ -10,10 +10,10 @@ import subprocess
 import httpx
 import pytest
 from safetensors.torch import load_file, save_file
-from serve_helpers import SPIKEGPT, ServerProcess
 
 from spikegpt.cli import build_parser, main
 from spikegpt.serve.cli import FLAGS, settings_from_args
+from spikegpt.serve.testing import SPIKEGPT, ServerProcess
 
 
 def test_help_explains_every_flag(capsys):

@@ -20,11 +20,11 @@ def faulty(tiny_model_dir):
     with run_server(tiny_settings(tiny_model_dir)) as server:
         engine = server.host.worker.engine
         poison = server.host.tokenizer.convert_tokens_to_ids(POISON)
-        original_chunk, original_step = engine.prefiller.run_chunk, engine.decode_step
+        original_chunk, original_step = engine.prefiller.run_chunk, engine.runner.decode_step
         fail_next_decode = threading.Event()
 
         def run_chunk(tasks):
-            if any(poison in t.tokens[t.position : t.position + engine.prefill_chunk] for t in tasks):
+            if any(poison in t.tokens[t.position : t.position + engine.config.prefill_chunk] for t in tasks):
                 raise RuntimeError("injected prefill failure")
             return original_chunk(tasks)
 
@@ -35,7 +35,7 @@ def faulty(tiny_model_dir):
             return original_step(tokens, state)
 
         engine.prefiller.run_chunk = run_chunk
-        engine.decode_step = decode_step
+        engine.runner.decode_step = decode_step
         server.fail_next_decode = fail_next_decode
         yield server
 
@@ -166,11 +166,11 @@ def inject(engine, stage: str, monkeypatch) -> None:
 
 def run_engine(engine, requests) -> dict:
     """Drive the engine to the end; each request's (text, finish reason, error)."""
+    from spikegpt.runtime.engine import generate
+
     out = {r.request_id: ["", None, None] for r in requests}
-    for r in requests:
-        engine.submit(r)
-    while engine.has_work():
-        for event in engine.step():
+    for events in generate(engine, requests):
+        for event in events:
             out[event.request_id][0] += event.text
             if event.finish_reason:
                 out[event.request_id][1:] = [event.finish_reason, event.error]
@@ -190,10 +190,12 @@ def good_request(tokenizer, i: int):
 def clean_run(tiny_model_dir):
     """The model, and what three requests give together when nothing fails."""
     from spikegpt.hub.checkpoint import load_model
-    from spikegpt.runtime.engine import Engine
+    from spikegpt.runtime.engine import Engine, EngineConfig
 
     model, tokenizer = load_model(tiny_model_dir)
-    clean = run_engine(Engine(model, tokenizer, max_batch=4), [good_request(tokenizer, i) for i in range(3)])
+    clean = run_engine(
+        Engine(model, tokenizer, EngineConfig(max_batch=4)), [good_request(tokenizer, i) for i in range(3)]
+    )
     return model, tokenizer, clean
 
 
@@ -202,11 +204,11 @@ def test_a_failure_at_any_stage_ends_only_that_request(clean_run, stage, monkeyp
     """Four requests run together; the marked one fails at ``stage`` (injected by monkeypatching the in-process
     engine). It alone ends, with an "error" event naming the stage; the others give exactly the text they give
     without it (the engine is batch-invariant), every slot is free afterwards, and the engine serves on."""
-    from spikegpt.runtime.engine import Engine, GenerationRequest
+    from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest
     from spikegpt.runtime.sampling import SamplingParams
 
     model, tokenizer, clean = clean_run
-    engine = Engine(model, tokenizer, max_batch=4)
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=4))
     inject(engine, stage, monkeypatch)
     params = SamplingParams(max_tokens=8, ignore_eos=True, seed=9, stop=(MARK,))
     bad = GenerationRequest("bad", tokenizer.encode("Hello there"), params)

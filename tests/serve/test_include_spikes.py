@@ -8,7 +8,7 @@ import torch
 from serve_helpers import stream_post
 
 from spikegpt.hub.checkpoint import load_model
-from spikegpt.runtime.engine import Engine, GenerationRequest
+from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest, generate
 from spikegpt.runtime.sampling import SamplingParams
 
 pytest_plugins = ["serve_fixtures"]  # the server and client fixtures
@@ -123,13 +123,13 @@ def test_the_model_card_says_how_to_read_the_counts(client, server):
 def test_engine_token_spikes_sum_to_the_final_stats(tiny_model_dir, batch_invariant):
     """Beside a request that does not ask (and gets no spikes), in both decoding paths."""
     model, tokenizer = load_model(tiny_model_dir)
-    engine = Engine(model, tokenizer, max_batch=3, batch_invariant=batch_invariant)
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=3, batch_invariant=batch_invariant))
     params = SamplingParams(max_tokens=7, ignore_eos=True, seed=4)
-    engine.submit(GenerationRequest("asks", tokenizer.encode("To be"), params, token_spikes=True))
-    engine.submit(GenerationRequest("quiet", tokenizer.encode("or not"), params))
-    events = []
-    while engine.has_work():
-        events += engine.step()
+    requests = [
+        GenerationRequest("asks", tokenizer.encode("To be"), params, token_spikes=True),
+        GenerationRequest("quiet", tokenizer.encode("or not"), params),
+    ]
+    events = [event for step in generate(engine, requests) for event in step]
     asks = [e for e in events if e.request_id == "asks"]
     assert all(e.spikes is None for e in events if e.request_id == "quiet")
     assert [e.spikes.tokens for e in asks] == [5] + [1] * 6

@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 from playground_browser import chromium, unavailable
-from serve_helpers import ServerProcess, metric_values, sse_events
+from serve_helpers import metric_values, sse_events
 
 from spikegpt.energy.render import format_bytes, format_joules
+from spikegpt.serve.testing import ServerProcess
 
 pytest_plugins = ["serve_fixtures"]  # the keyless in-process server, for the page without a key field
 

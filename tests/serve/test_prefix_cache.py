@@ -4,13 +4,11 @@ keeps a seeded request's output the same alone and under load; spike statistics 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
 from spikegpt.hub.checkpoint import load_model
-from spikegpt.runtime.engine import BACKGROUND_AFTER_IDLE_S, Engine, GenerationRequest
+from spikegpt.runtime.engine import BACKGROUND_AFTER_IDLE_S, Engine, EngineConfig, GenerationRequest, generate
 from spikegpt.runtime.sampling import SamplingParams
 
 CHUNK, STRIDE, BATCH = 8, 16, 4
@@ -29,7 +27,7 @@ class RecordingEngine(Engine):
 
     def _sample(self, ready, events):
         for seq in ready:
-            self.sampled_logits.setdefault(seq.request.request_id, []).append(self.logits[seq.slot].clone())
+            self.sampled_logits.setdefault(seq.request.request_id, []).append(self.runner.logits[seq.slot].clone())
         super()._sample(ready, events)
 
 
@@ -38,27 +36,30 @@ def tiny(tiny_model_dir):
     return load_model(tiny_model_dir)
 
 
+class Clock:
+    """The engine's clock, moved by the test: time passes only when the test says so (no sleeping)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def engine(tiny, cache_bytes: int = 1 << 24, **kwargs) -> RecordingEngine:
     model, tokenizer = tiny
     kwargs.setdefault("max_batch", BATCH)
-    return RecordingEngine(
-        model,
-        tokenizer,
-        prefill_chunk=CHUNK,
-        prefill_rows=3,
-        state_cache_bytes=cache_bytes,
-        cache_stride=STRIDE,
-        **kwargs,
+    config = EngineConfig(
+        prefill_chunk=CHUNK, prefill_rows=3, state_cache_bytes=cache_bytes, cache_stride=STRIDE, **kwargs
     )
+    return RecordingEngine(model, tokenizer, config, clock=Clock())
 
 
 def run(eng: Engine, requests: list[GenerationRequest]) -> dict:
     """Submit the requests together and drive the engine until it has nothing left (background work included)."""
-    for request in requests:
-        eng.submit(request)
     out = {r.request_id: {"text": "", "logprobs": [], "tokens": []} for r in requests}
-    while eng.has_work():
-        for event in eng.step():
+    for events in generate(eng, requests):
+        for event in events:
             record = out[event.request_id]
             record["text"] += event.text
             if event.token is not None:
@@ -133,10 +134,10 @@ def test_the_next_turn_of_a_conversation_hits_at_the_end_of_the_last(tiny, cold)
     assert same(hit, run(cold, [request("t2", turn2)])["t2"], warm, cold, "t2", "t2")
     # arriving later, it finds it done: the engine read it in the background once idle
     later = turn2 + hit["tokens"] + prompt(5, offset=6)
-    assert warm.has_background  # (the cold run above may already have taken longer than the idle wait)
-    time.sleep(BACKGROUND_AFTER_IDLE_S)
-    while warm.has_work():
-        warm.step()
+    assert warm.has_background and not warm.has_work()  # idle for no time yet: background work waits
+    warm.clock.now += BACKGROUND_AFTER_IDLE_S
+    for _ in generate(warm, []):  # background work only
+        pass
     assert not warm.has_background
     keys = warm.cache.keys(later)
     assert warm.cache.longest(later, len(later) - 1, keys) == (len(turn2) + 12) // CHUNK * CHUNK
@@ -182,9 +183,7 @@ def test_another_models_states_are_never_used(tiny, tmp_path, tiny_model_dir):
     other, _ = load_model(tiny_model_dir)
     with torch.no_grad():
         other.head.weight.mul_(1.5)
-    foreign = RecordingEngine(
-        other,
-        tokenizer,
+    config = EngineConfig(
         max_batch=BATCH,
         prefill_chunk=CHUNK,
         prefill_rows=3,
@@ -192,6 +191,7 @@ def test_another_models_states_are_never_used(tiny, tmp_path, tiny_model_dir):
         cache_stride=STRIDE,
         state_cache_dir=str(tmp_path),
     )
+    foreign = RecordingEngine(other, tokenizer, config)
     assert foreign.cache.stats.disk_entries == 0 and foreign.cache.stats.disk_skipped > 0
     assert run(foreign, [request("a", ids)])["a"]["cached"] == 0
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import free_port
-from serve_helpers import ServerProcess
+
+from spikegpt.serve.testing import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY_CONF = REPO / "docker" / "nginx" / "proxy.conf"
