@@ -16,7 +16,7 @@ from conftest import SHARED_DATA
 from doc_examples import PAGE_ADDRESS, Example, output_matches, page_examples
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # the serving tests' helpers
-from serve_helpers import ServerProcess
+from spikegpt.serve.testing import ServerProcess
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "docs" / "quickstart.md"
 BLOCK_END = "\n=== end of block ===\n"  # printed after each Python block, to tell their outputs apart

@@ -14,8 +14,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from serve_helpers import TIMEOUT, ServerProcess, run_server, tiny_settings
+from serve_helpers import TIMEOUT, run_server, tiny_settings
 from test_errors import OK, check_error
+
+from spikegpt.serve.testing import ServerProcess
 
 MAX_CHARS = 100_000
 FAULTS = {  # the last message → (what the template does with it, what the 400 says)

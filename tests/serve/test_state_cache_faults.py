@@ -18,8 +18,10 @@ import torch
 from conftest import watched_fifo
 from safetensors import safe_open
 from safetensors.torch import load, save_file
-from serve_helpers import ServerProcess, run_server, tiny_settings
+from serve_helpers import run_server, tiny_settings
 from transformers import AutoTokenizer
+
+from spikegpt.serve.testing import ServerProcess
 
 CHUNK = 8
 PROMPT_CHARS = 100  # one token per character; the longest cached prefix of a prompt is 96 tokens
