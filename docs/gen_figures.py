@@ -83,6 +83,9 @@ def source_note(*names: str) -> str:
 
 def bench_module(name: str) -> ModuleType:
     """A script of ``bench/`` as a module, for its table renderers."""
+    bench = str(ROOT / "bench")
+    if bench not in sys.path:  # the scripts import their siblings (bench/common.py), as when they run
+        sys.path.insert(0, bench)
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
