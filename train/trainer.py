@@ -90,7 +90,8 @@ def converted_model(source: str, overrides: dict) -> SpikeGPTForCausalLM:
         source, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True, **overrides
     )
     if info["mismatched_keys"]:
-        names = ", ".join(f"{k} {tuple(saved)} -> {tuple(new)}" for k, saved, new in info["mismatched_keys"][:5])
+        shapes = sorted(info["mismatched_keys"])[:5]
+        names = ", ".join(f"{k} {tuple(saved)} -> {tuple(new)}" for k, saved, new in shapes)
         raise TrainingError(f"--init-from {source}: the options change the shape of {names}")
     kept = len(model.state_dict()) - len(info["missing_keys"])
     logger.info("initialised from %s: %d tensors kept; new (initialised): %s; left behind: %s", source, kept,
