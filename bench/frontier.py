@@ -346,7 +346,8 @@ def markdown(results: dict) -> str:
             "| strict µJ/token · × int8 | event µJ/token · × int8 | decode × | goals met |")  # fmt: skip
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in (results["twin"], results["int8_twin"]):
-        lines.append(f"| {r['name']} | — | — | {r['steps_total']} | {r['bits_per_byte']:.4f} | — | — | — "
+        lines.append(f"| {r['name']} | — | — | {r['steps_total']} | {r['bits_per_byte']:.4f} | — "
+                     f"| {r['input_zero_fraction']:.3f} | — "
                      f"| {_energy_cell(r, 'strict')} | {_energy_cell(r, 'event')} | — | — |")  # fmt: skip
     for r in results["models"]:
         met = sum(r["goals"].values())
@@ -377,7 +378,7 @@ def figure(results: dict, path: Path) -> None:
     from spikegpt.energy.render import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(9, 6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(11, 6), layout="constrained")
     twin = results["twin"]["bits_per_byte"]
     colours = {"counts": "tab:blue", "binary": "tab:orange"}
     for r in results["models"]:
@@ -393,13 +394,15 @@ def figure(results: dict, path: Path) -> None:
     for encoding, colour in colours.items():
         ax.scatter([], [], color=colour, label=f"input spikes: {encoding}")
     ax.set_xscale("log")
-    ax.set_xlim(0.02, 3)
+    spikes = [max(r["spikes_per_input"], 1e-3) for r in results["models"]] or [GOAL_SPIKES]
+    ax.set_xlim(min(min(spikes) / 2, 0.02), max(max(spikes) * 2, 1.0))
     values = [r["bits_per_byte"] for r in results["models"]] + [twin]
     ax.set_ylim(min(values) - 0.05, max(values) + 0.05)
-    ax.set_xlabel("spikes per input element (all block products, held-out tail)")
-    ax.set_ylabel("bits per byte (held-out tail)")
+    where = "held-out tail" if results["max_blocks"] is None else f"first {results['max_blocks']} held-out blocks"
+    ax.set_xlabel(f"spikes per input element (all block products, {where})")
+    ax.set_ylabel(f"bits per byte ({where})")
     ax.set_title("Spike-driven SpikeGPT: quality against sparsity")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
