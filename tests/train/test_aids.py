@@ -197,7 +197,9 @@ def test_a_run_with_every_aid_resumes_exactly(tmp_path, encoding):
     config = json.loads((tmp_path / "straight" / "config.json").read_text())  # the targets, not a ramp's value
     assert config["learned_thresholds"] and config["spike_placement"] == "inputs"
     assert (config["spike_count_scale"], config["spike_count_max"], config["lif_threshold"]) == (
-        options.get("spike_count_scale", 1.0), options.get("spike_count_max", 4), options.get("lif_threshold", 1.0)
+        options.get("spike_count_scale", 1.0),
+        options.get("spike_count_max", 4),
+        options.get("lif_threshold", 1.0),
     )
 
 
