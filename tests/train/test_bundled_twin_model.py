@@ -15,6 +15,7 @@ from train_helpers import as_saved, offline  # noqa: F401 (offline is an autouse
 from spikegpt import bundled_model_path
 from spikegpt.cli import main
 from spikegpt.hub.checkpoint import BUNDLED_MODELS, load_model, saved_files
+from spikegpt.modeling.code_files import code_files
 from spikegpt.train.trainer import model_source
 
 NAME = "spikegpt-shakespeare-twin"
@@ -45,7 +46,8 @@ def test_the_twin_files_are_what_saving_writes_now(tmp_path):
     (``trust_remote_code``), as every checkpoint now carries them; its card says how to load it."""
     model, tokenizer = load_model(NAME)
     written = saved_files(model, tokenizer, tmp_path)
-    assert {"chat_template.jinja", "configuration_spikegpt.py", "modeling_spikegpt.py"} <= set(written)
+    assert {"chat_template.jinja", *code_files()} <= set(written)
+    assert {path.name for path in TWIN.glob("*.py")} == set(code_files()), "stale code files"
     for name, data in written.items():
         if name != "model.safetensors":
             stale = f"{name} is stale: run python scripts/refresh_bundled_model.py"
