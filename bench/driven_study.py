@@ -46,8 +46,10 @@ def trained_steps(path: Path) -> int | None:
     return None
 
 
-def study_row(name: str, path: str, dataset: str, batch_size: int, max_blocks: int | None, profile=None) -> dict:
-    model, tokenizer = load_model(path)
+def evaluate_model(path: str, dataset: str, batch_size: int, max_blocks: int | None, weight_bits: int | None = None):
+    """The model at ``path`` on the held-out tail of ``dataset`` (as ``spikegpt eval``): its study row without
+    energy, its spike statistics and its config. ``weight_bits``: its weights on that grid (post-training)."""
+    model, tokenizer = load_model(path, weight_bits=weight_bits)
     corpus = load_corpus(DataSource(dataset))
     stream = eval_stream(corpus, tokenizer, "validation", "train", 0.1)
     blocks, unknown = stream.packed(model.config.ctx_len)
@@ -56,7 +58,6 @@ def study_row(name: str, path: str, dataset: str, batch_size: int, max_blocks: i
     result, stats = evaluate_with_stats(model, eval_set, batch_size, progress=False)
     c, driven = model.config, model.layout.spiking_inputs
     row = {
-        "name": name,
         "model": str(path),
         "steps": trained_steps(Path(path)),
         "spike_placement": c.spike_placement if c.spiking else "none (spiking off)",
@@ -68,10 +69,16 @@ def study_row(name: str, path: str, dataset: str, batch_size: int, max_blocks: i
         "residual_firing_rate": result.firing_rate,
         "site_rates": result.site_rates,
         "input_zero_fraction": result.input_zero_fraction,
+        "spikes_per_input": result.spikes_per_input,
         "inputs": result.inputs,
-        "energy": {},
         "eval_seconds": round(time.perf_counter() - started, 1),
     }
+    return row, stats, c
+
+
+def study_row(name: str, path: str, dataset: str, batch_size: int, max_blocks: int | None, profile=None) -> dict:
+    row, stats, c = evaluate_model(path, dataset, batch_size, max_blocks)
+    row = {"name": name, **row, "energy": {}}
     for rule in RULES:
         report = energy_report(stats, c, rule, profile)
         baselines = {b.name: b for b in report.baselines}

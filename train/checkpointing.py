@@ -174,7 +174,8 @@ class DataPosition:
         self.batches.load_state_dict(state["ranks"][self.rank])  # the process count was checked before
 
 
-FP32_PARAMETERS = ("time_decay", "time_first")  # the WKV decay and bonus: exponentiated, so kept in fp32
+# exponentiated, so kept in fp32: the WKV decay and bonus, and the encoders' learned log-thresholds
+FP32_PARAMETERS = ("time_decay", "time_first", "log_threshold")
 
 
 def export_model(
@@ -183,7 +184,7 @@ def export_model(
     """The final model into ``output_dir`` itself (a Hugging Face directory), each file written beside its target
     and renamed over it, so a killed export never leaves a truncated file. ``state_dict`` is the whole model's
     (``Accelerator.get_state_dict``, which gathers FSDP and ZeRO-3 shards); ``dtype`` (e.g. torch.bfloat16) stores
-    all of it but time_decay and time_first in that type, while the config still says float32: a spike is a
+    all of it but ``FP32_PARAMETERS`` in that type, while the config still says float32: a spike is a
     threshold test, and half-precision arithmetic would flip some, so the model is meant to compute in fp32
     (transformers upcasts on load)."""
     root = Path(output_dir)

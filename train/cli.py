@@ -32,7 +32,7 @@ MODEL_FLAGS = {
         "where the spikes go: 'residual' (published SpikeGPT) or 'inputs' (every projection reads spikes)",
     ),
     "input_spikes": (str, "with --spike-placement inputs: 'binary' (LIF spikes) or 'counts' (integer spike counts)"),
-    "spike_count_max": (int, "with --input-spikes counts: K, the largest count (inputs in -K..K)"),
+    "spike_count_max": (int, "with --input-spikes counts: K, the largest count (inputs in -K..K; 1: ternary spikes)"),
     "spike_count_scale": (float, "with --input-spikes counts: k in the adaptive threshold mean|x| / k"),
 }
 SHIPPED = sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
@@ -85,6 +85,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="LIF and embedding spikes on (default) or off (--no-spiking: the non-spiking reference model)",
     )
     model.add_argument(
+        "--learned-thresholds",
+        action=argparse.BooleanOptionalAction,
+        dest="model.learned_thresholds",
+        help="with --spike-placement inputs: learn a threshold multiplier per projection input (LSQ's gradient for "
+        "counts, the surrogate's for binary spikes); a converted model's new tensors start at 1x",
+    )
+    model.add_argument(
         "--train-tokenizer",
         action="store_const",
         const="bpe",
@@ -96,6 +103,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "dataset": parser.add_argument_group("data"),
         "batch_size": parser.add_argument_group("optimisation"),
         "threshold_start": parser.add_argument_group("spiking extras"),
+        "teacher": parser.add_argument_group(
+            "training aids of spike-driven models (conversion: --init-from a non-spiking model with the spiking "
+            "model options)"
+        ),
         "max_steps": parser.add_argument_group("length, evaluation, checkpoints, logs"),
         "push_to_hub": parser.add_argument_group("publishing"),
     }
@@ -228,6 +239,7 @@ def run_eval(args: argparse.Namespace) -> int:
     for site, rate in result.site_rates.items():
         print(f"  {site:<20} {rate:.4f}")
     print(f"zero inputs        {result.input_zero_fraction:.4f} of the projections' input elements")
+    print(f"spikes per input   {result.spikes_per_input:.4f} (summed spike magnitudes per input element)")
     for name, read in result.inputs.items():
         print(f"  {name:<26} zero {read['zero_fraction']:.4f}  spikes/input {read['spikes_per_input']:.4f}")
     return 0

@@ -109,6 +109,20 @@ class TrainConfig:
     threshold_anneal_steps: int = field(
         default=0, metadata={"help": "steps over which the LIF threshold ramps from --threshold-start to its target"}
     )
+    spike_count_scale_start: float | None = field(
+        default=None,
+        metadata={"help": "scale annealing of spike counts: k (threshold mean|x| / k) at step 0, ramped "
+                  "geometrically to the model's spike_count_scale over --count-anneal-steps; a larger k starts "
+                  "dense (more nonzero inputs), a smaller target ends sparse"},
+    )  # fmt: skip
+    spike_count_max_start: int | None = field(
+        default=None,
+        metadata={"help": "K annealing of spike counts: the largest count at step 0, ramped linearly (to whole "
+                  "numbers) to the model's spike_count_max over --count-anneal-steps, e.g. 4 -> 1 (ternary)"},
+    )  # fmt: skip
+    count_anneal_steps: int = field(
+        default=0, metadata={"help": "steps over which --spike-count-scale-start and --spike-count-max-start ramp"}
+    )
     weight_bits: int | None = field(
         default=None,
         metadata={
@@ -120,6 +134,34 @@ class TrainConfig:
     )
     l2wrap: bool = field(
         default=False, metadata={"help": "the original's L2Wrap: penalise each position's largest logit (1e-4)"}
+    )
+    # training aids of spike-driven models (conversion: --init-from a non-spiking checkpoint with --spike-placement
+    # inputs and the encoding's options; the run logs which tensors are new)
+    teacher: str | None = field(
+        default=None,
+        metadata={"help": "distillation: a model (directory, bundled name or Hub id) with the same tokenizer whose "
+                  "next-token distribution the model learns; it runs in the same process, in eval mode, without "
+                  "gradients"},
+    )  # fmt: skip
+    distill_weight: float = field(
+        default=0.5,
+        metadata={"help": "with --teacher: the objective is (1 - w) x cross-entropy + w x T^2 x KL(teacher || "
+                  "model), both distributions at temperature T"},
+    )  # fmt: skip
+    distill_temperature: float = field(
+        default=2.0, metadata={"help": "with --teacher: the temperature T of both distributions in the KL term"}
+    )
+    spike_penalty: float = field(
+        default=0.0,
+        metadata={"help": "sparsity penalty (spike-driven models): adds this weight x the spikes per input element "
+                  "(mean |count| over every projection's input; above --spike-target only) to the objective"},
+    )  # fmt: skip
+    spike_target: float | None = field(
+        default=None,
+        metadata={"help": "with --spike-penalty: spikes per input element below which nothing is added"},
+    )
+    spike_penalty_warmup_steps: int = field(
+        default=0, metadata={"help": "with --spike-penalty: steps over which its weight ramps up from 0"}
     )
     # length of the run
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps to train for"})
@@ -170,6 +212,8 @@ class TrainConfig:
             "eval_interval",
             "save_interval",
             "threshold_anneal_steps",
+            "count_anneal_steps",
+            "spike_penalty_warmup_steps",
             "validation_documents",
         ):
             if getattr(self, name) < 0:
@@ -182,6 +226,7 @@ class TrainConfig:
             raise TrainingError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         if self.threshold_start is not None and self.threshold_anneal_steps == 0:
             raise TrainingError("threshold_start needs threshold_anneal_steps > 0 (the length of the ramp)")
+        self._check_aids()
         if self.weight_bits is not None:
             try:
                 check_weight_bits(self.weight_bits)
@@ -191,6 +236,24 @@ class TrainConfig:
                 raise TrainingError("weight_bits needs export_dtype fp32: only fp32 holds every grid value exactly")
         if self.push_to_hub and not self.hub_id:
             raise TrainingError("--push-to-hub needs --hub-id (e.g. your-name/spikegpt-tiny)")
+
+    def _check_aids(self) -> None:
+        """The training aids' options on their own (what the model must be for them: ``Trainer``)."""
+        starts = [n for n in ("spike_count_scale_start", "spike_count_max_start") if getattr(self, n) is not None]
+        if starts and self.count_anneal_steps == 0:
+            raise TrainingError(f"{starts[0]} needs count_anneal_steps > 0 (the length of the ramp)")
+        if self.spike_count_scale_start is not None and not self.spike_count_scale_start > 0:
+            raise TrainingError(f"spike_count_scale_start must be positive, got {self.spike_count_scale_start}")
+        if self.spike_count_max_start is not None and self.spike_count_max_start < 1:
+            raise TrainingError(f"spike_count_max_start must be at least 1, got {self.spike_count_max_start}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise TrainingError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if not self.distill_temperature > 0:
+            raise TrainingError(f"distill_temperature must be positive, got {self.distill_temperature}")
+        if self.spike_penalty < 0:
+            raise TrainingError(f"spike_penalty must be 0 (off) or positive, got {self.spike_penalty}")
+        if self.spike_target is not None and (self.spike_target < 0 or self.spike_penalty == 0):
+            raise TrainingError("spike_target needs spike_penalty > 0 and must be 0 or more")
 
     def run_length_given(self) -> None:
         if self.max_steps is None and self.max_tokens is None:

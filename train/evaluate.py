@@ -95,6 +95,13 @@ class SpikeTotals:
     def site_rates(self) -> dict[str, float]:
         return dict(zip(self.sites, self.stats().site_rates().tolist(), strict=True))
 
+    def input_totals(self) -> dict[str, float]:
+        """Over every projection's input elements: the fraction that were zero and the spikes read per element."""
+        widths = torch.tensor(self.fan_ins, dtype=torch.long)
+        elements = max(int((widths * self.tokens.cpu()).sum()), 1)
+        nonzero, spikes = self.reads.sum(dim=0).tolist()
+        return {"zero_fraction": 1 - nonzero / elements, "spikes_per_input": spikes / elements}
+
     def input_stats(self) -> dict[str, dict[str, float]]:
         """Per projection: the fraction of its input elements that were zero and the spikes it read per input
         element (the summed counts; 0 for real-valued inputs, which carry no spikes)."""
@@ -121,6 +128,7 @@ class EvalResult:
     site_rates: dict[str, float]  # per site: the embedding, then each block's att.lif and ffn.lif
     inputs: dict[str, dict[str, float]]  # per projection: zero_fraction and spikes_per_input of what it read
     input_zero_fraction: float  # over all projections' input elements
+    spikes_per_input: float  # summed spike magnitudes per input element, over all projections (0: real inputs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +179,7 @@ def evaluate_with_stats(
     model.train(was_training)
     nats = float(loss_sum)
     bits = nats * n_targets / math.log(2)
+    totals = spikes.input_totals()
     result = EvalResult(
         loss=nats,
         perplexity=math.exp(min(nats, 700.0)),
@@ -184,14 +193,9 @@ def evaluate_with_stats(
         firing_rate=float(spikes.stats().firing_rate()),
         site_rates=spikes.site_rates(),
         inputs=spikes.input_stats(),
-        input_zero_fraction=_zero_fraction(spikes),
+        input_zero_fraction=totals["zero_fraction"],
+        spikes_per_input=totals["spikes_per_input"],
     )
     stats = spikes.stats()
     stats.head_tokens = stats.tokens.clone()
     return result, stats
-
-
-def _zero_fraction(spikes: SpikeTotals) -> float:
-    widths = torch.tensor(spikes.fan_ins, dtype=torch.long)
-    elements = int((widths * spikes.tokens.cpu()).sum())
-    return 1 - int(spikes.reads[:, 0].sum()) / max(elements, 1)

@@ -40,7 +40,8 @@ DTYPES = {
 
 
 ASSETS = Path(__file__).parent.parent / "assets"
-BUNDLED_MODELS = ("spikegpt-shakespeare", "spikegpt-shakespeare-driven")  # the first is the default
+# the first is the default; the third is the non-spiking twin of both (the study's reference and teacher)
+BUNDLED_MODELS = ("spikegpt-shakespeare", "spikegpt-shakespeare-driven", "spikegpt-shakespeare-twin")
 
 
 def default_model_path() -> Path:
@@ -50,8 +51,9 @@ def default_model_path() -> Path:
 
 def bundled_model_path(name: str) -> Path:
     """Directory of a model bundled with the package, by name (``BUNDLED_MODELS``), so ``--model NAME`` works
-    from any directory: ``spikegpt-shakespeare`` (the default) or ``spikegpt-shakespeare-driven`` (spike-driven:
-    every projection reads spike counts; README, "Where the spikes go")."""
+    from any directory: ``spikegpt-shakespeare`` (the default), ``spikegpt-shakespeare-driven`` (spike-driven:
+    every projection reads spike counts; README, "Where the spikes go") or ``spikegpt-shakespeare-twin`` (the same
+    recipe with spiking off: their non-spiking reference)."""
     if name not in BUNDLED_MODELS:
         raise CheckpointError(f"no bundled model {name!r}; the bundled models are {', '.join(BUNDLED_MODELS)}")
     return ASSETS / name

@@ -65,7 +65,13 @@ class SpikeGPTConfig(PreTrainedConfig):
             threshold theta = mean|x| / spike_count_scale per token and projection; the product reads the counts
             and its output is scaled by theta; stateless).
         spike_count_max: K, the largest spike count per element and token.
-        spike_count_scale: k in theta = mean|x| / k: larger k, finer steps and fewer zeros.
+        spike_count_scale: k in theta = mean|x| / k: larger k, finer steps and fewer zeros. With
+            spike_count_max 1 the counts are signed ternary spikes (-1, 0, 1; 0 or 1 after relu(k)^2).
+        learned_thresholds: every projection's input threshold carries a learned multiplier exp(a), one scalar a
+            per projection (``log_threshold`` of its encoder, 0 at the start: the threshold as configured). Counts:
+            theta = exp(a) mean|x| / k, trained through the spikes with LSQ's straight-through gradient (Esser et
+            al., ICLR 2020, as SpikeLM learns its spike amplitude). Binary: the LIF threshold becomes exp(a) times
+            lif_threshold (the input is divided by exp(a); LIF dynamics are linear in their input).
     Original inference quirks (see README, "Original weights"):
         rescale_layer: when > 0, block i's time-mix output and channel-mix value projection are divided by
             2^(i // rescale_layer) and the residual stream halved after every rescale_layer-th block, as the
@@ -97,6 +103,7 @@ class SpikeGPTConfig(PreTrainedConfig):
     input_spikes: str = "counts"
     spike_count_max: int = 4
     spike_count_scale: float = 1.0
+    learned_thresholds: bool = False
     rescale_layer: int = 0
     weight_bits: int | None = None
     bos_token_id: int | None = None

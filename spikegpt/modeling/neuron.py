@@ -13,7 +13,7 @@ from torch import nn
 from .config import SpikeGPTConfig
 from .ops import LIFParams, lif, spike, spike_count
 
-__all__ = ["EmbeddingSpikes", "InputSpikes", "LIFLayer", "input_reads", "spike"]
+__all__ = ["EmbeddingSpikes", "InputSpikes", "LIFLayer", "input_reads", "lsq_primitive", "spike"]
 
 
 def lif_params(config: SpikeGPTConfig) -> LIFParams:
@@ -74,6 +74,12 @@ class InputSpikes(nn.Module):
     ``[B, sum(widths)]`` carried in the recurrent state; "counts": per input and token, integer counts
     round(x / θ) clipped to −K..K (0..K unsigned) with θ = mean|x| / spike_count_scale (detached, so θ only
     scales), no membrane. A product of counts is then multiplied by θ: ``W (θ s) = θ (W s)``.
+
+    ``config.learned_thresholds``: ``log_threshold`` ``[n_parts]`` holds a learned a per input (per projection),
+    θ_i = exp(a_i) θ. Counts: the gradient reaches a through θ's two uses, the product's scale and x / θ in the
+    counts (straight through): d(θ s)/dθ = s − x/θ inside −K..K and s outside, LSQ's step-size gradient
+    (``lsq_primitive``; LSQ's gradient scale is left out: Adam normalises each parameter's step anyway). Binary:
+    input i is divided by exp(a_i) before the LIF, as a threshold exp(a_i) times lif_threshold.
     """
 
     def __init__(self, config: SpikeGPTConfig, widths: tuple[int, ...], signed: tuple[bool, ...]):
@@ -81,24 +87,43 @@ class InputSpikes(nn.Module):
         self.config = config
         self.widths, self.signed = widths, signed
         self.membrane_width = sum(widths) if config.input_spikes == "binary" else 0
+        learned = nn.Parameter(torch.zeros(len(widths))) if config.learned_thresholds else None
+        self.register_parameter("log_threshold", learned)
 
     def forward(self, parts: list[torch.Tensor], v0: torch.Tensor | None):
         """parts ``[B, T, width_i]`` → (spikes per part, scale per part (``[B, T, 1]`` or None), membrane
         ``[B, membrane_width]``, reads ``[B, n_parts, 2]`` int64 as ``input_reads``)."""
         c = self.config
         if c.input_spikes == "binary":
+            if self.log_threshold is not None:
+                parts = [x * torch.exp(-a).to(x.dtype) for x, a in zip(parts, self.log_threshold, strict=True)]
             x = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
             out, v_last = lif(x, v0, lif_params(c))
             spikes = list(torch.split(out, self.widths, dim=-1))
             scales = [None] * len(parts)
         else:
             spikes, scales = [], []
-            for x, signed in zip(parts, self.signed, strict=True):
-                theta = x.detach().abs().mean(dim=-1, keepdim=True).div_(c.spike_count_scale)
-                theta = theta.clamp_(min=torch.finfo(theta.dtype).tiny)
+            for i, (x, signed) in enumerate(zip(parts, self.signed, strict=True)):
+                theta = self._count_threshold(x, i)
                 low = -c.spike_count_max if signed else 0
                 spikes.append(spike_count(x / theta, low, c.spike_count_max))
                 scales.append(theta)
             v_last = parts[0].new_zeros(parts[0].shape[0], 0, dtype=torch.float32)
         reads = torch.stack([input_reads(s, integer=True) for s in spikes], dim=1)
         return spikes, scales, v_last, reads
+
+    def _count_threshold(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """θ ``[B, T, 1]`` of input ``part``: mean|x| / k per token (detached), times the learned exp(a) if any."""
+        theta = x.detach().abs().mean(dim=-1, keepdim=True).div_(self.config.spike_count_scale)
+        if self.log_threshold is None:
+            return theta.clamp_(min=torch.finfo(theta.dtype).tiny)
+        theta = theta * torch.exp(self.log_threshold[part]).to(theta.dtype)
+        return theta.clamp(min=torch.finfo(theta.dtype).tiny)
+
+
+def lsq_primitive(x: torch.Tensor, theta: torch.Tensor, at: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """The function of θ whose derivative the learned threshold's backward uses at θ = ``at`` (used by tests):
+    θ s + θ clamp(x/θ) − θ clamp(x/at), with the counts s = clamp(round(x/at)) held. At θ = at its value is the
+    encoded input θ s, and its derivative in θ is LSQ's: s − x/θ inside low..high, s outside."""
+    counts = torch.round(x / at).clamp(low, high)
+    return theta * counts + theta * ((x / theta).clamp(low, high) - (x / at).clamp(low, high))

@@ -7,6 +7,8 @@ numbers (seen at the dispatcher), and the receipts the forward counts equal what
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import lively_weights_, tiny_config
@@ -15,19 +17,26 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
 from spikegpt.errors import ConfigError
 from spikegpt.kernels.surrogate import count_primitive, spike_count
-from spikegpt.modeling.neuron import InputSpikes
+from spikegpt.modeling.neuron import InputSpikes, lsq_primitive
+from spikegpt.runtime.step import trace_decode_step
 
 ENCODINGS = {
     "binary": dict(spike_placement="inputs", input_spikes="binary", lif_threshold=0.25),  # fires on random weights
     "counts": dict(spike_placement="inputs", input_spikes="counts", spike_count_max=3, spike_count_scale=1.5),
 }
+# the same with a learned threshold per projection (driven_model sets them away from 1x)
+ENCODINGS |= {f"{name}-learned": dict(fields, learned_thresholds=True) for name, fields in ENCODINGS.items()}
 SPLITS = [[1] * 17, [5, 1, 11], [16, 1]]
 
 
 def driven_model(seed: int, encoding: str, **overrides) -> SpikeGPTForCausalLM:
     torch.manual_seed(seed)
-    model = SpikeGPTForCausalLM(tiny_config(**ENCODINGS[encoding], **overrides))
-    return lively_weights_(model, seed).eval()
+    model = lively_weights_(SpikeGPTForCausalLM(tiny_config(**ENCODINGS[encoding], **overrides)), seed)
+    with torch.no_grad():  # learned thresholds between 0.6x and 1.6x: every encoder still fires
+        for name, param in model.named_parameters():
+            if name.endswith("log_threshold"):
+                param.uniform_(-0.5, 0.5)
+    return model.eval()
 
 
 def encoder_spikes(model, ids, sizes):
@@ -71,7 +80,8 @@ def test_inputs_placement_pieces_equal_one_pass(encoding, ffn_pre, sizes, seed):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     # per block: time mix K|V|R and O (4d), channel mix K|R and V (2d + F); layer 0 with ffn_pre: two channel mixes
     width = whole_state.input_v.shape[-1]
-    assert width == (0 if encoding == "counts" else 2 * (2 * 32 + 128) if ffn_pre else 4 * 32 + 2 * 32 + 128)
+    binary = model.config.input_spikes == "binary"
+    assert width == (0 if not binary else 2 * (2 * 32 + 128) if ffn_pre else 4 * 32 + 2 * 32 + 128)
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
@@ -112,6 +122,102 @@ def test_count_encoder_by_hand():
     assert reads.tolist() == [[[6, 4 + 8]]]  # nonzero elements, summed magnitudes
     (unsigned,), _, _, _ = InputSpikes(config, (4,), (False,))([x], None)
     assert unsigned.tolist() == [[[0.0, 0.0, 3.0, 0.0], [2.0, 2.0, 2.0, 0.0]]]
+
+
+@pytest.mark.parametrize(
+    "k_max, signed_counts, unsigned_counts",
+    [
+        # x / theta = [0.3, -1.2, 4.5, 0] and [1.5, 1.5, 1.5, -1.5] (theta 1 and 4/3, as above)
+        (1, [[0, -1, 1, 0], [1, 1, 1, -1]], [[0, 0, 1, 0], [1, 1, 1, 0]]),  # ternary: -1, 0, 1 (0, 1 unsigned)
+        (2, [[0, -1, 2, 0], [2, 2, 2, -2]], [[0, 0, 2, 0], [2, 2, 2, 0]]),
+    ],
+    ids=["ternary", "k2"],
+)
+def test_ternary_and_two_level_counts_by_hand(k_max, signed_counts, unsigned_counts):
+    """spike_count_max 1 is the signed ternary spike (SpikeLM's, with the adaptive threshold as amplitude) and 2
+    the two-level one: the same encoder, clipped at K."""
+    config = tiny_config(**{**ENCODINGS["counts"], "spike_count_max": k_max})
+    x = torch.tensor([[[0.3, -1.2, 4.5, 0.0], [2.0, 2.0, 2.0, -2.0]]])
+    (signed,), (scale,), _, reads = InputSpikes(config, (4,), (True,))([x], None)
+    assert signed[0].tolist() == signed_counts
+    assert scale.flatten().tolist() == pytest.approx([1.0, 4 / 3])
+    magnitude = sum(abs(v) for row in signed_counts for v in row)
+    assert reads.tolist() == [[[6, magnitude]]]
+    (unsigned,), _, _, _ = InputSpikes(config, (4,), (False,))([x], None)
+    assert unsigned[0].tolist() == unsigned_counts
+
+
+def test_learned_thresholds_by_hand():
+    """exp(a) multiplies each input's threshold: counts divide by exp(a) θ and carry it as their scale; binary
+    spikes are those of a LIF with threshold exp(a) lif_threshold. At a = 0 both are the plain encoders."""
+    x = torch.tensor([[[0.3, -1.2, 4.5, 0.0], [2.0, 2.0, 2.0, -2.0]]])
+    counts = InputSpikes(tiny_config(**ENCODINGS["counts-learned"]), (4, 4), (True, True))
+    plain = InputSpikes(tiny_config(**ENCODINGS["counts"]), (4, 4), (True, True))
+    assert torch.equal(counts([x, x], None)[0][0], plain([x, x], None)[0][0])
+    with torch.no_grad():
+        counts.log_threshold.copy_(torch.tensor([0.0, math.log(2.0)]))
+    (same, doubled), (_, scale), _, _ = counts([x, x], None)
+    assert same.equal(plain([x, x], None)[0][0])
+    # theta 2 and 8/3: [0.15, -0.6, 2.25, 0] and [0.75, 0.75, 0.75, -0.75] round (half to even) to:
+    assert doubled[0].tolist() == [[0, -1, 2, 0], [1, 1, 1, -1]]
+    assert scale.flatten().tolist() == pytest.approx([2.0, 8 / 3])
+
+    a = torch.tensor([[[0.6], [0.6], [0.6], [2.0]]])
+    binary = InputSpikes(tiny_config(**{**ENCODINGS["binary-learned"], "lif_threshold": 0.5}), (1, 1), (True, True))
+    with torch.no_grad():
+        binary.log_threshold.copy_(torch.tensor([math.log(2.0), 0.0]))
+    (high, low), _, membrane, _ = binary([a, a], None)
+    # threshold 1 (h 0.3, 0.45, 0.525, 1.2625) and 0.5 (h 0.3, 0.45, 0.525 spike -> 0, 1.0 spike)
+    assert high.flatten().tolist() == [0, 0, 0, 1] and low.flatten().tolist() == [0, 0, 1, 1]
+    assert membrane.tolist() == [[0.0, 0.0]]
+
+
+def test_learned_threshold_gradient_is_the_derivative_of_its_primitive():
+    """d/da of a projection of learned-threshold counts, W (θ s) with θ = exp(a) mean|x| / k, against central
+    differences of the same expression with θ s replaced by its primitive (``lsq_primitive``) held at a."""
+    torch.manual_seed(0)
+    config = tiny_config(**ENCODINGS["counts-learned"])
+    encoder = InputSpikes(config, (16,), (True,)).double()
+    with torch.no_grad():
+        encoder.log_threshold.fill_(0.3)
+    x = torch.randn(2, 5, 16, dtype=torch.float64) * 3
+    weight = torch.randn(7, 16, dtype=torch.float64)
+    grad_out = torch.randn(2, 5, 7, dtype=torch.float64)
+    (counts,), (scale,), _, _ = encoder([x], None)
+    (grad,) = torch.autograd.grad(((counts @ weight.T) * scale * grad_out).sum(), encoder.log_threshold)
+
+    mean = x.abs().mean(dim=-1, keepdim=True) / config.spike_count_scale
+    at = torch.exp(torch.tensor(0.3, dtype=torch.float64)) * mean
+
+    def primitive(a: float) -> torch.Tensor:
+        theta = math.exp(a) * mean
+        encoded = lsq_primitive(x, theta, at, -config.spike_count_max, config.spike_count_max)
+        return ((encoded @ weight.T) * grad_out).sum()
+
+    h = 1e-6
+    finite = (primitive(0.3 + h) - primitive(0.3 - h)) / (2 * h)
+    assert float(grad) != 0.0
+    torch.testing.assert_close(grad, finite.reshape(1), rtol=1e-6, atol=1e-9)
+    # LSQ's step-size gradient, elementwise: s - x/θ inside -K..K, s outside
+    u = x / at
+    inside = (u >= -config.spike_count_max) & (u <= config.spike_count_max)
+    lsq = torch.where(inside, counts - u, counts)
+    torch.testing.assert_close(grad, ((lsq @ weight.T) * grad_out * at).sum().reshape(1), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("encoding", ["counts-learned", "binary-learned"])
+def test_the_traced_decoding_step_uses_the_learned_thresholds(encoding, seed):
+    """The engine's and generate()'s recorded step computes what the forward computes, learned thresholds and all."""
+    model = driven_model(seed, encoding)
+    assert any(float(p.detach().abs().max()) > 0.1 for n, p in model.named_parameters() if n.endswith("log_threshold"))
+    ids = torch.randint(0, model.config.vocab_size, (2, 6))
+    with torch.inference_mode():
+        state = model(ids[:, :5], use_cache=True).state
+        step = trace_decode_step(model, ids[:, 5:], state)
+        logits, new_state, _ = step(ids[:, 5:], state)
+        eager = model(ids[:, 5:], state=state)
+    assert torch.equal(logits, eager.logits[:, -1])
+    assert all(torch.equal(a, b) for a, b in zip(new_state.tensors(), eager.state.tensors(), strict=True))
 
 
 def test_binary_encoder_by_hand():
@@ -169,7 +275,7 @@ def test_every_product_but_the_head_reads_whole_numbers(encoding, seed):
     for activation in blocks:
         assert torch.equal(activation, activation.round())
         assert (activation != 0).any() and (activation == 0).any()
-        if encoding == "binary":
+        if model.config.input_spikes == "binary":
             assert set(activation.unique().tolist()) <= {0.0, 1.0}
         else:
             assert activation.abs().max() <= model.config.spike_count_max

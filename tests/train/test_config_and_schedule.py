@@ -17,8 +17,8 @@ from spikegpt.cli import build_parser
 from spikegpt.errors import TrainingError
 from spikegpt.train.cli import SHIPPED, command_line, config_from_args
 from spikegpt.train.config import TrainConfig, default_config_path, make_config, read_config_file
+from spikegpt.train.objective import l2wrap_penalty
 from spikegpt.train.schedule import learning_rate, lif_threshold
-from spikegpt.train.trainer import l2wrap_penalty
 
 
 def parse(*argv: str):

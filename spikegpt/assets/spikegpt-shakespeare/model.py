@@ -251,7 +251,7 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
     config_class = SpikeGPTConfig
     base_model_prefix = "model"
     _no_split_modules = ["Block"]
-    _keep_in_fp32_modules = ["time_decay", "time_first"]
+    _keep_in_fp32_modules = ["time_decay", "time_first", "log_threshold"]
     _is_stateful = True
     supports_gradient_checkpointing = False
 
@@ -291,6 +291,8 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
             else:
                 gain = math.sqrt(out_features / in_features) if out_features > in_features else 1.0
                 init.orthogonal_(module.weight, gain=gain * scale)
+        elif isinstance(module, InputSpikes) and module.log_threshold is not None:
+            init.zeros_(module.log_threshold)  # exp(0) = 1: the thresholds as configured
         elif isinstance(module, nn.Embedding):
             init.orthogonal_(module.weight, gain=math.sqrt(max(module.weight.shape)) * 1e-4)
         elif isinstance(module, nn.LayerNorm):
