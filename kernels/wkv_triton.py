@@ -182,7 +182,7 @@ def _wkv_backward_kernel(
             g_bonus = gy_den * e2 * (v - y)
             # state update to the next token, and which term the running maximum kept
             f1 = tl.exp(mx + w - mx_next)
-            f2 = tl.exp(k - mx_next)
+            f2 = tl.exp(tl.where(live, k - mx_next, float("-inf")))  # (a padded token's weight is 0, not inf)
             carried = mx + w >= k
             gk = g_bonus + f2 * (v * gn + gd) + tl.where(carried, 0.0, reach)
             gv = gy_den * e2 + f2 * gn
