@@ -27,13 +27,18 @@ def test_the_tokenizer_pads_on_the_left_with_its_pad_token(model_and_tokenizer):
     assert batch["attention_mask"][:, -1].all() and not batch["attention_mask"][1, 0]
 
 
-def test_batched_greedy_generate_equals_one_row_at_a_time(model_and_tokenizer):
+@pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam-search"])
+def test_batched_generate_equals_one_row_at_a_time(model_and_tokenizer, num_beams):
     model, tokenizer = model_and_tokenizer
+    options = dict(max_new_tokens=12, do_sample=False, num_beams=num_beams)
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
-    together = model.generate(**batch, max_new_tokens=12, do_sample=False)[:, batch["input_ids"].shape[1] :]
+    together = model.generate(**batch, **options)[:, batch["input_ids"].shape[1] :]
     for row, prompt in enumerate(PROMPTS):
-        alone = model.generate(**tokenizer([prompt], return_tensors="pt"), max_new_tokens=12, do_sample=False)
-        assert torch.equal(together[row], alone[0, -12:]), prompt
+        single = tokenizer([prompt], return_tensors="pt")
+        alone = model.generate(**single, **options)[0, single["input_ids"].shape[1] :]
+        # a row that ends (end-of-text) before the batch does is filled with the pad token
+        assert torch.equal(together[row, : len(alone)], alone), prompt
+        assert (together[row, len(alone) :] == tokenizer.pad_token_id).all(), prompt
 
 
 def test_pipeline_batches_of_different_lengths_equal_one_prompt_at_a_time(model_and_tokenizer):
