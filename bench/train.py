@@ -56,13 +56,13 @@ def stub_kernels():
     import spikegpt.modeling.model
     import spikegpt.modeling.neuron
 
-    def wkv(w, u, k, v, state):
+    def wkv(w, u, k, v, state, mask=None):
         y = torch.sigmoid(k + u) * v
         if state is None:
             state = tuple(torch.zeros(k.shape[0], k.shape[2]) for _ in range(3))
         return y, state
 
-    def lif(x, v0, params, return_counts=False):
+    def lif(x, v0, params, return_counts=False, mask=None):
         spikes = x + ((x >= params.threshold).to(x.dtype) - x).detach()  # straight-through
         counts = spikes.detach().sum(dim=1)
         return spikes, torch.zeros(x.shape[0], x.shape[2]), counts

@@ -67,17 +67,19 @@ def wkv(
     k: torch.Tensor,
     v: torch.Tensor,
     state: State | None = None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, State]:
     """WKV over k, v ``[B, T, C]`` with decay ``w = -exp(time_decay)`` and bonus ``u = time_first`` (both ``[C]``).
 
-    ``state`` is ``(num, den, max)``, three fp32 ``[B, C]`` tensors, or None for a fresh sequence.
+    ``state`` is ``(num, den, max)``, three fp32 ``[B, C]`` tensors, or None for a fresh sequence. ``mask``
+    ``[B, T]`` bool marks the real tokens (None: all): a padded position outputs 0 and leaves the state as it was.
     Returns ``(y [B, T, C], new_state)``; differentiable in w, u, k, v and the incoming state.
     """
     if kernel_backend(k, k.shape[1] if k.dim() == 3 else None) == "triton":
         from .wkv_triton import wkv_triton
 
-        return wkv_triton(w, u, k, v, state)
-    return wkv_torch(w, u, k, v, state)
+        return wkv_triton(w, u, k, v, state, mask)
+    return wkv_torch(w, u, k, v, state, mask)
 
 
 def lif(
@@ -85,9 +87,11 @@ def lif(
     v0: torch.Tensor | None = None,
     params: LIFParams = DEFAULT_LIF,
     return_counts: bool = False,
+    mask: torch.Tensor | None = None,
 ):
     """Multi-step LIF over x ``[B, T, C]`` from membrane ``v0`` ``[B, C]`` (None: zero), with the neurons'
-    settings ``params``.
+    settings ``params``. ``mask`` ``[B, T]`` bool marks the real tokens (None: all): at a padded position nothing
+    fires and the membrane stays as it was.
 
     Returns ``(spikes, v_last)``, or ``(spikes, v_last, counts)`` with ``return_counts``, where ``counts``
     ``[B, C]`` (fp32) is the number of spikes per channel, so spike statistics need no second pass.
@@ -95,8 +99,8 @@ def lif(
     if kernel_backend(x, x.shape[1] if x.dim() == 3 else None) == "triton":
         from .lif_triton import lif_triton
 
-        return lif_triton(x, v0, params, return_counts)
-    return lif_torch(x, v0, params, return_counts)
+        return lif_triton(x, v0, params, return_counts, mask)
+    return lif_torch(x, v0, params, return_counts, mask)
 
 
 def _int8_compiled(tensor: torch.Tensor) -> bool:

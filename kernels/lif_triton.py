@@ -9,6 +9,10 @@ The forward saves the membrane only at the start of every chunk of ``CHUNK`` tok
 chunk's charged membranes from that checkpoint into a per-program scratch (cache-resident), then runs the
 reference's reverse recurrence over it: the forward reads x and writes spikes, the backward reads x and the
 spikes' gradient and writes x's.
+
+A padding mask (``HAS_MASK``: one byte per (row, token), nonzero = real) joins the test that already stops the
+neuron past the sequence's end: at a padded token nothing fires, the membrane and its gradient pass through, and
+the spike and x's gradient are 0, as in the reference.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .surrogate import SURROGATES
 def _lif_forward_kernel(
     x_ptr,
     v0_ptr,
+    mask_ptr,  # [B, T] int8, nonzero = a real token (read only with HAS_MASK)
     params_ptr,  # [1/tau, threshold, alpha, 1 - 1/tau] in the membrane's dtype
     spikes_ptr,
     v_last_ptr,  # [B, C]
@@ -36,6 +41,7 @@ def _lif_forward_kernel(
     C,
     n_chunks,
     HAS_V0: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     HARD_RESET: tl.constexpr,
     ACC: tl.constexpr,
     SAVE: tl.constexpr,
@@ -59,14 +65,17 @@ def _lif_forward_kernel(
             tl.store(checkpoint_ptr + (b * n_chunks + chunk) * C + cs, v, mask=cmask)
         for s in tl.static_range(CHUNK):
             t = chunk * CHUNK + s
-            live = t < T
+            inside = t < T
+            live = inside
+            if HAS_MASK:
+                live = inside & (tl.load(mask_ptr + b * T + t, mask=inside, other=0) != 0)
             at = seq + t * C
             x = tl.load(x_ptr + at, mask=cmask & live, other=0).to(ACC)
             h = v + (x - v) * inv_tau
-            fired = h >= threshold
+            fired = (h >= threshold) & live
             spike = tl.where(fired, 1.0, 0.0)  # (Triton's interpreter cannot cast booleans to bf16)
-            tl.store(spikes_ptr + at, spike.to(spikes_ptr.dtype.element_ty), mask=cmask & live)
-            count += (fired & live).to(tl.float32)
+            tl.store(spikes_ptr + at, spike.to(spikes_ptr.dtype.element_ty), mask=cmask & inside)
+            count += fired.to(tl.float32)
             if HARD_RESET:
                 after = tl.where(fired, 0.0, h)
             else:
@@ -78,6 +87,7 @@ def _lif_forward_kernel(
 
 def _lif_backward_kernel(
     x_ptr,
+    mask_ptr,  # [B, T] int8, as the forward's
     params_ptr,
     checkpoint_ptr,  # [B, n_chunks, C] from the forward
     grad_spikes_ptr,
@@ -88,6 +98,7 @@ def _lif_backward_kernel(
     T,
     C,
     n_chunks,
+    HAS_MASK: tl.constexpr,
     HARD_RESET: tl.constexpr,
     SURROGATE: tl.constexpr,  # index in surrogate.SURROGATES
     ACC: tl.constexpr,
@@ -111,19 +122,25 @@ def _lif_backward_kernel(
         for s in tl.static_range(CHUNK):  # recompute the charged membrane of each token of the chunk
             t = chunk * CHUNK + s
             live = t < T
+            if HAS_MASK:
+                live = live & (tl.load(mask_ptr + b * T + t, mask=live, other=0) != 0)
             x = tl.load(x_ptr + seq + t * C, mask=cmask & live, other=0).to(ACC)
             h = v + (x - v) * inv_tau
             tl.store(scratch + s * C, h, mask=cmask)
             fired = h >= threshold
             if HARD_RESET:
-                v = tl.where(fired, 0.0, h)
+                after = tl.where(fired, 0.0, h)
             else:
-                v = tl.where(fired, h - threshold, h)
+                after = tl.where(fired, h - threshold, h)
+            v = tl.where(live, after, v)
         tl.debug_barrier()
         for i in tl.static_range(CHUNK):
             s = CHUNK - 1 - i
             t = chunk * CHUNK + s
-            live = t < T
+            inside = t < T
+            live = inside
+            if HAS_MASK:
+                live = inside & (tl.load(mask_ptr + b * T + t, mask=inside, other=0) != 0)
             at = seq + t * C
             h = tl.load(scratch + s * C, mask=cmask, other=0)
             gs = tl.load(grad_spikes_ptr + at, mask=cmask & live, other=0).to(ACC)
@@ -139,7 +156,8 @@ def _lif_backward_kernel(
             else:
                 dv_dh = 1 - threshold * sg
             gh = gv * dv_dh + gs * sg
-            tl.store(grad_x_ptr + at, (gh * inv_tau).to(grad_x_ptr.dtype.element_ty), mask=cmask & live)
+            grad_x = tl.where(live, gh * inv_tau, 0.0)
+            tl.store(grad_x_ptr + at, grad_x.to(grad_x_ptr.dtype.element_ty), mask=cmask & inside)
             gv = tl.where(live, gh * keep, gv)
         tl.debug_barrier()
     tl.store(grad_v0_ptr + row, gv, mask=cmask)
@@ -147,11 +165,12 @@ def _lif_backward_kernel(
 
 class _LIFTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, v0, neuron, chunk, block):
+    def forward(ctx, x, v0, neuron, mask, chunk, block):
         batch, length, channels = x.shape
         acc = support.accumulator(x.dtype)
         mdtype = support.state_dtype(x.dtype)
         x = x.contiguous()
+        mask_bytes = mask.to(torch.int8).contiguous() if mask is not None else x  # x: never read without a mask
         inv_tau, reset, surrogate = neuron.inv_tau, neuron.reset, neuron.surrogate
         # the reference multiplies by the Python float 1/tau, i.e. by its rounding to the membrane's dtype
         params = torch.tensor([inv_tau, neuron.threshold, neuron.alpha, 1 - inv_tau], dtype=mdtype, device=x.device)
@@ -164,20 +183,20 @@ class _LIFTriton(torch.autograd.Function):
         v0_arg = v0.contiguous() if v0 is not None else v_last  # not read without HAS_V0
         support.launch(
             _lif_forward_kernel, support.grid(batch, channels, block),
-            (x, v0_arg, params, spikes, v_last, counts, checkpoints, length, channels, n_chunks),
-            HAS_V0=v0 is not None, HARD_RESET=reset == "hard", ACC=acc, SAVE=save, CHUNK=chunk, BLOCK_C=block,
-            enable_fp_fusion=False,
+            (x, v0_arg, mask_bytes, params, spikes, v_last, counts, checkpoints, length, channels, n_chunks),
+            HAS_V0=v0 is not None, HAS_MASK=mask is not None, HARD_RESET=reset == "hard", ACC=acc, SAVE=save,
+            CHUNK=chunk, BLOCK_C=block, enable_fp_fusion=False,
         )  # fmt: skip
         ctx.mark_non_differentiable(counts)
         if save:
-            ctx.save_for_backward(x, params, checkpoints)
-            ctx.config = (reset, surrogate, chunk, block, acc, None if v0 is None else v0.dtype)
+            ctx.save_for_backward(x, mask_bytes, params, checkpoints)
+            ctx.config = (reset, surrogate, chunk, block, acc, None if v0 is None else v0.dtype, mask is not None)
         return spikes, v_last, counts
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v_last, _grad_counts):
-        x, params, checkpoints = ctx.saved_tensors
-        reset, surrogate, chunk, block, acc, v0_dtype = ctx.config
+        x, mask_bytes, params, checkpoints = ctx.saved_tensors
+        reset, surrogate, chunk, block, acc, v0_dtype, has_mask = ctx.config
         batch, length, channels = x.shape
         grad_x = support.empty(x.shape, x.dtype, x.device)
         grad_v0 = support.empty((batch, channels), params.dtype, x.device)
@@ -185,13 +204,14 @@ class _LIFTriton(torch.autograd.Function):
         support.launch(
             _lif_backward_kernel, support.grid(batch, channels, block),
             (
-                x, params, checkpoints, grad_spikes.contiguous(), grad_v_last.contiguous(), grad_x, grad_v0, scratch,
-                length, channels, checkpoints.shape[1],
+                x, mask_bytes, params, checkpoints, grad_spikes.contiguous(), grad_v_last.contiguous(), grad_x, grad_v0,
+                scratch, length, channels, checkpoints.shape[1],
             ),
-            HARD_RESET=reset == "hard", SURROGATE=SURROGATES.index(surrogate), ACC=acc, CHUNK=chunk, BLOCK_C=block,
+            HAS_MASK=has_mask, HARD_RESET=reset == "hard", SURROGATE=SURROGATES.index(surrogate), ACC=acc,
+            CHUNK=chunk, BLOCK_C=block,
         )  # fmt: skip
         grad_v0 = None if v0_dtype is None else grad_v0.to(v0_dtype)
-        return grad_x, grad_v0, None, None, None
+        return grad_x, grad_v0, None, None, None, None
 
 
 def lif_triton(
@@ -199,6 +219,7 @@ def lif_triton(
     v0: torch.Tensor | None = None,
     params: LIFParams = DEFAULT_LIF,
     return_counts: bool = False,
+    mask: torch.Tensor | None = None,
     *,
     chunk: int = support.CHUNK,
     block_c: int | None = None,
@@ -207,8 +228,8 @@ def lif_triton(
 
     ``chunk`` (tokens per checkpoint) and ``block_c`` (channels per program, a power of two) tune the launch.
     """
-    check_lif_args(x, v0, params)
+    check_lif_args(x, v0, params, mask)
     support.check_device(x)
     chunk, block = support.tiling(x.shape[2], chunk, block_c)
-    spikes, v_last, counts = _LIFTriton.apply(x, v0, params, chunk, block)
+    spikes, v_last, counts = _LIFTriton.apply(x, v0, params, mask, chunk, block)
     return (spikes, v_last, counts) if return_counts else (spikes, v_last)

@@ -11,6 +11,10 @@ Its gradient is the one ``wkv_torch.wkv_scan`` writes out in torch (see its ``ba
 gN, gD of the true numerator and denominator run backwards with the state's own decay, and the gradient of the
 returned maximum follows the running maximum back to the term that attains it. Memory traffic is thus close to
 the floor: the forward reads k, v and writes y; the backward reads k, v, dy and writes dk, dv.
+
+A padding mask (``HAS_MASK``: one byte per (row, token), nonzero = real) joins the test that already stops the
+recurrence past the sequence's end: a padded token leaves the state, and every gradient carried through it, as
+they were, and its output and its gradients are 0, as in the reference.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def _wkv_forward_kernel(
     u_ptr,
     k_ptr,
     v_ptr,
+    mask_ptr,  # [B, T] int8, nonzero = a real token (read only with HAS_MASK)
     state_in_ptr,  # [3, B, C]: num, den, max
     y_ptr,
     state_out_ptr,  # [3, B, C]
@@ -40,6 +45,7 @@ def _wkv_forward_kernel(
     n_chunks,
     ACC: tl.constexpr,
     SAVE: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -61,7 +67,10 @@ def _wkv_forward_kernel(
             tl.store(saved + 2 * C, mx, mask=cmask)
         for s in tl.static_range(CHUNK):
             t = chunk * CHUNK + s
-            live = t < T
+            inside = t < T
+            live = inside
+            if HAS_MASK:
+                live = inside & (tl.load(mask_ptr + b * T + t, mask=inside, other=0) != 0)
             at = seq + t * C
             k = tl.load(k_ptr + at, mask=cmask & live, other=0).to(ACC)
             v = tl.load(v_ptr + at, mask=cmask & live, other=0).to(ACC)
@@ -69,8 +78,8 @@ def _wkv_forward_kernel(
             q = tl.maximum(mx, uk)
             e1 = tl.exp(mx - q)
             e2 = tl.exp(uk - q)
-            y = (e1 * num + e2 * v) / (e1 * den + e2)
-            tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=cmask & live)
+            y = tl.where(live, (e1 * num + e2 * v) / (e1 * den + e2), 0.0)
+            tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=cmask & inside)
             p = tl.maximum(mx + w, k)
             f1 = tl.exp(mx + w - p)
             f2 = tl.exp(k - p)
@@ -87,6 +96,7 @@ def _wkv_backward_kernel(
     u_ptr,
     k_ptr,
     v_ptr,
+    mask_ptr,  # [B, T] int8, as the forward's
     checkpoint_ptr,  # [B, n_chunks, 3, C] from the forward
     state_out_ptr,  # [3, B, C] from the forward
     grad_y_ptr,
@@ -102,6 +112,7 @@ def _wkv_backward_kernel(
     C,
     n_chunks,
     ACC: tl.constexpr,
+    HAS_MASK: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -131,6 +142,8 @@ def _wkv_backward_kernel(
         for s in tl.static_range(CHUNK):  # recompute the state before each token of the chunk
             t = chunk * CHUNK + s
             live = t < T
+            if HAS_MASK:
+                live = live & (tl.load(mask_ptr + b * T + t, mask=live, other=0) != 0)
             tl.store(scratch + s * 3 * C, num, mask=cmask)
             tl.store(scratch + s * 3 * C + C, den, mask=cmask)
             tl.store(scratch + s * 3 * C + 2 * C, mx, mask=cmask)
@@ -147,7 +160,10 @@ def _wkv_backward_kernel(
         for i in tl.static_range(CHUNK):
             s = CHUNK - 1 - i
             t = chunk * CHUNK + s
-            live = t < T
+            inside = t < T
+            live = inside
+            if HAS_MASK:
+                live = inside & (tl.load(mask_ptr + b * T + t, mask=inside, other=0) != 0)
             at = seq + t * C
             num = tl.load(scratch + s * 3 * C, mask=cmask, other=0)
             den = tl.load(scratch + s * 3 * C + C, mask=cmask, other=0)
@@ -166,12 +182,14 @@ def _wkv_backward_kernel(
             g_bonus = gy_den * e2 * (v - y)
             # state update to the next token, and which term the running maximum kept
             f1 = tl.exp(mx + w - mx_next)
-            f2 = tl.exp(k - mx_next)
+            f2 = tl.exp(tl.where(live, k - mx_next, float("-inf")))  # (a padded token's weight is 0, not inf)
             carried = mx + w >= k
             gk = g_bonus + f2 * (v * gn + gd) + tl.where(carried, 0.0, reach)
             gv = gy_den * e2 + f2 * gn
-            tl.store(grad_k_ptr + at, gk.to(grad_k_ptr.dtype.element_ty), mask=cmask & live)
-            tl.store(grad_v_ptr + at, gv.to(grad_v_ptr.dtype.element_ty), mask=cmask & live)
+            gk = tl.where(live, gk, 0.0)
+            gv = tl.where(live, gv, 0.0)
+            tl.store(grad_k_ptr + at, gk.to(grad_k_ptr.dtype.element_ty), mask=cmask & inside)
+            tl.store(grad_v_ptr + at, gv.to(grad_v_ptr.dtype.element_ty), mask=cmask & inside)
             gw += tl.where(live, f1 * (num * gn + den * gd) + tl.where(carried, reach, 0.0), 0.0)
             gu += tl.where(live, g_bonus, 0.0)
             to_num = gy_den * e1
@@ -191,11 +209,12 @@ def _wkv_backward_kernel(
 
 class _WKVTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w, u, k, v, num, den, mx, chunk, block):
+    def forward(ctx, w, u, k, v, num, den, mx, mask, chunk, block):
         batch, length, channels = k.shape
         acc = support.accumulator(k.dtype)
         sdtype = support.state_dtype(k.dtype)
         w, u, k, v = (t.contiguous() for t in (w, u, k, v))
+        mask_bytes = mask.to(torch.int8).contiguous() if mask is not None else k  # k: never read without a mask
         state_in = torch.stack([num, den, mx]).to(sdtype)
         n_chunks = triton.cdiv(length, chunk)
         save = any(ctx.needs_input_grad[:7])
@@ -204,17 +223,18 @@ class _WKVTriton(torch.autograd.Function):
         checkpoints = support.empty((batch, n_chunks, 3, channels) if save else (1,), sdtype, k.device)
         support.launch(
             _wkv_forward_kernel, support.grid(batch, channels, block),
-            (w, u, k, v, state_in, y, state_out, checkpoints, batch, length, channels, n_chunks),
-            ACC=acc, SAVE=save, CHUNK=chunk, BLOCK_C=block,
+            (w, u, k, v, mask_bytes, state_in, y, state_out, checkpoints, batch, length, channels, n_chunks),
+            ACC=acc, SAVE=save, HAS_MASK=mask is not None, CHUNK=chunk, BLOCK_C=block,
         )  # fmt: skip
         if save:
-            ctx.save_for_backward(w, u, k, v, checkpoints, state_out)
+            ctx.save_for_backward(w, u, k, v, mask_bytes, checkpoints, state_out)
+            ctx.has_mask = mask is not None
             ctx.config = (chunk, block, acc, (num.dtype, den.dtype, mx.dtype))
         return y, *state_out.unbind(0)
 
     @staticmethod
     def backward(ctx, grad_y, grad_num, grad_den, grad_max):
-        w, u, k, v, checkpoints, state_out = ctx.saved_tensors
+        w, u, k, v, mask_bytes, checkpoints, state_out = ctx.saved_tensors
         chunk, block, acc, state_dtypes = ctx.config
         batch, length, channels = k.shape
         sdtype = state_out.dtype
@@ -228,14 +248,14 @@ class _WKVTriton(torch.autograd.Function):
         support.launch(
             _wkv_backward_kernel, support.grid(batch, channels, block),
             (
-                w, u, k, v, checkpoints, state_out, grad_y.contiguous(), grad_state_out,
+                w, u, k, v, mask_bytes, checkpoints, state_out, grad_y.contiguous(), grad_state_out,
                 grad_k, grad_v, grad_w, grad_u, grad_state_in, scratch,
                 batch, length, channels, checkpoints.shape[1],
             ),
-            ACC=acc, CHUNK=chunk, BLOCK_C=block,
+            ACC=acc, HAS_MASK=ctx.has_mask, CHUNK=chunk, BLOCK_C=block,
         )  # fmt: skip
         grad_state = (g.to(d) for g, d in zip(grad_state_in.unbind(0), state_dtypes, strict=True))
-        return grad_w.sum(0).to(w.dtype), grad_u.sum(0).to(u.dtype), grad_k, grad_v, *grad_state, None, None
+        return grad_w.sum(0).to(w.dtype), grad_u.sum(0).to(u.dtype), grad_k, grad_v, *grad_state, None, None, None
 
 
 def wkv_triton(
@@ -244,6 +264,7 @@ def wkv_triton(
     k: torch.Tensor,
     v: torch.Tensor,
     state: State | None = None,
+    mask: torch.Tensor | None = None,
     *,
     chunk: int = support.CHUNK,
     block_c: int | None = None,
@@ -252,12 +273,12 @@ def wkv_triton(
 
     ``chunk`` (tokens per checkpoint) and ``block_c`` (channels per program, a power of two) tune the launch.
     """
-    check_wkv_args(w, u, k, v, state)
+    check_wkv_args(w, u, k, v, state, mask)
     support.check_device(k)
     if state is None:
         state = fresh_state(k.shape[0], k.shape[2], k.device)
     if k.shape[1] == 0:
         return k.new_empty(k.shape), tuple(s.to(support.state_dtype(k.dtype)) for s in state)
     chunk, block = support.tiling(k.shape[2], chunk, block_c)
-    y, *new_state = _WKVTriton.apply(w, u, k, v, *state, chunk, block)
+    y, *new_state = _WKVTriton.apply(w, u, k, v, *state, mask, chunk, block)
     return y, tuple(new_state)

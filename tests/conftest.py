@@ -129,7 +129,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny SpikeGPT (random lively weights) with a character tokenizer: a real Hugging Face directory."""
     path = tmp_path_factory.mktemp("tiny-spikegpt")
     tokenizer = char_tokenizer(ALPHABET)
-    config = tiny_config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    config = tiny_config(
+        vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     model = lively_weights_(SpikeGPTForCausalLM(config), seed=1234).eval()
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -69,7 +69,10 @@ def build_model(cfg: TrainConfig, tokenizer, resume_from: Path | None = None) ->
             return SpikeGPTForCausalLM(SpikeGPTConfig.from_pretrained(resume_from))
         if cfg.init_from is None:
             config = SpikeGPTConfig(
-                vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, **cfg.fresh_model_fields()
+                vocab_size=len(tokenizer),
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                **cfg.fresh_model_fields(),
             )
             return SpikeGPTForCausalLM(config)
         model = converted_model(model_source(cfg.init_from), cfg.model)

@@ -248,6 +248,15 @@ def _check_weights(model: SpikeGPTForCausalLM, files: list[Path], source: str) -
             )
 
 
+def _adopt_pad_token(model: SpikeGPTForCausalLM, tokenizer: PreTrainedTokenizerFast) -> None:
+    """A checkpoint saved before tokenizers had a pad token: its config and generation config take the one its
+    tokenizer has now (``load_tokenizer``), so that ``generate()`` pads batches without asking."""
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None and model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
 def load_model(
     source: str | Path | None = None,
     device: str = "cpu",
@@ -289,6 +298,7 @@ def load_model(
         raise CheckpointError(
             f"{source}: the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}"
         )
+    _adopt_pad_token(model, tokenizer)
     if weight_bits is not None:
         quantize_model_(model, weight_bits)
     return model.to(target).eval(), tokenizer

@@ -162,7 +162,9 @@ ORIGINAL_UNKNOWN = "\ue083"
 def read_char_vocab(path: Path, vocab_size: int, report: Callable[[str], None]):
     """The original's character vocabulary file: JSON ``{"index": "char"}``, UTF-16 (as it writes it) or UTF-8.
     Unknown characters become the original's placeholder when the file has it, else an added ``<|unk|>`` when the
-    checkpoint has a spare token; with neither there is no token for them, and ``report`` says so."""
+    checkpoint has a spare token; with neither there is no token for them, and ``report`` says so. The pad token is
+    an added ``<|pad|>`` when a token is still spare, else the unknown token (``char_tokenizer``): the checkpoint's
+    vocabulary size never changes."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such character vocabulary file")
     raw = path.read_bytes()
@@ -179,14 +181,14 @@ def read_char_vocab(path: Path, vocab_size: int, report: Callable[[str], None]):
     except KeyError as e:
         raise CheckpointError(f"{path}: character vocabulary has a gap at index {e}") from e
     if ORIGINAL_UNKNOWN in chars:
-        return char_tokenizer(chars, end_of_text=False, unknown=ORIGINAL_UNKNOWN)
+        return char_tokenizer(chars, end_of_text=False, unknown=ORIGINAL_UNKNOWN, pad=len(chars) < vocab_size)
     if len(chars) < vocab_size:
-        return char_tokenizer(chars, end_of_text=False)
+        return char_tokenizer(chars, end_of_text=False, pad=len(chars) + 1 < vocab_size)
     report(
         f"warning: {path} fills the checkpoint's {vocab_size} tokens and has no unknown character "
         f"({ORIGINAL_UNKNOWN!r}): characters outside it will get no token"
     )
-    return char_tokenizer(chars, end_of_text=False, unknown=None)
+    return char_tokenizer(chars, end_of_text=False, unknown=None, pad=False)
 
 
 def convert_checkpoint(
@@ -211,6 +213,7 @@ def convert_checkpoint(
         tokenizer = load_tokenizer(options.tokenizer)
     if tokenizer is not None:
         config.eos_token_id = tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id
         if len(tokenizer) > config.vocab_size:
             raise CheckpointError(
                 f"the tokenizer has {len(tokenizer)} tokens but the checkpoint's vocabulary only {config.vocab_size}"

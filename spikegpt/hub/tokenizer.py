@@ -2,7 +2,8 @@
 characters a vocabulary cannot spell, and incremental detokenization.
 
 Every tokenizer is a ``PreTrainedTokenizerFast`` around a ``tokenizer.json``, so it is saved and loaded with a
-checkpoint like any Hugging Face tokenizer, chat template and unknown token included.
+checkpoint like any Hugging Face tokenizer, chat template, unknown and pad tokens included. It pads on the left,
+as batched generation with a decoder-only model needs (the model skips padded positions exactly).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..errors import TokenizerError
 
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"  # a character vocabulary's unknown token when it has no end-of-text token to use instead
+PAD = "<|pad|>"  # a character vocabulary's pad token when it has no end-of-text token to use instead
 
 # THE chat format of SpikeGPT models: plain text, one turn per paragraph, each turn its speaker's name on a line of
 # its own and the text on the next (as a play's script, which the bundled models learned from), ending with the
@@ -51,21 +53,33 @@ CHAT_TEMPLATE = (
 CHAT_STOP = ("\n\n",)
 
 
-def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+def _wrap(tokenizer: Tokenizer, pad_token: str | None = None) -> PreTrainedTokenizerFast:
     """As a transformers tokenizer, with ``<|endoftext|>`` as its EOS token when the vocabulary has it, the unknown
-    token its model names, and the chat template."""
+    token its model names, ``pad_token`` (default: the EOS token, as GPT-2's users do; the model never reads a
+    padded position, so any token serves), left padding and the chat template."""
     eos_token = END_OF_TEXT if tokenizer.token_to_id(END_OF_TEXT) is not None else None
     unk_token = getattr(tokenizer.model, "unk_token", None)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos_token, unk_token=unk_token)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=eos_token,
+        unk_token=unk_token,
+        pad_token=pad_token or eos_token,
+        padding_side="left",
+    )
     fast.model_max_length = 1 << 30  # a recurrent model has no context limit at inference
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
 def _complete(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
-    """What a checkpoint saved before the chat template and the unknown token needs to behave like a new one."""
+    """What a checkpoint saved before the chat template, the unknown and the pad token needs to behave like a new
+    one."""
     if not tokenizer.chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if "padding_side" not in tokenizer.init_kwargs:  # saved before padding was left (and saved with it)
+        tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"
     for where_it_was_loaded_from in ("is_local", "local_files_only"):  # not settings to save with a checkpoint
         tokenizer.init_kwargs.pop(where_it_was_loaded_from, None)
     model = tokenizer.backend_tokenizer.model
@@ -92,7 +106,9 @@ def load_tokenizer(source: str | os.PathLike) -> PreTrainedTokenizerFast:
         raise TokenizerError(f"cannot load a tokenizer from {source}: {first_line}") from e
 
 
-def char_tokenizer(chars: Iterable[str], end_of_text: bool = True, unknown: str | None = "") -> PreTrainedTokenizerFast:
+def char_tokenizer(
+    chars: Iterable[str], end_of_text: bool = True, unknown: str | None = "", pad: bool = True
+) -> PreTrainedTokenizerFast:
     """A character vocabulary (the original SpikeGPT's enwik8 set-up): token i is the i-th distinct character of
     ``chars`` (pass ``sorted(set(text))`` for a canonical order), then ``<|endoftext|>`` if ``end_of_text``.
 
@@ -100,7 +116,11 @@ def char_tokenizer(chars: Iterable[str], end_of_text: bool = True, unknown: str 
     default (``unknown=""``) that is ``<|endoftext|>`` when there is one (GPT-2's convention, which keeps the
     vocabulary at one token past the characters), else an added ``<|unk|>``; ``unknown`` may instead name one of
     ``chars`` (the original's placeholder character), or be None for a vocabulary that must keep its size and has
-    no token to spare (unknown characters then get no token: ``may_lose_characters`` is False, so say so)."""
+    no token to spare (unknown characters then get no token: ``may_lose_characters`` is False, so say so).
+
+    The pad token (batches of different lengths) is ``<|endoftext|>`` when there is one; otherwise, with ``pad``,
+    an added ``<|pad|>``, and without it (no token to spare) the unknown token, if any: the model never reads a
+    padded position, so any token serves."""
     ordered = list(dict.fromkeys(chars))
     if not ordered or any(len(ch) != 1 for ch in ordered):
         raise TokenizerError("a character vocabulary needs at least one character, each a single code point")
@@ -111,13 +131,16 @@ def char_tokenizer(chars: Iterable[str], end_of_text: bool = True, unknown: str 
     if unknown == "":
         unknown = END_OF_TEXT if end_of_text else UNKNOWN
         specials = [unknown]
+    pad_token = END_OF_TEXT if end_of_text else PAD if pad else unknown
+    if pad_token == PAD:
+        specials.append(PAD)
     for special in specials:
         vocab[special] = len(vocab)
     # no merges: one token per character; fuse_unk off: one unknown token per unknown character
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=unknown, fuse_unk=False))
     tokenizer.decoder = decoders.Fuse()
     tokenizer.add_special_tokens(specials)
-    return _wrap(tokenizer)
+    return _wrap(tokenizer, pad_token)
 
 
 def _spells_characters(tokenizer: PreTrainedTokenizerFast) -> bool:

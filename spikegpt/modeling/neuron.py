@@ -3,6 +3,9 @@ stream, and the encoders of the projections' inputs (placement "inputs").
 
 Both take their membrane (if any) as an argument and return the new one, so no request's state can leak into
 another's. With ``config.spiking = False`` both are the identity, for a non-spiking reference model.
+
+Each also takes a padding ``mask`` ``[B, T]`` (bool, True = a real token; None = all real): a padded position
+changes no membrane and is counted nowhere (no spikes, no reads).
 """
 
 from __future__ import annotations
@@ -21,18 +24,26 @@ def lif_params(config: SpikeGPTConfig) -> LIFParams:
     return LIFParams(config.lif_tau, config.lif_threshold, config.lif_reset, config.surrogate, config.surrogate_alpha)
 
 
-def _nonzero_per_row(x: torch.Tensor) -> torch.Tensor:
-    """``[B]`` int64: nonzero elements of each row of x ``[B, T, C]``."""
-    return torch.count_nonzero(x.detach(), dim=(1, 2))
+def _real(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """x ``[B, T, C]`` detached, with its padded positions zeroed (so that counting them counts nothing)."""
+    x = x.detach()
+    return x if mask is None else torch.where(mask[:, :, None], x, 0)
 
 
-def input_reads(x: torch.Tensor, integer: bool) -> torch.Tensor:
-    """What a matrix product read from x ``[B, T, C]``: ``[B, 2]`` int64, the nonzero elements of each row and, when
-    x holds whole numbers (spikes, spike counts), the sum of their magnitudes (0 for real-valued x)."""
+def _nonzero_per_row(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B]`` int64: nonzero elements of each row of x ``[B, T, C]`` at its real positions."""
+    return torch.count_nonzero(_real(x, mask), dim=(1, 2))
+
+
+def input_reads(x: torch.Tensor, integer: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """What a matrix product read from x ``[B, T, C]`` at the real positions: ``[B, 2]`` int64, the nonzero
+    elements of each row and, when x holds whole numbers (spikes, spike counts), the sum of their magnitudes (0 for
+    real-valued x)."""
+    x = _real(x, mask)
     nonzero = _nonzero_per_row(x)
     if not integer:
         return torch.stack([nonzero, torch.zeros_like(nonzero)], dim=1)
-    return torch.stack([nonzero, x.detach().to(torch.int64).abs().sum(dim=(1, 2))], dim=1)
+    return torch.stack([nonzero, x.to(torch.int64).abs().sum(dim=(1, 2))], dim=1)
 
 
 class EmbeddingSpikes(nn.Module):
@@ -42,10 +53,10 @@ class EmbeddingSpikes(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.spiking and self.config.binary_embedding:
             x = spike(x, self.config.surrogate, self.config.surrogate_alpha)
-        return x, _nonzero_per_row(x.detach())
+        return x, _nonzero_per_row(x, mask)
 
 
 class LIFLayer(nn.Module):
@@ -56,13 +67,15 @@ class LIFLayer(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, x: torch.Tensor, v0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, v0: torch.Tensor | None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x ``[B, T, C]``, membrane ``v0`` ``[B, C]`` or None → (spikes, last membrane, spikes per row ``[B]``)."""
         c = self.config
         if not c.spiking:
             v_last = v0 if v0 is not None else x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32)
-            return x, v_last, _nonzero_per_row(x.detach())
-        spikes, v_last, counts = lif(x, v0, lif_params(c), return_counts=True)
+            return x, v_last, _nonzero_per_row(x, mask)
+        spikes, v_last, counts = lif(x, v0, lif_params(c), return_counts=True, mask=mask)
         return spikes, v_last, counts.to(torch.int64).sum(dim=1)  # per channel at most T: exact in fp32
 
 
@@ -90,7 +103,7 @@ class InputSpikes(nn.Module):
         learned = nn.Parameter(torch.zeros(len(widths))) if config.learned_thresholds else None
         self.register_parameter("log_threshold", learned)
 
-    def forward(self, parts: list[torch.Tensor], v0: torch.Tensor | None):
+    def forward(self, parts: list[torch.Tensor], v0: torch.Tensor | None, mask: torch.Tensor | None = None):
         """parts ``[B, T, width_i]`` → (spikes per part, scale per part (``[B, T, 1]`` or None), membrane
         ``[B, membrane_width]``, reads ``[B, n_parts, 2]`` int64 as ``input_reads``)."""
         c = self.config
@@ -98,7 +111,7 @@ class InputSpikes(nn.Module):
             if self.log_threshold is not None:
                 parts = [x * torch.exp(-a).to(x.dtype) for x, a in zip(parts, self.log_threshold, strict=True)]
             x = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-            out, v_last = lif(x, v0, lif_params(c))
+            out, v_last = lif(x, v0, lif_params(c), mask=mask)
             spikes = list(torch.split(out, self.widths, dim=-1))
             scales = [None] * len(parts)
         else:
@@ -109,7 +122,7 @@ class InputSpikes(nn.Module):
                 spikes.append(spike_count(x / theta, low, c.spike_count_max))
                 scales.append(theta)
             v_last = parts[0].new_zeros(parts[0].shape[0], 0, dtype=torch.float32)
-        reads = torch.stack([input_reads(s, integer=True) for s in spikes], dim=1)
+        reads = torch.stack([input_reads(s, integer=True, mask=mask) for s in spikes], dim=1)
         return spikes, scales, v_last, reads
 
     def _count_threshold(self, x: torch.Tensor, part: int) -> torch.Tensor:

@@ -207,3 +207,20 @@ def test_generate_says_what_is_not_a_number_in_one_line(tmp_path, tiny_model_dir
     assert ("lif_threshold must be a finite number" if broken == "config" else "model.blocks.1.ffn.value.weight") in (
         errors[0]
     )
+
+
+def test_a_checkpoint_saved_without_a_pad_token_takes_its_tokenizers(tmp_path, tiny_model_dir):
+    """Config, generation config and tokenizer saved before pad tokens: loaded, the model pads batches with the
+    end-of-text token, in generate() too."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old)
+    for name, key in [("config.json", "pad_token_id"), ("generation_config.json", "pad_token_id")]:
+        saved = json.loads((old / name).read_text())
+        saved.pop(key, None)
+        (old / name).write_text(json.dumps(saved))
+    tokenizer_config = json.loads((old / "tokenizer_config.json").read_text())
+    del tokenizer_config["pad_token"]
+    (old / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    model, tokenizer = load_model(old)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id is not None
+    assert model.config.pad_token_id == model.generation_config.pad_token_id == tokenizer.pad_token_id

@@ -275,3 +275,25 @@ def test_cli_converts_and_reports_errors_in_one_line(tmp_path):
     assert "Traceback" not in again.stderr
     assert again.stderr.strip().splitlines()[-1].startswith("spikegpt convert: error:")
     assert "not empty" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "spare, placeholder, pad",
+    [(2, False, "<|pad|>"), (1, False, "<|unk|>"), (1, True, "<|pad|>"), (0, True, "\ue083"), (0, False, None)],
+    ids=["room-for-unk-and-pad", "room-for-unk", "placeholder-and-room", "placeholder-full", "full"],
+)
+def test_a_converted_vocabulary_pads_within_the_checkpoints_size(tmp_path, spare, placeholder, pad):
+    """An added ``<|pad|>`` only where the checkpoint has a token to spare, else the unknown token: the vocabulary
+    never outgrows the embedding; config.json names the pad token."""
+    chars = ["\n", " ", *"abc", *(["\ue083"] if placeholder else [])]
+    vocab_file = tmp_path / "vocab.json"
+    vocab_file.write_text(json.dumps({str(i): c for i, c in enumerate(chars)}), encoding="utf-16")
+    torch.save(original_state_dict(len(chars) + spare, 1, 8), tmp_path / "original.pth")
+    config = convert_checkpoint(
+        tmp_path / "original.pth", tmp_path / "hf", ConversionOptions(char_vocab=str(vocab_file))
+    )
+    from spikegpt.hub.checkpoint import load_model
+
+    model, tokenizer = load_model(tmp_path / "hf")
+    assert tokenizer.pad_token == pad and len(tokenizer) <= config.vocab_size == len(chars) + spare
+    assert model.config.pad_token_id == config.pad_token_id == tokenizer.pad_token_id

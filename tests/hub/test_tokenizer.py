@@ -6,12 +6,14 @@ import json
 
 import pytest
 from conftest import ALPHABET
+from transformers import AutoTokenizer
 
 from spikegpt.errors import TokenizerError
 from spikegpt.hub.checkpoint import BUNDLED_MODELS, bundled_model_path
 from spikegpt.hub.tokenizer import (
     CHAT_TEMPLATE,
     END_OF_TEXT,
+    PAD,
     UNKNOWN,
     IncrementalDetokenizer,
     char_tokenizer,
@@ -36,7 +38,7 @@ def test_char_tokenizer_round_trips_and_marks_unknown_characters():
     # a literal end-of-text token in the text is that token, not an unknown character
     assert encode_counting_unknown(tokenizer, "hello" + END_OF_TEXT) == (tokenizer.encode("hello" + END_OF_TEXT), 0)
     without_eos = char_tokenizer("abc", end_of_text=False)
-    assert len(without_eos) == 4 and without_eos.unk_token == UNKNOWN
+    assert len(without_eos) == 5 and without_eos.unk_token == UNKNOWN and without_eos.pad_token == PAD
     assert encode_counting_unknown(without_eos, "abxc") == ([0, 1, 3, 2], 1)
 
 
@@ -61,6 +63,37 @@ def test_an_older_character_vocabulary_gains_an_unknown_token_and_the_chat_templ
     loaded = load_tokenizer(tmp_path / "tokenizer.json")
     assert loaded.chat_template == CHAT_TEMPLATE
     assert encode_counting_unknown(loaded, "abxc") == ([0, 1, 3, 2], 1)
+
+
+def test_every_tokenizer_pads_on_the_left_with_a_pad_token(tmp_path):
+    """The end-of-text token where the vocabulary has one (GPT-2's convention: no new token), else an added
+    ``<|pad|>``, else (no token to spare) the unknown token; saved with the tokenizer, left padding included."""
+    cases = {
+        "end-of-text": (char_tokenizer("abc"), END_OF_TEXT, 4),
+        "added": (char_tokenizer("abc", end_of_text=False), PAD, 5),
+        "no-room": (char_tokenizer("abc", end_of_text=False, pad=False), UNKNOWN, 4),
+        "bpe": (train_bpe_tokenizer(iter([TEXT] * 5), vocab_size=270), END_OF_TEXT, 270),
+    }
+    for name, (tokenizer, pad, size) in cases.items():
+        tokenizer.save_pretrained(tmp_path / name)
+        loaded = AutoTokenizer.from_pretrained(tmp_path / name)
+        assert (loaded.pad_token, loaded.padding_side, len(loaded)) == (pad, "left", size), name
+        batch = loaded(["ab", "abcab"], padding=True)
+        assert batch["input_ids"][0][:3] == [loaded.pad_token_id] * 3 and batch["attention_mask"][0] == [0, 0, 0, 1, 1]
+    assert char_tokenizer("abc", end_of_text=False, unknown=None, pad=False).pad_token is None  # nothing to spare
+
+
+def test_an_older_tokenizer_gains_its_end_of_text_token_as_pad_token(tmp_path):
+    """A checkpoint saved before tokenizers had a pad token: loaded now, it pads on the left with its EOS token."""
+    char_tokenizer("abc").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    del config["pad_token"], config["padding_side"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    assert AutoTokenizer.from_pretrained(tmp_path).pad_token is None
+    loaded = load_tokenizer(tmp_path)
+    assert (loaded.pad_token, loaded.padding_side) == (END_OF_TEXT, "left")
+    loaded.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "tokenizer_config.json").read_text())["padding_side"] == "left"
 
 
 def test_byte_level_vocabularies_lose_nothing():

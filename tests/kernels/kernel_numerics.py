@@ -106,3 +106,65 @@ def grads(fn, inputs, seed):
     loss = sum((o * c).sum() for o, c in zip(outputs, cotangents(outputs, seed), strict=True))
     leaves = [x for x in inputs if x is not None]
     return [o.detach() for o in outputs], list(torch.autograd.grad(loss, leaves))
+
+
+def padding_mask(batch: int, length: int, seed: int) -> torch.Tensor:
+    """``[batch, length]`` bool, True = a real token: row 0 padded on the left, row 1 on the right, row 2 all
+    padding, the other rows at random positions (``batch`` >= 4 for all four kinds)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(batch, length, generator=g) < 0.6
+    positions = torch.arange(length)
+    for row, pattern in enumerate([positions >= length // 2, positions < length // 2, positions < 0][:batch]):
+        mask[row] = pattern
+    return mask
+
+
+def _scatter_rows(rows: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """Per row ``[1, n_real, C]`` outputs → ``[B, T, C]`` with each at its real positions and 0 at padded ones
+    (out of place, so gradients flow)."""
+    full = []
+    for row, real in zip(rows, mask, strict=True):
+        slots = torch.zeros(mask.shape[1], row.shape[2], dtype=row.dtype)
+        full.append(slots.index_put((real.nonzero()[:, 0],), row[0]))
+    return torch.stack(full)
+
+
+def wkv_on_real_tokens(mask: torch.Tensor):
+    """``wkv_direct`` as a padded batch must compute it: each row over its real tokens alone (a row without any
+    keeps its state), y 0 at padded positions."""
+
+    def run(w, u, k, v, state=None):
+        batch, channels = k.shape[0], k.shape[2]
+        if state is None:
+            fresh = (torch.zeros(batch, channels), torch.zeros(batch, channels), torch.full((batch, channels), -1e38))
+            state = tuple(s.double() for s in fresh)
+        ys, ends = [], []
+        for b, real in enumerate(mask):
+            row_state = tuple(s[b : b + 1].double() for s in state)
+            if real.any():
+                y, row_state = wkv_direct(w, u, k[b : b + 1, real], v[b : b + 1, real], row_state)
+            else:
+                y = k.new_zeros(1, 0, channels).double()
+            ys.append(y)
+            ends.append(row_state)
+        return _scatter_rows(ys, mask), tuple(torch.cat(column) for column in zip(*ends, strict=True))
+
+    return run
+
+
+def lif_on_real_tokens(mask: torch.Tensor):
+    """``lif_direct`` as a padded batch must compute it: each row over its real tokens alone (a row without any
+    keeps its membrane), no spike at padded positions."""
+
+    def run(x, v0=None, params=DEFAULT_LIF):
+        spikes, ends = [], []
+        for b, real in enumerate(mask):
+            v = torch.zeros(1, x.shape[2], dtype=torch.float64) if v0 is None else v0[b : b + 1].double()
+            s = x.new_zeros(1, 0, x.shape[2]).double()
+            if real.any():
+                s, v = lif_direct(x[b : b + 1, real], v, params)
+            spikes.append(s)
+            ends.append(v)
+        return _scatter_rows(spikes, mask), torch.cat(ends)
+
+    return run

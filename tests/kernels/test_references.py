@@ -11,7 +11,16 @@ import math
 
 import pytest
 import torch
-from kernel_numerics import grads, lif_direct, rel_err, wkv_direct, wkv_inputs
+from kernel_numerics import (
+    grads,
+    lif_direct,
+    lif_on_real_tokens,
+    padding_mask,
+    rel_err,
+    wkv_direct,
+    wkv_inputs,
+    wkv_on_real_tokens,
+)
 
 from spikegpt.kernels.lif_torch import LIFParams, lif_sequential, lif_torch
 from spikegpt.kernels.surrogate import SURROGATES, spike, surrogate_grad, surrogate_primitive
@@ -37,9 +46,10 @@ WKV_CASES = {
 }
 
 
-def flat_wkv(fn):
+def flat_wkv(fn, mask=None):
     def run(w, u, k, v, *state):
-        y, new_state = fn(w, u, k, v, tuple(state) if state else None)
+        state = tuple(state) if state else None
+        y, new_state = fn(w, u, k, v, state) if mask is None else fn(w, u, k, v, state, mask)
         return [y, *new_state]
 
     return run
@@ -61,6 +71,31 @@ def test_wkv_reference_matches_direct_formula(form, case, dtype, seed):
         # form 1.24e-5, as the Triton kernel's test found; 4e-5 there, as in test_wkv_triton.py
         tolerance = 4e-5 if case == "extreme" and dtype == torch.float32 else TOLERANCE[dtype]
         assert rel_err(got, want) <= tolerance, f"{name}: {rel_err(got, want):.2e}"
+
+
+MASKED_WKV_FORMS = {name: WKV_FORMS[name] for name in ("sequential", "scan", "scan-blocks-of-4", "torch")}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("case", ["fresh", "with-state", "one-token"])
+@pytest.mark.parametrize("form", MASKED_WKV_FORMS)
+def test_padded_wkv_is_each_rows_real_tokens_alone(form, case, dtype, seed):
+    """A padding mask (left, right, all-padding and scattered rows): outputs and every gradient are those of the
+    definition run on each row's real tokens alone; padded positions output 0 and receive no gradient."""
+    (_, length, channels), with_state, decay_scale, k_scale = WKV_CASES[case]
+    w, u, k, v, state = wkv_inputs(
+        5, length, channels, seed=seed, decay_scale=decay_scale, k_scale=k_scale, with_state=with_state
+    )
+    mask = padding_mask(5, length, seed)
+    inputs = [x.to(dtype) for x in (w, u, k, v, *(state or ()))]
+    outputs, gradients = grads(flat_wkv(MASKED_WKV_FORMS[form], mask), inputs, seed)
+    want_outputs, want_gradients = grads(flat_wkv(wkv_on_real_tokens(mask)), [x.double() for x in inputs], seed)
+    names = ["y", "num", "den", "max", "dw", "du", "dk", "dv", "dnum", "dden", "dmax"]
+    for name, got, want in zip(names, outputs + gradients, want_outputs + want_gradients, strict=False):
+        assert rel_err(got, want) <= TOLERANCE[dtype], f"{name}: {rel_err(got, want):.2e}"
+    padded = ~mask
+    assert torch.equal(outputs[0][padded], torch.zeros_like(outputs[0][padded]))
+    assert torch.equal(gradients[2][padded], torch.zeros_like(gradients[2][padded]))  # dk
 
 
 def test_wkv_fresh_state_is_the_default():
@@ -95,9 +130,10 @@ def test_wkv_reference_half_inputs_compute_in_fp32(dtype, seed):
         assert rel_err(got, want) <= 1e-5
 
 
-def flat_lif(fn, **options):
+def flat_lif(fn, mask=None, **options):
     def run(x, v0=None):
-        return list(fn(x, v0, LIFParams(**options)))
+        params = LIFParams(**options)
+        return list(fn(x, v0, params) if mask is None else fn(x, v0, params, mask))
 
     return run
 
@@ -127,6 +163,41 @@ def test_lif_reference_matches_direct_formula(form, options, with_v0, dtype, see
     assert rel_err(v_last, want_v) <= TOLERANCE[dtype]
     for got, want in zip(gradients, want_gradients, strict=True):
         assert rel_err(got, want) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("with_v0", [False, True], ids=["v0-zero", "v0-given"])
+@pytest.mark.parametrize("options", ["hard-atan", "soft-sigmoid"])
+@pytest.mark.parametrize("form", [lif_sequential, lif_torch], ids=lambda f: f.__name__)
+def test_padded_lif_is_each_rows_real_tokens_alone(form, options, with_v0, dtype, seed):
+    """A padding mask (left, right, all-padding and scattered rows): spikes exactly, the last membrane and the
+    gradients of x and v0 as the definition run on each row's real tokens alone; no spike and no gradient at a
+    padded position."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(5, 17, 33, generator=g) * 1.5 + 0.5).to(dtype)
+    v0 = torch.randn(5, 33, generator=g).to(dtype) if with_v0 else None
+    mask = padding_mask(5, 17, seed)
+    opts = LIF_OPTIONS[options]
+    (spikes, v_last), gradients = grads(flat_lif(form, mask, **opts), [x, v0], seed)
+    want = flat_lif(lif_on_real_tokens(mask), **opts)
+    (want_spikes, want_v), want_gradients = grads(want, [x.double(), None if v0 is None else v0.double()], seed)
+    assert torch.equal(spikes.double(), want_spikes) and 0 < spikes[mask].mean() < 1
+    assert rel_err(v_last, want_v) <= TOLERANCE[dtype]
+    for got, expected in zip(gradients, want_gradients, strict=True):
+        assert rel_err(got, expected) <= TOLERANCE[dtype]
+    assert not gradients[0][~mask].any()
+
+
+def test_padded_lif_decoding_step_keeps_the_membrane(seed):
+    """One token without gradients (the decoding shortcut): a padded row neither fires nor changes its membrane."""
+    g = torch.Generator().manual_seed(seed)
+    x, v0 = torch.randn(4, 1, 33, generator=g) * 3, torch.rand(4, 33, generator=g)
+    mask = torch.tensor([[True], [False], [True], [False]])
+    with torch.inference_mode():
+        spikes, v = lif_torch(x, v0, LIFParams(), mask=mask)
+        want_spikes, want_v = lif_sequential(x, v0, LIFParams(), mask)
+    assert torch.equal(spikes, want_spikes) and torch.equal(v, want_v)
+    assert torch.equal(v[~mask[:, 0]], v0[~mask[:, 0]]) and not spikes[~mask[:, 0]].any()
 
 
 @pytest.mark.parametrize("tau", [2.0, 3.0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_numerics import grads, rel_err, wkv_direct, wkv_inputs
+from kernel_numerics import grads, padding_mask, rel_err, wkv_direct, wkv_inputs, wkv_on_real_tokens
 from triton_interpreter import interpreted_triton  # noqa: F401  (autouse: interpreter, NaN-filled outputs)
 
 from spikegpt.kernels.wkv_torch import wkv_torch
@@ -108,3 +108,28 @@ def test_without_gradients_the_forward_is_the_same(seed):
     y_grad, state_grad = wkv_triton(w, u, k.requires_grad_(), v, state)
     assert torch.equal(y, y_grad.detach())
     assert all(torch.equal(a, b.detach()) for a, b in zip(new_state, state_grad, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("with_state", [False, True], ids=["fresh", "with-state"])
+def test_padded_rows_are_their_real_tokens_alone(with_state, dtype, seed):
+    """A padding mask (left, right, all-padding and scattered rows) over several chunks and channel blocks: the
+    output, the new state and every gradient are the definition's on each row's real tokens alone, with 0 (not the
+    NaN the buffers start with) at padded positions, and agree with the torch reference."""
+    w, u, k, v, state = wkv_inputs(5, 19, 20, seed=seed, with_state=with_state)
+    mask = padding_mask(5, 19, seed)
+    inputs = [x.to(dtype) for x in (w, u, k, v, *(state or ()))]
+
+    def masked(fn, **options):
+        return flat(lambda w, u, k, v, state, **o: fn(w, u, k, v, state, mask, **o), **options)
+
+    outputs, gradients = grads(masked(wkv_triton, chunk=4, block_c=16), inputs, seed)
+    want_outputs, want_gradients = grads(flat(wkv_on_real_tokens(mask)), [x.double() for x in inputs], seed)
+    torch_outputs, torch_gradients = grads(masked(wkv_torch), inputs, seed)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-10
+    for name, got, want, reference in zip(
+        NAMES, outputs + gradients, want_outputs + want_gradients, torch_outputs + torch_gradients, strict=False
+    ):
+        assert rel_err(got, want) <= tolerance, f"{name}: {rel_err(got, want):.2e}"
+        assert rel_err(got, reference) <= tolerance, f"{name} against the reference: {rel_err(got, reference):.2e}"
+    assert not outputs[0][~mask].any() and not gradients[2][~mask].any() and not gradients[3][~mask].any()

@@ -174,5 +174,7 @@ def test_bad_inputs_raise_clear_errors(seed):
         model(torch.zeros(1, 0, dtype=torch.long))
     with pytest.raises(ValueError, match="state holds 2 sequences"):
         model(torch.zeros(1, 3, dtype=torch.long), state=model.fresh_state(2))
-    with pytest.raises(ValueError, match="padded"):
-        model(torch.zeros(1, 3, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1]]))
+    with pytest.raises(ValueError, match="attention_mask must be"):
+        model(torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.ones(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least the input's 3 columns"):
+        model(torch.zeros(1, 3, dtype=torch.long), attention_mask=torch.tensor([[0, 1]]))

@@ -10,6 +10,10 @@ the same spikes and logits as one pass.
               x = x + LIF(ChannelMix(ln2(x)))
               x = dropout(x)
     logits = head(ln_out(x))                   untied head
+
+Padding (``attention_mask`` with zeros, left or right, in either form) is honoured exactly: a padded position
+changes no state (token shifts, WKV sums, membranes) and counts in no statistic, so each row of a padded batch
+computes what its real tokens alone would; the logits at padded positions are finite but meaningless.
 """
 
 from __future__ import annotations
@@ -39,10 +43,43 @@ DecodingStep = Callable[[torch.Tensor, RecurrentState], tuple[torch.Tensor, Recu
 IGNORE_INDEX = -100  # a label the loss skips: a position without a target (padding)
 
 
-def token_shift(x: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-    """Each token's predecessor along T; the first token's is ``previous`` (zero for a fresh sequence)."""
+def token_shift(
+    x: torch.Tensor, previous: torch.Tensor | None, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's predecessor along T, and the shift to carry on (the last token); the first token's predecessor
+    is ``previous`` (zero for a fresh sequence). With a padding ``mask`` ``[B, T]``, a token's predecessor is the
+    last real token before it, and the carried shift the last real token (``previous`` when a row has none)."""
     first = torch.zeros_like(x[:, :1]) if previous is None else previous[:, None].to(x.dtype)
-    return first if x.shape[1] == 1 else torch.cat([first, x[:, :-1]], dim=1)
+    if mask is None:
+        return (first if x.shape[1] == 1 else torch.cat([first, x[:, :-1]], dim=1)), x[:, -1]
+    history = torch.cat([first, x], dim=1)  # index 0: the token before this input, index t + 1: token t
+    own = torch.arange(1, x.shape[1] + 1, device=x.device) * mask  # each real token's index in history, else 0
+    latest = own.cummax(dim=1).values  # the history index of the last real token up to each position
+    index = torch.cat([latest.new_zeros(latest.shape[0], 1), latest], dim=1)  # T predecessors, then the carried
+    picked = history.gather(1, index[:, :, None].expand(-1, -1, x.shape[2]))
+    return picked[:, :-1], picked[:, -1]
+
+
+def padding_mask(attention_mask: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
+    """The real tokens of an input of ``length`` tokens per row, ``[batch, length]`` bool, from transformers'
+    ``attention_mask`` (1 = a real token, 0 = padding), which may also cover the tokens before the input (as
+    ``generate()`` passes it: its last ``length`` columns are the input's); None when every token is real."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < length:
+        raise ValueError(
+            f"attention_mask must be [batch, tokens] with {batch} rows and at least the input's {length} columns, "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    mask = attention_mask[:, -length:].to(torch.bool)
+    return None if bool(mask.all()) else mask
+
+
+def real_tokens(mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """``[batch]`` int64: the real tokens of each row of an input of ``length`` tokens with padding ``mask``."""
+    if mask is None:
+        return torch.full((batch,), length, dtype=torch.long, device=device)
+    return mask.sum(dim=1)
 
 
 def mix(x: torch.Tensor, shifted: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
@@ -81,28 +118,29 @@ class TimeMix(nn.Module):
             self.encode_output = InputSpikes(config, (c,), (True,))
         self.membrane_width = sum(e.membrane_width for e in (self.encode, self.encode_output) if e is not None)
 
-    def forward(self, x, shift, wkv_state, input_v=None):
-        """→ (output, new shift, new WKV state, new input membrane, reads ``[B, 4, 2]`` of K, V, R, O)."""
-        xx = token_shift(x, shift)
+    def forward(self, x, shift, wkv_state, input_v=None, mask=None):
+        """→ (output, new shift, new WKV state, new input membrane, reads ``[B, 4, 2]`` of K, V, R, O); ``mask``:
+        the padding mask ``[B, T]`` or None."""
+        xx, shift = token_shift(x, shift, mask)
         xk, xv, xr = mix(x, xx, self.time_mix_k), mix(x, xx, self.time_mix_v), mix(x, xx, self.time_mix_r)
         if self.encode is None:
             k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
-            reads = [input_reads(xk, False), input_reads(xv, False), input_reads(xr, False)]
+            reads = [input_reads(xk, False, mask), input_reads(xv, False, mask), input_reads(xr, False, mask)]
         else:
             c = xk.shape[-1]
             v_krv, v_o = (None, None) if input_v is None else (input_v[:, : 3 * c], input_v[:, 3 * c : 4 * c])
-            spikes, scales, v_krv, krv_reads = self.encode([xk, xv, xr], v_krv)
+            spikes, scales, v_krv, krv_reads = self.encode([xk, xv, xr], v_krv, mask)
             k, v, r = (project(p, s, sc) for p, s, sc in zip(self.projections[:3], spikes, scales, strict=True))
         r = torch.sigmoid(r)
         w = -torch.exp(self.time_decay.float())
-        y, wkv_state = wkv(w, self.time_first.float(), k, v, wkv_state)
+        y, wkv_state = wkv(w, self.time_first.float(), k, v, wkv_state, mask)
         gated = r * y
         if self.encode is None:
-            reads.append(input_reads(gated, False))
-            return self.output(gated), x[:, -1], wkv_state, None, torch.stack(reads, dim=1)
-        (o,), (scale,), v_o, o_reads = self.encode_output([gated], v_o)
+            reads.append(input_reads(gated, False, mask))
+            return self.output(gated), shift, wkv_state, None, torch.stack(reads, dim=1)
+        (o,), (scale,), v_o, o_reads = self.encode_output([gated], v_o, mask)
         membrane = torch.cat([v_krv, v_o], dim=1)
-        return project(self.output, o, scale), x[:, -1], wkv_state, membrane, torch.cat([krv_reads, o_reads], dim=1)
+        return project(self.output, o, scale), shift, wkv_state, membrane, torch.cat([krv_reads, o_reads], dim=1)
 
     @property
     def projections(self) -> tuple[nn.Linear, ...]:
@@ -129,23 +167,24 @@ class ChannelMix(nn.Module):
             self.encode_value = InputSpikes(config, (hidden,), (False,))
         self.membrane_width = sum(e.membrane_width for e in (self.encode, self.encode_value) if e is not None)
 
-    def forward(self, x, shift, input_v=None):
-        """→ (output, new shift, new input membrane, reads ``[B, 3, 2]`` of K, R, V)."""
-        xx = token_shift(x, shift)
+    def forward(self, x, shift, input_v=None, mask=None):
+        """→ (output, new shift, new input membrane, reads ``[B, 3, 2]`` of K, R, V); ``mask``: the padding mask
+        ``[B, T]`` or None."""
+        xx, shift = token_shift(x, shift, mask)
         xk, xr = mix(x, xx, self.time_mix_k), mix(x, xx, self.time_mix_r)
         if self.encode is None:
             k = torch.square(torch.relu(self.key(xk)))
             r = torch.sigmoid(self.receptance(xr))
-            reads = torch.stack([input_reads(xk, False), input_reads(xr, False), input_reads(k, False)], dim=1)
-            return r * self.value(k), x[:, -1], None, reads
+            reads = [input_reads(xk, False, mask), input_reads(xr, False, mask), input_reads(k, False, mask)]
+            return r * self.value(k), shift, None, torch.stack(reads, dim=1)
         c = xk.shape[-1]
         v_kr, v_v = (None, None) if input_v is None else (input_v[:, : 2 * c], input_v[:, 2 * c : self.membrane_width])
-        (sk, sr), (scale_k, scale_r), v_kr, kr_reads = self.encode([xk, xr], v_kr)
+        (sk, sr), (scale_k, scale_r), v_kr, kr_reads = self.encode([xk, xr], v_kr, mask)
         k = torch.square(torch.relu(project(self.key, sk, scale_k)))
         r = torch.sigmoid(project(self.receptance, sr, scale_r))
-        (sv,), (scale_v,), v_v, v_reads = self.encode_value([k], v_v)
+        (sv,), (scale_v,), v_v, v_reads = self.encode_value([k], v_v, mask)
         out = r * project(self.value, sv, scale_v)
-        return out, x[:, -1], torch.cat([v_kr, v_v], dim=1), torch.cat([kr_reads, v_reads], dim=1)
+        return out, shift, torch.cat([v_kr, v_v], dim=1), torch.cat([kr_reads, v_reads], dim=1)
 
     @property
     def projections(self) -> tuple[nn.Linear, ...]:
@@ -184,9 +223,12 @@ class Block(nn.Module):
         """Width of this block's input-spike membranes (0 unless the projections read binary LIF spikes)."""
         return sum(m.membrane_width for m in self.mixers)
 
-    def forward(self, x: torch.Tensor, state: LayerState | None, input_width: int = 0):
+    def forward(
+        self, x: torch.Tensor, state: LayerState | None, input_width: int = 0, mask: torch.Tensor | None = None
+    ):
         """x ``[B, T, C]`` → (x, new layer state, spikes per row ``[B]`` of the two LIF layers, reads of every
-        projection's input ``[B, n_projections, 2]``). ``input_width``: the width of the state's ``input_v``."""
+        projection's input ``[B, n_projections, 2]``). ``input_width``: the width of the state's ``input_v``;
+        ``mask``: the padding mask ``[B, T]`` (True = a real token) or None."""
         att_shift, ffn_shift, num, den, mx, att_v, ffn_v, input_v = state if state is not None else (None,) * 8
         wkv_state = (num, den, mx) if state is not None else None
         split, end = self.mixers[0].membrane_width, self.membrane_width
@@ -194,16 +236,16 @@ class Block(nn.Module):
         if self.layer_id == 0:
             x = self.ln0(x)
         if hasattr(self, "ffn_pre"):
-            branch, att_shift, att_in, att_reads = self.ffn_pre(self.ln1(x), att_shift, att_in)
+            branch, att_shift, att_in, att_reads = self.ffn_pre(self.ln1(x), att_shift, att_in, mask)
         else:
-            branch, att_shift, wkv_state, att_in, att_reads = self.att(self.ln1(x), att_shift, wkv_state, att_in)
+            branch, att_shift, wkv_state, att_in, att_reads = self.att(self.ln1(x), att_shift, wkv_state, att_in, mask)
         if self.branch_scale != 1.0:
             branch = branch * self.branch_scale
-        x, att_v, att_count = self._add(x, branch, self.att_lif, att_v)
-        branch, ffn_shift, ffn_in, ffn_reads = self.ffn(self.ln2(x), ffn_shift, ffn_in)
+        x, att_v, att_count = self._add(x, branch, self.att_lif, att_v, mask)
+        branch, ffn_shift, ffn_in, ffn_reads = self.ffn(self.ln2(x), ffn_shift, ffn_in, mask)
         if self.branch_scale != 1.0:
             branch = branch * self.branch_scale
-        x, ffn_v, ffn_count = self._add(x, branch, self.ffn_lif, ffn_v)
+        x, ffn_v, ffn_count = self._add(x, branch, self.ffn_lif, ffn_v, mask)
         if self.halve_after:
             x = x / 2
         x = self.drop(x)
@@ -216,10 +258,10 @@ class Block(nn.Module):
         new_state = (att_shift, ffn_shift, *wkv_state, att_v, ffn_v, input_v)
         return x, new_state, (att_count, ffn_count), torch.cat([att_reads, ffn_reads], dim=1)
 
-    def _add(self, x, branch, lif_layer, v):
+    def _add(self, x, branch, lif_layer, v, mask):
         """The residual addition: the branch's LIF spikes (placement "residual") or the branch itself ("inputs")."""
         if self.spikes_on_residual:
-            spikes, v, count = lif_layer(branch, v)
+            spikes, v, count = lif_layer(branch, v, mask)
             return x + spikes, v, count
         if v is None:
             v = x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32)
@@ -335,8 +377,11 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
         use_cache: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
         output_spike_stats: bool = False,
+        attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> SpikeGPTModelOutput:
+        """``attention_mask`` (1 = a real token, 0 = padding; see ``padding_mask``): a padded position leaves the
+        state as it was and counts in no statistic."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.emb(input_ids) if inputs_embeds is None else inputs_embeds
@@ -344,12 +389,13 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
             raise ValueError("SpikeGPT needs at least one token per sequence")
         if state is not None and state.batch_size != x.shape[0]:
             raise ValueError(f"state holds {state.batch_size} sequences but the input has {x.shape[0]}")
-        x, emb_count = self.emb_spikes(x)
+        mask = padding_mask(attention_mask, x.shape[0], x.shape[1])
+        x, emb_count = self.emb_spikes(x, mask)
         counts, reads = [emb_count], []
         layers = []
         for i, block in enumerate(self.blocks):
             x, layer_state, block_counts, block_reads = block(
-                x, state.layer(i) if state is not None else None, self.input_width
+                x, state.layer(i) if state is not None else None, self.input_width, mask
             )
             layers.append(layer_state)
             counts.extend(count for count in block_counts if count is not None)
@@ -361,7 +407,7 @@ class SpikeGPTModel(SpikeGPTPreTrainedModel):
             batch, tokens = x.shape[:2]
             stats = SpikeStats(
                 counts=torch.stack(counts, dim=1),
-                tokens=torch.full((batch,), tokens, dtype=torch.long, device=x.device),
+                tokens=real_tokens(mask, batch, tokens, x.device),
                 sites=self.sites,
                 n_embd=self.config.n_embd,
                 reads=torch.cat(reads, dim=1),
@@ -430,18 +476,18 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         without a target (padding). It is the mean over the targets, or their sum divided by
         ``num_items_in_batch`` when given (the target count of a whole accumulated batch or evaluation set).
 
-        ``attention_mask`` is accepted for ``generate()`` but must be all ones: a recurrent model reads every token,
-        so batches must not be padded. ``logits_to_keep`` > 0 computes only the last positions' logits.
+        ``attention_mask`` (1 = a real token, 0 = padding, left or right; it may also cover the tokens before the
+        input, as ``generate()`` passes it): a padded position leaves the state as it was and counts in no
+        statistic, so each row computes what its real tokens alone would; its logits are finite but meaningless
+        (label it ``IGNORE_INDEX``). ``logits_to_keep`` > 0 computes only the last positions' logits.
         ``decoding`` (set by ``generate()`` after the prompt): one token per row from ``state``, through the step
         ``decoding_steps`` gives where it can serve (the package's traced step: the same operations, bit for bit,
         without Python between them).
         """
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError(
-                "SpikeGPT reads every token of every row: padded batches (attention_mask with zeros) are not "
-                "supported; generate sequences of different lengths separately"
-            )
-        one_token = state is not None and input_ids is not None and input_ids.shape[1] == 1
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if tokens is not None:
+            attention_mask = padding_mask(attention_mask, tokens.shape[0], tokens.shape[1])
+        one_token = state is not None and input_ids is not None and input_ids.shape[1] == 1 and attention_mask is None
         steps = type(self).decoding_steps
         if decoding and one_token and labels is None and shift_labels is None and not output_spike_stats and steps:
             step = steps(self, input_ids, state)
@@ -454,6 +500,7 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             inputs_embeds=inputs_embeds,
             output_spike_stats=output_spike_stats,
+            attention_mask=attention_mask,
         )
         hidden = out.last_hidden_state
         if logits_to_keep:
@@ -461,7 +508,8 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         logits = self.head(hidden)
         stats = out.spike_stats
         if stats is not None:
-            stats.head_tokens = torch.full_like(stats.tokens, hidden.shape[1])
+            kept = None if attention_mask is None else attention_mask[:, -hidden.shape[1] :]
+            stats.head_tokens = real_tokens(kept, hidden.shape[0], hidden.shape[1], hidden.device)
         loss = None
         if labels is not None or shift_labels is not None:
             loss = self.loss_function(
