@@ -133,7 +133,7 @@ def test_wkv_reference_half_inputs_compute_in_fp32(dtype, seed):
 def flat_lif(fn, mask=None, **options):
     def run(x, v0=None):
         params = LIFParams(**options)
-        return list(fn(x, v0, params) if mask is None else fn(x, v0, params, mask))
+        return list(fn(x, v0, params) if mask is None else fn(x, v0, params, mask=mask))
 
     return run
 
