@@ -1,0 +1,60 @@
+"""The frontier's settings files (``bench/frontier.yaml``, ``bench/frontier-pilot.yaml``): every setting is a valid
+training run, so a typo fails here and not hours into ``bench/frontier.py``; and the table renders from a JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from spikegpt import SpikeGPTConfig
+from spikegpt.train.config import make_config
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def frontier_module():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("frontier", BENCH / "frontier.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # (its dataclasses look their module up)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.mark.parametrize("name", ["frontier.yaml", "frontier-pilot.yaml"])
+def test_every_setting_is_a_valid_run(name):
+    frontier = frontier_module()
+    plan = frontier.read_plan(BENCH / name)
+    assert len(plan.settings) >= (12 if name == "frontier.yaml" else 5)
+    for setting in plan.settings:
+        config = frontier.run_config(plan, setting, None)
+        cfg = make_config({**config, "dataset": "corpus.txt"}, {}, source=setting.name)
+        cfg.run_length_given()
+        model = SpikeGPTConfig(vocab_size=66, **cfg.fresh_model_fields())  # every model field is a real one
+        if setting.uses_twin("init_from"):
+            assert model.spiking_inputs, f"{setting.name}: a conversion must turn spiking on"
+        if "sparsity penalty" in frontier.aids_of(config) or "scale annealing" in frontier.aids_of(config):
+            assert model.spiking_inputs, setting.name
+
+
+def test_the_table_renders_from_a_results_json():
+    frontier = frontier_module()
+    read = {"zero_fraction": 0.9, "spikes_per_input": 0.08}
+    model = {
+        "name": "a", "input_spikes": "counts", "spike_count_max": 1, "spike_count_scale": 0.2,
+        "spike_placement": "inputs", "aids": ["conversion"], "steps": 600, "steps_total": 1800,
+        "bits_per_byte": 2.1, "gap_to_twin": 0.05, "input_zero_fraction": 0.91, "spikes_per_input": 0.09,
+        "by_kind": {"att.key": read, "ffn.value": read}, "goals": {"x": True, "y": False},
+        "energy": {"strict": {"j_per_token": 1e-6, "x_vs_equal_bit_int8": 1.2, "with_data_movement": None}},
+    }  # fmt: skip
+    twin = {"name": "twin", "steps_total": 1200, "bits_per_byte": 2.0, "input_zero_fraction": 0.28}
+    table = frontier.markdown({"twin": twin, "int8_twin": twin, "models": [model], "energy_tokens": 64})
+    assert "| a | counts K 1, k 0.2 | conversion | 600 (1800) | 2.1000 | +5.0% | 0.910 | 0.090 " in table
+    assert "1.00 µJ · 1.20×" in table and "| 1/2 |" in table
+    assert "0.90 / 0.080" in table
