@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spikegpt import SpikeGPTConfig
+from spikegpt.modeling.layout import spike_layout
 from spikegpt.train.config import make_config
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -36,7 +37,7 @@ def test_every_setting_is_a_valid_run(name):
         config = frontier.run_config(plan, setting, None)
         cfg = make_config({**config, "dataset": "corpus.txt"}, {}, source=setting.name)
         cfg.run_length_given()
-        model = SpikeGPTConfig(vocab_size=66, **cfg.fresh_model_fields())  # every model field is a real one
+        model = spike_layout(SpikeGPTConfig(vocab_size=66, **cfg.fresh_model_fields()))  # every field is a real one
         if setting.uses_twin("init_from"):
             assert model.spiking_inputs, f"{setting.name}: a conversion must turn spiking on"
         if "sparsity penalty" in frontier.aids_of(config) or "scale annealing" in frontier.aids_of(config):
