@@ -63,6 +63,8 @@ class Setting:
     name: str
     about: str
     options: dict
+    model: str | None = None  # an already trained model (a directory or bundled name), evaluated as it is
+    steps: int | None = None  # its training steps, for such a model
 
     def uses_twin(self, option: str) -> bool:
         return self.options.get(option) == TWIN
@@ -92,7 +94,13 @@ def read_plan(path: Path) -> Plan:
     twin = data.get("twin") or {}
     if "model" not in twin or "steps" not in twin:
         raise SystemExit(f"{path}: 'twin' needs 'model' (a directory or bundled name) and 'steps' (its training)")
-    settings = [Setting(s["name"], s.get("about", ""), s.get("options") or {}) for s in data.get("settings", [])]
+    settings = [
+        Setting(s["name"], s.get("about", ""), s.get("options") or {}, s.get("model"), s.get("steps"))
+        for s in data.get("settings", [])
+    ]
+    for setting in settings:
+        if setting.model is not None and (setting.options or setting.steps is None):
+            raise SystemExit(f"{path}: {setting.name}: a trained 'model' takes its 'steps' and no 'options'")
     names = [s.name for s in settings]
     if len(set(names)) != len(names):
         raise SystemExit(f"{path}: setting names must be unique")
@@ -161,7 +169,7 @@ def start_run(out: Path, config: dict, dataset: str) -> subprocess.Popen | None:
 
 def train_all(plan: Plan, runs: Path, dataset: str, max_steps: int | None, jobs: int) -> None:
     """Every setting's run, at most ``jobs`` at a time."""
-    pending = [(s, run_config(plan, s, max_steps)) for s in plan.settings]
+    pending = [(s, run_config(plan, s, max_steps)) for s in plan.settings if s.model is None]
     running: dict[str, subprocess.Popen] = {}
     while pending or running:
         while pending and len(running) < jobs:
@@ -307,9 +315,14 @@ def twin_rows(plan: Plan, args) -> tuple[dict, dict]:
 
 def setting_row(plan: Plan, setting: Setting, args, twin_bpb: float) -> dict:
     out = Path(args.runs_dir) / setting.name
-    config = yaml.safe_load((out / CONFIG_FILE).read_text())
-    steps = trained_steps(out) or 0
-    row = cached(out / ROW_FILE, out, args.eval_max_blocks, lambda: measured_row(setting.name, out, args))
+    if setting.model is not None:  # trained before: its own config, its own steps
+        from spikegpt.train.trainer import model_source
+
+        model_dir = Path(model_source(setting.model))
+        config, steps = {"model": json.loads((model_dir / "config.json").read_text())}, setting.steps
+    else:
+        model_dir, config, steps = out, yaml.safe_load((out / CONFIG_FILE).read_text()), trained_steps(out) or 0
+    row = cached(out / ROW_FILE, model_dir, args.eval_max_blocks, lambda: measured_row(setting.name, model_dir, args))
     row.update(
         about=setting.about,
         aids=aids_of(config),
@@ -433,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help="energy profile (default: the settings file's, else 45nm-fp32)")
     parser.add_argument("--decode-speedup", action="store_true", help="time event-driven decoding (bench/decode.py) "
                         "at each model's measured density: minutes per model, on a quiet machine")  # fmt: skip
+    parser.add_argument("--train-only", action="store_true", help="train the settings and stop (evaluate later)")
     parser.add_argument("--out", default=str(RESULTS / "frontier.json"), help="the results JSON")
     parser.add_argument("--markdown", default=None, help="the table (default: beside --out, .md)")
     parser.add_argument("--figure", default=None, help="the figure (default: beside --out, .png)")
@@ -460,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.settings = [s for s in plan.settings if s.name in args.only]
     runs = Path(args.runs_dir)
     train_all(plan, runs, args.dataset, args.max_steps, args.jobs)
+    if args.train_only:
+        return 0
     twin, int8 = twin_rows(plan, args)
     rows = [setting_row(plan, s, args, twin["bits_per_byte"]) for s in plan.settings]
     results = {
