@@ -34,6 +34,11 @@ def test_every_setting_is_a_valid_run(name):
     plan = frontier.read_plan(BENCH / name)
     assert len(plan.settings) >= (12 if name == "frontier.yaml" else 5)
     for setting in plan.settings:
+        if setting.model is not None:  # trained before: a model that exists, with its training steps
+            from spikegpt.train.trainer import model_source
+
+            assert (Path(model_source(setting.model)) / "config.json").is_file() and setting.steps > 0
+            continue
         config = frontier.run_config(plan, setting, None)
         cfg = make_config({**config, "dataset": "corpus.txt"}, {}, source=setting.name)
         cfg.run_length_given()
@@ -52,10 +57,25 @@ def test_the_table_renders_from_a_results_json():
         "spike_placement": "inputs", "aids": ["conversion"], "steps": 600, "steps_total": 1800,
         "bits_per_byte": 2.1, "gap_to_twin": 0.05, "input_zero_fraction": 0.91, "spikes_per_input": 0.09,
         "by_kind": {"att.key": read, "ffn.value": read}, "goals": {"x": True, "y": False},
-        "energy": {"strict": {"j_per_token": 1e-6, "x_vs_equal_bit_int8": 1.2, "with_data_movement": None}},
+        "energy": {
+            "strict": {"j_per_token": 1e-6, "x_vs_equal_bit_int8": 1.2, "with_data_movement": None},
+            "event": {"j_per_token": 1e-6, "x_vs_equal_bit_int8": 1.2,
+                      "with_data_movement": {"j_per_token": 3e-4, "x_vs_equal_bit_int8": 3.5}},
+        },
     }  # fmt: skip
     twin = {"name": "twin", "steps_total": 1200, "bits_per_byte": 2.0, "input_zero_fraction": 0.28}
     table = frontier.markdown({"twin": twin, "int8_twin": twin, "models": [model], "energy_tokens": 64})
     assert "| a | counts K 1, k 0.2 | conversion | 600 (1800) | 2.1000 | +5.0% | 0.910 | 0.090 " in table
-    assert "1.00 µJ · 1.20×" in table and "| 1/2 |" in table
+    assert "| 1.00 µJ · 1.20× | 1.00 µJ · 1.20× (300.00 µJ · 3.50×) |" in table and "| 1/2 |" in table
     assert "0.90 / 0.080" in table
+
+
+def test_the_goals_count_energy_with_memory_and_decoding_only_where_measured():
+    frontier = frontier_module()
+    row = {"gap_to_twin": 0.02, "input_zero_fraction": 0.93, "spikes_per_input": 0.07}
+    assert list(frontier.goals(row).values()) == [True, True, True]
+    ratios = {"strict": 1.01, "event": 2.9}
+    row["energy"] = {rule: {"with_data_movement": {"x_vs_equal_bit_int8": x}} for rule, x in ratios.items()}
+    row["decode_speedup"] = 2.0
+    met = frontier.goals(row)
+    assert len(met) == 6 and [v for k, v in met.items() if "energy" in k] == [True, False] and list(met.values())[-1]
