@@ -46,12 +46,20 @@ def trained_steps(path: Path) -> int | None:
     return None
 
 
-def evaluate_model(path: str, dataset: str, batch_size: int, max_blocks: int | None, weight_bits: int | None = None):
-    """The model at ``path`` on the held-out tail of ``dataset`` (as ``spikegpt eval``): its study row without
-    energy, its spike statistics and its config. ``weight_bits``: its weights on that grid (post-training)."""
+def evaluate_model(
+    path: str,
+    dataset: str,
+    batch_size: int,
+    max_blocks: int | None,
+    weight_bits: int | None = None,
+    split: str = "validation",
+):
+    """The model at ``path`` on the held-out tail of ``dataset`` (as ``spikegpt eval``; ``split="train"``: the whole
+    of a text file, for a test file apart from the training text): its study row without energy, its spike
+    statistics and its config. ``weight_bits``: its weights on that grid (post-training)."""
     model, tokenizer = load_model(path, weight_bits=weight_bits)
     corpus = load_corpus(DataSource(dataset))
-    stream = eval_stream(corpus, tokenizer, "validation", "train", 0.1)
+    stream = eval_stream(corpus, tokenizer, split, "train", 0.1)
     blocks, unknown = stream.packed(model.config.ctx_len)
     eval_set = make_eval_set(blocks, tokenizer, max_blocks, unknown)
     started = time.perf_counter()

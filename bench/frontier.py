@@ -76,13 +76,14 @@ class Plan:
     """A settings file, read and checked."""
 
     base_config: dict
-    twin_model: str
+    twin_model: str | None  # None while the twin is to be trained (``twin_training``) into RUNS/twin
     twin_steps: int
     settings: list[Setting]
     profile: str | None
+    twin_training: Setting | None = None
 
 
-PLAN_KEYS = {"dataset", "base_config", "twin", "profile", "settings"}  # and "_name" entries: YAML anchors
+PLAN_KEYS = {"dataset", "eval_dataset", "base_config", "twin", "profile", "settings"}  # and "_name": YAML anchors
 
 
 def read_plan(path: Path) -> Plan:
@@ -92,9 +93,15 @@ def read_plan(path: Path) -> Plan:
         raise SystemExit(f"{path}: unknown entry {unknown[0]!r}; known: {', '.join(sorted(PLAN_KEYS))}")
     base = data.get("base_config", "shakespeare-driven")
     base_path = Path(base) if Path(base).suffix else default_config_path(base)
+    base_config = read_config_file(base_path)
     twin = data.get("twin") or {}
+    twin_training = None
+    if "train" in twin:  # trained here first, like a setting: its options over the base config
+        twin_training = Setting(TWIN, "the non-spiking twin", twin["train"])
+        twin = {"model": None, "steps": twin["train"].get("max_steps", base_config.get("max_steps"))}
     if "model" not in twin or "steps" not in twin:
-        raise SystemExit(f"{path}: 'twin' needs 'model' (a directory or bundled name) and 'steps' (its training)")
+        raise SystemExit(f"{path}: 'twin' needs 'model' (a directory or bundled name) and 'steps' (its training), "
+                         "or 'train' (its options)")  # fmt: skip
     settings = [
         Setting(s["name"], s.get("about", ""), s.get("options") or {}, s.get("model"), s.get("steps"))
         for s in data.get("settings", [])
@@ -105,13 +112,16 @@ def read_plan(path: Path) -> Plan:
     names = [s.name for s in settings]
     if len(set(names)) != len(names):
         raise SystemExit(f"{path}: setting names must be unique")
-    return Plan(read_config_file(base_path), str(twin["model"]), int(twin["steps"]), settings, data.get("profile"))
+    model = None if twin["model"] is None else str(twin["model"])
+    return Plan(base_config, model, int(twin["steps"]), settings, data.get("profile"), twin_training)
 
 
 def twin_path(plan: Plan) -> str:
     """The twin's directory (a bundled name resolved)."""
     from spikegpt.train.trainer import model_source
 
+    if plan.twin_model is None:
+        raise SystemExit("the twin is not trained yet")
     return model_source(plan.twin_model)
 
 
@@ -169,7 +179,13 @@ def start_run(out: Path, config: dict, dataset: str) -> subprocess.Popen | None:
 
 
 def train_all(plan: Plan, runs: Path, dataset: str, max_steps: int | None, jobs: int) -> None:
-    """Every setting's run, at most ``jobs`` at a time."""
+    """The twin's run where the plan trains it (first: the others start from it), then every setting's run, at most
+    ``jobs`` at a time."""
+    if plan.twin_training is not None:
+        twin = start_run(runs / TWIN, run_config(plan, plan.twin_training, max_steps), dataset)
+        if twin is not None and twin.wait() != 0:
+            raise SystemExit(f"the twin's training failed; see {runs / TWIN / 'train.log'}")
+        plan.twin_model = str(runs / TWIN)
     pending = [(s, run_config(plan, s, max_steps)) for s in plan.settings if s.model is None]
     running: dict[str, subprocess.Popen] = {}
     while pending or running:
@@ -306,7 +322,8 @@ def cached(cache: Path, model_dir: str | Path, max_blocks: int | None, compute) 
 def measured_row(name: str, model_dir: str | Path, args, weight_bits: int | None = None) -> dict:
     """The model's held-out row: evaluation, spikes per kind of product, and the hooks' figures."""
     print(f"{name}: evaluating", file=sys.stderr)
-    row, _, _ = evaluate_model(str(model_dir), args.dataset, args.batch_size, args.eval_max_blocks, weight_bits)
+    dataset, split = (args.eval_dataset, "train") if args.eval_dataset else (args.dataset, "validation")
+    row, _, _ = evaluate_model(str(model_dir), dataset, args.batch_size, args.eval_max_blocks, weight_bits, split)
     row = {"name": name, **row, "by_kind": by_kind(row["inputs"])}
     if args.energy and weight_bits is None:
         row["energy"] = energy_figures(model_dir, heldout_text(args), args.energy_tokens, args.profile)
@@ -316,7 +333,10 @@ def measured_row(name: str, model_dir: str | Path, args, weight_bits: int | None
 
 
 def heldout_text(args) -> Path:
-    """The held-out tenth of the corpus as a text file (for ``spikegpt energy``), written once into the runs."""
+    """The held-out tenth of the corpus as a text file (for ``spikegpt energy``), written once into the runs; or
+    the evaluation file itself."""
+    if args.eval_dataset:
+        return Path(args.eval_dataset)
     path = Path(args.runs_dir) / "heldout.txt"
     if not path.is_file():
         text = Path(args.dataset).read_text(encoding="utf-8")
@@ -457,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default=str(ROOT / "bench" / "frontier.yaml"), help="the settings file")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "frontier"), help="one directory per setting")
     parser.add_argument("--dataset", default=None, help="the corpus (default: the settings file's 'dataset')")
+    parser.add_argument("--eval-dataset", default=None, help="evaluate on the whole of this text file instead of "
+                        "the corpus's held-out tail (default: the settings file's 'eval_dataset', if any)")  # fmt: skip
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="these settings only")
     parser.add_argument("--jobs", type=int, default=1, help="training runs at once, one thread each (default 1)")
     parser.add_argument("--max-steps", type=int, default=None, help="override every run's length (pilots)")
@@ -486,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     plan = read_plan(Path(args.settings))
     args.dataset = args.dataset or read_config_file(Path(args.settings)).get("dataset")
+    args.eval_dataset = args.eval_dataset or read_config_file(Path(args.settings)).get("eval_dataset")
     if not args.dataset:
         raise SystemExit("say which corpus: --dataset or 'dataset' in the settings file")
     args.profile = args.profile or plan.profile
@@ -495,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"no setting {unknown[0]!r} in {args.settings}")
         plan.settings = [s for s in plan.settings if s.name in args.only]
     runs = Path(args.runs_dir)
+    if plan.twin_training is not None and (runs / TWIN / "model.safetensors").is_file():
+        plan.twin_model = str(runs / TWIN)  # (train_all checks that its run finished)
     train_all(plan, runs, args.dataset, args.max_steps, args.jobs)
     if args.train_only:
         return 0
@@ -503,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "settings": str(args.settings),
         "dataset": args.dataset,
+        "eval_dataset": args.eval_dataset,
         "max_blocks": args.eval_max_blocks,
         "max_steps_override": args.max_steps,
         "energy_tokens": args.energy_tokens,
