@@ -190,6 +190,21 @@ def test_a_tokenizer_loads_silently_where_the_package_is_imported(tiny_model_dir
     assert result.stdout == "TokenizersBackend\n" and result.stderr == ""
 
 
+def test_a_tokenizer_loads_silently_first_thing_in_a_new_process_with_trust_remote_code(tiny_model_dir, tmp_path):
+    """Before any model is loaded and without the package, transformers' AutoTokenizer resolves the checkpoint's
+    config first (``AutoConfig``), which is custom code: the Hub's convention for every custom-code checkpoint is
+    ``trust_remote_code=True`` (the card says so), and with it nothing is asked or printed. (Without it, stock
+    transformers asks its question before it falls back; no file of the checkpoint can avoid that.)"""
+    script = HIDE_SPIKEGPT + f"""
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained({str(tiny_model_dir)!r}, trust_remote_code=True)
+print(type(tokenizer).__name__, tokenizer("Hello").input_ids == tokenizer.encode("Hello"))
+"""
+    result = run_fresh(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "TokenizersBackend True\n" and result.stderr == ""
+
+
 @pytest.mark.slow
 def test_a_fresh_environment_with_only_torch_and_transformers_loads_it(checkpoints, tmp_path):
     """A new virtual environment (no system packages) gets torch and transformers at the versions installed here,
