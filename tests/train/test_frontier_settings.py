@@ -1,4 +1,4 @@
-"""The frontier's settings files (``bench/frontier.yaml``, ``bench/frontier-pilot.yaml``): every setting is a valid
+"""The frontier's settings files (``bench/frontier*.yaml``): every setting is a valid
 training run, so a typo fails here and not hours into ``bench/frontier.py``; and the table renders from a JSON."""
 
 from __future__ import annotations
@@ -28,11 +28,16 @@ def frontier_module():
         sys.path.remove(str(BENCH))
 
 
-@pytest.mark.parametrize("name", ["frontier.yaml", "frontier-pilot.yaml"])
+@pytest.mark.parametrize("name", ["frontier.yaml", "frontier-pilot.yaml", "frontier-wikitext2.yaml"])
 def test_every_setting_is_a_valid_run(name):
     frontier = frontier_module()
     plan = frontier.read_plan(BENCH / name)
-    assert len(plan.settings) >= (12 if name == "frontier.yaml" else 5)
+    assert len(plan.settings) >= {"frontier.yaml": 12, "frontier-pilot.yaml": 5}.get(name, 1)
+    if plan.twin_training is not None:  # a twin the plan trains: a valid run with spiking off
+        config = frontier.run_config(plan, plan.twin_training, None)
+        make_config({**config, "dataset": "corpus.txt"}, {}, source="twin").run_length_given()
+        assert config["model"]["spiking"] is False and plan.twin_steps == config["max_steps"]
+        plan.twin_model = "spikegpt-shakespeare-twin"  # (a stand-in for the settings' run configs below)
     for setting in plan.settings:
         if setting.model is not None:  # trained before: a model that exists, with its training steps
             from spikegpt.train.trainer import model_source
