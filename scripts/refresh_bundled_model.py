@@ -3,7 +3,7 @@ checkpoint (``save_pretrained`` of the model and the tokenizer), keeping its wei
 
 Run from the project root after a change to what checkpoints carry (``auto_map`` and code files, the chat
 template, the unknown token):  python scripts/refresh_bundled_model.py [NAME ...]  (default: every bundled model)
-``tests/train/test_bundled_model.py`` fails while the bundled files differ from what saving writes now.
+``tests/train/test_bundled_models.py`` fails while the bundled files differ from what saving writes now.
 """
 
 from __future__ import annotations
