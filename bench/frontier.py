@@ -83,7 +83,8 @@ class Plan:
     twin_training: Setting | None = None
 
 
-PLAN_KEYS = {"dataset", "eval_dataset", "base_config", "twin", "profile", "settings"}  # and "_name": YAML anchors
+# and "_name" entries: YAML anchors
+PLAN_KEYS = {"dataset", "eval_dataset", "base_config", "twin", "profile", "settings", "shipped"}
 
 
 def read_plan(path: Path) -> Plan:
@@ -533,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_steps_override": args.max_steps,
         "energy_tokens": args.energy_tokens,
         "goals": {"gap_to_twin": GOAL_GAP, "zero_inputs": GOAL_ZEROS, "spikes_per_input": GOAL_SPIKES},
+        # the setting whose model ships as a bundled model, if the settings file names one
+        "shipped": read_config_file(Path(args.settings)).get("shipped"),
         "twin": twin,
         "int8_twin": int8,
         "models": rows,
