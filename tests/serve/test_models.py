@@ -13,28 +13,17 @@ from contextlib import ExitStack
 import httpx
 import pytest
 import torch
-from conftest import lively_weights_
 from serve_helpers import completion_text, metric_values, run_server, sse_events, tiny_settings
 
-from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
+from spikegpt import SpikeGPTConfig
 from spikegpt.hub.checkpoint import BUNDLED_MODELS
-from spikegpt.hub.tokenizer import load_tokenizer
 from spikegpt.serve.settings import ServeSettings, SettingsError
 from spikegpt.serve.testing import SPIKEGPT, ServerProcess
 
 ENDLESS = {"prompt": "Hello", "max_tokens": 100_000, "ignore_eos": True, "stream": True}  # runs until cancelled
 LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 2  # several prefill chunks of 8 tokens
 
-
-@pytest.fixture(scope="module")
-def deeper_model_dir(tmp_path_factory, tiny_model_dir):
-    """A second tiny model with the first's tokenizer: three layers where the first has two, other weights."""
-    path = tmp_path_factory.mktemp("deeper-spikegpt")
-    config = SpikeGPTConfig.from_pretrained(tiny_model_dir)
-    config.n_layer = 3
-    lively_weights_(SpikeGPTForCausalLM(config), seed=4321).save_pretrained(path)
-    load_tokenizer(str(tiny_model_dir)).save_pretrained(path)
-    return path
+pytest_plugins = ["serve_fixtures"]  # deeper_model_dir
 
 
 @pytest.fixture(scope="module")
