@@ -6,13 +6,12 @@ that refuses (its queue full) ends its own column only; bad requests are refused
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 from contextlib import ExitStack
 
 import httpx
 import pytest
-from serve_helpers import metric_values, run_server, sse_events, tiny_settings
+from serve_helpers import figures_by_hand, metric_values, run_server, sse_events, tiny_settings
 
 from spikegpt.energy.compare import FIGURES, format_table
 from spikegpt.serve.testing import SPIKEGPT, ServerProcess
@@ -21,7 +20,6 @@ pytest_plugins = ["serve_fixtures"]  # deeper_model_dir
 
 PROMPT, CONTINUATION = "Hello there", " and good morning, my friend."
 SAMPLING = {"max_tokens": 12, "temperature": 0.9, "seed": 5, "ignore_eos": True}
-RULES = ("strict", "paper", "event")
 
 
 @pytest.fixture(scope="module")
@@ -42,29 +40,10 @@ def served(models):
         server.stop()
 
 
-def by_hand(url: str, model: str) -> dict:
-    """The compare table's figures of ``model`` from the requests a user would send: the seeded completion, and the
-    prompt with the continuation echoed with its log-probabilities (the continuation's tokens are its last)."""
-    with httpx.Client(base_url=url, timeout=60) as c:
-        run = c.post("/v1/completions", json={"model": model, "prompt": PROMPT, **SAMPLING}).json()
-        scored = c.post(
-            "/v1/completions",
-            json={"model": model, "prompt": PROMPT + CONTINUATION, "echo": True, "logprobs": 0, "max_tokens": 0},
-        ).json()
-        tokens = c.post("/tokenize", json={"model": model, "prompt": CONTINUATION}).json()["count"]
-    logprobs = scored["choices"][0]["logprobs"]["token_logprobs"][-tokens:]
-    energy = run["energy"]
-    figures = {"tokens": run["usage"]["completion_tokens"], "firing_rate": energy["firing_rate"]}
-    for rule in RULES:
-        figures[f"energy_per_token.{rule}"] = energy["rules"][rule]["total_j_per_generated_token"]
-    figures["input_zero_fraction"] = energy["input_zero_fraction"]
-    figures["bits_per_byte"] = -sum(logprobs) / math.log(2) / len(CONTINUATION.encode())
-    return {"text": run["choices"][0]["text"], "figures": figures}
-
-
 @pytest.fixture(scope="module")
 def expected(served) -> dict:
-    return {model: by_hand(served.url, model) for model in ("alpha", "beta")}
+    with httpx.Client(base_url=served.url, timeout=60) as c:
+        return {model: figures_by_hand(c, model, PROMPT, CONTINUATION, SAMPLING) for model in ("alpha", "beta")}
 
 
 def compare(url: str, **body) -> httpx.Response:
