@@ -166,3 +166,24 @@ def test_a_model_that_refuses_ends_only_its_own_column(tiny_model_dir, deeper_mo
         next(busy)  # now beta is busy too
         refused = compare(server.url)
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "queue_full"
+
+
+def test_spikegpt_compare_explains_every_flag_and_refuses_bad_input_in_one_line(tmp_path, models):
+    from spikegpt.cli import build_parser
+    from spikegpt.commands.common import BUNDLED_NAMES_HELP
+    from spikegpt.hub.checkpoint import BUNDLED_MODELS
+
+    assert ", ".join(BUNDLED_MODELS) == BUNDLED_NAMES_HELP  # the help names the bundled models
+    parser = build_parser()._subparsers._group_actions[0].choices["compare"]
+    assert all(action.help for action in parser._actions), [a.dest for a in parser._actions if not a.help]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for arguments, words in [
+        (["--model", models["alpha"]], "give --model two or three times, got 1"),
+        (["--model", models["alpha"], "--model", models["alpha"]], "each model once: a --model is given twice"),
+        (["--model", models["alpha"], "--model", models["beta"], "--dataset", str(empty)], "the file is empty"),
+        (["--model", models["alpha"], "--model", "/no/such/model"], "/no/such/model: no such model directory"),
+    ]:
+        result = subprocess.run([SPIKEGPT, "compare", "--prompt", "Hi", *arguments], capture_output=True, text=True)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == f"spikegpt compare: error: {words}"
