@@ -178,10 +178,11 @@ def test_spikegpt_compare_explains_every_flag_and_refuses_bad_input_in_one_line(
     assert all(action.help for action in parser._actions), [a.dest for a in parser._actions if not a.help]
     empty = tmp_path / "empty.txt"
     empty.write_text("")
+    two = ["--model", models["alpha"], "--model", models["beta"]]
     for arguments, words in [
         (["--model", models["alpha"]], "give --model two or three times, got 1"),
         (["--model", models["alpha"], "--model", models["alpha"]], "each model once: a --model is given twice"),
-        (["--model", models["alpha"], "--model", models["beta"], "--dataset", str(empty)], "the file is empty"),
+        ([*two, "--dataset", str(empty)], f"{empty}: the file is empty: nothing to score"),
         (["--model", models["alpha"], "--model", "/no/such/model"], "/no/such/model: no such model directory"),
     ]:
         result = subprocess.run([SPIKEGPT, "compare", "--prompt", "Hi", *arguments], capture_output=True, text=True)
