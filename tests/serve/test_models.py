@@ -16,7 +16,9 @@ import torch
 from serve_helpers import completion_text, metric_values, run_server, sse_events, tiny_settings
 
 from spikegpt import SpikeGPTConfig
+from spikegpt.cli import build_parser
 from spikegpt.hub.checkpoint import BUNDLED_MODELS
+from spikegpt.serve.cli import settings_from_args
 from spikegpt.serve.settings import ServeSettings, SettingsError
 from spikegpt.serve.testing import SPIKEGPT, ServerProcess
 
@@ -207,6 +209,15 @@ def test_settings_of_several_models(tmp_path):
         ServeSettings(models=tuple(str(d) for d in same_names))
     with pytest.raises(SettingsError, match="either model"):
         ServeSettings(model="a", models=("b", "c"))
+    # as variables; the flags' models replace the variables' model
+    environ = {"SPIKEGPT_MODELS": "a/x, b/y", "SPIKEGPT_SERVED_MODEL_NAMES": "one,two", "SPIKEGPT_MODEL": "c"}
+    from_env = ServeSettings.from_env({k: v for k, v in environ.items() if k != "SPIKEGPT_MODEL"})
+    assert [v.model_name for v in from_env.model_settings()] == ["one", "two"]
+    args = build_parser().parse_args(["serve", "--model", "d", "--model", "e"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SPIKEGPT_MODEL", "c")
+        assert settings_from_args(args).models == ("d", "e")
+        assert settings_from_args(build_parser().parse_args(["serve"])).model == "c"
 
 
 def test_names_that_do_not_match_the_models_are_one_line(tiny_model_dir):
