@@ -235,7 +235,7 @@ class ModelHosts:
 
     @property
     def status(self) -> str:
-        """ "failed" if any model failed to load, else "shutting_down", "loading" while any loads, else "ready"."""
+        """The server's: failed if any model failed to load, else shutting_down, loading while any loads, else ready."""
         statuses = {host.status for host in self}
         for status in ("failed", "shutting_down", "loading"):
             if status in statuses:
