@@ -196,6 +196,23 @@ def test_a_narrow_window_by_keyboard_with_labels(browser, served):
         page.close()
 
 
+def test_the_playground_chooses_among_several_models(browser, served):
+    page = Page(browser, served.url)
+    try:
+        page.expect("#model-select option").to_have_count(3)
+        page.expect("#model-placement").to_have_text("residual")
+        page.page.select_option("#model-select", "spikegpt-shakespeare-driven")
+        page.expect("#model-placement").to_have_text("inputs")
+        page.expect("#raster thead th").to_have_count(3)  # #, token and the driven model's one site
+        with page.page.expect_request(lambda r: r.url.endswith("/v1/completions")) as sent:
+            page.generate(max_tokens=5, seed=1)
+        page.wait_done()
+        assert json.loads(sent.value.post_data)["model"] == "spikegpt-shakespeare-driven"
+        assert page.evaluate("() => document.querySelectorAll('#raster tbody tr').length") == 5
+    finally:
+        page.close()
+
+
 def test_the_compare_page_and_its_files_have_the_playgrounds_policy(served):
     with httpx.Client(base_url=served.url) as client:
         page = client.get("/compare")
