@@ -15,9 +15,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from spikegpt import __version__
 
+from .compare import router as compare_router
 from .errors import install_error_handlers
-from .host import Loader, ModelHost, load_checkpoint
-from .metrics import ServerMetrics
+from .host import Loader, ModelHosts, load_checkpoint
 from .middleware import ApiKeyMiddleware, BodySizeLimitMiddleware, BodyTimeoutMiddleware
 from .openapi import install_openapi
 from .playground import install_playground
@@ -30,25 +30,27 @@ def create_app(
     loader: Loader = load_checkpoint,
     on_load_error: Callable[[Exception], None] | None = None,
 ) -> FastAPI:
-    """The server's app. The model loads in the background once the app starts (``/ready`` says when it is
-    ready); ``loader`` replaces how it is loaded, ``on_load_error`` hears if that fails."""
+    """The server's app. The models load in the background once the app starts (``/ready`` says when they are
+    ready); ``loader`` replaces how each is loaded, ``on_load_error`` hears if that fails."""
     settings = settings or ServeSettings.from_env()
-    host = ModelHost(settings, ServerMetrics(), loader, on_load_error)
+    hosts = ModelHosts(settings, loader, on_load_error)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        loading = asyncio.create_task(host.load())
+        loading = asyncio.create_task(hosts.load())
         try:
             yield
         finally:
             if not loading.done():
                 loading.cancel()
-            await host.close()
+            await hosts.close()
 
     app = FastAPI(title="SpikeGPT", version=__version__, lifespan=lifespan)
-    app.state.host = host
+    app.state.hosts = hosts
+    app.state.host = hosts.first  # the first (with one model: the) served model
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(compare_router)
     install_openapi(app)
     install_playground(app)
     # the last added runs first: CORS (so that every answer carries its headers), then the key, then the body's limits

@@ -9,7 +9,7 @@ import contextlib
 from spikegpt.commands.common import THREADS_DEFAULT, THREADS_HELP, add_model_arguments
 from spikegpt.runtime.products import DECODE_HELP, DECODE_MODES
 
-from .settings import ENV_PREFIX, ServeSettings
+from .settings import ENV_PREFIX, ServeSettings, SettingsError
 
 DESCRIPTION = """\
 Serve a SpikeGPT model over an OpenAI-compatible HTTP API: POST /v1/completions and /v1/chat/completions
@@ -18,6 +18,12 @@ Serve a SpikeGPT model over an OpenAI-compatible HTTP API: POST /v1/completions 
 SIGTERM) and GET /metrics (Prometheus). Every response, and the last chunk of every stream, carries an
 "energy" field: the request's measured firing rates and the estimated energy of its arithmetic, of the
 weights it read (data movement) and their total, beside three baselines.
+
+Several models can be served from one process: give --model once per model (a directory, a Hub id or a
+bundled model's name). GET /v1/models lists them, every request is routed by its "model", and each model has its own
+engine, batch, queue, prefix-state cache and limits (--max-batch, --max-queue and the cache sizes hold per model);
+POST /v1/compare runs one prompt on two or three of them and answers with a table of their differences (the
+playground's /compare page shows it).
 
 Concurrent requests share one batch: each prompt is read with the parallel form, then every running sequence
 advances by one token per batched recurrent step. Every flag can also be set by an environment variable
@@ -28,9 +34,9 @@ SPIKEGPT_<FLAG> (e.g. SPIKEGPT_API_KEY, SPIKEGPT_MAX_BATCH); a flag wins over th
 DEFAULTS = ServeSettings()
 FLAGS = {
     "--served-model-name": (
-        "the name clients send as 'model'",
-        f"the model directory's name, or {DEFAULTS.model_name} for the bundled model",
-        dict(metavar="NAME"),
+        "the name clients send as 'model'; with several --model, give it once per --model, in their order",
+        f"the model directory's name, the Hub id or the bundled model's name ({DEFAULTS.model_name} without --model)",
+        dict(metavar="NAME", action="append"),
     ),
     "--host": ("address to listen on", DEFAULTS.host, {}),
     "--port": ("port to listen on; 0 lets the system pick a free one", DEFAULTS.port, dict(type=int)),
@@ -162,7 +168,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_arguments(parser)
+    add_model_arguments(parser, several=True)
     for flag, (text, default, options) in FLAGS.items():
         variable = ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
         parser.add_argument(flag, help=f"{text} (default: {default}; env {variable})", **options)
@@ -176,10 +182,25 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     given = {name: value for name, value in given.items() if value is not None}
     if "cors_origins" in given:
         given["cors_origins"] = tuple(given["cors_origins"])
+    given.update(_models_given(given.pop("model", None), given.pop("served_model_name", None)))
     return ServeSettings.from_env(**given)
 
 
-def _draining_server(config, host):
+def _models_given(models: list[str] | None, names: list[str] | None) -> dict:
+    """The settings of the --model and --served-model-name flags (each given once per model): one model as
+    ``model`` (and ``served_model_name``), several as ``models`` (and ``served_model_names``)."""
+    models, names = models or [], names or []
+    if len(models) > 1:
+        return {"models": tuple(models), **({"served_model_names": tuple(names)} if names else {})}
+    if len(names) > 1:
+        raise SettingsError(f"--served-model-name was given {len(names)} times for one model: give it once per --model")
+    return {
+        **({"model": models[0]} if models else {}),
+        **({"served_model_name": names[0]} if names else {}),
+    }
+
+
+def _draining_server(config, hosts):
     """A uvicorn server that drains before it shuts down: on SIGTERM the host stops taking requests (``/ready``
     and new requests answer 503, which a load balancer retries elsewhere) and the requests in flight run to their
     end or the grace, all while the port stays open; only then does uvicorn close it (a second signal: at once).
@@ -188,8 +209,8 @@ def _draining_server(config, host):
 
     class DrainingServer(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:
-            host.begin_shutdown()
-            drained = asyncio.ensure_future(host.drained())
+            hosts.begin_shutdown()
+            drained = asyncio.ensure_future(hosts.drained())
             while not drained.done() and not self.force_exit:
                 await asyncio.wait([drained], timeout=0.05)
             drained.cancel()
@@ -226,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         access_log=settings.access_log,
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,  # a backstop: streams end at the grace
     )
-    server = _draining_server(config, app.state.host)
+    server = _draining_server(config, app.state.hosts)
     server.run()
     if load_errors:
         raise load_errors[0]

@@ -10,6 +10,7 @@ or because the handler stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -77,6 +78,7 @@ class Job:
         self.requests: list[GenerationRequest] = []
         self.choices: dict[str, Choice] = {}
         self.prompt_of: dict[str, int] = {}  # request id -> index of its prompt
+        self.answered_energy: dict | None = None  # the "energy" field, once the answer is complete
         n = len(params_for_choice)
         for p_index, prompt in enumerate(prompts):
             for c, params in enumerate(params_for_choice):
@@ -131,8 +133,9 @@ class Job:
         return None
 
     def finish(self) -> dict:
-        """The "energy" field, with the request's tokens and energy accounted in the metrics."""
-        energy = self.energy()
+        """The "energy" field (kept as ``answered_energy``), with the request's tokens and energy accounted in the
+        metrics."""
+        energy = self.answered_energy = self.energy()
         self.life.answered(self.prompt_tokens, self.completion_tokens, energy)
         return energy
 
@@ -217,6 +220,16 @@ async def stream(job: Job, generation: Generation) -> AsyncIterator[str]:
     """The SSE body of an opened ``generation``: chunks as tokens come, the "energy" field on the last chunk
     (the usage chunk with stream_options.include_usage), then ``data: [DONE]``. A failure mid-stream is sent as
     an error event (which OpenAI clients raise) before ``[DONE]``."""
+    async with contextlib.aclosing(stream_payloads(job, generation)) as payloads:
+        async for batch in payloads:
+            yield "".join(sse(payload) for payload in batch)
+    if job.life.outcome != "cancelled":
+        yield DONE
+
+
+async def stream_payloads(job: Job, generation: Generation) -> AsyncIterator[list[dict]]:
+    """The events of ``stream`` before ``[DONE]``, as payloads, a list per batch of engine events (one SSE write);
+    the last is an error body where the request failed. Ends without one where the client left."""
     fmt = job.fmt
     outcome = None  # None at the end: the client left (or the response was cancelled) before it was complete
     try:
@@ -225,7 +238,7 @@ async def stream(job: Job, generation: Generation) -> AsyncIterator[str]:
             envelope["usage"] = None
         starts = [fmt.start_chunk(c) for c in sorted(job.choices.values(), key=lambda c: c.index)]
         if any(starts):
-            yield sse({**envelope, "choices": starts})
+            yield [{**envelope, "choices": starts}]
         async for batch in generation.batches():
             chunks = []
             for request_id, events in _by_choice(batch).items():
@@ -243,7 +256,7 @@ async def stream(job: Job, generation: Generation) -> AsyncIterator[str]:
             failure = job.failure()
             if failure is not None:
                 outcome = failure
-                yield sse(failure.body()) + DONE
+                yield [failure.body()]
                 return
             if not generation.remaining:
                 energy = job.finish()
@@ -251,15 +264,14 @@ async def stream(job: Job, generation: Generation) -> AsyncIterator[str]:
                     chunks.append({**envelope, "choices": [], "usage": job.usage(), "energy": energy})
                 else:
                     chunks[-1]["energy"] = energy
-            yield "".join(sse(c) for c in chunks)
+            yield chunks
         outcome = "success"
-        yield DONE
     except ClientDisconnectedError:
         pass
     except Exception:  # a bug here must still end the stream properly
         logger.exception("stream %s failed", job.id)
         outcome = server_error()
-        yield sse(outcome.body()) + DONE
+        yield [outcome.body()]
     finally:
         generation.close()
         if outcome == "success":

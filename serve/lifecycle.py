@@ -14,13 +14,13 @@ import time
 from spikegpt.runtime.engine import GenerationEvent
 
 from .errors import APIError
-from .metrics import ServerMetrics
+from .metrics import ModelMetrics
 
 logger = logging.getLogger(__name__)
 
 
 class RequestLife:
-    def __init__(self, metrics: ServerMetrics, endpoint: str):
+    def __init__(self, metrics: ModelMetrics, endpoint: str):
         self.metrics = metrics
         self.endpoint = endpoint
         self.arrival = time.monotonic()  # TTFT counts from here: reading, validation and tokenization included
@@ -38,7 +38,7 @@ class RequestLife:
             self._last_token_at[event.request_id] = now
         if event.finish_reason is not None:
             self._last_token_at.pop(event.request_id, None)
-            self.metrics.sequences_finished.labels(finished_reason=event.finish_reason).inc()
+            self.metrics.sequence_finished(event.finish_reason)
 
     def answered(self, prompt_tokens: int, completion_tokens: int, energy: dict) -> None:
         """The whole answer is ready: its tokens, latency, firing rate and energy count (the outcome, "success",

@@ -18,13 +18,14 @@ from .protocol import (
     SERVER_LIMIT,
     STATED_LIMITS,
     ChatCompletionRequest,
+    CompareRequest,
     CompletionRequest,
     DetokenizeRequest,
     ServerLimits,
     TokenizeRequest,
 )
 
-REQUEST_MODELS = (CompletionRequest, ChatCompletionRequest, TokenizeRequest, DetokenizeRequest)
+REQUEST_MODELS = (CompletionRequest, ChatCompletionRequest, TokenizeRequest, DetokenizeRequest, CompareRequest)
 
 
 class ErrorDetail(BaseModel):
@@ -43,7 +44,7 @@ class ErrorBody(BaseModel):
 ERRORS = {
     400: "the body is not valid JSON, or a field has a wrong type or a value out of range",
     401: "the API key is missing or wrong (only when the server has one)",
-    404: "the model named is not the one served",
+    404: "the model named is not one this server serves",
     413: "the body is larger than the server's --max-body-bytes",
     415: "the body is not sent as application/json",
     429: "every batch slot is taken and the queue is full (Retry-After: 1)",
@@ -111,11 +112,12 @@ def openapi_document(app: FastAPI, limits: ServerLimits | None) -> dict:
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Serve the document of the server's current limits: none while the model loads, then the served model's."""
+    """Serve the document of the server's current limits: none while the models load, then the served models'
+    (with several, the least of each limit: what every model accepts)."""
     documents: dict[ServerLimits | None, dict] = {}
 
     def openapi() -> dict:
-        limits = app.state.host.limits
+        limits = app.state.hosts.limits
         if limits not in documents:
             documents[limits] = openapi_document(app, limits)
         return documents[limits]

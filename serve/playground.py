@@ -1,6 +1,7 @@
-"""The playground: ``GET /`` serves one page, and ``/playground/`` its script and style, from ``serve/static``
-(package data; no build step, nothing fetched from elsewhere, so it works offline). The page talks to the server
-through the public API only: ``GET /v1/models`` and the streaming endpoints with ``stream_options.include_spikes``."""
+"""The playground: ``GET /`` serves one page, ``GET /compare`` the page that compares two or three models on one
+prompt, and ``/playground/`` their scripts and style, from ``serve/static`` (package data; no build step, nothing
+fetched from elsewhere, so it works offline). The pages talk to the server through the public API only:
+``GET /v1/models``, the streaming endpoints with ``stream_options.include_spikes``, and ``POST /v1/compare``."""
 
 from __future__ import annotations
 
@@ -33,5 +34,9 @@ def install_playground(app: FastAPI) -> None:
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def playground() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=HEADERS)
+
+    @app.api_route("/compare", methods=["GET", "HEAD"], include_in_schema=False)
+    async def compare() -> FileResponse:
+        return FileResponse(STATIC / "compare.html", headers=HEADERS)
 
     app.mount("/playground", _Static(directory=STATIC), name="playground")

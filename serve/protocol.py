@@ -17,6 +17,7 @@ except for what no schema can state: a text prompt's or a chat's length in token
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
@@ -321,6 +322,54 @@ class CompletionRequest(_Generation):
     def _sequences(self, info: ValidationInfo):
         self.check_sequences(len(self.prompt), info)
         return self
+
+
+MAX_COMPARED = 3  # models one compare request runs side by side
+
+
+def _one_sequence(value: int) -> int:
+    if value != 1:
+        raise ValueError(f"a comparison runs one sequence per model: n must be 1, got {value}")
+    return value
+
+
+def _distinct(names: list[str]) -> list[str]:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"each model once: {repeated[0]!r} is named twice")
+    return names
+
+
+class CompareRequest(_Generation):
+    """``POST /v1/compare``: ``prompt`` on each of ``models`` (two or three served models), as a ``/v1/completions``
+    request with the same sampling fields would run it on each; ``continuation``: a text each model is scored on
+    after the prompt (bits per byte). ``model`` is ignored: ``models`` names them."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [only_with("stream_options", "stream")]})
+
+    models: Annotated[
+        list[str], Field(min_length=2, max_length=MAX_COMPARED), AfterValidator(_distinct), states(uniqueItems=True)
+    ]
+    prompt: Annotated[str, server_limit("text_length")]
+    continuation: Annotated[str, states(minLength=1)] | None = None
+    max_tokens: MaxTokens | None = 16
+    n: Annotated[Integer, AfterValidator(_one_sequence), states(minimum=1, maximum=1)] | None = 1
+
+    @field_validator("continuation")
+    @classmethod
+    def _continuation(cls, value):
+        if value is not None and not value:
+            raise ValueError("the continuation must not be empty (leave it out to score nothing)")
+        return value
+
+    def completion_body(self, model: str, stream: bool) -> bytes:
+        """The ``/v1/completions`` body that runs this comparison on ``model``: its sampling fields, and the text
+        and spikes of every token (what the /compare page draws)."""
+        fields = self.model_dump(exclude={"models", "continuation", "model", "n", "stream", "stream_options"})
+        body = {**fields, "model": model, "stream": stream, "logprobs": 0}
+        if stream:
+            body["stream_options"] = {"include_usage": True, "include_spikes": True}
+        return json.dumps(body).encode()
 
 
 def only_text(what: str) -> AfterValidator:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request
@@ -16,7 +17,7 @@ from .chat import render_chat
 from .errors import APIError, ClientDisconnectedError, invalid, unsupported_media_type
 from .formats import ChatFormat, CompletionFormat
 from .generation import Generation, Job, Prompt, complete, stream
-from .host import ModelHost
+from .host import ModelHost, ModelHosts
 from .lifecycle import RequestLife
 from .openapi import (
     GENERATION_RESPONSES,
@@ -42,56 +43,76 @@ router = APIRouter()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _host(request: Request) -> ModelHost:
-    return request.app.state.host
+def _hosts(request: Request) -> ModelHosts:
+    return request.app.state.hosts
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json(content_type: str | None) -> bool:
     media_type = (content_type or "").partition(";")[0].strip().lower()
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
-async def _read(request: Request, body_type: type[Body]) -> tuple[ModelHost, Body]:
-    """The ready host and the validated body, whose model (if named) must be the served one. Only JSON bodies
-    are parsed (415 otherwise); a client that leaves while sending raises ClientDisconnectedError."""
-    host = _host(request)
-    host.require_ready()
+def _json_object(raw: bytes) -> dict | None:
+    """The body as a JSON object, to read its "model" before validation; None if it is none."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def _read(request: Request, body_type: type[Body], life: RequestLife | None = None) -> tuple[ModelHost, Body]:
+    """The ready host of the model the body names (with one model: that one) and the validated body, whose model
+    (if named) must be a served one; ``life`` is the request's, counted from then on with that model. Only JSON
+    bodies are parsed (415 otherwise); a client that leaves while sending raises ClientDisconnectedError."""
+    hosts = _hosts(request)
     try:
         raw = await request.body()
     except ClientDisconnect:
         raise ClientDisconnectedError() from None
-    if not _is_json(request.headers.get("content-type")):
+    data = _json_object(raw) if hosts.several else None  # (one model serves every request: no need to look)
+    host = hosts.first if data is None else hosts.route(data.get("model"))  # a body no JSON object: refused below
+    if life is not None:
+        life.metrics = host.metrics
+    host.require_ready()
+    if not is_json(request.headers.get("content-type")):
         raise unsupported_media_type(request.headers.get("content-type"))
     body = parse_body(body_type, raw, host.limits)
     host.check_model(body.model)
     return host, body
 
 
-def _status(host: ModelHost, ok: bool) -> JSONResponse:
-    body = {"status": host.status, "model": host.model_name}
-    if host.error:
-        body["error"] = host.error
+def _host_status(host: ModelHost) -> dict:
+    return {"status": host.status, **({"error": host.error} if host.error else {})}
+
+
+def _status(hosts: ModelHosts, ok: bool) -> JSONResponse:
+    """The server's status; with one model its name (and error), with several each model's status."""
+    if hosts.several:
+        body = {"status": hosts.status, "models": {host.model_name: _host_status(host) for host in hosts}}
+    else:
+        body = {"status": hosts.status, "model": hosts.first.model_name, **_host_status(hosts.first)}
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/health", responses=HEALTH_RESPONSES)
 async def health(request: Request) -> JSONResponse:
-    """Liveness: 200 while the server is up, loading its model, serving or draining; 503 after a failed load."""
-    host = _host(request)
-    return _status(host, host.status != "failed")
+    """Liveness: 200 while the server is up, loading its models, serving or draining; 503 after a failed load."""
+    hosts = _hosts(request)
+    return _status(hosts, hosts.status != "failed")
 
 
 @router.get("/ready", responses=READY_RESPONSES)
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: 200 when requests can be served; 503 while loading, after a failed load, and while draining
+    """Readiness: 200 when every model can serve; 503 while loading, after a failed load, and while draining
     after SIGTERM (so a load balancer stops sending requests before the server goes away)."""
-    host = _host(request)
-    return _status(host, host.status == "ready")
+    hosts = _hosts(request)
+    return _status(hosts, hosts.status == "ready")
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSES)
 async def metrics(request: Request) -> Response:
-    data, content_type = _host(request).metrics.exposition()
+    data, content_type = _hosts(request).metrics.exposition()
     return Response(data, media_type=content_type)
 
 
@@ -104,17 +125,15 @@ def _model_card(host: ModelHost) -> dict:
 
 @router.get("/v1/models", responses=errors(401))
 async def list_models(request: Request) -> dict:
-    return {"object": "list", "data": [_model_card(_host(request))]}
+    return {"object": "list", "data": [_model_card(host) for host in _hosts(request)]}
 
 
 @router.get("/v1/models/{model:path}", responses=errors(401, 404))
 async def retrieve_model(request: Request, model: str) -> dict:
-    host = _host(request)
-    host.check_model(model)
-    return _model_card(host)
+    return _model_card(_hosts(request).named(model))
 
 
-def _encode_prompt(host: ModelHost, prompt: str | list[int], echo: bool) -> Prompt:
+def encode_prompt(host: ModelHost, prompt: str | list[int], echo: bool) -> Prompt:
     if isinstance(prompt, list):  # token ids: already checked with the body
         return Prompt(prompt, host.tokenizer.decode(prompt) if echo else None)
     ids, unknown = encode_counting_unknown(host.tokenizer, prompt)
@@ -125,9 +144,9 @@ def _encode_prompt(host: ModelHost, prompt: str | list[int], echo: bool) -> Prom
     return Prompt(check_prompt_ids(ids, host.limits, "prompt"), prompt if echo else None, unknown)
 
 
-async def _completion_job(host: ModelHost, body: CompletionRequest, life: RequestLife) -> Job:
+async def completion_job(host: ModelHost, body: CompletionRequest, life: RequestLife) -> Job:
     max_tokens = host.settings.max_tokens_cap if body.max_tokens is None else body.max_tokens  # 0: score only
-    prompts = [_encode_prompt(host, p, body.echo) for p in body.prompt]
+    prompts = [encode_prompt(host, p, body.echo) for p in body.prompt]
     params = [body.sampling_params(max_tokens, body.logprobs, c) for c in range(body.n)]
     return Job(
         host=host,
@@ -162,10 +181,10 @@ async def _chat_job(host: ModelHost, body: ChatCompletionRequest, life: RequestL
 
 
 async def _generate(request: Request, endpoint: str, body_type: type[Body], build: Callable) -> Response:
-    host = _host(request)
-    life = RequestLife(host.metrics, endpoint)
+    hosts = _hosts(request)
+    life = RequestLife(hosts.unrouted_metrics, endpoint)  # the model's, once the body names it
     try:
-        host, body = await _read(request, body_type)
+        host, body = await _read(request, body_type, life)
         job = await build(host, body, life)
         generation = Generation(job, request).open()
     except APIError as e:
@@ -190,7 +209,7 @@ async def _generate(request: Request, endpoint: str, body_type: type[Body], buil
 
 @router.post("/v1/completions", openapi_extra=json_body(CompletionRequest), responses=GENERATION_RESPONSES)
 async def completions(request: Request) -> Response:
-    return await _generate(request, "completions", CompletionRequest, _completion_job)
+    return await _generate(request, "completions", CompletionRequest, completion_job)
 
 
 @router.post("/v1/chat/completions", openapi_extra=json_body(ChatCompletionRequest), responses=GENERATION_RESPONSES)
@@ -214,11 +233,17 @@ async def tokenize(request: Request) -> dict:
     }
 
 
-@router.get("/tokenizer_info", responses={200: {"description": "special tokens and chat template"}, **errors(401, 503)})
-async def tokenizer_info(request: Request) -> dict:
+TOKENIZER_INFO_RESPONSES = {200: {"description": "special tokens and chat template"}, **errors(400, 401, 404, 503)}
+
+
+@router.get("/tokenizer_info", responses=TOKENIZER_INFO_RESPONSES)
+async def tokenizer_info(request: Request, model: str | None = None) -> dict:
     """The tokenizer's special tokens and chat template (vLLM's endpoint), so that clients such as
-    lm-evaluation-harness tokenize through this server instead of looking for the tokenizer on the Hub."""
-    host = _host(request)
+    lm-evaluation-harness tokenize through this server instead of looking for the tokenizer on the Hub; a server
+    of several models needs ``?model=NAME``."""
+    hosts = _hosts(request)
+    host = hosts.route(model)
+    host.check_model(model)
     host.require_ready()
     tokenizer = host.tokenizer
     return {

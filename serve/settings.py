@@ -4,6 +4,9 @@ Each field ``name`` can be set by the variable ``SPIKEGPT_<NAME>`` (``SPIKEGPT_M
 ``SPIKEGPT_CORS_ORIGINS=https://a.example,https://b.example``, ``SPIKEGPT_BATCH_INVARIANT=false``); a flag beats
 the variable, which beats the default. The app factory (``spikegpt.serve.app:create_app``) reads only the
 variables, so any ASGI server can run it.
+
+One server may serve several models (``models``, with ``served_model_names``): each gets its own engine, state cache
+and limits, all from the same settings (``model_settings`` gives each model's own view).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import os
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from spikegpt.errors import ConfigError, DecodeModeError, SpikeGPTError
@@ -30,6 +33,10 @@ class SettingsError(SpikeGPTError, ValueError):
 class ServeSettings:
     model: str | None = None  # None: the bundled model
     served_model_name: str | None = None  # None: derived from `model`
+    # several models from one server (instead of `model`): each with its own engine, cache and limits; names given
+    # once per model, or none (each model's name is derived as `model`'s is)
+    models: tuple[str, ...] = ()
+    served_model_names: tuple[str, ...] = ()
     device: str = "cpu"
     dtype: str = "auto"
     weight_bits: int | None = None  # quantize the weights after loading (spikegpt.quant.grids); None: as stored
@@ -98,6 +105,41 @@ class ServeSettings:
             raise SettingsError(str(e)) from e
         if self.api_key is not None and not self.api_key:
             raise SettingsError("api_key must not be empty (leave it unset to serve without a key)")
+        self._check_models()
+
+    def _check_models(self) -> None:
+        if not self.models:
+            if self.served_model_names:
+                raise SettingsError("served_model_names needs models (one model: served_model_name)")
+            return
+        if self.model is not None or self.served_model_name is not None:
+            raise SettingsError("give either model (one model) or models (several), not both")
+        if self.served_model_names and len(self.served_model_names) != len(self.models):
+            raise SettingsError(
+                f"give one served model name per model: {len(self.models)} models, {len(self.served_model_names)} names"
+            )
+        names = [s.model_name for s in self.model_settings()]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise SettingsError(
+                f"two models would be served as {repeated[0]!r}: name each with --served-model-name "
+                "(SPIKEGPT_SERVED_MODEL_NAMES)"
+            )
+
+    def model_settings(self) -> list[ServeSettings]:
+        """One settings object per served model, each with its own ``model`` and ``served_model_name`` (the server's
+        other settings, limits included, hold for each model on its own). Models served together keep their cached
+        states in a subdirectory of ``state_cache_dir`` each."""
+        if not self.models:
+            return [self]
+        names = self.served_model_names or (None,) * len(self.models)
+        views = []
+        for model, name in zip(self.models, names, strict=True):
+            view = replace(self, model=model, served_model_name=name, models=(), served_model_names=())
+            if self.state_cache_dir is not None:
+                view = replace(view, state_cache_dir=str(Path(self.state_cache_dir) / _directory_name(view.model_name)))
+            views.append(view)
+        return views
 
     def engine_config(self) -> EngineConfig:
         """The options of the engine that serves the model."""
@@ -133,8 +175,18 @@ class ServeSettings:
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
                 values[f.name] = _parse(f.name, raw, hints[f.name])
+        # one model or several: what the flags name replaces the variables' other form
+        for given, other in (("models", ("model", "served_model_name")), ("model", ("models", "served_model_names"))):
+            if given in overrides:
+                for name in other:
+                    values.pop(name, None)
         values.update(overrides)
         return cls(**values)
+
+
+def _directory_name(model_name: str) -> str:
+    """A model's name as one directory name (a Hub id "org/name" becomes "org--name")."""
+    return model_name.replace("/", "--").replace("\\", "--")
 
 
 def _parse(name: str, raw: str, hint) -> object:

@@ -16,7 +16,7 @@ import time
 from spikegpt.runtime.engine import Engine, GenerationEvent, GenerationRequest
 
 from .lifecycle import RequestLife
-from .metrics import ServerMetrics
+from .metrics import ModelMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Submission:
 
 
 class EngineWorker:
-    def __init__(self, engine: Engine, max_queue: int, metrics: ServerMetrics):
+    def __init__(self, engine: Engine, max_queue: int, metrics: ModelMetrics):
         self.engine = engine
         self.capacity = engine.config.max_batch + max_queue
         self.metrics = metrics

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "spikegpt.commands.generate",
     "spikegpt.commands.convert",
     "spikegpt.commands.energy",
+    "spikegpt.commands.compare",
     "spikegpt.commands.quantize",
     "spikegpt.train.cli",
     "spikegpt.serve.cli",

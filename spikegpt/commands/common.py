@@ -26,15 +26,24 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(apply_threads=True)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    """--model, --device, --dtype, --weight-bits."""
+BUNDLED_NAMES_HELP = "spikegpt-shakespeare, spikegpt-shakespeare-driven, spikegpt-shakespeare-twin"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = False, several: bool = False) -> None:
+    """--model, --device, --dtype, --weight-bits; ``several``: --model may be given more than once (a list)."""
+    model_help = (
+        "a SpikeGPT checkpoint: a local Hugging Face directory, a Hub id or the name of a bundled model "
+        f"({BUNDLED_NAMES_HELP})"
+    )
+    if several:
+        model_help += "; give it once per model to use several"
     parser.add_argument(
         "--model",
         required=required,
         default=None,
-        metavar="DIR|HUB_ID",
-        help="a SpikeGPT checkpoint: a local Hugging Face directory or a Hub id"
-        + ("" if required else " (default: the bundled Tiny Shakespeare model)"),
+        action="append" if several else "store",
+        metavar="DIR|HUB_ID|NAME",
+        help=model_help + ("" if required else " (default: the bundled Tiny Shakespeare model)"),
     )
     parser.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument(

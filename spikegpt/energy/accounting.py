@@ -255,6 +255,16 @@ class SpikeTotals:
         elements = self.tokens * self.n_embd * len(self.sites)
         return sum(self.spikes) / elements if elements else 0.0
 
+    def input_zero_fraction(self, config: SpikeGPTConfig) -> float | None:
+        """Of all the input elements the block products read (each product's fan-in, every token), the fraction
+        that were zero (what event-driven hardware skips); None for statistics without the products' reads."""
+        if not self.reads:
+            return None
+        fan_ins = {product.name: product.fan_in for product in spike_layout(config).products}
+        elements = self.tokens * sum(fan_ins[name] for name in self.projections)
+        nonzero = sum(count for count, _ in self.reads)
+        return 1 - nonzero / elements if elements else 0.0
+
     def check(self, config: SpikeGPTConfig) -> None:
         layout = spike_layout(config)
         expected = layout.sites

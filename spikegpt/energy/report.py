@@ -418,6 +418,7 @@ def energy_field(
     reports = {rule: energy_report(totals, config, rule, profile, generated_tokens, head) for rule in RULES}
     return {
         "firing_rate": totals.firing_rate,
+        "input_zero_fraction": totals.input_zero_fraction(config),
         "profile": profile.name,
         "tokens": totals.tokens,
         "generated_tokens": generated_tokens,

@@ -140,10 +140,15 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
+def weight_bytes(config: SpikeGPTConfig, dtype: torch.dtype) -> int:
+    """The estimated bytes of the weights of a model of ``config`` in ``dtype``."""
+    return parameter_count(config) * torch.empty((), dtype=dtype, device="meta").element_size()
+
+
 def check_memory(config: SpikeGPTConfig, dtype: torch.dtype, device: torch.device, source: str) -> int:
     """The estimated bytes of the model's weights; CheckpointError when they exceed what ``device`` has."""
     params = parameter_count(config)
-    needed = params * torch.empty((), dtype=dtype, device="meta").element_size()
+    needed = weight_bytes(config, dtype)
     available = available_memory(device)
     if available is not None and needed > available:
         raise CheckpointError(
@@ -152,6 +157,20 @@ def check_memory(config: SpikeGPTConfig, dtype: torch.dtype, device: torch.devic
             f"{config.vocab_size}), more than the {available / 2**30:.1f} GiB available on {device}"
         )
     return needed
+
+
+def check_memory_together(needs: dict[str, int], device: str) -> None:
+    """CheckpointError when models that are to share one process (``needs``: name → estimated bytes each) do not fit
+    together in the memory ``device`` has; each alone is checked again as it loads (``check_memory``)."""
+    available = available_memory(check_device(device))
+    total = sum(needs.values())
+    if available is not None and total > available:
+        each = ", ".join(f"{name} {needed / 2**30:.2f}" for name, needed in needs.items())
+        raise CheckpointError(
+            f"the {len(needs)} models together need about {total / 2**30:.2f} GiB ({each} GiB: weights and state "
+            f"cache bounds), more than the {available / 2**30:.2f} GiB available on {device}; serve fewer models, "
+            "or lower --state-cache-mb"
+        )
 
 
 def _names(keys) -> str:
@@ -257,6 +276,28 @@ def _adopt_pad_token(model: SpikeGPTForCausalLM, tokenizer: PreTrainedTokenizerF
             model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
+def resolve_source(source: str | Path | None) -> str:
+    """Where the model ``source`` names is read from: the bundled model for None or a bundled model's name, a
+    checked local directory, else a Hub id."""
+    source = str(source) if source is not None else str(default_model_path())
+    if source in BUNDLED_MODELS and not Path(source).exists():
+        source = str(bundled_model_path(source))
+    if _looks_local(source):
+        _check_local(Path(source).expanduser())
+        source = str(Path(source).expanduser())
+    return source
+
+
+def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    return (parse_dtype(dtype) if isinstance(dtype, str) or dtype is None else dtype) or torch.float32
+
+
+def estimated_weight_bytes(source: str | Path | None, dtype: str | torch.dtype | None = None) -> int:
+    """The estimated bytes of the weights of the model at ``source`` (as ``load_model`` names it) in ``dtype``,
+    from its configuration alone: nothing is loaded."""
+    return weight_bytes(read_config(resolve_source(source)), _torch_dtype(dtype))
+
+
 def load_model(
     source: str | Path | None = None,
     device: str = "cpu",
@@ -270,13 +311,8 @@ def load_model(
     by its policy)."""
     apply_threads(threads)
     target = check_device(device)
-    source = str(source) if source is not None else str(default_model_path())
-    if source in BUNDLED_MODELS and not Path(source).exists():
-        source = str(bundled_model_path(source))
-    if _looks_local(source):
-        _check_local(Path(source).expanduser())
-        source = str(Path(source).expanduser())
-    torch_dtype = (parse_dtype(dtype) if isinstance(dtype, str) or dtype is None else dtype) or torch.float32
+    source = resolve_source(source)
+    torch_dtype = _torch_dtype(dtype)
     try:
         config = read_config(source)
         check_memory(config, torch_dtype, target, source)

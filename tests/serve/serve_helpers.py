@@ -5,6 +5,7 @@ too) and ways to talk to it over real HTTP."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -120,3 +121,22 @@ def metric_values(client: httpx.Client) -> dict[tuple, float]:
         for sample in family.samples:
             values[(sample.name, *sorted(sample.labels.items()))] = sample.value
     return values
+
+
+def figures_by_hand(client: httpx.Client, model: str, prompt: str, continuation: str, sampling: dict) -> dict:
+    """The compare table's figures of ``model``, worked out here from the requests a user would send: the seeded
+    completion (its text, tokens and "energy" field), and the prompt with the continuation echoed with its
+    log-probabilities (the continuation's tokens are the last), for bits per byte of the continuation."""
+    run = client.post("/v1/completions", json={"model": model, "prompt": prompt, **sampling}).json()
+    scoring = {"model": model, "prompt": prompt + continuation, "echo": True, "logprobs": 0, "max_tokens": 0}
+    scored = client.post("/v1/completions", json=scoring).json()
+    tokens = client.post("/tokenize", json={"model": model, "prompt": continuation}).json()["count"]
+    logprobs = scored["choices"][0]["logprobs"]["token_logprobs"][-tokens:]
+    energy = run["energy"]
+    figures = {"tokens": run["usage"]["completion_tokens"]}
+    for rule in ("strict", "paper", "event"):
+        figures[f"energy_per_token.{rule}"] = energy["rules"][rule]["total_j_per_generated_token"]
+    figures["firing_rate"] = energy["firing_rate"]
+    figures["input_zero_fraction"] = energy["input_zero_fraction"]
+    figures["bits_per_byte"] = -sum(logprobs) / math.log(2) / len(continuation.encode())
+    return {"text": run["choices"][0]["text"], "energy": energy, "figures": figures}

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from playground_browser import chromium, unavailable
-from serve_helpers import metric_values, sse_events
+from playground_browser import Page, chromium, unavailable, wait_idle
+from serve_helpers import sse_events
 
 from spikegpt.energy.render import format_bytes, format_joules
 from spikegpt.serve.testing import ServerProcess
@@ -55,69 +54,9 @@ def api(served) -> httpx.Client:
     return httpx.Client(base_url=served.url, timeout=30, headers={"Authorization": f"Bearer {KEY}"})
 
 
-def wait_idle(url: str, timeout: float = 10) -> None:
-    """Until the server runs and queues nothing (a cancelled stream frees its slot a moment after it closes)."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=url, timeout=5) as client:
-        while True:
-            values = metric_values(client)
-            if values[("spikegpt:num_requests_running",)] == 0 and values[("spikegpt:num_requests_waiting",)] == 0:
-                return
-            assert time.monotonic() < deadline, "the server stayed busy"
-            time.sleep(0.02)
-
-
-class Page:
-    """A fresh page on the playground, recording every request it makes and every script error."""
-
-    def __init__(self, browser, url: str, width: int = 1280, key: str | None = KEY):
-        self.url = url
-        self.context = browser.new_context(viewport={"width": width, "height": 900})
-        self.page = self.context.new_page()
-        self.requests: list[str] = []
-        self.problems: list[str] = []
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("pageerror", lambda e: self.problems.append(f"script error: {e}"))
-        self.page.on("console", self._console)
-        self.page.goto(url + "/")
-        if key is not None:
-            self.expect("#key-row").to_be_visible()
-            self.page.fill("#api-key", key)
-            self.page.dispatch_event("#api-key", "change")
-        self.expect("#model-layers").not_to_have_text("…")
-
-    def _console(self, message) -> None:
-        # a refused request is logged by the browser itself ("Failed to load resource"): expected here
-        if message.type == "error" and "Failed to load resource" not in message.text:
-            self.problems.append(f"console: {message.text}")
-
-    def expect(self, selector: str):
-        from playwright.sync_api import expect
-
-        return expect(self.page.locator(selector))
-
-    def generate(self, **fields: object) -> None:
-        for name, value in fields.items():
-            self.page.fill(f"#{name}", str(value))
-        wait_idle(self.url)
-        self.page.click("#send")
-
-    def wait_done(self) -> None:
-        self.expect("#status").to_have_text(re.compile(r"^Done: \d+ tokens"), timeout=30_000)
-
-    def evaluate(self, script: str):
-        return self.page.evaluate(script)
-
-    def close(self) -> None:
-        self.context.close()
-        assert not self.problems, self.problems
-        origin = self.url + "/"
-        assert all(u.startswith(origin) or u.startswith("data:") for u in self.requests), self.requests
-
-
 @pytest.fixture
 def page(browser, served):
-    p = Page(browser, served.url)
+    p = Page(browser, served.url, key=KEY)
     yield p
     p.close()
 
@@ -263,7 +202,7 @@ def test_refusals_show_their_message(page, served):
 
 
 def test_chat_mode_by_keyboard_in_a_narrow_window_with_labels(browser, served):
-    page = Page(browser, served.url, width=360)
+    page = Page(browser, served.url, width=360, key=KEY)
     try:
         # every control has a label, and Tab reaches them in reading order
         unlabelled = page.evaluate(
