@@ -17,7 +17,7 @@ Sections (``--sections``):
 
     python bench/hardware_study.py --dataset ../shared/data/tinyshakespeare/input.txt --sections ptq noise energy
     python bench/hardware_study.py --dataset ... --sections qat --qat 4=runs/qat4 1=runs/qat1 fp32=runs/ft
-    python bench/hardware_study.py --model spikegpt/assets/spikegpt-shakespeare-driven \
+    python bench/hardware_study.py --model spikegpt/assets/spikegpt-shakespeare-driven-k4 \
         --out bench/results/hardware_study-inputs.json --dataset ...   # the spike-driven placement
 """
 

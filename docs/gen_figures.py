@@ -29,7 +29,7 @@ PROVENANCE = RESULTS / "provenance.json"
 BEGIN, END = "<!-- generated:figures (docs/gen_figures.py) -->", "<!-- end generated:figures -->"
 BUNDLED = {
     "spikegpt/assets/spikegpt-shakespeare": "spikegpt-shakespeare",
-    "spikegpt/assets/spikegpt-shakespeare-driven": "spikegpt-shakespeare-driven",
+    "spikegpt/assets/spikegpt-shakespeare-driven-k4": "spikegpt-shakespeare-driven-k4",
 }
 
 
@@ -403,7 +403,7 @@ def headline(docs: str = "") -> str:
     """The key figures, each linking to its page: ``docs`` is the path from the including page to ``docs/``."""
     tail = {r["model"]: r for r in read_records("driven-study-tail.json")[0]["models"]}
     residual = tail["spikegpt/assets/spikegpt-shakespeare"]
-    driven = tail["spikegpt/assets/spikegpt-shakespeare-driven"]
+    driven = tail["spikegpt/assets/spikegpt-shakespeare-driven-k4"]
     twin = read_records("driven-study-tail.json")[0]["twin_bits_per_byte"]
     decode = by_measure(read_records("decode-forms.jsonl"), "decode")
     ours = next(r for r in decode if r["model"] == "spikegpt (ours)")

@@ -26,7 +26,9 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(apply_threads=True)
 
 
-BUNDLED_NAMES_HELP = "spikegpt-shakespeare, spikegpt-shakespeare-driven, spikegpt-shakespeare-twin"
+BUNDLED_NAMES_HELP = (  # spikegpt.hub.checkpoint.BUNDLED_MODELS, without importing torch for --help
+    "spikegpt-shakespeare, spikegpt-shakespeare-driven, spikegpt-shakespeare-twin, spikegpt-shakespeare-driven-k4"
+)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = False, several: bool = False) -> None:

@@ -40,8 +40,13 @@ DTYPES = {
 
 
 ASSETS = Path(__file__).parent.parent / "assets"
-# the first is the default; the third is the non-spiking twin of both (the study's reference and teacher)
-BUNDLED_MODELS = ("spikegpt-shakespeare", "spikegpt-shakespeare-driven", "spikegpt-shakespeare-twin")
+# the first is the default; the third is the non-spiking twin of the others (the frontier's reference and teacher)
+BUNDLED_MODELS = (
+    "spikegpt-shakespeare",
+    "spikegpt-shakespeare-driven",
+    "spikegpt-shakespeare-twin",
+    "spikegpt-shakespeare-driven-k4",
+)
 
 
 def default_model_path() -> Path:
@@ -52,8 +57,9 @@ def default_model_path() -> Path:
 def bundled_model_path(name: str) -> Path:
     """Directory of a model bundled with the package, by name (``BUNDLED_MODELS``), so ``--model NAME`` works
     from any directory: ``spikegpt-shakespeare`` (the default), ``spikegpt-shakespeare-driven`` (spike-driven:
-    every projection reads spike counts; README, "Where the spikes go") or ``spikegpt-shakespeare-twin`` (the same
-    recipe with spiking off: their non-spiking reference)."""
+    every projection reads sparse signed spikes, the frontier's shipped model), ``spikegpt-shakespeare-twin`` (the
+    same recipe with spiking off: the non-spiking reference) or ``spikegpt-shakespeare-driven-k4`` (the earlier
+    spike-driven model: spike counts up to 4, about half of them zero)."""
     if name not in BUNDLED_MODELS:
         raise CheckpointError(f"no bundled model {name!r}; the bundled models are {', '.join(BUNDLED_MODELS)}")
     return ASSETS / name
