@@ -116,13 +116,13 @@ def test_the_crossover_inside_the_call_keeps_the_bits(compiled, seed, density):
         assert torch.equal(y, expected), max_density
 
 
-def _poisoned_call(fn, shape: tuple[int, int]) -> tuple[torch.Tensor, bool]:
-    """Call ``fn`` right after freeing a NaN-filled fp32 block of its output's size: the allocator hands the same
+def _poisoned_call(fn, args: tuple, shape: tuple[int, int]) -> tuple[torch.Tensor, bool]:
+    """``fn(*args)`` right after freeing a NaN-filled fp32 block of its output's size: the allocator hands the same
     memory back (checked by address), so an output element the kernel never writes stays NaN."""
     poison = torch.full(shape, float("nan"))
     address = poison.data_ptr()
     del poison
-    y = fn()
+    y = fn(*args)
     return y, y.data_ptr() == address
 
 
@@ -135,11 +135,8 @@ def test_every_output_element_is_written(compiled, threads, seed, kind):
         codes_t = codes.t().contiguous()
         x = INPUTS[kind](5, inp, density, g)
         expected = int8_linear_torch(x, codes, scales, kind == "counts")
-        for call in (
-            lambda: int8_linear(x, codes, scales, kind == "counts"),
-            lambda: int8_sparse_linear(x, codes_t, scales, kind == "counts"),
-        ):
-            y, same_memory = _poisoned_call(call, (5, out))
+        for fn, weights in ((int8_linear, codes), (int8_sparse_linear, codes_t)):
+            y, same_memory = _poisoned_call(fn, (x, weights, scales, kind == "counts"), (5, out))
             reused += same_memory
             assert torch.equal(y, expected)
     assert reused > 0, "the allocator never handed the poisoned memory back: nothing was checked"
