@@ -8,7 +8,7 @@ becomes whole numbers, multiplied by the int8 codes with exact int32 sums and sc
 that reads spikes (the ``inputs`` placement: spike counts, ``layout.Product.reads_spikes``) multiplies the counts as
 they are, so its result is the fp32 product of the grid weights up to the last rounding of each output; a product
 that reads real values (a LayerNorm output, relu(k)², the head's input) quantizes each row to int8 with its own
-scale (max|x| / 127), about 0.5% of the largest output (tests/quant/test_int8.py), which can flip a spike near
+scale (max|x| / 127), about 0.7% of the largest output (tests/quant/test_int8.py), which can flip a spike near
 threshold (its cost in bits per byte: bench/hardware_study.py). One scale per row: a row's result never depends on
 the other rows (the engine's batch invariance), and the event-driven product (only the int8 rows of nonzero
 inputs) gives the dense product's bits.

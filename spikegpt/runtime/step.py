@@ -1,9 +1,12 @@
 """The recurrent decoding step recorded with ``torch.jit.trace``: the engine's step on a CPU, and ``generate()``'s.
 
 TorchScript runs the very same operations as the model's forward (bit for bit), without the Python interpreter
-between its hundreds of small operations, which is most of a small model's decoding time on a CPU. ``generate()``
-runs the engine's step with the engine's products (``products.step_products``: int8 for a model on the 8-bit grid,
-event-driven as ``decode="auto"`` chooses), without the spike statistics it has no use for.
+between its hundreds of small operations, which is most of a small model's decoding time on a CPU.
+
+``generate()`` runs the engine's step (``generate_step``), laid out as the engine lays it out
+(``products.step_products``) and without the spike statistics it has no use for. A model on the 8-bit grid decodes,
+on a CPU, with the engine's int8 products (event-driven where ``decode="auto"`` chooses: the same bits as the dense
+int8 products), a quarter of the bytes per token; a float model with dense products, its forward's bits.
 """
 
 from __future__ import annotations
@@ -95,15 +98,15 @@ _GENERATE_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def generate_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState):
-    """The traced step for ``generate()``'s one-token forwards, with the engine's products for that batch size
-    (``step_products``), traced at the first call for that batch size, or None where tracing cannot serve (Triton
-    kernels, autograd, training mode)."""
+    """The traced step for ``generate()``'s one-token forwards (see the module docstring), traced at the first call
+    for that batch size, or None where tracing cannot serve (Triton kernels, autograd, training mode)."""
     if model.training or torch.is_grad_enabled() or kernel_backend(tokens) != "torch":
         return None
     steps = _GENERATE_STEPS.setdefault(model, {})
     batch = tokens.shape[0]
     key = (batch, tokens.device, model.head.weight.dtype, model_weight_bits(model))
     if key not in steps:
-        products = step_products(model, DEFAULT_DECODE, batch)
+        int8 = model_weight_bits(model) == 8 and tokens.device.type == "cpu"
+        products = step_products(model, DEFAULT_DECODE if int8 else "dense", batch)
         steps[key] = trace_decode_step(model, tokens, state, products, stats=False)
     return steps[key]
