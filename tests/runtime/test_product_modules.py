@@ -315,3 +315,15 @@ def test_generate_decodes_an_8_bit_model_with_the_engines_int8_step(seed):
         for i, logits in enumerate(out.logits):
             assert torch.equal(logits, eager.logits[:, -1]), i
             eager = model(out.sequences[:, prompt.shape[1] + i : prompt.shape[1] + i + 1], state=eager.state)
+
+
+@pytest.mark.parametrize("placement", ["inputs", "residual"])
+@torch.no_grad()
+def test_the_traced_step_calls_no_python(placement):
+    """Without gradients the spike functions run as plain operators: the traced step holds no Python callback (an
+    autograd Function in a trace is one, a ``^Name`` node, called back into Python at every step)."""
+    model = tiny(placement)
+    tokens = torch.tensor([[1], [2]])
+    step = trace_decode_step(model, tokens, model.fresh_state(2), decode_products(model, "sparse", 2, int8=True))
+    graph = str(step.traced.inlined_graph)
+    assert " = ^" not in graph, [line for line in graph.splitlines() if " = ^" in line][:3]
