@@ -70,3 +70,32 @@ def test_the_engine_decodes_an_8_bit_model_with_int8_weights():
     events = [event for step in generate(engine, [request]) for event in step]
     assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 12
     assert "".join(e.text for e in events)
+
+
+def test_eval_decode_scores_what_the_decoder_computes(tmp_path, capsys, monkeypatch):
+    """``spikegpt eval --decode``: the spike-driven bundled model read token by token through the decoding step.
+    Float weights: the parallel form's bits per byte (float rounding apart); 8-bit weights: the int8 products',
+    the same to the last bit whether they read only the active rows or every row."""
+    import json
+
+    from spikegpt import bundled_model_path
+    from spikegpt.cli import main
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    text = tmp_path / "play.txt"
+    text.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 40)
+    args = ["eval", "--model", str(bundled_model_path("spikegpt-shakespeare-driven")), "--dataset", str(text),
+            "--max-blocks", "1", "--ctx-len", "48", "--json"]  # fmt: skip
+
+    def bits_per_byte(*extra: str) -> float:
+        assert main([*args, *extra]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bits_per_byte"]
+
+    parallel = bits_per_byte()
+    assert bits_per_byte("--decode", "dense") == pytest.approx(parallel, rel=1e-5)
+    int8_dense = bits_per_byte("--weight-bits", "8", "--decode", "dense")
+    assert bits_per_byte("--weight-bits", "8", "--decode", "sparse") == int8_dense
+    assert int8_dense != bits_per_byte("--weight-bits", "8")  # the int8 products, not the grid's fp32 ones
+    assert main([*args, "--decode", "dense", "--weight-noise", "0.1"]) == 1
+    assert "--decode and --weight-noise do not combine" in capsys.readouterr().err
