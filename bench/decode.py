@@ -1,35 +1,43 @@
-"""Batch-1 decoding and prompt prefill on a CPU, fp32, random weights: our recurrent form against the peers.
+"""Decoding on a CPU, random weights: our steps against the peers, each against the bound of the bytes it reads.
 
-Peers, measured in the same run at the same dimensions (vocabulary 50277, FFN 4·d):
-  - transformers' RwkvForCausalLM (its recurrent path with ``state``);
-  - the ChatRWKV ``rwkv`` package (``pip install spikegpt[bench]``), strategy ``cpu fp32``, on an RWKV-4 checkpoint
-    of random weights written to a temporary file.
-The bound: batch-1 decoding must read every weight once per token, so tokens/s ≤ copy bandwidth ÷ parameter bytes
-read per token (the embedding contributes one row), with the copy bandwidth (bytes read + written per second by
-``Tensor.copy_``) measured in this run, both for a 512 MB buffer (main memory) and for a buffer the size of the
-weights (a small model's weights can live in a large last-level cache; the faster of the two is the bound).
-Ours is timed three ways (``--forms``): the model's forward, the serving engine's traced step, torch.compile.
-Prefill: tokens/s of our parallel form over a 512-token prompt against feeding the same prompt token by token.
+The bound: decoding must read every weight it uses once per step, so tokens/s ≤ bandwidth ÷ bytes read per token
+(the embedding contributes one row per sequence), with the bandwidth measured in the same run (bytes read + written
+per second by ``Tensor.copy_``) for a 512 MB buffer (main memory) and for a buffer the size of the weights (a small
+model's weights can live in a large last-level cache; the faster of the two is the bound), at each thread count.
 
-Event-driven decoding (``--placement residual|inputs``): the engine's traced step with dense, sparse and auto
-products (``--decode`` of generate and serve) at batch 1 and 16, at the inputs' own sparsity ("measured") and at
-synthetic fractions of active inputs (each row keeps its largest |x| only, so the active set moves with the data as
-real activations do, independently per row: a batch's union fills in). ``residual``: the placement as published,
-whose channel-mix V reads relu(k)²; ``inputs``: every block's projection reads spike counts (the spike-driven
-placement, counts up to 4 as in the bundled driven model). The head reads ``ln_out``'s output in both and stays
-dense. Densities: ``measured`` = the random-weight model's inputs as they are; ``bundled`` = each product's zero
-fraction measured on the bundled model of the placement over held-out Tiny Shakespeare (``bench/driven_study.py``,
-read from ``bench/results/driven-study.json``; per kind of product, averaged over its layers); ``binary`` = the same
-for the binary-spike run of that study (``inputs`` only); a number = that fraction active in every product. Each
-record has the bound recomputed from the bytes the step actually reads (every weight of a dense product, the
-active rows of an event-driven one: the batch's union, each row read once) and the densities measured on the
-products' inputs during the run. The summary has ``sparse_vs_dense`` (and ``auto_vs_dense``) per size, batch and
-density, and the ratio to the rwkv package at batch 1.
+Without ``--placement`` (fp32, batch 1): our step three ways (``--forms``: the model's forward, the serving engine's
+traced step, torch.compile) against transformers' RwkvForCausalLM (its recurrent path with ``state``) and the ChatRWKV
+``rwkv`` package (``pip install spikegpt[bench]``, strategy ``cpu fp32``, an RWKV-4 checkpoint of random weights
+written to a temporary file); and prefill: our parallel form over a 512-token prompt against feeding it token by
+token.
 
-Prints one JSON object per measurement, then a summary object with the ratios.
-    python bench/decode.py                       # both sizes
-    python bench/decode.py --sizes 6x256 --tokens 64
-    python bench/decode.py --placement residual  # event-driven decoding at 6x256, 12x512, 12x768
+With ``--placement residual|inputs``: the engine's traced step of a model of that placement (``inputs``: every block
+projection reads spike counts up to 4, as the bundled driven model; ``residual``: the channel mixes' V reads
+relu(k)²), at each size, batch (1, 16) and thread count (1, 2), in these modes (``--modes``): ``fp32`` (dense
+products), ``int8`` (the model on the 8-bit grid, its products through the compiled int8 kernels: real-valued inputs
+quantized per row, spike counts as they are), ``int8_sparse`` (the candidates event-driven: only the int8 rows of
+the batch's nonzero inputs) and ``int8_auto`` (event-driven where the crossover of ``bench/crossover.py --dtype
+int8`` says, dense above it; unmeasured, 30% active), and on request ``fp32_sparse``, ``fp32_auto``. The modes run
+interleaved step by step, so a machine whose load changes slows them alike. Densities: ``bundled`` = each product's
+active fraction measured on the bundled model of the placement over held-out Tiny Shakespeare
+(``bench/driven_study.py``, from ``bench/results/driven-study.json``, per kind of product, averaged over its
+layers); ``binary`` = the same for the binary-spike run of that study; ``measured`` = the random-weight model's
+inputs as they are; a number = that fraction active in every candidate (each row keeps its largest |x|,
+independently per row, so a batch's union fills in as real activations do; made inside the step, at a cost measured
+and left out of the net figures). Each record has, per mode: tokens/s (net of that cost), bytes read per token (an
+event-driven product reads the batch's union of active rows once), the bound and the fraction of it. The peers, at
+batch 1 and each thread count, against the same bandwidth: the rwkv package (``cpu fp32`` and ``cpu fp32i8``),
+transformers' RWKV, and llama.cpp at Q8_0 through ``llama-cpp-python`` on a random-weight model with as many weights
+(``bench/llama_cpp_peer.py``; recorded as missing where the package is not installed). Then ``model.generate()`` of
+the 8-bit model against its own step in a plain loop (transformers' loop overhead per token). The summary, per size
+and thread count and batch: ``fraction_of_bound``, ``int8_event_vs_int8_dense``, ``vs_dense`` and, at batch 1,
+``vs_rwkv_package`` (over the package's faster strategy), with the peers' figures and the generate() record.
+
+Prints one JSON object per measurement (the first says which machine, when, with which arguments), then a summary.
+    python bench/decode.py                                     # fp32 forms at 6x256 and 12x512
+    python bench/decode.py --placement inputs                  # 8-bit and event-driven decoding, every size
+    python bench/decode.py --sizes 12x768 --placement inputs   # one size: int8, int8 event-driven and the peers
+    python bench/decode.py --quick --placement inputs          # a tiny model: checks that it all runs
 """
 
 from __future__ import annotations
