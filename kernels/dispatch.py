@@ -139,7 +139,7 @@ def int8_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, coun
     check_int8_weight(codes, scales, input_major=False)
     rows = _int8_rows(x, codes.shape[1], "int8_linear")
     try:
-        y = _int8_operators(rows).int8_linear(rows, codes.contiguous(), scales.contiguous(), counts)
+        y = _int8_operators(rows).int8_linear.default(rows, codes.contiguous(), scales.contiguous(), counts)
     except RuntimeError as error:
         raise _kernel_error(error) from error
     return y.reshape(*x.shape[:-1], codes.shape[0])
@@ -174,7 +174,7 @@ def int8_sparse_linear(
     else:
         dense = None if codes is None else codes.contiguous()
         try:
-            y = _int8_operators(rows).int8_sparse_linear(
+            y = _int8_operators(rows).int8_sparse_linear.default(
                 rows, codes_t.contiguous(), scales.contiguous(), counts, max_density, dense
             )
         except RuntimeError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -206,7 +207,8 @@ def test_spikegpt_kernels_torch_runs_the_reference(monkeypatch, seed):
     reload_kernel_backend()
     called = []
     for name in ("int8_linear", "int8_sparse_linear"):
-        monkeypatch.setattr(torch.ops.spikegpt_cpu, name, lambda *a: called.append(a), raising=False)
+        recorder = types.SimpleNamespace(default=lambda *a: called.append(a))
+        monkeypatch.setattr(torch.ops.spikegpt_cpu, name, recorder, raising=False)
     g = torch.Generator().manual_seed(seed)
     codes, scales = weight(5, 7, g)
     x = torch.randn(2, 7, generator=g)
