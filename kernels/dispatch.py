@@ -120,11 +120,18 @@ def _int8_operators(tensor: torch.Tensor):
 
 
 def _int8_rows(x: torch.Tensor, n_in: int, name: str) -> torch.Tensor:
-    if x.shape[-1] != n_in:
+    """x ``[..., in]`` as the operators take it: contiguous fp32, every leading dimension a row. Converted only where
+    it must be, so that a traced step records no call that changes nothing (dozens of products a step)."""
+    if x.dim() == 0 or x.shape[-1] != n_in:
         raise KernelArgumentError(f"{name} takes x [..., {n_in}], got {list(x.shape)}")
     if x.is_complex():
         raise KernelArgumentError(f"{name} takes real or whole-number x, got {x.dtype}")
-    return x.reshape(-1, n_in).to(torch.float32).contiguous()
+    x = x if x.dtype == torch.float32 else x.to(torch.float32)
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def _contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _kernel_error(error: RuntimeError) -> KernelArgumentError:
@@ -139,10 +146,9 @@ def int8_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, coun
     check_int8_weight(codes, scales, input_major=False)
     rows = _int8_rows(x, codes.shape[1], "int8_linear")
     try:
-        y = _int8_operators(rows).int8_linear.default(rows, codes.contiguous(), scales.contiguous(), counts)
+        return _int8_operators(rows).int8_linear.default(rows, _contiguous(codes), _contiguous(scales), counts)
     except RuntimeError as error:
         raise _kernel_error(error) from error
-    return y.reshape(*x.shape[:-1], codes.shape[0])
 
 
 def int8_sparse_linear(
@@ -169,17 +175,16 @@ def int8_sparse_linear(
         from .int8_torch import check_counts
         from .sparse_triton import int8_counts_linear_triton
 
-        check_counts(rows)
-        y = int8_counts_linear_triton(rows, codes_t, scales)
-    else:
-        dense = None if codes is None else codes.contiguous()
-        try:
-            y = _int8_operators(rows).int8_sparse_linear.default(
-                rows, codes_t.contiguous(), scales.contiguous(), counts, max_density, dense
-            )
-        except RuntimeError as error:
-            raise _kernel_error(error) from error
-    return y.reshape(*x.shape[:-1], codes_t.shape[1])
+        flat = rows.reshape(-1, rows.shape[-1])
+        check_counts(flat)
+        return int8_counts_linear_triton(flat, codes_t, scales).reshape(*x.shape[:-1], codes_t.shape[1])
+    dense = None if codes is None else _contiguous(codes)
+    try:
+        return _int8_operators(rows).int8_sparse_linear.default(
+            rows, _contiguous(codes_t), _contiguous(scales), counts, max_density, dense
+        )
+    except RuntimeError as error:
+        raise _kernel_error(error) from error
 
 
 # The operator ``spikegpt::sparse_linear``: ``torch.jit.trace`` records a call to it as one node with a fixed output
@@ -237,7 +242,8 @@ torch.library.register_fake("spikegpt::sparse_linear", _sparse_linear_shape, lib
 # The reference as operators (``spikegpt::int8_linear``, ``spikegpt::int8_sparse_linear``), with the compiled
 # kernels' schemas (``csrc/int8_cpu.cpp``): where those cannot be built, a traced step records these instead.
 def _int8_linear_reference(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, counts: bool) -> torch.Tensor:
-    return int8_linear_torch(x, codes, scales, counts)
+    y = int8_linear_torch(x.reshape(-1, x.shape[-1]), codes, scales, counts)
+    return y.reshape(*x.shape[:-1], codes.shape[0])
 
 
 def _int8_sparse_linear_reference(
@@ -248,15 +254,16 @@ def _int8_sparse_linear_reference(
     max_density: float,
     codes: torch.Tensor | None,
 ) -> torch.Tensor:
-    return int8_linear_torch(x, codes_t.t(), scales, counts)  # reading every row or only the active ones: the same
+    # reading every row or only the active ones: the same function
+    return _int8_linear_reference(x, codes_t.t(), scales, counts)
 
 
 def _int8_linear_shape(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, counts: bool) -> torch.Tensor:
-    return x.new_empty((x.shape[0], codes.shape[0]), dtype=torch.float32)
+    return x.new_empty((*x.shape[:-1], codes.shape[0]), dtype=torch.float32)
 
 
 def _int8_sparse_linear_shape(x, codes_t, scales, counts, max_density, codes) -> torch.Tensor:
-    return x.new_empty((x.shape[0], codes_t.shape[1]), dtype=torch.float32)
+    return x.new_empty((*x.shape[:-1], codes_t.shape[1]), dtype=torch.float32)
 
 
 _LIBRARY.define("int8_linear(Tensor x, Tensor codes, Tensor scales, bool counts) -> Tensor")

@@ -180,10 +180,19 @@ IntegerRows count_rows(const float* x, int64_t rows, int64_t width) {
   return r;
 }
 
+// x [..., in]: every leading dimension is a row (a traced step then needs no reshape around the call).
 IntegerRows integer_rows(const at::Tensor& x, bool counts) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous(), "x must be contiguous fp32 [M, in]");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() >= 1 && x.is_contiguous(), "x must be contiguous fp32 [..., in]");
+  const int64_t width = x.size(-1), rows = width > 0 ? x.numel() / width : 0;
   const float* xs = x.data_ptr<float>();
-  return counts ? count_rows(xs, x.size(0), x.size(1)) : quantized_rows(xs, x.size(0), x.size(1));
+  return counts ? count_rows(xs, rows, width) : quantized_rows(xs, rows, width);
+}
+
+// The output [..., out] of x [..., in].
+at::Tensor output_for(const at::Tensor& x, int64_t out) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out;
+  return at::empty(shape, x.options());
 }
 
 // y = float(sum) · sx · scale (real-valued rows) or float(sum) · scale (counts): the reference's order.
@@ -376,17 +385,17 @@ void event_driven(const IntegerRows& r, const ActivePairs& p, const at::Tensor& 
 
 // ---- the operators ------------------------------------------------------------------------------------------------
 
-// x [M, in] times output-major codes [out, in]: every weight read.
+// x [..., in] times output-major codes [out, in]: every weight read.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales, bool counts) {
   const IntegerRows r = integer_rows(x, counts);
   check_weight(codes, scales, codes.size(0));
   TORCH_CHECK(codes.size(1) == r.width, "codes [out, in] must match x [M, in]");
-  at::Tensor y = at::empty({r.rows, codes.size(0)}, x.options());
+  at::Tensor y = output_for(x, codes.size(0));
   dense(r, codes, scales, y.data_ptr<float>());
   return y;
 }
 
-// x [M, in] times input-major codes_t [in, out], reading only the rows of the batch's active inputs; when the
+// x [..., in] times input-major codes_t [in, out], reading only the rows of the batch's active inputs; when the
 // fraction of active inputs exceeds max_density and the output-major codes are given, the dense kernel runs
 // instead (the same bits: both sum exactly).
 at::Tensor int8_sparse_linear(const at::Tensor& x, const at::Tensor& codes_t, const at::Tensor& scales, bool counts,
@@ -394,7 +403,7 @@ at::Tensor int8_sparse_linear(const at::Tensor& x, const at::Tensor& codes_t, co
   const IntegerRows r = integer_rows(x, counts);
   check_weight(codes_t, scales, codes_t.size(1));
   TORCH_CHECK(codes_t.size(0) == r.width, "codes_t [in, out] must match x [M, in]");
-  at::Tensor y = at::empty({r.rows, codes_t.size(1)}, x.options());
+  at::Tensor y = output_for(x, codes_t.size(1));
   const ActivePairs p = active_pairs(r);
   if (codes.has_value() && double(p.inputs) > max_density * double(r.width)) {
     check_weight(*codes, scales, codes_t.size(1));
