@@ -134,9 +134,12 @@ def _contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def _kernel_error(error: RuntimeError) -> KernelArgumentError:
-    """The compiled kernels' refusal (a ``TORCH_CHECK``) as the reference's typed error."""
-    return KernelArgumentError(str(error).strip().splitlines()[0])
+def _raise_refused_counts(error: RuntimeError) -> None:
+    """Raise the compiled kernels' refusal of the inputs (a ``TORCH_CHECK`` on counts that are not whole numbers,
+    or too large) as the reference's typed error; return for any other failure."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if message.startswith("int8 counts products"):
+        raise KernelArgumentError(message) from error
 
 
 def int8_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, counts: bool = False) -> torch.Tensor:
@@ -148,7 +151,8 @@ def int8_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, coun
     try:
         return _int8_operators(rows).int8_linear.default(rows, _contiguous(codes), _contiguous(scales), counts)
     except RuntimeError as error:
-        raise _kernel_error(error) from error
+        _raise_refused_counts(error)
+        raise
 
 
 def int8_sparse_linear(
@@ -184,7 +188,8 @@ def int8_sparse_linear(
             rows, _contiguous(codes_t), _contiguous(scales), counts, max_density, dense
         )
     except RuntimeError as error:
-        raise _kernel_error(error) from error
+        _raise_refused_counts(error)
+        raise
 
 
 # The operator ``spikegpt::sparse_linear``: ``torch.jit.trace`` records a call to it as one node with a fixed output

@@ -208,7 +208,8 @@ class ProductMode:
     than one: their composition, where ``check_combination`` allows it).
 
     event_driven: read only the weight rows of nonzero inputs, in rows with at most this fraction of nonzero inputs
-        (the crossover; 1: every row).
+        (the crossover; 1: every row); an int8 product decides by the batch's union of nonzero inputs instead, which
+        changes no bits (its event-driven and dense products sum the same integers exactly).
     int8: True: the int8 kernels reading the 8-bit codes of a model on the grid (``spikegpt.quant.int8``).
     fake_quantized: the weights fake-quantized to this many bits, straight-through gradient (training).
     """
