@@ -515,6 +515,9 @@ def bench_peers(variants: Variants, dims: dict, args, threads: int, bound_bandwi
     return out
 
 
+_GGUF: dict[tuple[int, int, int], Path] = {}  # (n_layer, d, vocab) -> the llama.cpp peer's model, for this run
+
+
 def bench_llama_cpp(n_layer: int, d: int, threads: int, tokens: int) -> dict:
     """llama.cpp in a process of its own (bench/llama_cpp_peer.py): with its extra buffer types (repacked weights),
     and without them where that crashes."""
@@ -523,9 +526,14 @@ def bench_llama_cpp(n_layer: int, d: int, threads: int, tokens: int) -> dict:
     missing = [name for name in ("llama_cpp", "gguf") if importlib.util.find_spec(name) is None]
     if missing:
         return {"missing": f"{' and '.join(missing)} not installed (pip install llama-cpp-python gguf)"}
+    if (n_layer, d, VOCAB) not in _GGUF:  # written by the first call, read by the next (every thread count)
+        folder = Path(tempfile.mkdtemp(prefix="gguf-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _GGUF[n_layer, d, VOCAB] = folder / "q8_0.gguf"
+    model_file = _GGUF[n_layer, d, VOCAB]
     command = [sys.executable, str(Path(__file__).parent / "llama_cpp_peer.py"), "--layers", str(n_layer),
-               "--width", str(d), "--vocab", str(VOCAB), "--threads", str(threads),
-               "--tokens", str(tokens)]  # fmt: skip
+               "--width", str(d), "--vocab", str(VOCAB), "--threads", str(threads), "--tokens", str(tokens),
+               "--model-file", str(model_file)]  # fmt: skip
     failures = []
     for extra in ([], ["--no-extra-buffers"]):
         done = subprocess.run([*command, *extra], capture_output=True, text=True, timeout=1800)

@@ -102,8 +102,11 @@ def load(path: Path, threads: int, context: int, extra_buffers: bool):
 def measure(args: argparse.Namespace) -> dict:
     context = args.tokens + args.warmup + 16
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "q8_0.gguf"
-        weight_bytes = write_gguf(path, args.layers, args.width, args.vocab, context)
+        path = Path(args.model_file or Path(tmp) / "q8_0.gguf")
+        read_path = path.with_suffix(".bytes")
+        if not path.is_file():  # (a file from an earlier call of the same size is reused)
+            read_path.write_text(str(write_gguf(path, args.layers, args.width, args.vocab, context)))
+        weight_bytes = int(read_path.read_text())
         llm = load(path, args.threads, context, not args.no_extra_buffers)
         llm.eval([1, 2, 3])
         token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
@@ -134,6 +137,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default: 1)")
     parser.add_argument("--tokens", type=int, default=48, help="decoding steps timed (default: 48)")
     parser.add_argument("--warmup", type=int, default=4, help="untimed steps first (default: 4)")
+    parser.add_argument(
+        "--model-file",
+        default=None,
+        help="where to write the model, or read it if it is there from an earlier call with the same size "
+        "(default: a temporary file)",
+    )
     parser.add_argument(
         "--no-extra-buffers",
         action="store_true",
