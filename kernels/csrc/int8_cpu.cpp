@@ -13,7 +13,8 @@
 //     in some row of the batch are read, two at a time: the codes of inputs a and b for the same outputs are
 //     interleaved into 16-bit pairs and multiplied by the pair of counts (c_a, c_b), so one instruction does the
 //     work of two rows. Each thread owns a contiguous slice of the outputs and streams its part of every active
-//     row (long contiguous reads, which the hardware prefetches).
+//     row, asking for the rows of the pairs ahead before it needs them (scattered rows defeat the hardware
+//     prefetcher).
 // Threads are torch's own (at::parallel_for, torch.set_num_threads).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -107,7 +108,7 @@ inline int64_t output_of_position(int64_t p) {
   const int64_t half = p / kSums, lane = p % kSums;
   return 8 * (lane / 4) + 4 * half + lane % 4;
 #else
-  return p / kSums;  // the scalar "vector" is one pair: one output per block, in the low sum
+  return p / kSums;  // the scalar "vector" is one pair: a block is two outputs, the low sum's and the high one's
 #endif
 }
 
@@ -307,7 +308,7 @@ ActivePairs active_pairs(const IntegerRows& r) {
   return p;
 }
 
-// The weight rows of the pair of inputs `ahead` pairs on are requested from memory while this pair is summed:
+// The weight rows of the pair of inputs kPrefetchAhead pairs on are requested from memory while this one is summed:
 // the active rows are scattered, so the hardware prefetcher cannot guess them, and waiting for each in turn
 // measured at half the bandwidth of the dense kernel.
 constexpr size_t kPrefetchAhead = 2;
