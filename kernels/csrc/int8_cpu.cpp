@@ -183,7 +183,8 @@ IntegerRows count_rows(const float* x, int64_t rows, int64_t width) {
 
 // x [..., in]: every leading dimension is a row (a traced step then needs no reshape around the call).
 IntegerRows integer_rows(const at::Tensor& x, bool counts) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() >= 1 && x.is_contiguous(), "x must be contiguous fp32 [..., in]");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() >= 1 && x.is_contiguous(),
+              "x must be contiguous fp32 [..., in]");
   const int64_t width = x.size(-1), rows = width > 0 ? x.numel() / width : 0;
   const float* xs = x.data_ptr<float>();
   return counts ? count_rows(xs, rows, width) : quantized_rows(xs, rows, width);
