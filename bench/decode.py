@@ -1,44 +1,57 @@
-"""Batch-1 decoding and prompt prefill on a CPU, fp32, random weights: our recurrent form against the peers.
+"""Decoding on a CPU, random weights: our steps against the peers, each against the bound of the bytes it reads.
 
-Peers, measured in the same run at the same dimensions (vocabulary 50277, FFN 4·d):
-  - transformers' RwkvForCausalLM (its recurrent path with ``state``);
-  - the ChatRWKV ``rwkv`` package (``pip install spikegpt[bench]``), strategy ``cpu fp32``, on an RWKV-4 checkpoint
-    of random weights written to a temporary file.
-The bound: batch-1 decoding must read every weight once per token, so tokens/s ≤ copy bandwidth ÷ parameter bytes
-read per token (the embedding contributes one row), with the copy bandwidth (bytes read + written per second by
-``Tensor.copy_``) measured in this run, both for a 512 MB buffer (main memory) and for a buffer the size of the
-weights (a small model's weights can live in a large last-level cache; the faster of the two is the bound).
-Ours is timed three ways (``--forms``): the model's forward, the serving engine's traced step, torch.compile.
-Prefill: tokens/s of our parallel form over a 512-token prompt against feeding the same prompt token by token.
+The bound: decoding must read every weight it uses once per step, so tokens/s ≤ bandwidth ÷ bytes read per token
+(the embedding contributes one row per sequence), with the bandwidth measured in the same run (bytes read + written
+per second by ``Tensor.copy_``) for a 512 MB buffer (main memory) and for a buffer the size of the weights (a small
+model's weights can live in a large last-level cache; the faster of the two is the bound), at each thread count.
 
-Event-driven decoding (``--placement residual|inputs``): the engine's traced step with dense, sparse and auto
-products (``--decode`` of generate and serve) at batch 1 and 16, at the inputs' own sparsity ("measured") and at
-synthetic fractions of active inputs (each row keeps its largest |x| only, so the active set moves with the data as
-real activations do, independently per row: a batch's union fills in). ``residual``: the placement as published,
-whose channel-mix V reads relu(k)²; ``inputs``: every block's projection reads spike counts (the spike-driven
-placement, counts up to 4 as in the bundled driven model). The head reads ``ln_out``'s output in both and stays
-dense. Densities: ``measured`` = the random-weight model's inputs as they are; ``bundled`` = each product's zero
-fraction measured on the bundled model of the placement over held-out Tiny Shakespeare (``bench/driven_study.py``,
-read from ``bench/results/driven-study.json``; per kind of product, averaged over its layers); ``binary`` = the same
-for the binary-spike run of that study (``inputs`` only); a number = that fraction active in every product. Each
-record has the bound recomputed from the bytes the step actually reads (every weight of a dense product, the
-active rows of an event-driven one: the batch's union, each row read once) and the densities measured on the
-products' inputs during the run. The summary has ``sparse_vs_dense`` (and ``auto_vs_dense``) per size, batch and
-density, and the ratio to the rwkv package at batch 1.
+Without ``--placement`` (fp32, batch 1): our step three ways (``--forms``: the model's forward, the serving engine's
+traced step, torch.compile) against transformers' RwkvForCausalLM (its recurrent path with ``state``) and the ChatRWKV
+``rwkv`` package (``pip install spikegpt[bench]``, strategy ``cpu fp32``, an RWKV-4 checkpoint of random weights
+written to a temporary file); and prefill: our parallel form over a 512-token prompt against feeding it token by
+token.
 
-Prints one JSON object per measurement, then a summary object with the ratios.
-    python bench/decode.py                       # both sizes
-    python bench/decode.py --sizes 6x256 --tokens 64
-    python bench/decode.py --placement residual  # event-driven decoding at 6x256, 12x512, 12x768
+With ``--placement residual|inputs``: the engine's traced step of a model of that placement (``inputs``: every block
+projection reads spike counts up to 4, as the bundled driven model; ``residual``: the channel mixes' V reads
+relu(k)²), at each size, batch (1, 16) and thread count (1, 2), in these modes (``--modes``): ``fp32`` (dense
+products), ``int8`` (the model on the 8-bit grid, its products through the compiled int8 kernels: real-valued inputs
+quantized per row, spike counts as they are), ``int8_sparse`` (the candidates event-driven: only the int8 rows of
+the batch's nonzero inputs) and ``int8_auto`` (event-driven where the crossover of ``bench/crossover.py --dtype
+int8`` says, dense above it; unmeasured, 30% active), and on request ``fp32_sparse``, ``fp32_auto``. The modes run
+interleaved step by step, so a machine whose load changes slows them alike. Densities: ``bundled`` = each product's
+active fraction measured on the bundled model of the placement over held-out Tiny Shakespeare
+(``bench/driven_study.py``, from ``bench/results/driven-study.json``, per kind of product, averaged over its
+layers); ``binary`` = the same for the binary-spike run of that study; ``measured`` = the random-weight model's
+inputs as they are; a number = that fraction active in every candidate (each row keeps its largest |x|,
+independently per row, so a batch's union fills in as real activations do; made inside the step, at a cost measured
+and left out of the net figures). Each record has, per mode: tokens/s (net of that cost), bytes read per token (an
+event-driven product reads the batch's union of active rows once), the bound and the fraction of it. The peers, at
+batch 1 and each thread count, against the same bandwidth: the rwkv package (``cpu fp32`` and ``cpu fp32i8``),
+transformers' RWKV, and llama.cpp at Q8_0 through ``llama-cpp-python`` on a random-weight model with as many weights
+(``bench/llama_cpp_peer.py``; recorded as missing where the package is not installed). Then ``model.generate()`` of
+the 8-bit model against its own step in a plain loop (transformers' loop overhead per token). The summary, per size
+and thread count and batch: ``fraction_of_bound``, ``int8_event_vs_int8_dense``, ``vs_dense`` and, at batch 1,
+``vs_rwkv_package`` (over the package's faster strategy), with the peers' figures and the generate() record.
+
+Prints one JSON object per measurement (the first says which machine, when, with which arguments), then a summary.
+    python bench/decode.py                                     # fp32 forms at 6x256 and 12x512
+    python bench/decode.py --placement inputs                  # 8-bit and event-driven decoding, every size
+    python bench/decode.py --sizes 12x768 --placement inputs   # one size: int8, int8 event-driven and the peers
+    python bench/decode.py --quick --placement inputs          # a tiny model: checks that it all runs
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import datetime
 import json
 import os
 import re
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -206,18 +219,29 @@ def rwkv4_checkpoint(path: Path, n_layer: int, d: int) -> None:
     torch.save(w, path)
 
 
+_CHECKPOINTS: dict[tuple[int, int, int], Path] = {}  # (n_layer, d, vocab) -> an RWKV-4 checkpoint, for this run
+
+
+def rwkv4_checkpoint_for(n_layer: int, d: int) -> Path:
+    """The random RWKV-4 checkpoint of this size, written once per run (both strategies and every thread count)."""
+    key = (n_layer, d, VOCAB)
+    if key not in _CHECKPOINTS:
+        folder = Path(tempfile.mkdtemp(prefix="rwkv4-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _CHECKPOINTS[key] = folder / "rwkv4.pth"
+        rwkv4_checkpoint(_CHECKPOINTS[key], n_layer, d)
+    return _CHECKPOINTS[key]
+
+
 @torch.inference_mode()
-def bench_rwkv_package(n_layer: int, d: int, tokens: int) -> dict:
+def bench_rwkv_package(n_layer: int, d: int, tokens: int, strategy: str = "cpu fp32") -> dict:
     os.environ.setdefault("RWKV_JIT_ON", "1")
     os.environ["RWKV_CUDA_ON"] = "0"
     try:
         from rwkv.model import RWKV
     except ImportError:
         return {"missing": "the rwkv package is not installed (pip install spikegpt[bench])"}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "rwkv4.pth"
-        rwkv4_checkpoint(path, n_layer, d)
-        model = RWKV(model=str(path), strategy="cpu fp32", verbose=False)
+    model = RWKV(model=str(rwkv4_checkpoint_for(n_layer, d)), strategy=strategy, verbose=False)
     _, state = model.forward([1, 2, 3], None)
     box = {"state": state, "token": 4}
 
@@ -225,16 +249,27 @@ def bench_rwkv_package(n_layer: int, d: int, tokens: int) -> dict:
         logits, box["state"] = model.forward([box["token"]], box["state"])
         box["token"] = int(logits.argmax())
 
-    median, best = tokens_per_second(step, tokens)
-    return {"tok_s": median, "best_tok_s": best}
+    median, best = tokens_per_second(step, tokens, warmup=2)
+    return {"tok_s": median, "best_tok_s": best, "strategy": strategy}
 
 
-# -- event-driven decoding ------------------------------------------------------------------------------------
+# -- 8-bit and event-driven decoding (--placement) --------------------------------------------------------------
 
 
 STUDY = Path(__file__).parent / "results" / "driven-study.json"
 # the study names its models by their path in the repository; the bundled spiking models in BUNDLED_MODELS' order
 BUNDLED = dict(zip(("residual", "inputs"), (f"spikegpt/assets/{name}" for name in BUNDLED_MODELS[:2]), strict=True))
+# The decoding steps --placement times: (8-bit weights, --decode of the products)
+MODES = {
+    "fp32": (False, "dense"),
+    "fp32_sparse": (False, "sparse"),
+    "fp32_auto": (False, "auto"),
+    "int8": (True, "dense"),
+    "int8_sparse": (True, "sparse"),
+    "int8_auto": (True, "auto"),
+}
+CPU_MODES = ["fp32", "int8", "int8_sparse", "int8_auto"]
+GPU_MODES = ["fp32", "fp32_sparse", "fp32_auto"]  # (int8 products run on a CPU)
 
 
 def placement_model(n_layer: int, d: int, placement: str):
@@ -264,11 +299,11 @@ def study_densities(label: str, placement: str) -> tuple[dict[str, float], str]:
     return {kind: sum(v) / len(v) for kind, v in kinds.items()}, f"{STUDY.name}: {found[0]['name']}"
 
 
-def synthetic_inputs(named: dict, density) -> list:
-    """Forward pre-hooks giving each product's input exactly a fraction of nonzero values: per row, the largest
-    |x|; where a row has fewer nonzeros than that (random weights fire at their own rate), kept zeros become spike
-    counts of 1. ``density``: one fraction for every product, a fraction per kind of product, or None (left as
-    they are)."""
+def synthetic_inputs(model, names: list[str], density) -> list:
+    """Forward pre-hooks on the modules now at ``names`` (a product module where one is installed) giving each
+    product's input exactly a fraction of nonzero values: per row, the largest |x|; where a row has fewer nonzeros
+    than that (random weights fire at their own rate), kept zeros become spike counts of 1. ``density``: one
+    fraction for every product, a fraction per kind of product, or None (left as they are)."""
 
     def hook(module, args, fraction):
         (x,) = args
@@ -277,52 +312,78 @@ def synthetic_inputs(named: dict, density) -> list:
         return (mask * torch.where(x != 0, x, torch.ones_like(x)),)
 
     hooks = []
-    for name, module in named.items():
+    for name in names:
         fraction = density.get(product_kind(name)) if isinstance(density, dict) else density
         if fraction is not None:
+            module = model.get_submodule(name)
             hooks.append(module.register_forward_pre_hook(lambda m, a, f=fraction: hook(m, a, f)))
     return hooks
 
 
-def input_densities(model, modules, batch: int, steps: int = 4) -> dict:
-    """Mean fraction of nonzero inputs per row and of the batch's union, over the candidate products, weighted
-    by their weight bytes, measured over a few eager steps of ``batch`` rows."""
-    seen = {m: [0.0, 0.0, 0] for m in modules}
+def input_densities(model, names: list[str], batch: int, steps: int = 4) -> dict:
+    """Per candidate product, the mean fraction of nonzero inputs per row and of the batch's union, measured over a
+    few eager steps of ``batch`` rows (with whatever hooks make the inputs)."""
+    seen = {name: [0.0, 0.0] for name in names}
 
-    def record(module, args):
+    def record(name, args):
         flat = args[0].reshape(-1, args[0].shape[-1])
-        seen[module][0] += float(flat.ne(0).float().mean())
-        seen[module][1] += float(flat.ne(0).any(0).float().mean())
-        seen[module][2] += 1
+        seen[name][0] += float(flat.ne(0).float().mean()) / steps
+        seen[name][1] += float(flat.ne(0).any(0).float().mean()) / steps
 
-    hooks = [m.register_forward_pre_hook(record) for m in modules]
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: record(n, a)) for n in names]
     state, token = model.fresh_state(batch), torch.randint(0, VOCAB, (batch, 1), device=DEVICE)
     for _ in range(steps):
         out = model(token, state=state)
         state, token = out.state, out.logits[:, -1].argmax(-1, keepdim=True)
     for h in hooks:
         h.remove()
-    weights = {m: m.weight.numel() * m.weight.element_size() for m in modules}
-    total = sum(weights.values())
-    row = sum(weights[m] * v[0] / v[2] for m, v in seen.items()) / total
-    union = sum(weights[m] * v[1] / v[2] for m, v in seen.items()) / total
-    return {"row": row, "union": union, "candidate_bytes": total}
+    return seen
 
 
-def at_size_bandwidth(weight_bytes: int) -> float:
-    """The weights may fit in a large last-level cache: copying a buffer of their size measures that level."""
-    at_size = copy_bandwidth(megabytes=max(1, weight_bytes // 2**20))
-    emit({"measure": "copy_bandwidth", "megabytes": weight_bytes // 2**20, "bytes_per_s": at_size})
-    return at_size
+def step_bytes(model, int8: bool, batch: int, event_driven: dict[str, float] | None = None) -> float:
+    """Bytes a decoding step of ``batch`` rows reads: every product weight (fp32: 4 bytes a weight; int8: 1 byte and
+    a 4-byte scale per output), every other parameter but the embedding table, one embedding row per row.
+    ``event_driven``: the union density of each event-driven product's input, whose weight rows are read only for
+    the active inputs (each once for the batch)."""
+    from spikegpt.quant.grids import quantized_linears
+
+    linears = dict(quantized_linears(model))
+    product_weights = {id(linear.weight) for linear in linears.values()}
+    embedding = model.model.emb.weight
+    total = sum(
+        p.numel() * p.element_size() for p in model.parameters() if id(p) not in product_weights and p is not embedding
+    )
+    total += batch * embedding.shape[1] * embedding.element_size()
+    for name, linear in linears.items():
+        codes = linear.weight.numel() * (1 if int8 else linear.weight.element_size())
+        read = (event_driven or {}).get(name, 1.0)
+        total += codes * read + (4 * linear.out_features if int8 else 0)
+    return total
 
 
-def decode_run(model, mode: str, batch: int, crossovers):
-    """One decoding step of ``batch`` rows per call: the engine's traced step with ``mode``'s products."""
-    from spikegpt.runtime.products import DecodeProducts
+def bandwidth(weight_bytes: float, dram: float) -> float:
+    """The faster of main memory (``dram``) and a buffer the size of the weights, which may fit in a large
+    last-level cache (a small model's weights can)."""
+    megabytes = max(1, int(weight_bytes) // 2**20)
+    at_size = copy_bandwidth(megabytes=megabytes)
+    threads = torch.get_num_threads()
+    emit({"measure": "copy_bandwidth", "megabytes": megabytes, "bytes_per_s": at_size, "threads": threads})
+    return max(dram, at_size)
+
+
+def traced_run(model, products, batch: int, names: list[str], density):
+    """One traced decoding step of ``batch`` rows per call, with ``products`` and the synthetic inputs of
+    ``density`` (None: the inputs as they are), which the trace records inside the step."""
     from spikegpt.runtime.step import trace_decode_step
 
     tokens = torch.randint(0, VOCAB, (batch, 1), device=DEVICE)
-    step = trace_decode_step(model, tokens, model.fresh_state(batch), DecodeProducts(model, mode, batch, crossovers))
+    with products:  # installed first: the hooks go on the product modules the step will call
+        hooks = synthetic_inputs(model, names, density)
+        try:
+            step = trace_decode_step(model, tokens, model.fresh_state(batch))
+        finally:
+            for h in hooks:
+                h.remove()
     box = {"state": model.fresh_state(batch), "token": tokens}
 
     def run():
@@ -332,106 +393,283 @@ def decode_run(model, mode: str, batch: int, crossovers):
     return run
 
 
-@torch.inference_mode()
-def bench_sparse(n_layer: int, d: int, args, dram: float) -> tuple[list[dict], float, int]:
-    """Event-driven decoding records, the bound's bandwidth and the dense step's weight bytes."""
-    from spikegpt.runtime.products import Crossovers, sparse_candidates
+class Variants:
+    """One size's models and the step variants timed on them: the fp32 model and its copy on the 8-bit grid."""
 
-    model = placement_model(n_layer, d, args.placement)
-    candidates = sparse_candidates(model)
-    names = {module: name for name, module in model.named_modules()}
-    crossovers = Crossovers.load(DEVICE)
-    dense_bytes = bytes_per_token(model, model.model.emb.weight)
-    bandwidth = max(dram, at_size_bandwidth(dense_bytes))
-    records = []
-    plain = {batch: decode_run(model, "dense", batch, crossovers) for batch in args.batches}  # traced before hooks
+    def __init__(self, n_layer: int, d: int, placement: str):
+        import copy
+
+        from spikegpt.quant.grids import quantize_model_
+        from spikegpt.runtime.products import sparse_candidates
+
+        self.fp32 = placement_model(n_layer, d, placement)
+        self.int8 = quantize_model_(copy.deepcopy(self.fp32), 8)
+        names = {module: name for name, module in self.fp32.named_modules()}
+        self.candidates = [names[m] for m in sparse_candidates(self.fp32)]
+
+    def model(self, mode: str):
+        return self.int8 if MODES[mode][0] else self.fp32
+
+    def products(self, mode: str, batch: int, crossovers):
+        from spikegpt.runtime.products import decode_products
+
+        int8, decode = MODES[mode]
+        return decode_products(self.model(mode), decode, batch, crossovers, int8=int8)
+
+    def event_driven(self, products) -> list[str]:
+        """The candidates ``products`` runs event-driven (at any crossover)."""
+        return [name for name in self.candidates if products.modes.get(name) and products.modes[name].event_driven]
+
+
+def density_cases(args) -> list[tuple[str, object, str]]:
+    """(label, density for synthetic_inputs, source) per --densities value."""
+    cases = []
     for label in args.densities:
-        source = "this model's inputs" if label in ("measured",) else "synthetic"
         if label in ("bundled", "binary"):
             density, source = study_densities(label, args.placement)
+        elif label == "measured":
+            density, source = None, "this model's inputs"
         else:
-            density = None if label == "measured" else float(label)
-        hooks = synthetic_inputs({names[m]: m for m in candidates}, density)
-        for batch in args.batches:
-            measured = input_densities(model, candidates, batch)
-            read = {
-                "dense": dense_bytes,
-                # each active row once per step (the union), as the event-driven products read them
-                "sparse": dense_bytes - measured["candidate_bytes"] * (1 - measured["union"]),
-            }
-            record = {
-                "measure": "event_driven_decode",
-                "placement": args.placement,
-                "density_source": source,
-                "n_layer": n_layer,
-                "n_embd": d,
-                "vocab": VOCAB,
-                "batch": batch,
-                "density": label,
-                "row_density": measured["row"],
-                "union_density": measured["union"],
-                "crossover_source": crossovers.source,
-            }
-            runs = {mode: decode_run(model, mode, batch, crossovers) for mode in args.decode}
-            if hooks:
-                runs["dense_plain"] = plain[batch]
+            density, source = float(label), "synthetic"
+        cases.append((label, density, source))
+    return cases
+
+
+@torch.inference_mode()
+def bench_steps(variants: Variants, dims: dict, args, threads: int, dram: float) -> list[dict]:
+    """The step records of one size at ``threads``: every batch and density, the modes interleaved."""
+    from spikegpt.runtime.products import Crossovers
+
+    crossovers = Crossovers.load(DEVICE)
+    bound_bandwidth = bandwidth(step_bytes(variants.int8, True, 1), dram)
+    records = []
+    for batch in args.batches:
+        products = {mode: variants.products(mode, batch, crossovers) for mode in args.modes}
+        # the reference for the cost of the synthetic inputs: the first mode traced without them
+        plain = traced_run(variants.model(args.modes[0]), products[args.modes[0]], batch, [], None)
+        for label, density, source in density_cases(args):
+            hooks = synthetic_inputs(variants.fp32, variants.candidates, density)
+            measured = input_densities(variants.fp32, variants.candidates, batch)
+            for h in hooks:
+                h.remove()
+            runs = {mode: traced_run(variants.model(mode), products[mode], batch, variants.candidates, density)
+                    for mode in args.modes}  # fmt: skip
+            if density is not None:
+                runs["plain"] = plain
             timed = interleaved_steps_per_second(runs, args.tokens, args.warmup)
-            for mode, (steps_s, best_steps_s) in timed.items():
-                if mode == "dense_plain":
-                    continue
-                record[f"{mode}_tok_s"] = steps_s * batch
-                record[f"{mode}_best_tok_s"] = best_steps_s * batch
-                bytes_read = read["dense" if mode == "dense" else "sparse"]
-                record[f"{mode}_bytes_per_step"] = bytes_read
-                record[f"{mode}_bound_tok_s"] = bandwidth / bytes_read * batch
-            # The synthetic inputs are made inside the traced step (top-k per product), at the same cost in every
-            # mode: the dense step with and without them measures it, and the net ratios leave it out.
-            synthesis_s = 0.0
-            if hooks and "dense" in timed:
-                synthesis_s = max(0.0, 1 / timed["dense"][0] - 1 / timed["dense_plain"][0])
-            record["input_synthesis_s_per_step"] = synthesis_s
-            for mode in ("dense", "sparse", "auto"):
-                if mode in timed:
-                    record[f"{mode}_net_tok_s"] = batch / max(1e-9, 1 / timed[mode][0] - synthesis_s)
-            for mode in ("sparse", "auto"):
-                if mode in timed and "dense" in timed:
-                    record[f"{mode}_vs_dense_net"] = record[f"{mode}_net_tok_s"] / record["dense_net_tok_s"]
-            emit(record)
-            records.append(record)
-        for h in hooks:
-            h.remove()
-    return records, bandwidth, dense_bytes
+            # the synthetic inputs are made inside each traced step at the same cost: the first mode with and
+            # without them measures it, and the net figures leave it out
+            synthesis_s = max(0.0, 1 / timed[args.modes[0]][0] - 1 / timed["plain"][0]) if "plain" in timed else 0.0
+            record = {"measure": "decode_step", "placement": args.placement, **dims, "threads": threads,
+                      "batch": batch, "density": label, "density_source": source,
+                      "row_density": _mean(m[0] for m in measured.values()),
+                      "union_density": _mean(m[1] for m in measured.values()),
+                      "bandwidth_bytes_per_s": bound_bandwidth, "crossover_source": crossovers.source,
+                      "input_synthesis_s_per_step": synthesis_s, "modes": {}}  # fmt: skip
+            for mode in args.modes:
+                steps_s, best_steps_s = timed[mode]
+                union = {name: measured[name][1] for name in variants.event_driven(products[mode])}
+                read = step_bytes(variants.model(mode), MODES[mode][0], batch, union)
+                net = batch / max(1e-9, 1 / steps_s - synthesis_s)
+                bound = bound_bandwidth / read * batch
+                record["modes"][mode] = {
+                    "tok_s": steps_s * batch,
+                    "best_tok_s": best_steps_s * batch,
+                    "net_tok_s": net,
+                    "bytes_per_token": read / batch,
+                    "bound_tok_s": bound,
+                    "fraction_of_bound": net / bound,
+                    "event_driven_products": len(union),
+                }
+            records.append(emit(record))
+    return records
 
 
-def sparse_summary(records: list[dict], peers: dict) -> dict:
-    table = {}
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def bench_peers(variants: Variants, dims: dict, args, threads: int, bound_bandwidth: float) -> dict:
+    """The peers at batch 1 and their fractions of the bound (the same bandwidth): the rwkv package (``cpu fp32``,
+    ``cpu fp32i8``), transformers' RWKV, llama.cpp at Q8_0 (``bench/llama_cpp_peer.py``)."""
+    n_layer, d = dims["n_layer"], dims["n_embd"]
+    fp32_bytes = step_bytes(variants.fp32, False, 1)
+    int8_bytes = step_bytes(variants.int8, True, 1)  # rwkv's fp32i8: a byte a weight, and a few vectors a matrix
+    slow = max(3, args.tokens // 8)  # fp32i8 runs a few tokens per second at 12 x 768: fewer of them
+    peers = {
+        "rwkv_package_fp32": (bench_rwkv_package(n_layer, d, args.tokens, "cpu fp32"), fp32_bytes),
+        "rwkv_package_fp32i8": (bench_rwkv_package(n_layer, d, slow, "cpu fp32i8"), int8_bytes),
+        "transformers": (bench_hf(n_layer, d, args.tokens), fp32_bytes),
+    }
+    llama = bench_llama_cpp(n_layer, d, threads, args.tokens)
+    peers["llama_cpp_q8_0"] = (llama, llama.get("bytes_per_token"))
+    out = {}
+    for name, (result, read) in peers.items():
+        record = {"measure": "peer", "peer": name, **dims, "threads": threads, **result}
+        if "tok_s" in result:
+            record["bytes_per_token"] = read
+            record["bound_tok_s"] = bound_bandwidth / read
+            record["fraction_of_bound"] = result["tok_s"] / record["bound_tok_s"]
+        out[name] = emit(record)
+    return out
+
+
+_GGUF: dict[tuple[int, int, int], Path] = {}  # (n_layer, d, vocab) -> the llama.cpp peer's model, for this run
+
+
+def bench_llama_cpp(n_layer: int, d: int, threads: int, tokens: int) -> dict:
+    """llama.cpp in a process of its own (bench/llama_cpp_peer.py): with its extra buffer types (repacked weights),
+    and without them where that crashes."""
+    import importlib.util
+
+    missing = [name for name in ("llama_cpp", "gguf") if importlib.util.find_spec(name) is None]
+    if missing:
+        return {"missing": f"{' and '.join(missing)} not installed (pip install llama-cpp-python gguf)"}
+    if (n_layer, d, VOCAB) not in _GGUF:  # written by the first call, read by the next (every thread count)
+        folder = Path(tempfile.mkdtemp(prefix="gguf-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _GGUF[n_layer, d, VOCAB] = folder / "q8_0.gguf"
+    model_file = _GGUF[n_layer, d, VOCAB]
+    command = [sys.executable, str(Path(__file__).parent / "llama_cpp_peer.py"), "--layers", str(n_layer),
+               "--width", str(d), "--vocab", str(VOCAB), "--threads", str(threads), "--tokens", str(tokens),
+               "--model-file", str(model_file)]  # fmt: skip
+    failures = []
+    for extra in ([], ["--no-extra-buffers"]):
+        done = subprocess.run([*command, *extra], capture_output=True, text=True, timeout=1800)
+        if done.returncode == 0:
+            return {**json.loads(done.stdout.strip().splitlines()[-1]), "failed_first": failures}
+        failures.append(f"{' '.join(extra) or 'default'}: exit {done.returncode} {done.stderr.strip()[-300:]}")
+    return {"missing": "llama.cpp failed: " + "; ".join(failures)}
+
+
+@torch.inference_mode()
+def bench_generate(model, tokens: int) -> dict:
+    """``model.generate()`` of the 8-bit model at batch 1 (the engine's int8 step) against that very step in a
+    plain loop: what transformers' loop costs per token."""
+    from spikegpt.runtime.step import generate_step
+
+    prompt = torch.tensor([[1, 2, 3]])
+
+    def run_generate(n: int) -> float:
+        started = time.perf_counter()
+        model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return time.perf_counter() - started
+
+    run_generate(tokens)  # traces the step
+    generate_tok_s = (tokens - 1) / (run_generate(tokens) - min(run_generate(1) for _ in range(3)))
+    out = model(prompt, use_cache=True)
+    step = generate_step(model, prompt[:, :1], out.state)
+    box = {"state": out.state, "token": out.logits[:, -1:].argmax(-1)}
+
+    def one():
+        logits, box["state"], _ = step(box["token"], box["state"])
+        box["token"] = logits.argmax(-1, keepdim=True)
+
+    step_tok_s, _ = tokens_per_second(one, tokens)
+    return {"generate_tok_s": generate_tok_s, "step_tok_s": step_tok_s, "generate_vs_step": generate_tok_s / step_tok_s,
+            "loop_overhead_ms_per_token": 1e3 * (1 / generate_tok_s - 1 / step_tok_s)}  # fmt: skip
+
+
+def steps_summary(records: list[dict], peers: dict) -> dict:
+    """Per batch (b1, b16, ...): ``tok_s``, ``fraction_of_bound`` and ``vs_dense`` (over the dense step of the same
+    weights) per mode and density, ``int8_event_vs_int8_dense`` per density, and at batch 1 ``vs_rwkv_package``
+    (over the rwkv package's best strategy)."""
+    best_peer = max((peers[p].get("tok_s", 0.0) for p in ("rwkv_package_fp32", "rwkv_package_fp32i8")), default=0.0)
+    table: dict = {}
     for r in records:
-        keys = ("sparse_vs_dense", "auto_vs_dense", "sparse_vs_dense_best", "auto_vs_dense_best",
-                "sparse_vs_dense_net", "auto_vs_dense_net", "vs_rwkv_package")  # fmt: skip
-        row = table.setdefault(f"b{r['batch']}", {key: {} for key in keys})
-        for mode in ("sparse", "auto"):
-            if f"{mode}_tok_s" in r and "dense_tok_s" in r:
-                row[f"{mode}_vs_dense"][r["density"]] = r[f"{mode}_tok_s"] / r["dense_tok_s"]
-                row[f"{mode}_vs_dense_best"][r["density"]] = r[f"{mode}_best_tok_s"] / r["dense_best_tok_s"]
-                row[f"{mode}_vs_dense_net"][r["density"]] = r[f"{mode}_vs_dense_net"]
-        best = max(r.get(f"{m}_tok_s", 0.0) for m in ("sparse", "auto"))
-        if r["batch"] == 1 and peers.get("rwkv_package_tok_s"):
-            row["vs_rwkv_package"][r["density"]] = best / peers["rwkv_package_tok_s"]
+        row = table.setdefault(f"b{r['batch']}", {"tok_s": {}, "fraction_of_bound": {}, "vs_dense": {},
+                                                  "int8_event_vs_int8_dense": {}, "vs_rwkv_package": {}})  # fmt: skip
+        modes, density = r["modes"], r["density"]
+        for mode, figures in modes.items():
+            row["tok_s"].setdefault(mode, {})[density] = figures["net_tok_s"]
+            row["fraction_of_bound"].setdefault(mode, {})[density] = figures["fraction_of_bound"]
+            dense = "int8" if MODES[mode][0] else "fp32"
+            if dense in modes:
+                row["vs_dense"].setdefault(mode, {})[density] = figures["net_tok_s"] / modes[dense]["net_tok_s"]
+            if r["batch"] == 1 and best_peer:
+                row["vs_rwkv_package"].setdefault(mode, {})[density] = figures["net_tok_s"] / best_peer
+        if "int8" in modes and "int8_sparse" in modes:
+            row["int8_event_vs_int8_dense"][density] = modes["int8_sparse"]["net_tok_s"] / modes["int8"]["net_tok_s"]
     return table
 
 
+def bench_placement(n_layer: int, d: int, args, dram_by_threads: dict[int, float]) -> dict:
+    """Every record of one size under --placement, and its summary entry."""
+    dims = {"n_layer": n_layer, "n_embd": d, "vocab": VOCAB}
+    variants = Variants(n_layer, d, args.placement)
+    entry = {"placement": args.placement, "threads": {}}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        records = bench_steps(variants, dims, args, threads, dram_by_threads[threads])
+        bound_bandwidth = records[0]["bandwidth_bytes_per_s"]
+        on_cpu = DEVICE.type == "cpu"
+        peers = bench_peers(variants, dims, args, threads, bound_bandwidth) if on_cpu and args.peers else {}
+        row = steps_summary(records, peers)
+        row["bandwidth_gb_s"] = bound_bandwidth / 1e9
+        row["peers"] = {name: {k: p.get(k) for k in ("tok_s", "fraction_of_bound", "missing") if k in p}
+                        for name, p in peers.items()}  # fmt: skip
+        if on_cpu and args.generate:
+            row["generate"] = emit({"measure": "generate", **dims, "threads": threads,
+                                    **bench_generate(variants.int8, args.tokens)})  # fmt: skip
+            best_peer = peers.get("rwkv_package_fp32", {}).get("tok_s")
+            if best_peer:
+                row["generate"]["vs_rwkv_package_fp32"] = row["generate"]["generate_tok_s"] / best_peer
+        entry["threads"][str(threads)] = row
+    return entry
+
+
+def bench_forms(size: str, args, dram: float) -> dict:
+    """Our eager, traced and compiled fp32 steps and the prompt prefill against the peers (without --placement)."""
+    n_layer, d = (int(x) for x in size.lower().split("x"))
+    dims = {"n_layer": n_layer, "n_embd": d, "vocab": VOCAB}
+    decode, prefill = bench_ours(n_layer, d, args.tokens, args.prefill, args.forms)
+    weight_bytes = decode["bytes_per_token"]
+    bound = bandwidth(weight_bytes, dram) / weight_bytes
+    hf = bench_hf(n_layer, d, args.tokens)
+    pkg = bench_rwkv_package(n_layer, d, args.tokens)
+    emit({"measure": "decode", "model": "spikegpt (ours)", **dims, **decode, "bound_tok_s": bound})
+    emit({"measure": "decode", "model": "transformers RwkvForCausalLM", **dims, **hf})
+    emit({"measure": "decode", "model": "rwkv package cpu fp32", **dims, **pkg})
+    emit({"measure": "prefill", "model": "spikegpt (ours)", **dims, **prefill})
+    row = {"bound_tok_s": bound, "hf_tok_s": hf.get("tok_s"), "rwkv_package_tok_s": pkg.get("tok_s")}
+    for form in args.forms:
+        ours_tok_s = decode[f"{form}_tok_s"]
+        row[form] = {
+            "tok_s": ours_tok_s,
+            "fraction_of_bound": ours_tok_s / bound,
+            "vs_hf": ours_tok_s / hf["tok_s"],
+            "vs_rwkv_package": ours_tok_s / pkg["tok_s"] if "tok_s" in pkg else None,
+        }
+    row["prefill_speedup"] = prefill["speedup"]
+    return row
+
+
+QUICK = {"sizes": ["2x64"], "vocab": 512, "tokens": 3, "warmup": 1, "densities": ["0.25"], "batches": [1, 2],
+         "threads": [1], "prefill": 16, "forms": ["eager", "traced"]}  # fmt: skip
+
+
 def main() -> None:
+    global DEVICE, VOCAB
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--sizes",
         nargs="+",
-        default=["6x256", "12x512"],
+        default=None,
         metavar="LxD",
-        help="model sizes as layers x width (default: 6x256 12x512)",
+        help="model sizes as layers x width (default: 6x256 12x512; with --placement 6x256 12x512 12x768)",
     )
+    parser.add_argument("--vocab", type=int, default=VOCAB, help=f"vocabulary (default: {VOCAB})")
     parser.add_argument("--tokens", type=int, default=48, help="decoding steps timed per model (default: 48)")
     parser.add_argument("--prefill", type=int, default=512, help="prompt length for the prefill test (default: 512)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        type=int,
+        default=None,
+        help="torch threads: each count in turn with --placement (default: 1 2), one count otherwise (default: "
+        "torch's choice)",
+    )
     parser.add_argument(
         "--device",
         default="cpu",
@@ -441,8 +679,9 @@ def main() -> None:
         "--placement",
         choices=["residual", "inputs"],
         default=None,
-        help="time event-driven decoding for this spike placement (dense, sparse and auto products; batch 1 and "
-        "16; measured and synthetic input densities) instead of the forms and prefill (default: off)",
+        help="time decoding steps of this spike placement (fp32, int8 and int8 event-driven products; batch 1 and "
+        "16; 1 and 2 threads; measured and synthetic input densities) against the peers (the rwkv package's fp32 "
+        "and fp32i8, transformers' RWKV, llama.cpp at Q8_0), instead of the forms and prefill (default: off)",
     )
     parser.add_argument(
         "--warmup", type=int, default=4, help="untimed steps before timing, with --placement (default: 4)"
@@ -451,17 +690,26 @@ def main() -> None:
     parser.add_argument(
         "--densities",
         nargs="+",
-        default=["bundled", "0.1", "0.2", "0.4"],
+        default=["bundled", "0.05", "0.1", "0.25", "0.5"],
         help="with --placement: fractions of active inputs; 'measured' = the random-weight model's inputs as they "
         "are, 'bundled' = per product as measured on the bundled model of the placement, 'binary' = as measured on "
-        "the binary-spike study run (inputs only) (default: bundled 0.1 0.2 0.4)",
+        "the binary-spike study run (inputs only) (default: bundled 0.05 0.1 0.25 0.5)",
     )
     parser.add_argument(
-        "--decode",
+        "--modes",
         nargs="+",
-        default=["dense", "sparse", "auto"],
-        choices=["dense", "sparse", "auto"],
-        help="with --placement: the decoding step's products to time (default: all)",
+        default=None,
+        choices=list(MODES),
+        help="with --placement: the decoding steps to time: fp32 or int8 weights, with dense products, every "
+        "candidate event-driven (_sparse) or the crossover's choice (_auto) (default on a CPU: "
+        f"{' '.join(CPU_MODES)}; on CUDA: {' '.join(GPU_MODES)})",
+    )
+    parser.add_argument("--no-peers", dest="peers", action="store_false", help="with --placement: skip the peers")
+    parser.add_argument(
+        "--no-generate",
+        dest="generate",
+        action="store_false",
+        help="with --placement: skip timing model.generate() against its step",
     )
     parser.add_argument(
         "--forms",
@@ -472,59 +720,46 @@ def main() -> None:
         "default), torch.compile (engine --compile; compiling takes ~30 s per size) (default: all, none with "
         "--placement)",
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny model (2x64, vocabulary 512), a few tokens, one density, one thread: checks that everything "
+        "runs (its figures mean nothing)",
+    )
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = torch.device(args.device)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value if key != "forms" or not args.placement else [])
+    DEVICE, VOCAB = torch.device(args.device), args.vocab
     if DEVICE.type != "cpu" and (args.forms or not args.placement):
         parser.error("--device other than cpu needs --placement (the forms and prefill are timed on a CPU)")
     if args.forms is None:
         args.forms = [] if args.placement else ["eager", "traced", "compiled"]
-    if args.placement and args.sizes == parser.get_default("sizes"):
-        args.sizes = ["6x256", "12x512", "12x768"]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dram = copy_bandwidth()
-    emit({"measure": "copy_bandwidth", "megabytes": 512, "bytes_per_s": dram, "threads": torch.get_num_threads()})
-    summary = {"measure": "summary", "copy_bandwidth_gb_s": dram / 1e9, "sizes": {}}
+    if args.sizes is None:
+        args.sizes = ["6x256", "12x512", "12x768"] if args.placement else ["6x256", "12x512"]
+    if args.modes is None:
+        args.modes = CPU_MODES if DEVICE.type == "cpu" else GPU_MODES
+    if args.threads is None:
+        args.threads = [1, 2] if args.placement else [torch.get_num_threads()]
+    if not args.placement and len(args.threads) > 1:
+        parser.error("--threads takes one count without --placement")
+    from spikegpt.runtime.products import machine_id
+
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    emit({"measure": "run", "machine": machine_id(DEVICE), "args": vars(args),
+          "meta": {"run": {"time": started, "torch": torch.__version__}}})  # fmt: skip
+    dram = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        dram[threads] = copy_bandwidth()
+        emit({"measure": "copy_bandwidth", "megabytes": 512, "bytes_per_s": dram[threads], "threads": threads})
+    summary = {"measure": "summary", "copy_bandwidth_gb_s": {str(t): b / 1e9 for t, b in dram.items()}, "sizes": {}}
     for size in args.sizes:
-        n_layer, d = (int(x) for x in size.lower().split("x"))
-        dims = {"n_layer": n_layer, "n_embd": d, "vocab": VOCAB}
-        row = {}
-        if args.forms:
-            decode, prefill = bench_ours(n_layer, d, args.tokens, args.prefill, args.forms)
-            weight_bytes = decode["bytes_per_token"]
-        else:
-            weight_bytes = None
-        sparse_records, bound_bandwidth = [], dram
         if args.placement:
-            sparse_records, bound_bandwidth, weight_bytes = bench_sparse(n_layer, d, args, dram)
+            n_layer, d = (int(x) for x in size.lower().split("x"))
+            summary["sizes"][size] = bench_placement(n_layer, d, args, dram)
         else:
-            bound_bandwidth = max(dram, at_size_bandwidth(weight_bytes))
-        bound = bound_bandwidth / weight_bytes
-        on_cpu = DEVICE.type == "cpu"
-        gpu_note = {"missing": f"peers run on a CPU only (ours ran on {DEVICE})"}
-        hf = bench_hf(n_layer, d, args.tokens) if on_cpu else gpu_note
-        pkg = bench_rwkv_package(n_layer, d, args.tokens) if on_cpu else gpu_note
-        if args.forms:
-            emit({"measure": "decode", "model": "spikegpt (ours)", **dims, **decode, "bound_tok_s": bound})
-        emit({"measure": "decode", "model": "transformers RwkvForCausalLM", **dims, **hf})
-        emit({"measure": "decode", "model": "rwkv package cpu fp32", **dims, **pkg})
-        row.update({"bound_tok_s": bound, "hf_tok_s": hf.get("tok_s"), "rwkv_package_tok_s": pkg.get("tok_s")})
-        if args.forms:
-            emit({"measure": "prefill", "model": "spikegpt (ours)", **dims, **prefill})
-            for form in args.forms:
-                ours_tok_s = decode[f"{form}_tok_s"]
-                row[form] = {
-                    "tok_s": ours_tok_s,
-                    "fraction_of_bound": ours_tok_s / bound,
-                    "vs_hf": ours_tok_s / hf["tok_s"],
-                    "vs_rwkv_package": ours_tok_s / pkg["tok_s"] if "tok_s" in pkg else None,
-                }
-            row["prefill_speedup"] = prefill["speedup"]
-        if args.placement:
-            row["placement"] = args.placement
-            row.update(sparse_summary(sparse_records, row))
-        summary["sizes"][size] = row
+            summary["sizes"][size] = bench_forms(size, args, dram[args.threads[0]])
     emit(summary)
 
 

@@ -245,13 +245,13 @@ def decode_speedup(model_dir: str | Path, active_fraction: float, tokens: int = 
     machine. ``model_dir`` is the model whose densities these are; decode.py takes one fraction for every product
     today (per kind of product once it reads them from a model)."""
     command = [sys.executable, str(ROOT / "bench" / "decode.py"), "--placement", "inputs", "--sizes", "12x768",
-               "--batches", "1", "--decode", "dense", "sparse", "--densities", f"{active_fraction:.4f}",
-               "--tokens", str(tokens), "--threads", "1"]  # fmt: skip
+               "--batches", "1", "--modes", "fp32", "fp32_sparse", "--densities", f"{active_fraction:.4f}",
+               "--tokens", str(tokens), "--threads", "1", "--no-peers", "--no-generate"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=one_thread_env(), cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"bench/decode.py failed for {model_dir}: {done.stderr.strip()[-500:]}")
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    ratios = summary["sizes"]["12x768"]["b1"]["sparse_vs_dense_net"]
+    ratios = summary["sizes"]["12x768"]["threads"]["1"]["b1"]["vs_dense"]["fp32_sparse"]
     return next(iter(ratios.values()), None)
 
 

@@ -36,7 +36,6 @@ from common import emit
 
 from spikegpt.energy import BUILTIN_PROFILES, energy_report, read_spike_stats
 from spikegpt.hub.checkpoint import load_model
-from spikegpt.quant.int8 import DEFAULT_INT8_KERNEL
 from spikegpt.quant.noise import DeviceModel
 from spikegpt.runtime.products import decode_products
 from spikegpt.train.data import PAD, DataSource, eval_stream, load_corpus
@@ -100,7 +99,7 @@ def decode(args, blocks) -> dict:
     n_bytes = make_eval_set(full, tokenizer).n_bytes
     out = {"blocks": len(full), "bytes": n_bytes}
     out["8bit_fp32_product"] = recurrent_bits_per_byte(model, full, n_bytes)
-    with decode_products(model, "dense", int8=DEFAULT_INT8_KERNEL):
+    with decode_products(model, "dense", int8=True):
         out["8bit_int8_kernel"] = recurrent_bits_per_byte(model, full, n_bytes)
     emit({"section": "decode", **out})
     return out

@@ -1,123 +1,173 @@
-"""Batch-1 decoding on a CPU with 8-bit weights against the fp32 traced step, and the bound recomputed for the
-bytes each step reads.
+"""The products of 8-bit decoding on a CPU, one at a time: our int8 kernels against fp32 and torch's own int8
+kernels, each against the memory bandwidth, per product shape.
 
-The model: random weights at the given sizes (as bench/decode.py, vocabulary 50277, FFN 4·d), quantized to the
-8-bit grid (per-output-channel scales). Timed, each as the serving engine runs it on a CPU (the step traced with
-torch.jit.trace):
-  - fp32: the float model (the peer: what the engine ran before);
-  - int8 dynamic: every product through torch.ao's quantized::linear_dynamic (fbgemm; int8 weights, the input
-    quantized per call) — the engine's choice for an 8-bit model;
-  - int8 weight-only: torch._weight_int8pack_mm (int8 weights, fp32 inputs).
-Single products (the head, an FFN key) are timed the same three ways. The bound: tokens/s <= copy bandwidth /
-bytes of weights read per token (fp32: 4 bytes a weight; int8: 1 byte a weight + a 4-byte scale per output
-channel; vectors and one embedding row at their stored size), with the copy bandwidth measured in this run for
-main memory and for a buffer the size of the weights.
+For each product shape of the given sizes (d→d, d→4d, 4d→d and the d→vocabulary head), batch size and thread count:
+  - fp32: ``F.linear`` of an input-major fp32 weight (the engine's layout on a CPU);
+  - int8: ``spikegpt.kernels.int8_linear`` (real-valued rows quantized per row; the head's and the residual
+    placement's products) and with spike counts (the spike-driven placement's);
+  - int8 event-driven: ``int8_sparse_linear`` on spike counts with 5%, 10%, 25% and 50% of the inputs active;
+  - the peers: torch.ao's dynamic int8 kernel (``quantized::linear_dynamic``, fbgemm: int8 weights, the input
+    quantized per call) and ``torch._weight_int8pack_mm`` (int8 weights, fp32 inputs).
+Every call reads a different copy of its weights, cycling through copies larger than the last-level cache
+(``--working-set-mb``), as in a decoding step, where a weight was last read a token ago. Each record has the time,
+the weight bytes read (int8: a byte a weight and a 4-byte scale per output; event-driven: the active rows of the
+batch's union) and the read rate against the copy bandwidth measured in the same run at that thread count (bytes
+read + written per second: a read-only stream can go faster, so a fraction above 1 is possible).
 
-    python bench/int8_decode.py --threads 1            # 12 x 512
-    python bench/int8_decode.py --sizes 6x256 12x512
+    python bench/int8_decode.py                        # 12 x 768 shapes, batch 1 and 16, 1 and 2 threads
+    python bench/int8_decode.py --sizes 6x256 --threads 1 --batches 1
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import datetime
+import itertools
 import time
 import warnings
 
 import torch
+import torch.nn.functional as F
 from common import emit
-from decode import copy_bandwidth, ours, tokens_per_second
+from decode import copy_bandwidth
 
-from spikegpt.quant.grids import quantize_model_, quantized_linears
-from spikegpt.quant.int8 import INT8_KERNELS
-from spikegpt.runtime.products import decode_products
-from spikegpt.runtime.step import trace_decode_step
+from spikegpt.kernels import int8_linear, int8_sparse_linear
+from spikegpt.runtime.products import machine_id
+
+EVENT_DENSITIES = (0.05, 0.1, 0.25, 0.5)
 
 
-def weight_bytes(model, int8: bool) -> int:
-    """Bytes of parameters a batch-1 step reads: every product weight (int8: 1 byte + a scale per row), every other
-    parameter but the embedding table, one embedding row."""
-    linear_weights = {id(linear.weight) for _, linear in quantized_linears(model)}
-    total = 0
-    for p in model.parameters():
-        if id(p) in linear_weights and int8:
-            total += p.numel() + 4 * p.shape[0]
-        elif p is not model.model.emb.weight:
-            total += p.numel() * p.element_size()
-    return total + model.model.emb.weight.shape[1] * 4
+def product_shapes(sizes: list[str], vocab: int) -> list[tuple[int, int]]:
+    shapes = set()
+    for size in sizes:
+        d = int(size.lower().split("x")[1])
+        shapes |= {(d, d), (d, 4 * d), (4 * d, d), (d, vocab)}
+    return sorted(shapes)
+
+
+def best_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+class Weights:
+    """Copies of one product's weights in every form the products read, cycled through ``working_set`` bytes."""
+
+    def __init__(self, n_in: int, n_out: int, working_set: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        codes = torch.randint(-127, 128, (n_out, n_in), dtype=torch.int8, generator=g)
+        self.scales = torch.rand(n_out, generator=g) / 100 + 1e-4
+        copies = max(1, -(-working_set // (6 * codes.numel())))  # fp32 + two int8 layouts per copy
+        self.copies = []
+        for _ in range(copies):
+            codes = codes.clone()
+            fp32 = (codes.float() * self.scales[:, None]).t().contiguous().t()
+            qweight = torch._make_per_channel_quantized_tensor(
+                codes, self.scales.double(), torch.zeros(n_out, dtype=torch.long), 0
+            )
+            self.copies.append({
+                "fp32": fp32, "codes": codes, "codes_t": codes.t().contiguous(),
+                "packed": torch.ops.quantized.linear_prepack(qweight, None),
+            })  # fmt: skip
+        self.cycle = itertools.cycle(self.copies)
+
+    def next(self) -> dict:
+        return next(self.cycle)
+
+
+def products(weights: Weights, x: torch.Tensor, counts_at: dict[float, torch.Tensor]) -> dict:
+    """name → (call, fraction of the int8 rows read; None for the fp32 weight)."""
+    s = weights.scales
+    ones = counts_at[1.0]
+    runs = {
+        "fp32": (lambda: F.linear(x, weights.next()["fp32"]), None),
+        "int8": (lambda: int8_linear(x, weights.next()["codes"], s), 1.0),
+        "int8_counts": (lambda: int8_linear(ones, weights.next()["codes"], s, True), 1.0),
+        "torch_linear_dynamic": (lambda: _linear_dynamic(x, weights.next()["packed"]), 1.0),
+        "torch_weight_int8pack_mm": (lambda: torch._weight_int8pack_mm(x, weights.next()["codes"], s), 1.0),
+    }
+    for density, c in counts_at.items():
+        if density < 1.0:
+            union = float(c.ne(0).any(0).float().mean())
+            runs[f"int8_event_{density:g}"] = (
+                lambda c=c: int8_sparse_linear(c, weights.next()["codes_t"], s, True), union
+            )
+    return runs
+
+
+def _linear_dynamic(x: torch.Tensor, packed) -> torch.Tensor:
+    """torch's dynamic int8 kernel, one row per call (a per-tensor input scale over a batch would make a row's
+    result depend on the others)."""
+    return torch.cat([torch.ops.quantized.linear_dynamic(row, packed, True) for row in x.split(1)])
 
 
 @torch.inference_mode()
-def time_step(model, tokens: int) -> tuple[float, float]:
-    token = torch.tensor([[4]])
-    step_fn = trace_decode_step(model, token, model.fresh_state(1))
-    box = {"state": model(torch.tensor([[1, 2, 3]]), use_cache=True).state, "token": token}
-
-    def step():
-        logits, box["state"], _ = step_fn(box["token"], box["state"])
-        box["token"] = logits.argmax(-1, keepdim=True)
-
-    return tokens_per_second(step, tokens)
-
-
-@torch.inference_mode()
-def time_products(fp32_model, int8_models: dict) -> list[dict]:
-    rows = []
-    for label, get in (("head", lambda m: m.head), ("ffn.key", lambda m: m.model.blocks[0].ffn.key)):
-        fp32 = get(fp32_model)
-        x = torch.randn(1, fp32.in_features)
-        record = {"measure": "product", "name": label, "shape": list(fp32.weight.shape)}
-        record["fp32_ms"] = 1e3 / tokens_per_second(lambda fp32=fp32, x=x: fp32(x), 50)[0]
-        for kernel, model in int8_models.items():
-            linear = get(model)
-            record[f"int8_{kernel}_ms"] = 1e3 / tokens_per_second(lambda linear=linear, x=x: linear(x), 50)[0]
-        rows.append(record)
-    return rows
+def measure(n_in: int, n_out: int, batch: int, args, bandwidth: float) -> dict:
+    g = torch.Generator().manual_seed(7 * n_in + n_out)
+    weights = Weights(n_in, n_out, args.working_set_mb * 2**20, seed=n_in + n_out)
+    x = torch.randn(batch, n_in, generator=g)
+    counts_at = {
+        p: (torch.randint(1, 4, (batch, n_in), generator=g) * (torch.rand(batch, n_in, generator=g) < p)).float()
+        for p in (*EVENT_DENSITIES, 1.0)
+    }
+    record = {"measure": "product", "n_in": n_in, "n_out": n_out, "batch": batch,
+              "threads": torch.get_num_threads(), "bandwidth_bytes_per_s": bandwidth, "products": {}}  # fmt: skip
+    for name, (run, rows_read) in products(weights, x, counts_at).items():
+        seconds = best_seconds(run, args.repeats)
+        read = 4 * n_in * n_out if rows_read is None else rows_read * n_in * n_out + 4 * n_out
+        record["products"][name] = {
+            "ms": seconds * 1e3,
+            "bytes": read,
+            "gb_s": read / seconds / 1e9,
+            "fraction_of_bandwidth": read / seconds / bandwidth,
+            **({"union_density": rows_read} if name.startswith("int8_event") else {}),
+        }
+    dense = record["products"]["int8_counts"]["ms"]
+    record["int8_event_vs_int8_dense"] = {
+        name.removeprefix("int8_event_"): dense / p["ms"] for name, p in record["products"].items()
+        if name.startswith("int8_event")
+    }  # fmt: skip
+    return record
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["12x768"], metavar="LxD", help="(default: 12x768)")
+    parser.add_argument("--vocab", type=int, default=50277, help="vocabulary of the head (default: 50277)")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16], help="(default: 1 16)")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch threads (default: 1 2)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per product; the fastest counts")
     parser.add_argument(
-        "--sizes", nargs="+", default=["12x512"], metavar="LxD", help="layers x width (default: 12x512)"
+        "--working-set-mb",
+        type=int,
+        default=512,
+        help="weight copies cycled through per product, in MB, larger than the last-level cache (default: 512)",
     )
-    parser.add_argument("--tokens", type=int, default=48, help="decoding steps timed per form (default: 48)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    dram = copy_bandwidth()
-    emit({"measure": "copy_bandwidth", "megabytes": 512, "bytes_per_s": dram, "threads": torch.get_num_threads()})
-    summary = {"measure": "summary", "threads": torch.get_num_threads(), "sizes": {}}
-    for size in args.sizes:
-        n_layer, d = (int(x) for x in size.lower().split("x"))
-        fp32 = ours(n_layer, d)
-        grid = quantize_model_(copy.deepcopy(fp32), 8)
-        int8 = {}
-        for kernel in INT8_KERNELS:
-            int8[kernel] = copy.deepcopy(grid)
-            decode_products(int8[kernel], "dense", int8=kernel).install()  # for good: the model is the bench's
-        row, bandwidth_at = {}, {}
-        for label, model, is_int8 in [("fp32", fp32, False)] + [(f"int8_{k}", m, True) for k, m in int8.items()]:
-            started = time.perf_counter()
-            median, best = time_step(model, args.tokens)
-            nbytes = weight_bytes(model, is_int8)
-            megabytes = max(1, nbytes // 2**20)
-            if megabytes not in bandwidth_at:  # one measurement per size: both int8 forms share their bound
-                bandwidth_at[megabytes] = copy_bandwidth(megabytes=megabytes)
-            at_size = bandwidth_at[megabytes]
-            bound = max(dram, at_size) / nbytes
-            record = {"measure": "decode", "form": label, "n_layer": n_layer, "n_embd": d, "tok_s": median,
-                      "best_tok_s": best, "bytes_per_token": nbytes, "copy_bandwidth_at_size": at_size,
-                      "bound_tok_s": bound, "fraction_of_bound": median / bound,
-                      "wall_s": time.perf_counter() - started}  # fmt: skip
-            emit(record)
-            row[label] = {"tok_s": median, "bound_tok_s": bound, "fraction_of_bound": median / bound}
-        for record in time_products(fp32, int8):
-            emit({**record, "size": size})
-        for label in row:
-            row[label]["vs_fp32_traced"] = row[label]["tok_s"] / row["fp32"]["tok_s"]
-        summary["sizes"][size] = row
+    # torch.ao's quantized tensors (the dynamic kernel's packed weights, a peer here) are deprecated: said once above
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    emit({"measure": "run", "machine": machine_id(torch.device("cpu")), "args": vars(args),
+          "meta": {"run": {"time": started, "torch": torch.__version__}}})  # fmt: skip
+    summary = {"measure": "summary", "threads": {}}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        bandwidth = copy_bandwidth()
+        emit({"measure": "copy_bandwidth", "megabytes": 512, "bytes_per_s": bandwidth, "threads": threads})
+        rows = {}
+        for n_in, n_out in product_shapes(args.sizes, args.vocab):
+            for batch in args.batches:
+                record = emit(measure(n_in, n_out, batch, args, bandwidth))
+                rows[f"{n_in}x{n_out}/b{batch}"] = {
+                    "fraction_of_bandwidth": {k: p["fraction_of_bandwidth"] for k, p in record["products"].items()},
+                    "int8_event_vs_int8_dense": record["int8_event_vs_int8_dense"],
+                }
+        summary["threads"][str(threads)] = rows
     emit(summary)
 
 

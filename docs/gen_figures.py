@@ -194,11 +194,91 @@ def crossover() -> str:
     )
 
 
+DECODE_INT8 = "decode-int8-inputs.jsonl"  # python bench/decode.py --placement inputs > bench/results/...
+MODE_LABELS = {"fp32": "fp32", "int8": "int8", "int8_sparse": "int8 event-driven", "int8_auto": "int8 auto",
+               "fp32_sparse": "fp32 event-driven", "fp32_auto": "fp32 auto"}  # fmt: skip
+PEER_LABELS = {"rwkv_package_fp32": "`rwkv` `cpu fp32`", "rwkv_package_fp32i8": "`rwkv` `cpu fp32i8`",
+               "transformers": "transformers RWKV", "llama_cpp_q8_0": "llama.cpp Q8_0"}  # fmt: skip
+
+
+def _speed(tok_s: float | None, fraction: float | None) -> str:
+    """'123 tok/s · 71%': tokens per second and the fraction of the bound of the bytes read."""
+    if tok_s is None:
+        return "–"
+    return f"{tok_s:,.0f} tok/s" + (f" · {fraction:.0%}" if fraction is not None else "")
+
+
+def _density_words(key: str) -> str:
+    return DENSITY_LABELS[key] if key in DENSITY_LABELS else f"{float(key):.0%} active"
+
+
+def decode_int8() -> str:
+    """The int8 and event-driven steps against the peers (``bench/decode.py --placement inputs``), or how to
+    measure them where nothing is committed yet."""
+    if not (RESULTS / DECODE_INT8).is_file():
+        return (
+            "No measurement is committed yet. On a quiet machine: `python bench/decode.py --placement inputs > "
+            f"bench/results/{DECODE_INT8}`, then `python docs/gen_figures.py`."
+        )
+    summary = by_measure(read_records(DECODE_INT8), "summary")[-1]["sizes"]
+    steps, peers = [], []
+    for size, entry in summary.items():
+        label = size.replace("x", " × ")
+        for threads, row in entry["threads"].items():
+            for batch in ("b1", "b16"):
+                if batch not in row:
+                    continue
+                tok_s, fraction = row[batch]["tok_s"], row[batch]["fraction_of_bound"]
+                modes = list(tok_s)
+                for density in tok_s[modes[0]]:
+                    cells = [_speed(tok_s[m].get(density), fraction[m].get(density)) for m in modes]
+                    ratio = row[batch]["int8_event_vs_int8_dense"].get(density)
+                    steps.append([label, threads, batch[1:], _density_words(density), *cells,
+                                  f"{ratio:.2f}×" if ratio is not None else "–"])  # fmt: skip
+            measured = [row["peers"].get(name, {}) for name in PEER_LABELS]
+            figures = [_speed(peer.get("tok_s"), peer.get("fraction_of_bound")) for peer in measured]
+            generate = row.get("generate", {})
+            peers.append([label, threads, *figures, _speed(generate.get("generate_tok_s"), None)])
+    header = ["model", "threads", "batch", "inputs", *(MODE_LABELS[m] for m in modes), "event-driven ÷ int8"]
+    return (
+        table(header, steps)
+        + "\n\nTokens per second of the engine's traced step, net of making the synthetic inputs, and the fraction of "
+        "the bound of the bytes each step reads (random weights, vocabulary 50277).\n\n"
+        + table(["model", "threads", *PEER_LABELS.values(), "`model.generate()`, int8"], peers)
+        + "\n\nThe peers at batch 1, against the same bandwidth; `model.generate()` of the 8-bit model (the engine's "
+        "step inside transformers' loop).\n\n" + source_note(DECODE_INT8)
+    )
+
+
 def int8_decode() -> str:
+    """The products one at a time (``bench/int8_decode.py``); a result of the earlier whole-step form of that script
+    (torch's int8 kernels in the step) renders as it was measured."""
+    products = [r for r in by_measure(read_records("int8_decode.jsonl"), "product") if "products" in r]
+    if not products:
+        return _int8_decode_steps()
+    rows = []
+    for r in products:
+        shape, p = f"{r['n_in']} → {r['n_out']}", r["products"]
+        ratios = r["int8_event_vs_int8_dense"].items()
+        events = "; ".join(f"{float(k):.0%}: {v:.2f}×" for k, v in ratios)
+        rows.append([shape, str(r["batch"]), str(r["threads"]),
+                     *(f"{p[k]['gb_s']:.1f} GB/s · {p[k]['fraction_of_bandwidth']:.0%}" for k in
+                       ("fp32", "int8", "int8_counts", "torch_linear_dynamic", "torch_weight_int8pack_mm")),
+                     events])  # fmt: skip
+    header = ["product", "batch", "threads", "fp32", "int8, real inputs", "int8, counts", "torch `linear_dynamic`",
+              "torch `_weight_int8pack_mm`", "event-driven ÷ int8 (active inputs)"]  # fmt: skip
+    return (
+        table(header, rows)
+        + "\n\nWeight bytes read per second, and their fraction of the copy bandwidth of the same run.\n\n"
+        + source_note("int8_decode.jsonl")
+    )
+
+
+def _int8_decode_steps() -> str:
     runs = {name: read_records(name) for name in ("int8_decode.jsonl", "int8_decode-2threads.jsonl")}
     one, two = (by_measure(records, "decode") for records in runs.values())
-    labels = {"fp32": "fp32 traced", "int8_dynamic": "int8 `linear_dynamic` (the engine's)",
-              "int8_weight_only": "int8 `_weight_int8pack_mm`"}  # fmt: skip
+    labels = {"fp32": "fp32 traced", "int8_dynamic": "int8 torch `linear_dynamic` (before the compiled kernels)",
+              "int8_weight_only": "int8 torch `_weight_int8pack_mm`"}  # fmt: skip
     base1, base2 = one[0]["tok_s"], two[0]["tok_s"]
     rows = [
         [labels[a["form"]], f"{a['tok_s']:.1f}", f"{b['tok_s']:.1f}", f"{a['bytes_per_token'] / 1e6:.1f} MB",
@@ -214,7 +294,8 @@ def int8_decode() -> str:
     header = ["step", "tok/s, 1 thread", "tok/s, 2 threads", "weight bytes per token", "bound, 1 thread (tok/s)",
               "vs fp32 traced (1 / 2 threads)"]  # fmt: skip
     return (
-        f"{size}, random weights, batch 1:\n\n"
+        f"Measured before the compiled kernels, with torch's int8 kernels in the step; {size}, random weights, "
+        "batch 1:\n\n"
         + table(header, rows)
         + "\n\nSingle batch-1 products, one thread: "
         + "; ".join(products)
@@ -399,6 +480,29 @@ def profiles() -> str:
 # ---------------------------------------------------------------- the headline figures (README, home page)
 
 
+def _int8_headline(when) -> list[list[str]]:
+    """The 8-bit decoding row: the int8 step against fp32 at the largest size, 1 thread, batch 1, from
+    ``bench/decode.py --placement inputs`` where committed, else the earlier whole-step measurement of torch's int8
+    kernels."""
+    page = "spikes/hardware.md#8-bit-decoding-on-a-cpu"
+    if (RESULTS / DECODE_INT8).is_file():
+        sizes = by_measure(read_records(DECODE_INT8), "summary")[-1]["sizes"]
+        size, entry = list(sizes.items())[-1]
+        b1 = entry["threads"][min(entry["threads"], key=int)]["b1"]
+        densities = next(iter(b1["tok_s"].values()))
+        density = "bundled" if "bundled" in densities else next(iter(densities))  # the driven model's, if measured
+        tok_s = {mode: by_density[density] for mode, by_density in b1["tok_s"].items()}
+        best = max((m for m in tok_s if m.startswith("int8")), key=tok_s.get)
+        what = f"int8 decoding, {size.replace('x', ' × ')}, batch 1, spike-driven placement, {_density_words(density)}"
+        return [[what, f"{tok_s[best] / tok_s['fp32']:.2f}× fp32 ({MODE_LABELS[best]})", when(DECODE_INT8), page]]
+    summary = by_measure(read_records("int8_decode.jsonl"), "summary")[-1]
+    if "sizes" not in summary:
+        return []
+    size, forms = next(iter(summary["sizes"].items()))
+    return [[f"int8 decoding with torch's `linear_dynamic`, {size.replace('x', ' × ')}, batch 1",
+             f"{forms['int8_dynamic']['vs_fp32_traced']:.2f}× fp32", when("int8_decode.jsonl"), page]]  # fmt: skip
+
+
 def headline(docs: str = "") -> str:
     """The key figures, each linking to its page: ``docs`` is the path from the including page to ``docs/``."""
     tail = {r["model"]: r for r in read_records("driven-study-tail.json")[0]["models"]}
@@ -410,8 +514,6 @@ def headline(docs: str = "") -> str:
     hf = next(r for r in decode if r["model"] == "transformers RwkvForCausalLM" and r["n_embd"] == ours["n_embd"])
     event = by_measure(read_records("event_decode-inputs.jsonl"), "summary")[-1]["sizes"]
     largest = list(event)[-1]
-    int8 = by_measure(read_records("int8_decode.jsonl"), "summary")[-1]["sizes"]
-    int8_size, int8_forms = next(iter(int8.items()))
     ptq = read_records("hardware_study.json")[0]["ptq"]
 
     def energy(row: dict) -> str:
@@ -438,9 +540,7 @@ def headline(docs: str = "") -> str:
         [f"event-driven decoding, {largest.replace('x', ' × ')}, binary-spike inputs, batch 1",
          f"{event[largest]['b1']['sparse_vs_dense_net']['binary']:.2f}× the dense step",
          when("event_decode-inputs.jsonl"), "performance/kernels.md#event-driven-decoding"],
-        [f"int8 decoding, {int8_size.replace('x', ' × ')}, batch 1",
-         f"{int8_forms['int8_dynamic']['vs_fp32_traced']:.2f}× fp32", when("int8_decode.jsonl"),
-         "spikes/hardware.md#8-bit-decoding-on-a-cpu"],
+        *_int8_headline(when),
         ["4-bit weights (post-training), bundled model",
          f"{ptq['4bit']['bits_per_byte'] / ptq['fp32']['bits_per_byte'] - 1:+.2%} bits per byte",
          when("hardware_study.json"), "spikes/hardware.md#the-study"],
@@ -460,6 +560,7 @@ SNIPPETS = {
     "event-decode-residual.md": lambda: event_decode("residual"),
     "crossover.md": crossover,
     "int8-decode.md": int8_decode,
+    "decode-int8.md": decode_int8,
     "driven-study.md": lambda: driven_study("driven-study.json"),
     "driven-study-tail.md": lambda: driven_study("driven-study-tail.json"),
     "driven-projections.md": driven_projections,

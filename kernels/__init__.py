@@ -6,7 +6,9 @@
 the reference otherwise, except for one-token WKV and LIF steps (decoding), which take the reference everywhere:
 a handful of element-wise operations that a traced or compiled decoding step records with the rest of the step,
 where a Triton launch would cost more Python launch overhead than its work and could not be traced.
-``int8_sparse_linear`` is the event-driven product over 8-bit weights (CPU; its torch reference only, for now).
+``int8_linear`` and ``int8_sparse_linear`` are the 8-bit products (int8 codes with one scale per output channel;
+dense, and event-driven), defined by ``int8_torch`` and run on a CPU by compiled kernels (``int8_cpu``, built on
+first use, with the reference as the fallback), on CUDA for spike counts by Triton.
 
 ``SPIKEGPT_KERNELS=torch|triton|auto`` forces a choice; it is read once, at the first dispatch, and cached
 (``reload_kernel_backend()`` reads it again).
@@ -33,7 +35,6 @@ if __name__ == "kernels":
     _spec.loader.exec_module(_theirs)
 else:
     from .dispatch import (
-        int8_counts_linear,
         int8_linear,
         int8_sparse_linear,
         kernel_backend,
@@ -53,7 +54,6 @@ else:
         "LIFParams",
         "State",
         "fresh_state",
-        "int8_counts_linear",
         "int8_linear",
         "int8_sparse_linear",
         "kernel_backend",

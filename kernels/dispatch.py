@@ -1,5 +1,5 @@
-"""The dispatch functions of ``spikegpt.kernels`` (see the package's docstring) and the ``spikegpt::sparse_linear``
-and ``spikegpt::int8_sparse_linear`` operators."""
+"""The dispatch functions of ``spikegpt.kernels`` (see the package's docstring), the ``spikegpt::sparse_linear``
+operator and the 8-bit products' reference operators (``spikegpt::int8_linear``, ``spikegpt::int8_sparse_linear``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import os
 import torch
 
 from .errors import KernelArgumentError, KernelUnavailableError
-from .int8_torch import check_int8_weight, int8_counts_linear_torch, int8_linear_torch
+from .int8_torch import check_int8_weight, int8_linear_torch
 from .lif_torch import DEFAULT_LIF, LIFParams, lif_torch
-from .sparse_torch import int8_sparse_linear_torch, sparse_linear_torch
+from .sparse_torch import sparse_linear_torch
 from .wkv_torch import State, wkv_torch
 
 BACKENDS = ("auto", "torch", "triton")
@@ -113,44 +113,83 @@ def _int8_compiled(tensor: torch.Tensor) -> bool:
     return int8_cpu.available()
 
 
-def int8_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """Real-valued x ``[..., in]`` fp32 times the 8-bit weight ``codes`` ``[out, in]`` int8 · ``scales`` ``[out]``
-    → ``[..., out]`` fp32, each row of x quantized to int8 with its own scale (definition: ``int8_torch``)."""
-    flat = x.reshape(-1, x.shape[-1])
+def _int8_operators(tensor: torch.Tensor):
+    """The operators an 8-bit product on ``tensor`` calls: the compiled kernels' (``spikegpt_cpu``) or the
+    reference's (``spikegpt``), with the same schemas. A traced step records the call as one node either way."""
+    return torch.ops.spikegpt_cpu if _int8_compiled(tensor) else torch.ops.spikegpt
+
+
+def _int8_rows(x: torch.Tensor, n_in: int, name: str) -> torch.Tensor:
+    """x ``[..., in]`` as the operators take it: contiguous fp32, every leading dimension a row. Converted only where
+    it must be, so that a traced step records no call that changes nothing (dozens of products a step)."""
+    if x.dim() == 0 or x.shape[-1] != n_in:
+        raise KernelArgumentError(f"{name} takes x [..., {n_in}], got {list(x.shape)}")
+    if x.is_complex():
+        raise KernelArgumentError(f"{name} takes real or whole-number x, got {x.dtype}")
+    x = x if x.dtype == torch.float32 else x.to(torch.float32)
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def _contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _raise_refused_counts(error: RuntimeError) -> None:
+    """Raise the compiled kernels' refusal of the inputs (a ``TORCH_CHECK`` on counts that are not whole numbers,
+    or too large) as the reference's typed error; return for any other failure."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if message.startswith("int8 counts products"):
+        raise KernelArgumentError(message) from error
+
+
+def int8_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, counts: bool = False) -> torch.Tensor:
+    """x ``[..., in]`` times the 8-bit weight ``codes`` ``[out, in]`` int8 · ``scales`` ``[out]`` → ``[..., out]`` fp32,
+    every weight read. ``counts``: x holds spike counts (whole numbers), used as they are; otherwise each row of x is
+    quantized to int8 with its own scale. Definition: ``int8_torch``."""
     check_int8_weight(codes, scales, input_major=False)
-    if flat.dtype != torch.float32 or flat.shape[1] != codes.shape[1]:
-        raise KernelArgumentError(f"int8_linear takes fp32 x [..., {codes.shape[1]}], got {x.dtype} {list(x.shape)}")
-    if _int8_compiled(flat):
-        y = torch.ops.spikegpt_cpu.int8_linear(flat.contiguous(), codes.contiguous(), scales.contiguous())
-    else:
-        y = int8_linear_torch(flat, codes, scales)
-    return y.reshape(*x.shape[:-1], codes.shape[0])
+    rows = _int8_rows(x, codes.shape[1], "int8_linear")
+    try:
+        return _int8_operators(rows).int8_linear.default(rows, _contiguous(codes), _contiguous(scales), counts)
+    except RuntimeError as error:
+        _raise_refused_counts(error)
+        raise
 
 
-def int8_counts_linear(counts: torch.Tensor, codes_t: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """Spike counts ``[..., in]`` (whole numbers) times the 8-bit weight stored input-major, ``codes_t`` ``[in, out]``
-    int8 · ``scales`` ``[out]`` → ``[..., out]`` fp32, reading only the weight rows of the batch's nonzero inputs
-    (event-driven); the result equals the dense product to the bit (definition: ``int8_torch``)."""
-    flat = counts.reshape(-1, counts.shape[-1])
+def int8_sparse_linear(
+    x: torch.Tensor,
+    codes_t: torch.Tensor,
+    scales: torch.Tensor,
+    counts: bool = False,
+    max_density: float = 1.0,
+    codes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The event-driven ``int8_linear``: the 8-bit weight stored input-major (``codes_t`` ``[in, out]``), only the
+    weight rows of the inputs nonzero in some row of the batch read (after quantization, for real-valued rows), each
+    once for the whole batch; the result equals ``int8_linear``'s to the bit, since both sum exactly.
+
+    ``max_density`` is the crossover: where the batch's fraction of active inputs exceeds it and the output-major
+    ``codes`` ``[out, in]`` are given, the dense kernel runs instead (the same bits, so the choice never changes a
+    row's result). Decided inside the call: a traced step keeps it data-dependent. On CUDA, spike counts run the
+    Triton kernel (``sparse_triton.int8_counts_linear_triton``)."""
     check_int8_weight(codes_t, scales, input_major=True)
-    if flat.shape[1] != codes_t.shape[0]:
-        expected = codes_t.shape[0]
-        raise KernelArgumentError(f"int8_counts_linear takes counts [..., {expected}], got {list(counts.shape)}")
-    if kernel_backend(flat) == "triton":
+    if codes is not None:
+        check_int8_weight(codes, scales, input_major=False)
+    rows = _int8_rows(x, codes_t.shape[0], "int8_sparse_linear")
+    if counts and kernel_backend(rows) == "triton":
+        from .int8_torch import check_counts
         from .sparse_triton import int8_counts_linear_triton
 
-        y = int8_counts_linear_triton(flat, codes_t, scales)
-    elif _int8_compiled(flat):
-        values = flat.to(torch.float32).contiguous()
-        try:
-            y = torch.ops.spikegpt_cpu.int8_counts_linear(values, codes_t.contiguous(), scales.contiguous())
-        except RuntimeError as error:
-            raise KernelArgumentError(str(error).splitlines()[0]) from error
-    else:
-        if flat.is_floating_point() and not bool((flat == flat.round()).all()):
-            raise KernelArgumentError("int8 counts products take whole-number inputs (spike counts)")
-        y = int8_counts_linear_torch(flat, codes_t, scales)
-    return y.reshape(*counts.shape[:-1], codes_t.shape[1])
+        flat = rows.reshape(-1, rows.shape[-1])
+        check_counts(flat)
+        return int8_counts_linear_triton(flat, codes_t, scales).reshape(*x.shape[:-1], codes_t.shape[1])
+    dense = None if codes is None else _contiguous(codes)
+    try:
+        return _int8_operators(rows).int8_sparse_linear.default(
+            rows, _contiguous(codes_t), _contiguous(scales), counts, max_density, dense
+        )
+    except RuntimeError as error:
+        _raise_refused_counts(error)
+        raise
 
 
 # The operator ``spikegpt::sparse_linear``: ``torch.jit.trace`` records a call to it as one node with a fixed output
@@ -205,43 +244,39 @@ _LIBRARY.impl("sparse_linear", _sparse_linear, "CompositeExplicitAutograd")
 torch.library.register_fake("spikegpt::sparse_linear", _sparse_linear_shape, lib=_LIBRARY)
 
 
-def int8_sparse_linear(
-    x: torch.Tensor, codes_t: torch.Tensor, scale: torch.Tensor, max_density: float = 1.0, quantize_input: bool = True
+# The reference as operators (``spikegpt::int8_linear``, ``spikegpt::int8_sparse_linear``), with the compiled
+# kernels' schemas (``csrc/int8_cpu.cpp``): where those cannot be built, a traced step records these instead.
+def _int8_linear_reference(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, counts: bool) -> torch.Tensor:
+    y = int8_linear_torch(x.reshape(-1, x.shape[-1]), codes, scales, counts)
+    return y.reshape(*x.shape[:-1], codes.shape[0])
+
+
+def _int8_sparse_linear_reference(
+    x: torch.Tensor,
+    codes_t: torch.Tensor,
+    scales: torch.Tensor,
+    counts: bool,
+    max_density: float,
+    codes: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The event-driven product over 8-bit weights on a CPU: ``x`` ``[..., in]`` (float32) times the int8 codes
-    ``codes_t`` ``[in, out]`` (input-major) scaled by ``scale`` ``[out]``, reading only the int8 rows of nonzero
-    inputs; for inference. ``quantize_input``: the dynamic int8 kernel's arithmetic (inputs quantized per row),
-    else the weight-only kernel's (float32 inputs). Definition and row-by-row decision:
-    ``sparse_torch.int8_sparse_linear_torch``. An operator, like ``sparse_linear``, so a traced step keeps the
-    data-dependent choice inside the call."""
-    return torch.ops.spikegpt.int8_sparse_linear.default(x, codes_t, scale, max_density, quantize_input)
+    # reading every row or only the active ones: the same function
+    return _int8_linear_reference(x, codes_t.t(), scales, counts)
 
 
-def _int8_sparse_linear(
-    x: torch.Tensor, codes_t: torch.Tensor, scale: torch.Tensor, max_density: float = 1.0, quantize_input: bool = True
-) -> torch.Tensor:
-    if codes_t.dim() != 2 or codes_t.dtype != torch.int8 or x.shape[-1] != codes_t.shape[0]:
-        raise KernelArgumentError(
-            f"int8_sparse_linear takes x [..., in] and int8 codes [in, out], got {list(x.shape)} and "
-            f"{list(codes_t.shape)} {codes_t.dtype}"
-        )
-    if scale.shape != (codes_t.shape[1],) or x.device.type != "cpu":
-        raise KernelArgumentError(
-            f"int8_sparse_linear takes CPU tensors and one scale per output, got {list(scale.shape)} on {x.device}"
-        )
-    y = int8_sparse_linear_torch(x.reshape(-1, x.shape[-1]), codes_t, scale, max_density, quantize_input)
-    return y.reshape(*x.shape[:-1], codes_t.shape[1])
+def _int8_linear_shape(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, counts: bool) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], codes.shape[0]), dtype=torch.float32)
 
 
-def _int8_sparse_linear_shape(
-    x: torch.Tensor, codes_t: torch.Tensor, scale: torch.Tensor, max_density: float = 1.0, quantize_input: bool = True
-) -> torch.Tensor:
+def _int8_sparse_linear_shape(x, codes_t, scales, counts, max_density, codes) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], codes_t.shape[1]), dtype=torch.float32)
 
 
+_LIBRARY.define("int8_linear(Tensor x, Tensor codes, Tensor scales, bool counts) -> Tensor")
+_LIBRARY.impl("int8_linear", _int8_linear_reference, "CompositeExplicitAutograd")
+torch.library.register_fake("spikegpt::int8_linear", _int8_linear_shape, lib=_LIBRARY)
 _LIBRARY.define(
-    "int8_sparse_linear(Tensor x, Tensor codes_t, Tensor scale, float max_density=1.0, bool quantize_input=True) "
+    "int8_sparse_linear(Tensor x, Tensor codes_t, Tensor scales, bool counts, float max_density, Tensor? codes) "
     "-> Tensor"
 )
-_LIBRARY.impl("int8_sparse_linear", _int8_sparse_linear, "CompositeExplicitAutograd")
+_LIBRARY.impl("int8_sparse_linear", _int8_sparse_linear_reference, "CompositeExplicitAutograd")
 torch.library.register_fake("spikegpt::int8_sparse_linear", _int8_sparse_linear_shape, lib=_LIBRARY)

@@ -1,19 +1,26 @@
-"""8-bit products on a CPU, defined in PyTorch: the reference for the compiled kernels (``int8_cpu``) and the path
-that runs where they cannot be built.
+"""8-bit products, defined in PyTorch: the definition the compiled CPU kernels (``int8_cpu``) and the Triton kernel
+(``sparse_triton.int8_counts_linear_triton``) follow to the bit, and the path that runs where they cannot.
 
 Weights are int8 codes with one fp32 scale per output channel (``W ≈ codes · scales[:, None]``, the model's 8-bit
-grid). Two kinds of input:
+grid). Each row of the input becomes whole numbers ``q`` with a row scale ``sx`` first, in one of two ways, fixed by
+what the product reads (``counts``):
 
-- real-valued rows (a LayerNorm output, the head's input): each row is quantized to int8 with its own scale
-  ``sx = max|x| / 127`` and ``q = round(x / sx)``, the integer products are summed exactly, and
-  ``y = float(Σ q·codes) · sx · scale``. One scale per row, so a row's result never depends on the other rows;
-- spike counts (whole numbers, the inputs of the spike-driven placement): used as they are, no rounding, and
-  ``y = float(Σ count·codes) · scale``. Only the weight rows of nonzero inputs contribute, which is what lets the
-  event-driven kernel skip the others and still give the same bits as a dense one.
+- real values (a LayerNorm output, the head's input; ``counts=False``): quantized per row, ``sx = max|x| / 127`` and
+  ``q = round(x / sx)`` (half to even); one scale per row, so a row's result never depends on the other rows. An
+  all-zero row gets ``sx = 0``; a row holding a value that is not finite gets ``sx = NaN`` (its outputs are NaN,
+  as the fp32 product's would be not finite);
+- spike counts (the inputs of the spike-driven placement; ``counts=True``): whole numbers used as they are, no
+  rounding and no row scale. They must be whole numbers of at most 32767 whose magnitudes add up, per row, to at
+  most ``MAX_ROW_MAGNITUDE`` (so that every sum fits an int32 exactly).
 
-Every sum is an exact integer sum (float64 holds it exactly here), so the results do not depend on summation
-order, thread count or the other rows of a batch; only the last two fp32 multiplications round, in the order
-written above, which the compiled kernels follow to the bit.
+Then ``y = float(Σ q·codes) · sx · scale`` (counts: ``float(Σ q·codes) · scale``). Every sum is an exact integer sum
+(float64 holds it exactly here), so the result depends neither on the order of the sums, the thread count, the
+other rows of a batch nor on which weights are read: zero inputs contribute nothing, so the event-driven product
+(only the weight rows of nonzero inputs, ``int8_sparse_linear``) is this same function. Only the last fp32
+multiplications round, in the order written above, which the compiled kernels follow.
+
+``int8_linear_torch`` takes the codes in any layout (output-major ``[out, in]``, or an input-major weight as
+``codes_t.t()``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import torch
 from .errors import KernelArgumentError
 
 QMAX = 127
+MAX_COUNT = 32767  # a count is multiplied as a 16-bit integer
+MAX_ROW_MAGNITUDE = 2**31 // QMAX - 1  # Σ|count| · 127 < 2^31: the int32 sums stay exact
 
 
 def check_int8_weight(codes: torch.Tensor, scales: torch.Tensor, input_major: bool) -> None:
@@ -35,29 +44,42 @@ def check_int8_weight(codes: torch.Tensor, scales: torch.Tensor, input_major: bo
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x ``[M, in]`` fp32 → (codes ``[M, in]`` int8, scales ``[M]`` fp32): ``sx = max|x| / 127``, ``q = round(x / sx)``
-    (half to even); an all-zero row gets scale 0 and codes 0."""
+    (half to even); an all-zero row gets scale 0 and codes 0, a row with a value that is not finite scale NaN and
+    codes 0."""
+    finite = torch.isfinite(x).all(dim=1)
+    x = torch.where(finite[:, None], x, torch.zeros_like(x))
     sx = x.abs().amax(dim=1) / QMAX
     safe = torch.where(sx > 0, sx, torch.ones_like(sx))
-    q = torch.round(x / safe[:, None]).clamp_(-QMAX, QMAX)
-    return q.to(torch.int8), sx
+    q = torch.round(x / safe[:, None]).clamp_(-QMAX, QMAX)  # (the clamp only matters where sx is subnormal)
+    return q.to(torch.int8), torch.where(finite, sx, torch.full_like(sx, float("nan")))
+
+
+def check_counts(counts: torch.Tensor) -> None:
+    """Raise ``KernelArgumentError`` unless ``counts`` ``[M, in]`` are whole numbers a count product takes."""
+    if counts.numel() == 0:
+        return
+    values = counts.double()
+    finite = bool(torch.isfinite(values).all())
+    if not finite or not bool((values == values.round()).all()) or bool(values.abs().max() > MAX_COUNT):
+        raise KernelArgumentError(
+            f"int8 counts products take whole-number inputs (spike counts) of at most {MAX_COUNT}"
+        )
+    if bool(values.abs().sum(dim=1).max() > MAX_ROW_MAGNITUDE):
+        raise KernelArgumentError(
+            f"int8 counts products: a row's counts add up to more than {MAX_ROW_MAGNITUDE}, beyond exact int32 sums"
+        )
+
+
+def int8_linear_torch(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, counts: bool = False) -> torch.Tensor:
+    """x ``[M, in]`` times the int8 ``codes`` ``[out, in]`` (any layout) with per-output ``scales`` → ``[M, out]``
+    fp32: real-valued rows quantized per row, or (``counts``) whole numbers used as they are (module docstring)."""
+    if counts:
+        check_counts(x)
+        return _exact_sums(x, codes).to(torch.float32) * scales[None, :]
+    q, sx = quantize_rows(x.float())
+    return _exact_sums(q, codes).to(torch.float32) * sx[:, None] * scales[None, :]
 
 
 def _exact_sums(values: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """``values @ codes.T`` of whole numbers, exact (float64 holds every sum of these sizes exactly)."""
     return values.to(torch.float64) @ codes.to(torch.float64).t()
-
-
-def int8_linear_torch(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """Real-valued x ``[M, in]`` fp32 times int8 ``codes`` ``[out, in]`` (output-major) with per-output ``scales``
-    → ``[M, out]`` fp32, each row quantized to int8 on its own."""
-    check_int8_weight(codes, scales, input_major=False)
-    q, sx = quantize_rows(x.float())
-    return _exact_sums(q, codes).to(torch.float32) * sx[:, None] * scales[None, :]
-
-
-def int8_counts_linear_torch(counts: torch.Tensor, codes_t: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """Spike counts ``[M, in]`` (whole numbers, any dtype) times int8 weights stored input-major (``codes_t``
-    ``[in, out]``) with per-output ``scales`` → ``[M, out]`` fp32. Zero inputs contribute nothing, so this is also
-    the definition of the event-driven product."""
-    check_int8_weight(codes_t, scales, input_major=True)
-    return _exact_sums(counts, codes_t.t()).to(torch.float32) * scales[None, :]

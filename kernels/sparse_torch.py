@@ -16,9 +16,7 @@ never depends on the other rows of the batch.
 An output-major weight (``W`` contiguous) is accepted too: the product then gathers the batch's active columns and
 multiplies them (correct, but without the contiguous rows it saves little; the engine never decodes that way).
 
-``int8_sparse_linear_torch`` is the same product over 8-bit weights (codes and one scale per output channel, as
-``spikegpt.quant`` stores them): only the int8 rows of nonzero inputs are read, with the arithmetic of the dense
-int8 kernel it stands beside (see its docstring).
+The same product over 8-bit weights is ``int8_sparse_linear`` (``int8_torch`` defines it, ``int8_cpu`` runs it).
 """
 
 from __future__ import annotations
@@ -70,38 +68,3 @@ def _active_rows_product(x: torch.Tensor, weight: torch.Tensor, nnz: torch.Tenso
     rows, cols = x.nonzero(as_tuple=True)  # row-major order: each row's active inputs, in index order
     offsets = torch.cumsum(nnz, dim=0) - nnz
     return F.embedding_bag(cols, weight.t(), offsets, mode="sum", per_sample_weights=x[rows, cols].to(weight.dtype))
-
-
-def int8_sparse_linear_torch(
-    x: torch.Tensor, codes_t: torch.Tensor, scale: torch.Tensor, max_density: float = 1.0, quantize_input: bool = True
-) -> torch.Tensor:
-    """``x`` ``[M, in]`` (float32) times the int8 weights ``codes_t`` ``[in, out]`` (input-major) with ``scale``
-    ``[out]`` per output channel → ``[M, out]`` float32, reading only the int8 rows of each row's nonzero inputs.
-
-    ``quantize_input``: the arithmetic of torch's dynamic int8 kernel (``quantized::linear_dynamic``, fbgemm with
-    ``reduce_range``): each row is quantized on its own to 7 bits, ``q = round(x / s + z)`` with ``s`` and ``z``
-    from the row's range (zero included), and ``y = (s · scale) · Σ (q − z) · code``, the sum of whole numbers
-    computed exactly. A zero input quantizes to exactly ``z`` and adds nothing, which is what lets the product skip
-    it: the result is the dense kernel's, bit for bit on this machine's torch (checked over integer and real
-    inputs, ties included, in tests/runtime/test_product_modules.py). Without it: ``Σ x · code`` in
-    float32, times ``scale`` (the arithmetic of the weight-only kernel, ``torch._weight_int8pack_mm``).
-
-    Each row decides for itself (a row's result never depends on the other rows): a row with more than
-    ``max_density · in`` nonzero inputs is multiplied by every int8 row, with the same arithmetic.
-    """
-    out = []
-    for row in x.float():
-        active = row.nonzero().squeeze(1)
-        dense = active.numel() > max_density * row.numel()
-        values, codes = (row, codes_t) if dense else (row[active], codes_t.index_select(0, active))
-        if quantize_input:
-            s, z = torch._choose_qparams_per_tensor(row, True)  # the dynamic kernel's choice, from the whole row
-            s = torch.tensor(s, dtype=torch.float32)
-            # fbgemm rounds fma(x, 1/s, z) to float32, then to the nearest whole number (ties to even): the product
-            # x · (1/s) is exact in float64, so adding z there and rounding once to float32 is the same fma
-            transformed = (values.double() * (1.0 / s).double() + z).float()
-            whole = torch.clamp(torch.round(transformed), 0, 255) - z
-            out.append((whole.double() @ codes.double()).float() * (s * scale))
-        else:
-            out.append((values @ codes.float()) * scale)
-    return torch.stack(out) if out else x.new_zeros(0, codes_t.shape[1])

@@ -12,7 +12,7 @@ fp64 weights); the output has the weight's dtype. Only Triton built-ins are call
 
 The 8-bit form (``int8_counts_linear_triton``) runs the same kernel on int8 weights and whole-number inputs (spike
 counts) with int32 accumulation, then multiplies each output by its channel's scale: exact integer sums, so it
-equals the PyTorch reference ``int8_torch.int8_counts_linear_torch`` to the bit.
+equals the PyTorch reference (``int8_torch.int8_linear_torch`` with ``counts``) to the bit.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from spikegpt.commands.common import add_model_arguments, add_threads_argument
 from spikegpt.errors import TrainingError
+from spikegpt.runtime.products import DECODE_HELP, DECODE_MODES
 
 from .config import FIELDS, TrainConfig, default_config_path, make_config, read_config_file
 from .noise_eval import add_weight_noise_arguments, device_model_from_args, evaluate_with_noise
@@ -188,6 +189,15 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass (default: 8)")
     parser.add_argument("--max-blocks", type=int, default=None, help="evaluate only the first N blocks")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--decode",
+        choices=DECODE_MODES,
+        default=None,
+        help="read each block token by token through the decoding step with these products, as `spikegpt "
+        "generate` and `serve --decode` compute (a model with 8-bit weights decodes with int8 products on a CPU): "
+        f"the bits per byte of what they decode with; the {DECODE_HELP} (default: the parallel form, which reads "
+        "prompts in generate and serve)",
+    )
     add_weight_noise_arguments(parser)
     add_threads_argument(parser)
     parser.set_defaults(run=run_eval)
@@ -203,6 +213,8 @@ def run_eval(args: argparse.Namespace) -> int:
     device = device_model_from_args(args) if args.weight_noise is not None else None  # checked before loading
     if device is not None and args.noise_draws < 1:
         raise TrainingError(f"--noise-draws must be at least 1, got {args.noise_draws}")
+    if device is not None and args.decode is not None:
+        raise TrainingError("--decode and --weight-noise do not combine: noisy weights are scored by the parallel form")
     model, tokenizer = load_model(args.model, args.device, args.dtype, args.weight_bits)
     corpus = load_corpus(DataSource(args.dataset, args.dataset_config, args.text_field, args.cache_dir))
     stream = eval_stream(corpus, tokenizer, args.split, args.train_split, args.validation_fraction)
@@ -220,7 +232,7 @@ def run_eval(args: argparse.Namespace) -> int:
               f"over {len(noisy.seeds)} draws (seeds {noisy.seeds[0]}..{noisy.seeds[-1]})")  # fmt: skip
         print(f"firing rate        {noisy.firing_rate_mean:.4f} (mean over draws)")
         return 0
-    result = evaluate(model, eval_set, args.batch_size, progress=not args.json)
+    result = evaluate(model, eval_set, args.batch_size, progress=not args.json, decode=args.decode)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0

@@ -2,9 +2,12 @@
 read (zero inputs, spikes per input) over packed blocks.
 
 ``spikegpt eval`` and the training loop both call ``evaluate``. Each block starts from a fresh state, as in
-training. Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the text the targets spell, so
-models with different tokenizers compare on the same scale: every byte, those of characters outside a character
-vocabulary (which the model had to predict as its unknown token) included, and how many those were is reported.
+training. The model reads each block with its parallel form, or (``decode``) token by token through the decoding
+step's products, as ``spikegpt generate`` and ``serve`` compute (int8 ones for a model on the 8-bit grid on a CPU,
+event-driven ones as the mode says): the bits per byte of what they decode with. Bits per byte divide the summed
+loss (in bits) by the UTF-8 bytes of the text the targets spell, so models with different tokenizers compare on the
+same scale: every byte, those of characters outside a character vocabulary (which the model had to predict as its
+unknown token) included, and how many those were is reported.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spikegpt.modeling.stats import SpikeStats
@@ -144,15 +148,46 @@ def _batches(blocks: np.ndarray, batch_size: int):
         yield blocks[i : i + 1, : lengths[i]]
 
 
-def evaluate(model, eval_set: EvalSet, batch_size: int, accelerator=None, device=None, progress: bool = True):
+def evaluate(
+    model,
+    eval_set: EvalSet,
+    batch_size: int,
+    accelerator=None,
+    device=None,
+    progress: bool = True,
+    decode: str | None = None,
+):
     """Evaluate ``model`` (unwrapped) on ``eval_set``; with an ``accelerator``, the blocks are shared among its
-    processes and the sums reduced, so every process returns the same result."""
-    return evaluate_with_stats(model, eval_set, batch_size, accelerator, device, progress)[0]
+    processes and the sums reduced, so every process returns the same result. ``decode``: read token by token with
+    the decoding step's products of that mode (``spikegpt.runtime.products.step_products``), not the parallel
+    form."""
+    return evaluate_with_stats(model, eval_set, batch_size, accelerator, device, progress, decode)[0]
+
+
+def _recurrent_loss(model, ids: torch.Tensor, n_targets: int, decode: str, spikes: SpikeTotals) -> torch.Tensor:
+    """The mean loss's share of ``ids`` ``[B, T]`` read one token at a time through the decoding step's products,
+    and their spike statistics."""
+    from spikegpt.runtime.products import step_products
+
+    state, loss = model.fresh_state(ids.shape[0]), torch.zeros((), dtype=torch.float64, device=ids.device)
+    with step_products(model, decode, ids.shape[0]):
+        for t in range(ids.shape[1] - 1):
+            out = model(ids[:, t : t + 1], state=state, output_spike_stats=True)
+            state = out.state
+            loss += F.cross_entropy(out.logits[:, -1].float(), ids[:, t + 1], reduction="sum").double()
+            spikes.add(out.spike_stats)
+    return loss / n_targets
 
 
 @torch.no_grad()
 def evaluate_with_stats(
-    model, eval_set: EvalSet, batch_size: int, accelerator=None, device=None, progress: bool = True
+    model,
+    eval_set: EvalSet,
+    batch_size: int,
+    accelerator=None,
+    device=None,
+    progress: bool = True,
+    decode: str | None = None,
 ) -> tuple[EvalResult, SpikeStats]:
     """``evaluate``, and the spike statistics of the whole evaluation (one row; every position's logits computed),
     ready for an energy report."""
@@ -169,6 +204,9 @@ def evaluate_with_stats(
     with autocast:
         for batch in tqdm(batches, desc="evaluating", leave=False, disable=None if progress and rank == 0 else True):
             ids = torch.from_numpy(batch.astype(np.int64)).to(device)
+            if decode is not None:
+                loss_sum += _recurrent_loss(model, ids, n_targets, decode, spikes)
+                continue
             # the model's loss over the whole set's target count: this batch's share of the mean
             out = model(ids[:, :-1], shift_labels=ids[:, 1:], num_items_in_batch=n_targets, output_spike_stats=True)
             loss_sum += out.loss

@@ -1,24 +1,19 @@
-"""8-bit weights for decoding on a CPU: the int8 codes and scales a product reads, and the int8 kernels that torch
-maintains, reading a quarter of the bytes an fp32 weight takes. ``spikegpt.runtime.products`` puts them to work
-(an int8 product module per projection, alone or event-driven).
+"""8-bit weights for decoding on a CPU: the int8 codes and scales a product reads, a quarter of the bytes an fp32
+weight takes. ``spikegpt.runtime.products`` puts them to work (an int8 product module per projection, alone or
+event-driven).
 
-Two kernels were measured (``bench/int8_decode.py``, batch-1 products and the whole decoding step, this 2-core
-CPU, torch 2.13):
+The products are ``spikegpt.kernels.int8_linear`` and ``int8_sparse_linear`` (the definition: ``kernels/int8_torch.py``;
+compiled CPU kernels built on first use, the reference where they cannot be built): each row of a product's input
+becomes whole numbers, multiplied by the int8 codes with exact int32 sums and scaled per output channel. A product
+that reads spikes (the ``inputs`` placement: spike counts, ``layout.Product.reads_spikes``) multiplies the counts as
+they are, so its result is the fp32 product of the grid weights up to the last rounding of each output; a product
+that reads real values (a LayerNorm output, relu(k)², the head's input) quantizes each row to int8 with its own
+scale (max|x| / 127), about 0.7% of the largest output (tests/quant/test_int8.py), which can flip a spike near
+threshold (its cost in bits per byte: bench/hardware_study.py). One scale per row: a row's result never depends on
+the other rows (the engine's batch invariance), and the event-driven product (only the int8 rows of nonzero
+inputs) gives the dense product's bits.
 
-- ``dynamic``: ``torch.ops.quantized.linear_dynamic`` (torch.ao dynamic quantization, fbgemm on x86): int8 weights
-  with one scale per output channel (exactly the model's codes and scales), each call quantizing its input per
-  tensor to 8 bits (7 with fbgemm's ``reduce_range``, which keeps its int16 partial sums from saturating) and
-  accumulating in int32; one input scale per token, so a row's result never depends on the other rows (the
-  engine's batch invariance). The input rounding makes the product differ from the dequantized fp32 product by
-  about 1% of its largest output (tests/quant/test_int8.py), which can flip a spike near threshold (its cost in
-  bits per byte: bench/hardware_study.py).
-- ``weight_only``: ``torch._weight_int8pack_mm``: int8 weights, fp32 inputs and accumulation, within 2e-6 of the
-  dequantized fp32 product; on this CPU its batch-1 product runs slower than fp32 (measured in the bench), so it
-  is not the default.
-
-The event-driven int8 product (``spikegpt.kernels.int8_sparse_linear``: only the int8 rows of nonzero inputs)
-follows either kernel's arithmetic. The model's float weights stay in place (the energy report, saving and the
-parallel form read them).
+The model's float weights stay in place (the energy report, saving and the parallel form read them).
 """
 
 from __future__ import annotations
@@ -26,19 +21,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikegpt.kernels import int8_sparse_linear
+from spikegpt.kernels import int8_linear, int8_sparse_linear
 
 from ..errors import ConfigError
 from .grids import model_weight_bits, quantize_weight
-
-INT8_KERNELS = ("dynamic", "weight_only")
-DEFAULT_INT8_KERNEL = "dynamic"  # chosen by measurement: bench/int8_decode.py
-
-
-def check_int8_kernel(kernel: str) -> str:
-    if kernel not in INT8_KERNELS:
-        raise ConfigError(f"unknown int8 kernel {kernel!r}; choose one of {', '.join(INT8_KERNELS)}")
-    return kernel
 
 
 def check_int8_model(model: nn.Module) -> None:
@@ -48,39 +34,27 @@ def check_int8_model(model: nn.Module) -> None:
 
 
 class Int8Weights(nn.Module):
-    """One product's weights as ``kernel`` reads them, recovered exactly from its grid weights (``quantize_weight``
-    of a grid is the grid): ``packed`` (the dynamic kernel's prepacked codes and scales), ``codes`` ``[out, in]``
-    (the weight-only kernel's), ``codes_t`` ``[in, out]`` (input-major: the contiguous rows an event-driven product
-    reads; only when asked for) and ``scale`` ``[out]``. A module, so that a traced step records the packed
-    weights; its tensors are buffers left out of the state dict (the float weights are the checkpoint's)."""
+    """One product's 8-bit weights, recovered exactly from its grid weights (``quantize_weight`` of a grid is the
+    grid): ``codes`` ``[out, in]`` (output-major: the dense kernel's), ``codes_t`` ``[in, out]`` (input-major: the
+    contiguous rows an event-driven product reads) and ``scale`` ``[out]``. ``counts``: the product reads spike
+    counts, multiplied as they are. ``event_driven``: the crossover the product will run event-driven at (None:
+    never, so no ``codes_t``; 1: always, so no ``codes``). A module, so that a traced step records the weights; its
+    tensors are buffers left out of the state dict (the float weights are the checkpoint's)."""
 
-    def __init__(self, name: str, linear: nn.Linear, kernel: str, input_major: bool = False):
+    def __init__(self, name: str, linear: nn.Linear, counts: bool, event_driven: float | None = None):
         super().__init__()
-        self.kernel = check_int8_kernel(kernel)
         if linear.weight.device.type != "cpu" or linear.bias is not None:
             raise ConfigError(f"{name}: int8 kernels run bias-free products on a CPU")
+        self.counts = counts
         codes, scale = quantize_weight(linear.weight, 8)
+        dense = event_driven is None or event_driven < 1.0
         self.register_buffer("scale", scale.squeeze(1).contiguous(), persistent=False)
-        self.register_buffer("codes", codes.contiguous() if kernel == "weight_only" else None, persistent=False)
-        self.register_buffer("codes_t", codes.t().contiguous() if input_major else None, persistent=False)
-        self.packed = None
-        if kernel == "dynamic":
-            zero_points = torch.zeros(codes.shape[0], dtype=torch.long)
-            qweight = torch._make_per_channel_quantized_tensor(codes, scale.squeeze(1).double(), zero_points, 0)
-            self.packed = torch.ops.quantized.linear_prepack(qweight, None)
+        self.register_buffer("codes", codes.contiguous() if dense else None, persistent=False)
+        self.register_buffer("codes_t", None if event_driven is None else codes.t().contiguous(), persistent=False)
 
     def forward(self, x: torch.Tensor, event_driven: float | None = None) -> torch.Tensor:
-        """``x`` ``[..., in]`` (float32, one token per row: a decoding step) times the int8 weights. ``event_driven``:
-        read only the int8 rows of nonzero inputs in rows at most that dense (``int8_sparse_linear``)."""
-        rows = x.reshape(-1, x.shape[-1])
-        if event_driven is not None:
-            out = int8_sparse_linear(rows, self.codes_t, self.scale, event_driven, self.kernel == "dynamic")
-        elif self.kernel == "weight_only":
-            out = torch._weight_int8pack_mm(rows.contiguous(), self.codes, self.scale)
-        elif rows.shape[0] == 1:
-            out = torch.ops.quantized.linear_dynamic(rows, self.packed, True)
-        else:
-            # one input scale per token: a per-tensor scale over a batch would make a row's result depend on the
-            # other rows (breaking the engine's batch invariance)
-            out = torch.cat([torch.ops.quantized.linear_dynamic(row, self.packed, True) for row in rows.split(1)])
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        """``x`` ``[..., in]`` (one token per row: a decoding step) times the int8 weights. ``event_driven``: read only
+        the int8 rows of the batch's nonzero inputs, unless more than that fraction of them is active."""
+        if event_driven is None:
+            return int8_linear(x, self.codes, self.scale, self.counts)
+        return int8_sparse_linear(x, self.codes_t, self.scale, self.counts, event_driven, self.codes)

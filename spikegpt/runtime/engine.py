@@ -63,7 +63,7 @@ from ..modeling.state import RecurrentState
 from ..modeling.stats import SpikeStats
 from ..threads import apply_threads
 from .prefill import Prefiller, PrefillTask, aligned
-from .products import Crossovers, check_decode_mode
+from .products import DEFAULT_DECODE, Crossovers, check_decode_mode
 from .runner import ModelRunner
 from .sampling import BatchSampler, SamplingParams, TokenChoice, top_logprobs
 from .state_cache import StateCache, model_fingerprint
@@ -99,7 +99,7 @@ class EngineConfig:
     prefill_chunk: int = 8
     prefill_rows: int | None = None
     compile: bool = False
-    decode: str = "auto"
+    decode: str = DEFAULT_DECODE
     state_cache_bytes: int = 0
     state_cache_dir: str | None = None
     state_cache_dir_bytes: int = 1 << 30

@@ -15,8 +15,10 @@ here decide those bytes:
   ``event_driven``    only the weight rows of nonzero inputs (``spikegpt.kernels.sparse_linear``), for inputs
                       with many zeros: in the ``residual`` placement the channel mix's V reads relu(k)², ~60% zeros;
                       in the ``inputs`` placement every product reads spikes;
-  ``int8``            the 8-bit codes of a model on the 8-bit grid, through an int8 kernel (``spikegpt.quant.int8``);
-                      with ``event_driven``, only the int8 rows of nonzero inputs (``kernels.int8_sparse_linear``);
+  ``int8``            the 8-bit codes of a model on the 8-bit grid (``spikegpt.quant.int8``: ``kernels.int8_linear``,
+                      spike counts multiplied as they are, real values quantized per row); with ``event_driven``,
+                      only the int8 rows of the batch's nonzero inputs (``kernels.int8_sparse_linear``, the same
+                      bits);
   ``fake_quantized``  the weights fake-quantized to a grid (quantization-aware training; ``quant.grids``).
 
   Which modes combine is decided here only (``INCOMPATIBLE``, ``check_combination``); installing a product over
@@ -54,6 +56,7 @@ from ..quant.int8 import Int8Weights, check_int8_model
 logger = logging.getLogger(__name__)
 
 DECODE_MODES = ("auto", "dense", "sparse")
+DEFAULT_DECODE = "auto"  # the engine's, and generate()'s
 DECODE_HELP = (
     "products of the decoding step: dense (every weight read), sparse (products whose inputs are mostly zero read "
     "only the weight rows of nonzero inputs) or auto (sparse below the crossover bench/crossover.py measured for "
@@ -89,6 +92,13 @@ def sparse_candidates(model: nn.Module) -> list[nn.Linear]:
     block projection where the inputs are spikes, otherwise the channel mixes' V, which reads relu(k)²; never the
     head, which reads ``ln_out``'s dense output. The products, the layout and the benchmarks ask here."""
     return [model.product(product.name) for product in model.layout.products if product.event_driven]
+
+
+def spike_reading_products(model: nn.Module) -> list[nn.Linear]:
+    """The products whose inputs are whole numbers (spikes or spike counts), as the layout says: every block
+    projection of the ``inputs`` placement, none of the ``residual`` one. Their int8 form multiplies the counts as
+    they are (``spikegpt.quant.int8``)."""
+    return [model.product(product.name) for product in model.layout.products if product.reads_spikes]
 
 
 # -- the crossover file --------------------------------------------------------------------------------------------
@@ -131,11 +141,9 @@ class Crossovers:
     source: str = "default"
 
     def lookup(self, dtype: torch.dtype, batch: int, n_in: int, n_out: int) -> float:
-        """The crossover measured for this product; unmeasured, ``default`` for a float product and 0 (dense) for
-        an int8 one: the default stands for float products' measured break-even, and an event-driven int8 product
-        (a torch gather for now, not a compiled kernel) is no faster than the int8 kernel until measured."""
-        unmeasured = self.default if dtype.is_floating_point else 0.0
-        return self.products.get(product_key(dtype, batch, n_in, n_out), unmeasured)
+        """The crossover measured for this product (``dtype``: the weights', ``torch.int8`` for an int8 product),
+        ``default`` where it was not measured."""
+        return self.products.get(product_key(dtype, batch, n_in, n_out), self.default)
 
     @classmethod
     def load(cls, device: torch.device, path: Path | None = None) -> Crossovers:
@@ -200,13 +208,14 @@ class ProductMode:
     than one: their composition, where ``check_combination`` allows it).
 
     event_driven: read only the weight rows of nonzero inputs, in rows with at most this fraction of nonzero inputs
-        (the crossover; 1: every row).
-    int8: the int8 kernel (``spikegpt.quant.int8.INT8_KERNELS``) reading the 8-bit codes of a model on the grid.
+        (the crossover; 1: every row); an int8 product decides by the batch's union of nonzero inputs instead, which
+        changes no bits (its event-driven and dense products sum the same integers exactly).
+    int8: True: the int8 kernels reading the 8-bit codes of a model on the grid (``spikegpt.quant.int8``).
     fake_quantized: the weights fake-quantized to this many bits, straight-through gradient (training).
     """
 
     event_driven: float | None = None
-    int8: str | None = None
+    int8: bool = False
     fake_quantized: int | None = None
 
     def __post_init__(self) -> None:
@@ -216,7 +225,7 @@ class ProductMode:
     @property
     def names(self) -> tuple[str, ...]:
         """The modes set, in field order (empty: dense)."""
-        return tuple(f.name for f in fields(self) if getattr(self, f.name) is not None)
+        return tuple(f.name for f in fields(self) if getattr(self, f.name) not in (None, False))
 
     def __str__(self) -> str:
         return " + ".join(self.names) or "dense"
@@ -239,15 +248,15 @@ class Product(nn.Linear):
     nothing change, and it is an ``nn.Linear`` to every reader of the model (quantization, the energy accounting,
     the weights' layout). Int8 and event-driven are decoding modes: a call over several positions per row (a
     prompt read by the parallel form, a scored text) gets the dense product of the float weights, the same
-    function. Fake quantization applies to every call (training)."""
+    function. Fake quantization applies to every call (training). ``counts``: the projection reads spike counts
+    (``spike_reading_products``), which its int8 form multiplies as they are."""
 
-    def __init__(self, name: str, linear: nn.Linear, mode: ProductMode):
+    def __init__(self, name: str, linear: nn.Linear, mode: ProductMode, counts: bool = False):
         # built on the meta device, then given the Linear's own parameters: nothing is allocated or copied
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         self.weight, self.bias = linear.weight, linear.bias
         self.mode = mode
-        event_driven = mode.event_driven is not None
-        self.int8 = None if mode.int8 is None else Int8Weights(name, linear, mode.int8, input_major=event_driven)
+        self.int8 = Int8Weights(name, linear, counts, mode.event_driven) if mode.int8 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.mode
@@ -286,6 +295,7 @@ class Products:
 
     def __init__(self, model: nn.Module, modes: Mapping[str, ProductMode]):
         self._swaps: list[_Swap] = []
+        counts = {id(module) for module in spike_reading_products(model)}
         for name, mode in modes.items():
             if not mode.names:
                 continue  # dense: the Linear itself
@@ -296,7 +306,8 @@ class Products:
                 raise ConfigError(f"{name} is not a projection (nn.Linear) of the model")
             if isinstance(previous, Product):
                 mode = previous.mode.combined(mode)
-            self._swaps.append(_Swap(name, parent, attribute, previous, Product(name, previous, mode)))
+            product = Product(name, previous, mode, counts=id(previous) in counts)
+            self._swaps.append(_Swap(name, parent, attribute, previous, product))
 
     def __len__(self) -> int:
         return len(self._swaps)
@@ -335,18 +346,18 @@ def decode_products(
     decode: str = "auto",
     batch: int = 1,
     crossovers: Crossovers | None = None,
-    int8: str | None = None,
+    int8: bool = False,
 ) -> Products:
-    """The decoding step's products. ``int8``: every projection through this int8 kernel (a model on the 8-bit
-    grid, on a CPU). ``decode``: ``"dense"``, ``"sparse"`` (every candidate event-driven, composed with int8 when
-    both apply) or ``"auto"`` (event-driven below the measured crossover for the candidate's shape at ``batch``
-    rows; a product whose crossover is 0 keeps the plain dense product, as the operator's call would only add its
-    own cost)."""
+    """The decoding step's products. ``int8``: every projection (the head included) through the int8 kernels (a
+    model on the 8-bit grid, on a CPU). ``decode``: ``"dense"``, ``"sparse"`` (every candidate event-driven,
+    composed with int8 when both apply) or ``"auto"`` (event-driven below the measured crossover for the
+    candidate's shape, weights and ``batch`` rows; a product whose crossover is 0 keeps the plain dense product, as
+    the operator's call would only add its own cost)."""
     check_decode_mode(decode)
     modes: dict[str, ProductMode] = {}
-    if int8 is not None:
+    if int8:
         check_int8_model(model)
-        modes = {name: ProductMode(int8=int8) for name, _ in quantized_linears(model)}
+        modes = {name: ProductMode(int8=True) for name, _ in quantized_linears(model)}
     if decode == "dense":
         return Products(model, modes)
     device = next(model.parameters()).device
@@ -354,12 +365,26 @@ def decode_products(
     names = {module: name for name, module in model.named_modules()}
     for module in sparse_candidates(model):
         n_out, n_in = module.weight.shape
-        dtype = module.weight.dtype if int8 is None else torch.int8
+        dtype = torch.int8 if int8 else module.weight.dtype
         limit = 1.0 if decode == "sparse" else crossovers.lookup(dtype, batch, n_in, n_out)
         if limit > 0:
             name = names[module]
             modes[name] = modes.get(name, DENSE).combined(ProductMode(event_driven=limit))
     return Products(model, modes)
+
+
+def step_products(
+    model: nn.Module, decode: str = DEFAULT_DECODE, batch: int = 1, crossovers: Crossovers | None = None,
+    compiled: bool = False,
+) -> Products:
+    """The products of a decoding step of ``batch`` rows, as the engine and ``generate()`` run it: the weights laid
+    out for the device (``prepare_weights``), every projection through the int8 kernels where the model is on the
+    8-bit grid on a CPU (unless the step is ``compiled``: torch.compile cannot see inside the compiled kernels), and
+    event-driven ones as ``decode`` says (``decode_products``)."""
+    device = next(model.parameters()).device
+    int8 = not compiled and device.type == "cpu" and model_weight_bits(model) == 8
+    prepare_weights(model, decode)
+    return decode_products(model, decode, batch, crossovers, int8)
 
 
 def fake_quantized_products(model: nn.Module, bits: int) -> Products:

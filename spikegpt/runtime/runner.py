@@ -20,9 +20,7 @@ from spikegpt.kernels import kernel_backend
 from ..modeling.model import SpikeGPTForCausalLM
 from ..modeling.state import RecurrentState
 from ..modeling.stats import SpikeStats
-from ..quant.grids import model_weight_bits
-from ..quant.int8 import DEFAULT_INT8_KERNEL
-from .products import Crossovers, decode_products, prepare_weights
+from .products import Crossovers, step_products
 from .step import trace_decode_step
 
 StepOutput = tuple[torch.Tensor, RecurrentState, tuple[torch.Tensor, torch.Tensor]]
@@ -75,7 +73,7 @@ class SlotStats:
 
 class ModelRunner:
     """The state slots, the decoding step, its products and the slots' statistics of one model (see the module
-    docstring). ``decode`` and ``crossovers``: the decoding step's products (``decode_products``); a model on the
+    docstring). ``decode`` and ``crossovers``: the decoding step's products (``step_products``); a model on the
     8-bit grid decodes with int8 weights on a CPU (a quarter of the bytes per token), unless compiled."""
 
     def __init__(
@@ -92,9 +90,7 @@ class ModelRunner:
         self.slots = slots
         self.batch_invariant = batch_invariant
         self.device = model.head.weight.device
-        int8 = not compile and self.device.type == "cpu" and model_weight_bits(model) == 8
-        prepare_weights(model, decode)
-        self.products = decode_products(model, decode, slots, crossovers, DEFAULT_INT8_KERNEL if int8 else None)
+        self.products = step_products(model, decode, slots, crossovers, compiled=compile)
         self.state = model.fresh_state(slots)
         self.logits = torch.zeros(slots, model.config.vocab_size, device=self.device)
         self.next_tokens = torch.zeros(slots, 1, dtype=torch.long, device=self.device)

@@ -1,20 +1,23 @@
-"""The 8-bit CPU products: the PyTorch reference against a hand computation, and the compiled kernels
-(``kernels/csrc/int8_cpu.cpp``) against the reference, to the bit, over densities, odd shapes, batch sizes and
-thread counts; the fallback where the kernels cannot be built."""
+"""The 8-bit CPU products: the PyTorch reference against a hand computation and against the fp32 product of the grid
+weights, and the compiled kernels (``kernels/csrc/int8_cpu.cpp``; dense and event-driven) against the reference, to
+the bit, over densities 0-100%, odd shapes, batch sizes, thread counts and both kinds of input (spike counts, real
+values); outputs every element of which is written (NaN-poisoned memory), empty active sets, the crossover inside
+the event-driven call, refused inputs, and the fallback where the kernels cannot be built."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
 
-from spikegpt.kernels import KernelArgumentError, int8_counts_linear, int8_cpu, int8_linear, reload_kernel_backend
-from spikegpt.kernels.int8_torch import int8_counts_linear_torch, int8_linear_torch, quantize_rows
+from spikegpt.kernels import KernelArgumentError, int8_cpu, int8_linear, int8_sparse_linear, reload_kernel_backend
+from spikegpt.kernels.int8_torch import MAX_ROW_MAGNITUDE, int8_linear_torch, quantize_rows
 
-SHAPES = [(1, 1), (7, 5), (33, 63), (257, 300), (768, 129)]  # (in, out)
+SHAPES = [(1, 1), (7, 5), (33, 63), (257, 300), (768, 129)]  # (in, out): below, across and beyond a vector
 DENSITIES = [0.0, 0.05, 0.1, 0.25, 0.5, 1.0]
 
 
@@ -24,9 +27,18 @@ def weight(out: int, inp: int, generator: torch.Generator) -> tuple[torch.Tensor
 
 
 def counts(rows: int, inp: int, density: float, generator: torch.Generator, k: int = 4) -> torch.Tensor:
-    values = torch.randint(1, k + 1, (rows, inp), generator=generator) * (torch.randint(0, 2, (rows, inp)) * 2 - 1)
+    sign = torch.randint(0, 2, (rows, inp), generator=generator) * 2 - 1
+    values = torch.randint(1, k + 1, (rows, inp), generator=generator) * sign
     active = torch.rand(rows, inp, generator=generator) < density
     return (values * active).float()
+
+
+def real(rows: int, inp: int, density: float, generator: torch.Generator) -> torch.Tensor:
+    x = torch.randn(rows, inp, generator=generator) * torch.rand(rows, 1, generator=generator) * 10
+    return x * (torch.rand(rows, inp, generator=generator) < density)
+
+
+INPUTS = {"counts": counts, "real": real}
 
 
 @pytest.fixture
@@ -54,48 +66,131 @@ def test_the_reference_against_a_hand_computation():
     expected = [[(64 - 254 + 96) * (1.0 / 127) * 0.5, (-127 * 64 + 127 * 32) * (1.0 / 127) * 0.25], [0.0, 0.0]]
     assert torch.allclose(int8_linear_torch(x, codes, scales), torch.tensor(expected), rtol=1e-6, atol=0)
     c = torch.tensor([[2.0, 0.0, -1.0]])
-    assert int8_counts_linear_torch(c, codes.t().contiguous(), scales).tolist() == [[(2 - 3) * 0.5, -381 * 0.25]]
+    assert int8_linear_torch(c, codes, scales, counts=True).tolist() == [[(2 - 3) * 0.5, -381 * 0.25]]
+
+
+def test_counts_give_the_fp32_product_of_the_grid_weights(seed):
+    """Counts are not rounded: only each output's last two roundings (to fp32, times the scale) separate the int8
+    product from the exact product of the grid weights."""
+    g = torch.Generator().manual_seed(seed)
+    codes, scales = weight(300, 257, g)
+    c = counts(4, 257, 0.3, g)
+    exact = c.double() @ (codes.double() * scales.double()[:, None]).t()
+    assert torch.allclose(int8_linear_torch(c, codes, scales, counts=True).double(), exact, rtol=2**-22, atol=0)
 
 
 @pytest.mark.parametrize(("inp", "out"), SHAPES)
 @pytest.mark.parametrize("rows", [1, 3, 16])
-def test_real_valued_products_equal_the_reference_to_the_bit(compiled, threads, seed, inp, out, rows):
+@pytest.mark.parametrize("kind", list(INPUTS))
+def test_dense_products_equal_the_reference_to_the_bit(compiled, threads, seed, inp, out, rows, kind):
     g = torch.Generator().manual_seed(seed)
     codes, scales = weight(out, inp, g)
-    x = torch.randn(rows, inp, generator=g) * torch.rand(rows, 1, generator=g) * 10
+    x = INPUTS[kind](rows, inp, 0.7, g)
     x[0] = 0.0 if rows > 2 else x[0]  # an all-zero row: scale 0
-    y = int8_linear(x, codes, scales)
-    assert torch.isfinite(y).all() and torch.equal(y, int8_linear_torch(x, codes, scales))
+    y = int8_linear(x, codes, scales, counts=kind == "counts")
+    assert torch.isfinite(y).all() and torch.equal(y, int8_linear_torch(x, codes, scales, kind == "counts"))
 
 
 @pytest.mark.parametrize(("inp", "out"), SHAPES)
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("rows", [1, 16])
-def test_count_products_equal_the_reference_to_the_bit(compiled, threads, seed, inp, out, density, rows):
+@pytest.mark.parametrize("kind", list(INPUTS))
+def test_event_driven_products_equal_the_reference_to_the_bit(compiled, threads, seed, inp, out, density, rows, kind):
     g = torch.Generator().manual_seed(seed)
     codes, scales = weight(out, inp, g)
-    c = counts(rows, inp, density, g)
-    y = int8_counts_linear(c, codes.t().contiguous(), scales)
-    assert torch.isfinite(y).all() and torch.equal(y, int8_counts_linear_torch(c, codes.t().contiguous(), scales))
+    x = INPUTS[kind](rows, inp, density, g)
+    y = int8_sparse_linear(x, codes.t().contiguous(), scales, counts=kind == "counts")
+    assert torch.isfinite(y).all() and torch.equal(y, int8_linear_torch(x, codes, scales, kind == "counts"))
     if density == 0.0:
         assert not y.any()  # an empty active set reads no row and gives exact zeros
+
+
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.9])
+def test_the_crossover_inside_the_call_keeps_the_bits(compiled, seed, density):
+    """Denser than ``max_density``, the dense kernel runs on the output-major codes: the same exact sums."""
+    g = torch.Generator().manual_seed(seed)
+    codes, scales = weight(130, 200, g)
+    x = counts(16, 200, density, g)
+    expected = int8_linear_torch(x, codes, scales, counts=True)
+    for max_density in (0.0, 0.5, 1.0):
+        y = int8_sparse_linear(x, codes.t().contiguous(), scales, True, max_density, codes)
+        assert torch.equal(y, expected), max_density
+
+
+def _poisoned_call(fn, args: tuple, shape: tuple[int, int]) -> tuple[torch.Tensor, bool]:
+    """``fn(*args)`` right after freeing a NaN-filled fp32 block of its output's size: the allocator hands the same
+    memory back (checked by address), so an output element the kernel never writes stays NaN."""
+    poison = torch.full(shape, float("nan"))
+    address = poison.data_ptr()
+    del poison
+    y = fn(*args)
+    return y, y.data_ptr() == address
+
+
+@pytest.mark.parametrize("kind", list(INPUTS))
+def test_every_output_element_is_written(compiled, threads, seed, kind):
+    g = torch.Generator().manual_seed(seed)
+    reused = 0
+    for (inp, out), density in zip(SHAPES[1:], (0.0, 0.05, 0.5, 1.0), strict=True):
+        codes, scales = weight(out, inp, g)
+        codes_t = codes.t().contiguous()
+        x = INPUTS[kind](5, inp, density, g)
+        expected = int8_linear_torch(x, codes, scales, kind == "counts")
+        for fn, weights in ((int8_linear, codes), (int8_sparse_linear, codes_t)):
+            y, same_memory = _poisoned_call(fn, (x, weights, scales, kind == "counts"), (5, out))
+            reused += same_memory
+            assert torch.equal(y, expected)
+    assert reused > 0, "the allocator never handed the poisoned memory back: nothing was checked"
 
 
 def test_a_rows_bits_do_not_depend_on_the_batch(compiled, seed):
     g = torch.Generator().manual_seed(seed)
     codes, scales = weight(300, 257, g)
+    codes_t = codes.t().contiguous()
     batch = counts(16, 257, 0.2, g)
-    alone = int8_counts_linear(batch[5:6], codes.t().contiguous(), scales)
-    assert torch.equal(int8_counts_linear(batch, codes.t().contiguous(), scales)[5:6], alone)
-    x = torch.randn(16, 257, generator=g)
+    alone = int8_sparse_linear(batch[5:6], codes_t, scales, counts=True)
+    assert torch.equal(int8_sparse_linear(batch, codes_t, scales, counts=True)[5:6], alone)
+    x = real(16, 257, 0.3, g)
+    x[3] *= 1000.0  # a loud neighbour would change a per-batch input scale
     assert torch.equal(int8_linear(x, codes, scales)[7:8], int8_linear(x[7:8], codes, scales))
+    assert torch.equal(int8_sparse_linear(x, codes_t, scales)[7:8], int8_linear(x[7:8], codes, scales))
 
 
-def test_counts_that_are_not_whole_numbers_are_refused(seed):
+@pytest.mark.parametrize("backend", ["compiled", "torch"])
+def test_a_row_with_a_value_that_is_not_finite_gives_nan_outputs(monkeypatch, seed, backend):
+    if backend == "torch":
+        monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
+        reload_kernel_backend()
+    elif not int8_cpu.available():
+        pytest.skip("the compiled int8 kernels cannot be built on this machine")
+    g = torch.Generator().manual_seed(seed)
+    codes, scales = weight(9, 7, g)
+    x = torch.randn(3, 7, generator=g)
+    x[1, 2], x[2, 0] = float("nan"), float("inf")
+    for y in (int8_linear(x, codes, scales), int8_sparse_linear(x, codes.t().contiguous(), scales)):
+        assert torch.isfinite(y[0]).all() and torch.isnan(y[1:]).all()
+        assert torch.equal(y[:1], int8_linear_torch(x[:1], codes, scales))
+
+
+@pytest.mark.parametrize("backend", ["compiled", "torch"])
+def test_counts_that_are_not_whole_numbers_or_too_large_are_refused(monkeypatch, seed, backend):
+    if backend == "torch":
+        monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
+        reload_kernel_backend()
+    elif not int8_cpu.available():
+        pytest.skip("the compiled int8 kernels cannot be built on this machine")
     g = torch.Generator().manual_seed(seed)
     codes, scales = weight(5, 7, g)
-    with pytest.raises(KernelArgumentError, match="whole-number"):
-        int8_counts_linear(torch.full((1, 7), 0.5), codes.t().contiguous(), scales)
+    codes_t = codes.t().contiguous()
+    for bad in (torch.full((1, 7), 0.5), torch.full((1, 7), float("nan")), torch.full((1, 7), 40000.0)):
+        with pytest.raises(KernelArgumentError, match="whole-number"):
+            int8_sparse_linear(bad, codes_t, scales, counts=True)
+        with pytest.raises(KernelArgumentError, match="whole-number"):
+            int8_linear(bad, codes, scales, counts=True)
+    wide = torch.full((1, 70_000), 32_000.0)  # each count allowed, their sum beyond exact int32 sums
+    assert wide.abs().sum() > MAX_ROW_MAGNITUDE
+    with pytest.raises(KernelArgumentError, match="add up"):
+        int8_linear(wide, torch.zeros(2, 70_000, dtype=torch.int8), torch.ones(2), counts=True)
 
 
 def test_wrong_weights_are_refused():
@@ -103,17 +198,23 @@ def test_wrong_weights_are_refused():
         int8_linear(torch.zeros(1, 3), torch.zeros(2, 3), torch.ones(2))
     with pytest.raises(KernelArgumentError, match="scales"):
         int8_linear(torch.zeros(1, 3), torch.zeros(2, 3, dtype=torch.int8), torch.ones(3))
+    with pytest.raises(KernelArgumentError, match=r"x \[\.\.\., 3\]"):
+        int8_sparse_linear(torch.zeros(1, 4), torch.zeros(3, 2, dtype=torch.int8), torch.ones(2))
 
 
 def test_spikegpt_kernels_torch_runs_the_reference(monkeypatch, seed):
     monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
     reload_kernel_backend()
     called = []
-    monkeypatch.setattr(torch.ops.spikegpt_cpu, "int8_linear", lambda *a: called.append(a), raising=False)
+    for name in ("int8_linear", "int8_sparse_linear"):
+        recorder = types.SimpleNamespace(default=lambda *a: called.append(a))
+        monkeypatch.setattr(torch.ops.spikegpt_cpu, name, recorder, raising=False)
     g = torch.Generator().manual_seed(seed)
     codes, scales = weight(5, 7, g)
     x = torch.randn(2, 7, generator=g)
-    assert torch.equal(int8_linear(x, codes, scales), int8_linear_torch(x, codes, scales)) and not called
+    assert torch.equal(int8_linear(x, codes, scales), int8_linear_torch(x, codes, scales))
+    assert torch.equal(int8_sparse_linear(x, codes.t().contiguous(), scales), int8_linear_torch(x, codes, scales))
+    assert not called
 
 
 def test_without_a_compiler_the_reference_runs_after_one_warning(tmp_path):
@@ -121,11 +222,13 @@ def test_without_a_compiler_the_reference_runs_after_one_warning(tmp_path):
     script = (
         "import logging, torch\n"
         "logging.basicConfig(level=logging.WARNING, format='%(message)s')\n"
-        "from spikegpt.kernels import int8_linear, int8_cpu\n"
+        "from spikegpt.kernels import int8_linear, int8_sparse_linear, int8_cpu\n"
         "from spikegpt.kernels.int8_torch import int8_linear_torch\n"
         "codes = torch.randint(-127, 128, (4, 6), dtype=torch.int8); scales = torch.rand(4); x = torch.randn(3, 6)\n"
         "assert torch.equal(int8_linear(x, codes, scales), int8_linear_torch(x, codes, scales))\n"
-        "int8_linear(x, codes, scales)\n"
+        "c = torch.randint(0, 3, (3, 6)).float()\n"
+        "y = int8_sparse_linear(c, codes.t().contiguous(), scales, True, 0.5, codes)\n"
+        "assert torch.equal(y, int8_linear_torch(c, codes, scales, True))\n"
         "print('available', int8_cpu.available())\n"
     )
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "CXX": str(tmp_path / "no-such-compiler")}

@@ -176,7 +176,7 @@ def test_bad_arguments_raise_typed_errors():
 def test_the_int8_triton_kernel_equals_the_reference_to_the_bit(seed, density, rows, n_in, n_out):
     """Spike counts (signed, up to 4) times int8 weights: int32 sums then one fp32 scale per output, as the
     reference; the interpreter's outputs start as NaN, so an unwritten element fails the comparison."""
-    from spikegpt.kernels.int8_torch import int8_counts_linear_torch
+    from spikegpt.kernels.int8_torch import int8_linear_torch
     from spikegpt.kernels.sparse_triton import int8_counts_linear_triton
 
     g = torch.Generator().manual_seed(seed)
@@ -184,4 +184,27 @@ def test_the_int8_triton_kernel_equals_the_reference_to_the_bit(seed, density, r
     codes_t = torch.randint(-127, 128, (n_in, n_out), dtype=torch.int8, generator=g)
     scales = torch.rand(n_out, generator=g) / 100
     y = int8_counts_linear_triton(counts, codes_t, scales)
-    assert torch.equal(y, int8_counts_linear_torch(counts, codes_t, scales))
+    assert torch.equal(y, int8_linear_torch(counts, codes_t.t(), scales, counts=True))
+
+
+def test_the_int8_event_driven_dispatch_runs_triton_for_counts(monkeypatch, seed):
+    """``SPIKEGPT_KERNELS=triton``: spike counts go to the Triton kernel (real-valued rows keep the reference,
+    which quantizes them first); both give the reference's bits."""
+    from spikegpt.kernels import int8_sparse_linear, sparse_triton
+    from spikegpt.kernels.int8_torch import int8_linear_torch
+
+    monkeypatch.setenv("SPIKEGPT_KERNELS", "triton")
+    reload_kernel_backend()
+    launched = []
+    kernel = sparse_triton.int8_counts_linear_triton
+    monkeypatch.setattr(sparse_triton, "int8_counts_linear_triton", lambda *a: launched.append(1) or kernel(*a))
+    g = torch.Generator().manual_seed(seed)
+    codes_t = torch.randint(-127, 128, (40, 24), dtype=torch.int8, generator=g)
+    scales = torch.rand(24, generator=g) / 100
+    counts = inputs(3, 40, 0.3, kind="counts", seed=seed).float()
+    assert torch.equal(int8_sparse_linear(counts, codes_t, scales, counts=True),
+                       int8_linear_torch(counts, codes_t.t(), scales, counts=True))  # fmt: skip
+    assert launched == [1]
+    x = inputs(3, 40, 0.3, seed=seed)
+    assert torch.equal(int8_sparse_linear(x, codes_t, scales), int8_linear_torch(x, codes_t.t(), scales))
+    assert launched == [1]

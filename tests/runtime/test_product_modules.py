@@ -2,10 +2,11 @@
 typed error naming both modes, a product installed over another composing with it and restoring it, parameters
 and state-dict keys untouched, and no ``forward`` patched anywhere (in the package's code or on any module).
 
-Tolerances: the dynamic int8 kernel rounds its input to 7 bits per row, about 1% of the largest output
-(``tests/quant/test_int8.py`` explains the 3% bound); float products of the same weights differ only in summation
-order (1e-5 relative). The event-driven int8 product adds the same whole numbers as the dense int8 kernel, so the
-two are compared bit for bit.
+Tolerances: an int8 product rounds a real-valued input to 8 bits per row, about 0.7% of the largest output
+(``tests/quant/test_int8.py`` explains the 3% bound), and multiplies spike counts as they are, so for those it is the
+fp32 product up to float rounding; float products of the same weights differ only in summation order (1e-5
+relative). The event-driven int8 product adds the same whole numbers as the dense one, so the two are compared bit
+for bit, as is a row's result alone and among 15 others.
 """
 
 from __future__ import annotations
@@ -22,20 +23,27 @@ from test_products import greedy_texts
 from spikegpt import SpikeGPTForCausalLM, bundled_model_path
 from spikegpt.errors import ProductCombinationError
 from spikegpt.hub.checkpoint import load_model
+from spikegpt.kernels import int8_cpu, reload_kernel_backend
 from spikegpt.quant.grids import dequantize, quantize_model_, quantize_weight, quantized_linears
 from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest, generate
 from spikegpt.runtime.products import (
+    Crossovers,
     Product,
     ProductMode,
     Products,
     decode_products,
     fake_quantized_products,
+    machine_id,
+    product_key,
     sparse_candidates,
+    spike_reading_products,
+    step_products,
 )
 from spikegpt.runtime.sampling import SamplingParams
+from spikegpt.runtime.step import trace_decode_step
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-DYNAMIC_TOLERANCE = 3e-2  # the dynamic kernel's input rounding (see the module docstring)
+QUANTIZED_TOLERANCE = 3e-2  # an int8 product's rounding of real-valued inputs (see the module docstring)
 FLOAT_TOLERANCE = 1e-5  # summation order of a float32 product of width <= 128
 
 
@@ -44,12 +52,14 @@ def tiny(placement: str = "inputs", bits: int | None = 8) -> SpikeGPTForCausalLM
     return quantize_model_(model, bits) if bits is not None else model
 
 
-def decoding_inputs(width: int, seed: int) -> dict[str, torch.Tensor]:
-    """One token for each of 3 rows, with about half zeros: signed spike counts, relu(k)² and real values."""
+def decoding_inputs(width: int, seed: int, counts: bool) -> dict[str, torch.Tensor]:
+    """One token for each of 3 rows, with about half zeros, of what the product reads: signed spike counts
+    (``counts``), or relu(k)² and real values."""
     g = torch.Generator().manual_seed(seed)
     keep = torch.rand(3, 1, width, generator=g) < 0.5
+    if counts:
+        return {"counts": torch.randint(-3, 4, (3, 1, width), generator=g).float() * keep}
     return {
-        "counts": torch.randint(-3, 4, (3, 1, width), generator=g).float() * keep,
         "relu2": torch.relu(torch.randn(3, 1, width, generator=g)) ** 2 * keep,
         "real": torch.randn(3, 1, width, generator=g) * keep,
     }
@@ -60,25 +70,35 @@ def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 MODES = {
-    "event_driven": (ProductMode(event_driven=1.0), FLOAT_TOLERANCE),
-    "int8_dynamic": (ProductMode(int8="dynamic"), DYNAMIC_TOLERANCE),
-    "int8_weight_only": (ProductMode(int8="weight_only"), FLOAT_TOLERANCE),
-    "int8_dynamic+event_driven": (ProductMode(int8="dynamic", event_driven=1.0), DYNAMIC_TOLERANCE),
-    "int8_weight_only+event_driven": (ProductMode(int8="weight_only", event_driven=1.0), FLOAT_TOLERANCE),
-    "int8_dynamic+event_driven_above_crossover": (ProductMode(int8="dynamic", event_driven=0.1), DYNAMIC_TOLERANCE),
+    "event_driven": ProductMode(event_driven=1.0),
+    "int8": ProductMode(int8=True),
+    "int8+event_driven": ProductMode(int8=True, event_driven=1.0),
+    "int8+event_driven_above_crossover": ProductMode(int8=True, event_driven=0.1),
 }
 
 
+def reads_counts(model: SpikeGPTForCausalLM) -> set[str]:
+    """The qualified names of the products that read spike counts."""
+    counts = {id(m) for m in spike_reading_products(model)}
+    return {n for n, linear in quantized_linears(model) if id(linear) in counts}
+
+
+@pytest.mark.parametrize("placement", ["inputs", "residual"])
 @pytest.mark.parametrize("name", list(MODES))
-def test_each_mode_and_composition_against_the_dense_fp32_product(name):
-    """On a model on the 8-bit grid its float weights are the grid: the dense fp32 product is the reference."""
-    mode, tolerance = MODES[name]
-    model = tiny()
+def test_each_mode_and_composition_against_the_dense_fp32_product(name, placement):
+    """On a model on the 8-bit grid its float weights are the grid: the dense fp32 product is the reference. Each
+    product gets what it reads: spike counts (every block product of the ``inputs`` placement), which an int8
+    product multiplies exactly, or real values, which it rounds to 8 bits per row."""
+    mode = MODES[name]
+    model = tiny(placement)
+    counts = reads_counts(model)
+    assert (len(counts) > 0) == (placement == "inputs")
     weights = {n: linear.weight.detach().double().clone() for n, linear in quantized_linears(model)}
     with Products(model, {n: mode for n in weights}):
         for i, (n, product) in enumerate(quantized_linears(model)):
             assert isinstance(product, Product) and product.mode == mode
-            for kind, x in decoding_inputs(product.in_features, seed=i).items():
+            tolerance = QUANTIZED_TOLERANCE if mode.int8 and n not in counts else FLOAT_TOLERANCE
+            for kind, x in decoding_inputs(product.in_features, seed=i, counts=n in counts).items():
                 out = product(x)
                 assert out.shape == (3, 1, product.out_features) and out.dtype == torch.float32
                 assert relative_error(out, x.double() @ weights[n].T) <= tolerance, (n, kind)
@@ -87,25 +107,24 @@ def test_each_mode_and_composition_against_the_dense_fp32_product(name):
     assert all(type(linear) is torch.nn.Linear for _, linear in quantized_linears(model)), "restored"
 
 
-@pytest.mark.parametrize("kernel", ["dynamic", "weight_only"])
-def test_event_driven_int8_is_the_dense_int8_product(kernel):
-    """Only the int8 rows of nonzero inputs, with the dense kernel's arithmetic: for the dynamic kernel the very
-    same whole numbers (every integer input quantized as fbgemm does, halfway cases included), so the same bits; for
-    the weight-only kernel float32 sums in another order."""
-    model = tiny()
+@pytest.mark.parametrize("placement", ["inputs", "residual"])
+def test_event_driven_int8_is_the_dense_int8_product(placement):
+    """Only the int8 rows of the batch's nonzero inputs: the very same whole numbers summed exactly, so the same
+    bits, for spike counts and for real values (quantized per row first, their zeros staying zeros), and whether the
+    crossover sends a batch to the dense kernel or not."""
+    model = tiny(placement)
     names = [n for n, _ in quantized_linears(model)]
-    dense = Products(model, {n: ProductMode(int8=kernel) for n in names})
-    driven = Products(model, {n: ProductMode(int8=kernel, event_driven=1.0) for n in names})
-    for i, n in enumerate(names):
-        for kind, x in decoding_inputs(model.get_submodule(n).in_features, seed=10 + i).items():
-            with dense:
-                expected = model.get_submodule(n)(x)
-            with driven:
-                out = model.get_submodule(n)(x)
-            if kernel == "dynamic":
-                assert torch.equal(out, expected), (n, kind)
-            else:
-                assert relative_error(out, expected.double()) <= FLOAT_TOLERANCE, (n, kind)
+    counts = reads_counts(model)
+    dense = Products(model, {n: ProductMode(int8=True) for n in names})
+    for limit in (1.0, 0.3):
+        driven = Products(model, {n: ProductMode(int8=True, event_driven=limit) for n in names})
+        for i, n in enumerate(names):
+            for kind, x in decoding_inputs(model.get_submodule(n).in_features, seed=10 + i, counts=n in counts).items():
+                with dense:
+                    expected = model.get_submodule(n)(x)
+                with driven:
+                    out = model.get_submodule(n)(x)
+                assert torch.equal(out, expected), (n, kind, limit)
 
 
 def test_fake_quantization_computes_on_the_grid_and_trains_the_float_weights():
@@ -134,7 +153,7 @@ def test_fake_quantization_computes_on_the_grid_and_trains_the_float_weights():
 @pytest.mark.parametrize(
     ("first", "second", "build"),
     [
-        ("int8", "fake_quantized", lambda model: ProductMode(int8="dynamic", fake_quantized=4)),
+        ("int8", "fake_quantized", lambda model: ProductMode(int8=True, fake_quantized=4)),
         ("event_driven", "fake_quantized", lambda model: ProductMode(event_driven=1.0, fake_quantized=8)),
         ("fake_quantized", "event_driven", lambda model: decode_products(model, "sparse")),
         ("fake_quantized", "fake_quantized", lambda model: fake_quantized_products(model, 4)),
@@ -157,7 +176,7 @@ def test_a_product_installed_over_another_composes_and_leaving_it_restores_the_o
     """An 8-bit model with int8 products installed for good, decoded event-driven for a while: the products in
     between are int8 and event-driven; afterwards the int8 ones are back (not the plain Linears)."""
     model = tiny()
-    int8 = decode_products(model, "dense", int8="dynamic").install()
+    int8 = decode_products(model, "dense", int8=True).install()
     int8_modules = {n: m for n, m in quantized_linears(model)}
     candidates = {id(m) for m in sparse_candidates(model)}
     with decode_products(model, "sparse") as driven:
@@ -179,7 +198,7 @@ def test_no_mode_patches_a_forward_on_any_module(tiny_model_dir):
     no module ever carries an instance-level ``forward``."""
     model = tiny()
     x = torch.randint(0, 3, (2, 1), dtype=torch.long)
-    for mode, _ in MODES.values():
+    for mode in MODES.values():
         with Products(model, {n: mode for n, _ in quantized_linears(model)}):
             model(x, state=model.fresh_state(2))
             assert _modules_with_own_forward(model) == []
@@ -220,3 +239,91 @@ def test_an_8_bit_model_decodes_event_driven_with_the_dense_int8_text(name):
     assert len(composed) == len(sparse_candidates(model)) > 0
     assert greedy_texts(engine, tokens=24) == dense
     assert all(len(text) > 15 for text in dense.values())
+
+
+def int8_crossovers(model: SpikeGPTForCausalLM, batches: tuple[int, ...], value: float) -> Crossovers:
+    """A crossover file's entries: ``value`` for every event-driven candidate's int8 product at these batches."""
+    products = {}
+    for module in sparse_candidates(model):
+        n_out, n_in = module.weight.shape
+        products |= {product_key(torch.int8, batch, n_in, n_out): value for batch in batches}
+    return Crossovers(machine_id(torch.device("cpu")), products)
+
+
+@pytest.mark.parametrize("decode", ["sparse", "auto"])
+@pytest.mark.parametrize("name", ["spikegpt-shakespeare", "spikegpt-shakespeare-driven"])
+@torch.no_grad()
+def test_a_rows_int8_bits_alone_and_among_15_others(name, decode):
+    """The engine's traced step with int8 products (every candidate event-driven, or across a crossover of 0.5
+    inside each call: one row's active inputs stay below it where the union of 16 rows' does not), at 1 and at 16
+    rows: the row's logits and state are the same bits alone as among 15 others."""
+    model, _ = load_model(bundled_model_path(name), weight_bits=8)
+    crossovers = int8_crossovers(model, (1, 16), 0.5)
+    g = torch.Generator().manual_seed(3)
+    prompts = torch.randint(0, model.config.vocab_size, (16, 12), generator=g)
+    tokens = torch.randint(0, model.config.vocab_size, (16, 1), generator=g)
+    state = model(prompts, use_cache=True).state
+    crowd = trace_decode_step(model, tokens, state, step_products(model, decode, 16, crossovers))
+    alone = trace_decode_step(model, tokens[:1], state.select([0]), step_products(model, decode, 1, crossovers))
+    logits, after, _ = crowd(tokens, state)
+    logits_alone, after_alone, _ = alone(tokens[:1], state.select([0]))
+    assert torch.equal(logits[:1], logits_alone)
+    for crowded, single in zip(after.select([0]).tensors(), after_alone.tensors(), strict=True):
+        assert torch.equal(crowded, single)
+
+
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@torch.no_grad()
+def test_the_traced_step_records_the_int8_operators(monkeypatch, backend):
+    """Each int8 product is one operator call in the traced graph (the compiled kernels', or the reference's where
+    they cannot be built), so the event-driven choice stays inside the call; the traced step computes the eager
+    step's bits."""
+    if backend == "reference":
+        monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
+        reload_kernel_backend()
+    elif not int8_cpu.available():
+        pytest.skip("the compiled int8 kernels cannot be built on this machine")
+    namespace = "spikegpt_cpu" if backend == "compiled" else "spikegpt"
+    model = tiny()
+    n_products, n_candidates = len(list(quantized_linears(model))), len(sparse_candidates(model))
+    tokens, state = torch.tensor([[1], [2]]), model(torch.tensor([[3, 4, 5], [6, 7, 8]]), use_cache=True).state
+    for decode, event_driven in (("dense", 0), ("sparse", n_candidates)):
+        products = decode_products(model, decode, batch=2, int8=True)
+        step = trace_decode_step(model, tokens, state, products)
+        graph = str(step.traced.inlined_graph)
+        assert graph.count(f"{namespace}::int8_sparse_linear") == event_driven, decode
+        assert graph.count(f"{namespace}::int8_linear") == n_products - event_driven, decode
+        with products:
+            eager = model(tokens, state=state)
+        assert torch.equal(step(tokens, state)[0], eager.logits[:, -1])
+
+
+@torch.no_grad()
+def test_generate_decodes_an_8_bit_model_with_the_engines_int8_step(seed):
+    """generate() of a model on the 8-bit grid decodes through the engine's traced step with int8 products, its
+    logits the eager forward's with those products (a float model's are its plain forward's:
+    tests/hub/test_hugging_face.py)."""
+    from spikegpt.runtime.step import _GENERATE_STEPS
+
+    model = tiny()
+    prompt = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(seed))
+    out = model.generate(prompt, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    (step,) = _GENERATE_STEPS[model].values()
+    assert "int8_linear" in str(step.traced.inlined_graph)
+    eager = model(prompt, use_cache=True, logits_to_keep=1)  # as generate() reads the prompt
+    with step_products(model, "auto", 2):
+        for i, logits in enumerate(out.logits):
+            assert torch.equal(logits, eager.logits[:, -1]), i
+            eager = model(out.sequences[:, prompt.shape[1] + i : prompt.shape[1] + i + 1], state=eager.state)
+
+
+@pytest.mark.parametrize("placement", ["inputs", "residual"])
+@torch.no_grad()
+def test_the_traced_step_calls_no_python(placement):
+    """Without gradients the spike functions run as plain operators: the traced step holds no Python callback (an
+    autograd Function in a trace is one, a ``^Name`` node, called back into Python at every step)."""
+    model = tiny(placement)
+    tokens = torch.tensor([[1], [2]])
+    step = trace_decode_step(model, tokens, model.fresh_state(2), decode_products(model, "sparse", 2, int8=True))
+    graph = str(step.traced.inlined_graph)
+    assert " = ^" not in graph, [line for line in graph.splitlines() if " = ^" in line][:3]

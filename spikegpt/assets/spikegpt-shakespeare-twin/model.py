@@ -424,9 +424,10 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
     """SpikeGPT with its language-modelling head (untied)."""
 
     # Where generate()'s one-token forwards (``decoding``) may get a faster form of the same step: a function
-    # (model, tokens [B, 1], state) -> a step running the very same operations, or None where none can serve. The
-    # spikegpt package installs its traced step (``spikegpt.runtime.step.generate_step``) on import; a checkpoint
-    # loaded without the package decodes with the plain forward.
+    # (model, tokens [B, 1], state) -> a step running the very same operations (a model on the 8-bit grid: its int8
+    # products, as the serving engine decodes it), or None where none can serve. The spikegpt package installs its
+    # traced step (``spikegpt.runtime.step.generate_step``) on import; a checkpoint loaded without the package
+    # decodes with the plain forward.
     decoding_steps: ClassVar[Callable[..., DecodingStep | None] | None] = None
 
     def __init__(self, config: SpikeGPTConfig):
@@ -482,7 +483,8 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         (label it ``IGNORE_INDEX``). ``logits_to_keep`` > 0 computes only the last positions' logits.
         ``decoding`` (set by ``generate()`` after the prompt): one token per row from ``state``, through the step
         ``decoding_steps`` gives where it can serve (the package's traced step: the same operations, bit for bit,
-        without Python between them).
+        without Python between them; for a model on the 8-bit grid on a CPU, the int8 products the engine decodes
+        with).
         """
         tokens = input_ids if input_ids is not None else inputs_embeds
         if tokens is not None:

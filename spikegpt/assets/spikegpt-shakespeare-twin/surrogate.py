@@ -74,9 +74,18 @@ class SpikeCount(torch.autograd.Function):
         return grad_out * ((u >= low) & (u <= high)).to(grad_out.dtype), None, None
 
 
+def _needs_gradient(x: torch.Tensor) -> bool:
+    """Whether a spike function must record its surrogate gradient. Without one it runs its forward's operations
+    directly: a traced decoding step then records them as plain operators, where an autograd Function would be a
+    call back into Python at every step."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 def spike_count(u: torch.Tensor, low: int, high: int) -> torch.Tensor:
     """Spike counts ``round(u)`` clipped to ``low..high`` (whole numbers in ``u``'s dtype), differentiable
     straight through; ``count_primitive`` is the function whose derivative the backward uses."""
+    if not _needs_gradient(u):
+        return torch.round(u).clamp_(int(low), int(high))
     return SpikeCount.apply(u, int(low), int(high))
 
 
@@ -88,4 +97,6 @@ def count_primitive(u: torch.Tensor, low: int, high: int) -> torch.Tensor:
 def spike(x: torch.Tensor, surrogate: str = "atan", alpha: float = 2.0) -> torch.Tensor:
     """Binary spikes ``x >= 0`` (exactly 0 or 1), differentiable through ``surrogate``."""
     check_surrogate(surrogate)
+    if not _needs_gradient(x):
+        return (x >= 0).to(x.dtype)
     return HeavisideSpike.apply(x, surrogate, alpha)
