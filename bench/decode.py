@@ -12,16 +12,17 @@ written to a temporary file); and prefill: our parallel form over a 512-token pr
 token.
 
 With ``--placement residual|inputs``: the engine's traced step of a model of that placement (``inputs``: every block
-projection reads spike counts up to 4, as the bundled driven model; ``residual``: the channel mixes' V reads
+projection reads spike counts; ``residual``: the channel mixes' V reads
 relu(k)²), at each size, batch (1, 16) and thread count (1, 2), in these modes (``--modes``): ``fp32`` (dense
 products), ``int8`` (the model on the 8-bit grid, its products through the compiled int8 kernels: real-valued inputs
 quantized per row, spike counts as they are), ``int8_sparse`` (the candidates event-driven: only the int8 rows of
 the batch's nonzero inputs) and ``int8_auto`` (event-driven where the crossover of ``bench/crossover.py --dtype
 int8`` says, dense above it; unmeasured, 30% active), and on request ``fp32_sparse``, ``fp32_auto``. The modes run
 interleaved step by step, so a machine whose load changes slows them alike. Densities: ``bundled`` = each product's
-active fraction measured on the bundled model of the placement over held-out Tiny Shakespeare
-(``bench/driven_study.py``, from ``bench/results/driven-study.json``, per kind of product, averaged over its
-layers); ``binary`` = the same for the binary-spike run of that study; ``measured`` = the random-weight model's
+active fraction measured on the bundled model of the placement over held-out Tiny Shakespeare (per kind of product,
+averaged over its layers; ``inputs``: the spike-driven model the frontier shipped, from
+``bench/results/frontier.json``; ``residual``: from ``bench/results/driven-study.json``); ``binary`` = the same for
+the binary-spike run of that study; a frontier row's JSON file = that model's; ``measured`` = the random-weight model's
 inputs as they are; a number = that fraction active in every candidate (each row keeps its largest |x|,
 independently per row, so a batch's union fills in as real activations do; made inside the step, at a cost measured
 and left out of the net figures). Each record has, per mode: tokens/s (net of that cost), bytes read per token (an
@@ -257,8 +258,8 @@ def bench_rwkv_package(n_layer: int, d: int, tokens: int, strategy: str = "cpu f
 
 
 STUDY = Path(__file__).parent / "results" / "driven-study.json"
-# the study names its models by their path in the repository; the bundled spiking models in BUNDLED_MODELS' order
-BUNDLED = dict(zip(("residual", "inputs"), (f"spikegpt/assets/{name}" for name in BUNDLED_MODELS[:2]), strict=True))
+FRONTIER = Path(__file__).parent / "results" / "frontier.json"
+RESIDUAL_BUNDLED = f"spikegpt/assets/{BUNDLED_MODELS[0]}"  # the residual placement's row in the study
 # The decoding steps --placement times: (8-bit weights, --decode of the products)
 MODES = {
     "fp32": (False, "dense"),
@@ -283,20 +284,34 @@ def product_kind(name: str) -> str:
     return re.sub(r"^.*blocks\.\d+\.", "", name)
 
 
+def kind_densities(inputs: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Active-input fraction per kind of product from a zero fraction per product (or already per kind)."""
+    kinds: dict[str, list[float]] = {}
+    for name, measured in inputs.items():
+        kinds.setdefault(product_kind(name), []).append(1 - measured["zero_fraction"])
+    return {kind: sum(v) / len(v) for kind, v in kinds.items()}
+
+
 def study_densities(label: str, placement: str) -> tuple[dict[str, float], str]:
-    """Active-input fraction per kind of product measured by the driven study on the model ``label`` names
-    ('bundled': the bundled model of ``placement``; 'binary': the binary-spike run), and where it came from."""
+    """Active-input fraction per kind of product measured on a real model, and where it came from: 'bundled' = the
+    bundled model of ``placement`` (``inputs``: the spike-driven model the frontier shipped, its row of
+    ``bench/results/frontier.json``; ``residual``: the default model's row of the driven study); 'binary' = the
+    driven study's binary-spike run; a path to a JSON file = a frontier row (``RUNS/NAME/frontier-row.json``)."""
+    if label.endswith(".json"):
+        row = json.loads(Path(label).read_text())
+        return kind_densities(row["inputs"]), f"{Path(label).parent.name}: {row.get('name', label)}"
+    if label == "bundled" and placement == "inputs":
+        results = json.loads(FRONTIER.read_text())
+        row = next(r for r in results["models"] if r["name"] == results["shipped"])
+        return kind_densities(row["inputs"]), f"{FRONTIER.name}: {row['name']} (spikegpt-shakespeare-driven)"
     models = json.loads(STUDY.read_text())["models"]
     if label == "bundled":
-        found = [m for m in models if m["model"] == BUNDLED[placement]]
+        found = [m for m in models if m["model"] == RESIDUAL_BUNDLED]
     else:
         found = [m for m in models if m.get("input_spikes") == "binary" and placement == "inputs"]
     if not found:
         raise SystemExit(f"{STUDY}: no {label!r} model for the {placement} placement")
-    kinds: dict[str, list[float]] = {}
-    for name, measured in found[0]["inputs"].items():
-        kinds.setdefault(product_kind(name), []).append(1 - measured["zero_fraction"])
-    return {kind: sum(v) / len(v) for kind, v in kinds.items()}, f"{STUDY.name}: {found[0]['name']}"
+    return kind_densities(found[0]["inputs"]), f"{STUDY.name}: {found[0]['name']}"
 
 
 def synthetic_inputs(model, names: list[str], density) -> list:
@@ -425,7 +440,7 @@ def density_cases(args) -> list[tuple[str, object, str]]:
     """(label, density for synthetic_inputs, source) per --densities value."""
     cases = []
     for label in args.densities:
-        if label in ("bundled", "binary"):
+        if label in ("bundled", "binary") or label.endswith(".json"):
             density, source = study_densities(label, args.placement)
         elif label == "measured":
             density, source = None, "this model's inputs"
@@ -692,8 +707,9 @@ def main() -> None:
         nargs="+",
         default=["bundled", "0.05", "0.1", "0.25", "0.5"],
         help="with --placement: fractions of active inputs; 'measured' = the random-weight model's inputs as they "
-        "are, 'bundled' = per product as measured on the bundled model of the placement, 'binary' = as measured on "
-        "the binary-spike study run (inputs only) (default: bundled 0.05 0.1 0.25 0.5)",
+        "are, 'bundled' = per kind of product as measured on the bundled model of the placement (inputs: the "
+        "frontier's shipped spike-driven model), 'binary' = as measured on the binary-spike study run (inputs only), "
+        "a path to a frontier row JSON = as measured on that model (default: bundled 0.05 0.1 0.25 0.5)",
     )
     parser.add_argument(
         "--modes",

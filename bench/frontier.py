@@ -14,8 +14,8 @@ stands for it) and the settings, each a name and ``spikegpt train`` options (Tra
     bits per byte, gap to the twin, zero fraction and spikes per input element overall, per kind of product
     (``att.key``, ``ffn.value``, ...) and per projection; the steps spent in total (a converted model counts its
     twin's); kept in ``RUNS/NAME/frontier-row.json`` until the model changes;
-  - its energy per token (``energy_figures``) and event-driven decoding speed-up (``decode_speedup``, with
-    ``--decode-speedup``): the hooks the energy and decoding work fill in.
+  - its energy per token (``energy_figures``) and event-driven decoding speed-up (``decode_speedups``, with
+    ``--decode-speedup``, one timed run of ``bench/decode.py`` for every model at the end).
 
 Then ``--out`` (one JSON), ``--markdown`` (the table) and ``--figure`` (bits per byte against spikes per input,
 the twin, the goal and the int8 twin marked) are written; ``--render`` redraws the table and figure from a JSON.
@@ -239,20 +239,23 @@ def energy_figures(model_dir: str | Path, text: Path, max_tokens: int, profile: 
     return figures
 
 
-def decode_speedup(model_dir: str | Path, active_fraction: float, tokens: int = 32) -> float | None:
-    """Event-driven over dense decoding (12 × 768, batch 1, the engine's traced step) at the model's measured
-    fraction of active inputs, from ``bench/decode.py`` (net of its input synthesis). Timing: run it on a quiet
-    machine. ``model_dir`` is the model whose densities these are; decode.py takes one fraction for every product
-    today (per kind of product once it reads them from a model)."""
+def decode_speedups(row_files: list[Path], tokens: int = 32) -> dict[Path, dict[str, float]]:
+    """Event-driven over dense decoding (12 × 768, batch 1, one thread, the engine's traced step on random weights)
+    at each model's measured active fraction per kind of product (its row file), in fp32 and with 8-bit weights
+    (int8 event-driven over int8 dense), from one run of ``bench/decode.py`` (net of its input synthesis). Timing:
+    run it on a quiet machine."""
     command = [sys.executable, str(ROOT / "bench" / "decode.py"), "--placement", "inputs", "--sizes", "12x768",
-               "--batches", "1", "--modes", "fp32", "fp32_sparse", "--densities", f"{active_fraction:.4f}",
-               "--tokens", str(tokens), "--threads", "1", "--no-peers", "--no-generate"]  # fmt: skip
+               "--batches", "1", "--modes", "fp32", "fp32_sparse", "int8", "int8_sparse", "--tokens", str(tokens),
+               "--threads", "1", "--no-peers", "--no-generate", "--densities", *map(str, row_files)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=one_thread_env(), cwd=ROOT)
     if done.returncode != 0:
-        raise SystemExit(f"bench/decode.py failed for {model_dir}: {done.stderr.strip()[-500:]}")
+        raise SystemExit(f"bench/decode.py failed: {done.stderr.strip()[-500:]}")
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    ratios = summary["sizes"]["12x768"]["threads"]["1"]["b1"]["vs_dense"]["fp32_sparse"]
-    return next(iter(ratios.values()), None)
+    b1 = summary["sizes"]["12x768"]["threads"]["1"]["b1"]
+    return {
+        path: {"fp32": b1["vs_dense"]["fp32_sparse"][str(path)], "int8": b1["int8_event_vs_int8_dense"][str(path)]}
+        for path in row_files
+    }
 
 
 # -- evaluation -------------------------------------------------------------------------------------------------
@@ -328,8 +331,6 @@ def measured_row(name: str, model_dir: str | Path, args, weight_bits: int | None
     row = {"name": name, **row, "by_kind": by_kind(row["inputs"])}
     if args.energy and weight_bits is None:
         row["energy"] = energy_figures(model_dir, heldout_text(args), args.energy_tokens, args.profile)
-    if args.decode_speedup and row["input_spikes"] is not None:
-        row["decode_speedup"] = decode_speedup(model_dir, 1 - row["input_zero_fraction"])
     return row
 
 
@@ -401,7 +402,7 @@ def _encoding(row: dict) -> str:
 def markdown(results: dict) -> str:
     """The frontier table (one row per model) and the per-kind table, from the JSON."""
     head = ("| setting | encoding | aids | steps (total) | bits/byte | gap to twin | zero inputs | spikes/input "
-            "| strict µJ/token · × int8 | event µJ/token · × int8 | decode × | goals met |")  # fmt: skip
+            "| strict µJ/token · × int8 | event µJ/token · × int8 | decode × fp32 / int8 | goals met |")  # fmt: skip
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in (results["twin"], results["int8_twin"]):
         lines.append(f"| {r['name']} | — | — | {r['steps_total']} | {r['bits_per_byte']:.4f} | — "
@@ -409,7 +410,7 @@ def markdown(results: dict) -> str:
                      f"| {_energy_cell(r, 'strict')} | {_energy_cell(r, 'event')} | — | — |")  # fmt: skip
     for r in results["models"]:
         met = sum(r["goals"].values())
-        speedup = f"{r['decode_speedup']:.2f}" if r.get("decode_speedup") else "—"
+        speedup = f"{r['decode_speedup']:.2f} / {r['decode_speedup_int8']:.2f}" if r.get("decode_speedup") else "—"
         lines.append(
             f"| {r['name']} | {_encoding(r)} | {', '.join(r['aids']) or '—'} | {r['steps']} ({r['steps_total']}) "
             f"| {r['bits_per_byte']:.4f} | {100 * r['gap_to_twin']:+.1f}% | {r['input_zero_fraction']:.3f} "
@@ -529,6 +530,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     twin, int8 = twin_rows(plan, args)
     rows = [setting_row(plan, s, args, twin["bits_per_byte"]) for s in plan.settings]
+    if args.decode_speedup:
+        spiking = {runs / row["name"] / ROW_FILE: row for row in rows if row["input_spikes"] is not None}
+        for path, speedup in decode_speedups(list(spiking)).items():
+            row = spiking[path]
+            row["decode_speedup"], row["decode_speedup_int8"] = speedup["fp32"], speedup["int8"]
+            row["goals"] = goals(row)
     results = {
         "settings": str(args.settings),
         "dataset": args.dataset,

@@ -507,7 +507,9 @@ def headline(docs: str = "") -> str:
     """The key figures, each linking to its page: ``docs`` is the path from the including page to ``docs/``."""
     tail = {r["model"]: r for r in read_records("driven-study-tail.json")[0]["models"]}
     residual = tail["spikegpt/assets/spikegpt-shakespeare"]
-    driven = tail["spikegpt/assets/spikegpt-shakespeare-driven-k4"]
+    frontier = read_records("frontier.json")[0]
+    shipped = next(r for r in frontier["models"] if r["name"] == frontier["shipped"])
+    moved = shipped["energy"]["event"]["with_data_movement"]
     twin = read_records("driven-study-tail.json")[0]["twin_bits_per_byte"]
     decode = by_measure(read_records("decode-forms.jsonl"), "decode")
     ours = next(r for r in decode if r["model"] == "spikegpt (ours)")
@@ -525,14 +527,18 @@ def headline(docs: str = "") -> str:
         machine, date = provenance(name)
         return f"{machine}, {date}"
 
-    study = when("driven-study-tail.json")
+    study, frontier_when = when("driven-study-tail.json"), when("frontier.json")
     rows = [  # what, the figure, where and when, the page with the whole table
         ["held-out bits per byte, bundled model (Tiny Shakespeare)",
          f"{residual['bits_per_byte']:.4f} (non-spiking twin {twin:.4f})", study, "spikes/frontier.md"],
-        ["held-out bits per byte, spike-driven model", f"{driven['bits_per_byte']:.4f}", study, "spikes/frontier.md"],
+        [f"held-out bits per byte, spike-driven model ({shipped['name']})",
+         f"{shipped['bits_per_byte']:.4f} ({100 * shipped['gap_to_twin']:+.1f}% over its twin; "
+         f"{shipped['input_zero_fraction']:.0%} zero inputs, {shipped['spikes_per_input']:.3f} spikes per input)",
+         frontier_when, "spikes/frontier.md"],
+        ["estimated energy with data movement, 8-bit weights, `event` rule: spike-driven model",
+         f"{moved['j_per_token'] * 1e6:.1f} µJ/token, {moved['x_vs_equal_bit_int8']:.1f}× below the dense int8 model",
+         frontier_when, "spikes/frontier.md#energy-with-data-movement"],
         ["estimated energy, `strict` rule, 45 nm fp32: bundled model", energy(residual), study,
-         "spikes/spike-driven.md"],
-        ["estimated energy, `strict` rule, 45 nm fp32: spike-driven model", energy(driven), study,
          "spikes/spike-driven.md"],
         [f"decoding, batch 1, {size_of(ours)}, traced step",
          f"{ours['traced_tok_s']:.0f} tok/s (transformers RWKV {hf['tok_s']:.0f})", when("decode-forms.jsonl"),

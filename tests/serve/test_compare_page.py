@@ -19,9 +19,10 @@ from serve_helpers import figures_by_hand, metric_values
 
 from spikegpt.energy.compare import FIGURES, format_relative, format_value
 from spikegpt.energy.render import format_joules
-from spikegpt.hub.checkpoint import BUNDLED_MODELS
+from spikegpt.hub.checkpoint import BUNDLED_MODELS as ALL_BUNDLED
 from spikegpt.serve.testing import ServerProcess
 
+BUNDLED_MODELS = ALL_BUNDLED[:3]  # the default, the spike-driven model and their twin: the compare view takes three
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
 
 PROMPT, CONTINUATION = "ROMEO:\nBut soft", ", what light through yonder window breaks?"
