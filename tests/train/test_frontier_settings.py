@@ -11,7 +11,7 @@ import pytest
 
 from spikegpt import SpikeGPTConfig
 from spikegpt.modeling.layout import spike_layout
-from spikegpt.train.config import make_config
+from spikegpt.train.config import make_config, read_config_file
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -33,6 +33,8 @@ def test_every_setting_is_a_valid_run(name):
     frontier = frontier_module()
     plan = frontier.read_plan(BENCH / name)
     assert len(plan.settings) >= {"frontier.yaml": 12, "frontier-pilot.yaml": 5}.get(name, 1)
+    shipped = read_config_file(BENCH / name).get("shipped")
+    assert shipped is None or shipped in {s.name for s in plan.settings}
     if plan.twin_training is not None:  # a twin the plan trains: a valid run with spiking off
         config = frontier.run_config(plan, plan.twin_training, None)
         make_config({**config, "dataset": "corpus.txt"}, {}, source="twin").run_length_given()
