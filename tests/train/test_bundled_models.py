@@ -45,7 +45,8 @@ def product_inputs(model, text: str) -> dict[str, torch.Tensor]:
 
 
 def test_the_bundled_names_and_the_default():
-    assert BUNDLED_MODELS == (DEFAULT, DRIVEN, TWIN, DRIVEN_K4) and spikegpt.default_model_path() == bundled_model_path(DEFAULT)
+    assert BUNDLED_MODELS == (DEFAULT, DRIVEN, TWIN, DRIVEN_K4)
+    assert spikegpt.default_model_path() == bundled_model_path(DEFAULT)
     with pytest.raises(CheckpointError, match="no bundled model 'spikegpt-nothing'"):
         bundled_model_path("spikegpt-nothing")
 
