@@ -590,7 +590,8 @@ def steps_summary(records: list[dict], peers: dict) -> dict:
     """Per batch (b1, b16, ...): ``tok_s``, ``fraction_of_bound`` and ``vs_dense`` (over the dense step of the same
     weights) per mode and density, ``int8_event_vs_int8_dense`` per density, and at batch 1 ``vs_rwkv_package``
     (over the rwkv package's best strategy)."""
-    best_peer = max((peers[p].get("tok_s", 0.0) for p in ("rwkv_package_fp32", "rwkv_package_fp32i8")), default=0.0)
+    rwkv = ("rwkv_package_fp32", "rwkv_package_fp32i8")
+    best_peer = max((peers.get(p, {}).get("tok_s", 0.0) for p in rwkv), default=0.0)  # none with --no-peers
     table: dict = {}
     for r in records:
         row = table.setdefault(f"b{r['batch']}", {"tok_s": {}, "fraction_of_bound": {}, "vs_dense": {},
