@@ -88,6 +88,7 @@ def bench_module(name: str) -> ModuleType:
         sys.path.insert(0, bench)
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up)
     spec.loader.exec_module(module)
     return module
 
