@@ -402,7 +402,7 @@ def _encoding(row: dict) -> str:
 def markdown(results: dict) -> str:
     """The frontier table (one row per model) and the per-kind table, from the JSON."""
     head = ("| setting | encoding | aids | steps (total) | bits/byte | gap to twin | zero inputs | spikes/input "
-            "| strict µJ/token · × int8 | event µJ/token · × int8 | decode × fp32 / int8 | goals met |")  # fmt: skip
+            "| strict µJ/token · × int8 | event µJ/token · × int8 | decode × fp32 / int8 | targets met |")  # fmt: skip
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in (results["twin"], results["int8_twin"]):
         lines.append(f"| {r['name']} | — | — | {r['steps_total']} | {r['bits_per_byte']:.4f} | — "
@@ -424,7 +424,7 @@ def markdown(results: dict) -> str:
     for r in results["models"]:
         cells = [f"{r['by_kind'][k]['zero_fraction']:.2f} / {r['by_kind'][k]['spikes_per_input']:.3f}" for k in kinds]
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
-    note = (f"Goals: within {GOAL_GAP:.0%} bits per byte of the twin, >= {GOAL_ZEROS:.0%} zero inputs, <= "
+    note = (f"Targets: within {GOAL_GAP:.0%} bits per byte of the twin, >= {GOAL_ZEROS:.0%} zero inputs, <= "
             f"{GOAL_SPIKES} spikes per input element. Energy: `spikegpt energy` on the first "
             f"{results['energy_tokens']} held-out tokens, 8-bit weights, operations only; in brackets, with "
             "the weight bytes each product read (data movement). × int8: the equal-bit dense int8 model's energy "
