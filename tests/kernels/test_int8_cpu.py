@@ -56,6 +56,18 @@ def threads(request):
     torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_kernels_run_on_as_many_threads_as_torch_is_given(compiled, n):
+    """The kernels' parallel loops are OpenMP inside ATen's headers: built without ``-fopenmp`` they run on one
+    thread, with the same results, so only this count shows it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        assert torch.ops.spikegpt_cpu.parallel_threads(64) == n
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_reference_against_a_hand_computation():
     x = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0]])
     codes = torch.tensor([[1, 2, 3], [-127, 0, 127]], dtype=torch.int8)
