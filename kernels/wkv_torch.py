@@ -92,12 +92,12 @@ def _prepare(w, u, k, v, state):
     dtype = _compute_dtype(k)
     if state is None:
         state = fresh_state(k.shape[0], k.shape[2], k.device)
-    num, den, mx = (s.to(dtype) for s in state)
-    return w.to(dtype), u.to(dtype), k.to(dtype), v.to(dtype), num, den, mx
+    # (a conversion only where one is needed: a traced decoding step then records none in fp32)
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in (w, u, k, v, *state))
 
 
 def _as_state(num: torch.Tensor, den: torch.Tensor, mx: torch.Tensor) -> State:
-    if num.dtype == torch.float64:
+    if num.dtype in (torch.float32, torch.float64):
         return num, den, mx
     return num.float(), den.float(), mx.float()
 
@@ -136,7 +136,7 @@ def wkv_sequential(
         y, num, den, mx = stepped if mask is None else skip_padded(mask[:, t, None], stepped, (num, den, mx))
         ys.append(y)
     y = torch.stack(ys, dim=1) if ys else kk.new_zeros(kk.shape)
-    return y.to(k.dtype), _as_state(num, den, mx)
+    return (y if y.dtype == k.dtype else y.to(k.dtype)), _as_state(num, den, mx)
 
 
 def _chunk(w, u, k, v, num, den, mx):

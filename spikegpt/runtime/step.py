@@ -86,7 +86,8 @@ def trace_decode_step(
     n_stats = 2 if stats else 0
 
     def step(tokens: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState, tuple | None]:
-        logits, *out = traced(tokens, *state.tensors())
+        with torch.no_grad():  # recorded without gradients (no detach() recorded): run without them
+            logits, *out = traced(tokens, *state.tensors())
         return logits, RecurrentState(*out[n_stats:]), tuple(out[:n_stats]) if stats else None
 
     step.traced = traced  # the recorded graph, for inspection

@@ -24,9 +24,14 @@ def lif_params(config: SpikeGPTConfig) -> LIFParams:
     return LIFParams(config.lif_tau, config.lif_threshold, config.lif_reset, config.surrogate, config.surrogate_alpha)
 
 
+def _detached(x: torch.Tensor) -> torch.Tensor:
+    """x without its gradient; x itself where it has none (a traced decoding step then records no operation)."""
+    return x.detach() if x.requires_grad else x
+
+
 def _real(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """x ``[B, T, C]`` detached, with its padded positions zeroed (so that counting them counts nothing)."""
-    x = x.detach()
+    x = _detached(x)
     return x if mask is None else torch.where(mask[:, :, None], x, 0)
 
 
@@ -43,7 +48,7 @@ def input_reads(x: torch.Tensor, integer: bool, mask: torch.Tensor | None = None
     nonzero = _nonzero_per_row(x)
     if not integer:
         return torch.stack([nonzero, torch.zeros_like(nonzero)], dim=1)
-    return torch.stack([nonzero, x.to(torch.int64).abs().sum(dim=(1, 2))], dim=1)
+    return torch.stack([nonzero, x.abs().sum(dim=(1, 2), dtype=torch.int64)], dim=1)  # (whole numbers: exact)
 
 
 class EmbeddingSpikes(nn.Module):
@@ -76,7 +81,7 @@ class LIFLayer(nn.Module):
             v_last = v0 if v0 is not None else x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32)
             return x, v_last, _nonzero_per_row(x, mask)
         spikes, v_last, counts = lif(x, v0, lif_params(c), return_counts=True, mask=mask)
-        return spikes, v_last, counts.to(torch.int64).sum(dim=1)  # per channel at most T: exact in fp32
+        return spikes, v_last, counts.sum(dim=1, dtype=torch.int64)  # per channel at most T: exact in fp32
 
 
 class InputSpikes(nn.Module):
@@ -127,7 +132,7 @@ class InputSpikes(nn.Module):
 
     def _count_threshold(self, x: torch.Tensor, part: int) -> torch.Tensor:
         """θ ``[B, T, 1]`` of input ``part``: mean|x| / k per token (detached), times the learned exp(a) if any."""
-        theta = x.detach().abs().mean(dim=-1, keepdim=True).div_(self.config.spike_count_scale)
+        theta = _detached(x).abs().mean(dim=-1, keepdim=True).div_(self.config.spike_count_scale)
         if self.log_threshold is None:
             return theta.clamp_(min=torch.finfo(theta.dtype).tiny)
         theta = theta * torch.exp(self.log_threshold[part]).to(theta.dtype)

@@ -81,7 +81,8 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 def _initial_membrane(x: torch.Tensor, v0: torch.Tensor | None) -> torch.Tensor:
     if v0 is None:
         return x.new_zeros(x.shape[0], x.shape[2], dtype=_compute_dtype(x))
-    return v0.to(_compute_dtype(x))
+    dtype = _compute_dtype(x)
+    return v0 if v0.dtype == dtype else v0.to(dtype)
 
 
 def lif_step(v, x_t, params: LIFParams):
@@ -192,7 +193,7 @@ def lif_torch(
     the membrane."""
     spikes, v_last = _lif(x, v0, params, mask)
     if return_counts:
-        return spikes, v_last, spikes.detach().sum(dim=1, dtype=torch.float32)
+        return spikes, v_last, (spikes.detach() if spikes.requires_grad else spikes).sum(dim=1, dtype=torch.float32)
     return spikes, v_last
 
 
@@ -205,6 +206,7 @@ def _lif(
         v = _initial_membrane(x, v0)
         charged = torch.empty_like(v)
         fired = torch.empty(v.shape, dtype=torch.bool, device=v.device)
-        v = _fire(v, x[:, 0].to(v.dtype), params, charged, fired, None if mask is None else mask[:, :1])
+        xt = x[:, 0] if x.dtype == v.dtype else x[:, 0].to(v.dtype)  # (no conversion recorded in a traced fp32 step)
+        v = _fire(v, xt, params, charged, fired, None if mask is None else mask[:, :1])
         return fired.to(x.dtype)[:, None], v
     return _LIF.apply(x, v0, params, mask)

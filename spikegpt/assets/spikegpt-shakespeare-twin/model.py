@@ -43,13 +43,18 @@ DecodingStep = Callable[[torch.Tensor, RecurrentState], tuple[torch.Tensor, Recu
 IGNORE_INDEX = -100  # a label the loss skips: a position without a target (padding)
 
 
+def _as_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in ``dtype``; x itself where it is already (a traced decoding step then records no conversion)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def token_shift(
     x: torch.Tensor, previous: torch.Tensor | None, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each token's predecessor along T, and the shift to carry on (the last token); the first token's predecessor
     is ``previous`` (zero for a fresh sequence). With a padding ``mask`` ``[B, T]``, a token's predecessor is the
     last real token before it, and the carried shift the last real token (``previous`` when a row has none)."""
-    first = torch.zeros_like(x[:, :1]) if previous is None else previous[:, None].to(x.dtype)
+    first = torch.zeros_like(x[:, :1]) if previous is None else _as_dtype(previous[:, None], x.dtype)
     if mask is None:
         return (first if x.shape[1] == 1 else torch.cat([first, x[:, :-1]], dim=1)), x[:, -1]
     history = torch.cat([first, x], dim=1)  # index 0: the token before this input, index t + 1: token t
@@ -91,7 +96,7 @@ def project(linear: nn.Linear, spikes: torch.Tensor, scale: torch.Tensor | None)
     """A projection of spikes; spike counts carry their threshold ``scale`` ``[B, T, 1]``, applied to the product's
     output (one multiply per output element) so that the product itself reads whole numbers."""
     out = linear(spikes)
-    return out if scale is None else out * scale.to(out.dtype)
+    return out if scale is None else out * _as_dtype(scale, out.dtype)
 
 
 class TimeMix(nn.Module):
@@ -132,8 +137,8 @@ class TimeMix(nn.Module):
             spikes, scales, v_krv, krv_reads = self.encode([xk, xv, xr], v_krv, mask)
             k, v, r = (project(p, s, sc) for p, s, sc in zip(self.projections[:3], spikes, scales, strict=True))
         r = torch.sigmoid(r)
-        w = -torch.exp(self.time_decay.float())
-        y, wkv_state = wkv(w, self.time_first.float(), k, v, wkv_state, mask)
+        w = -torch.exp(_as_dtype(self.time_decay, torch.float32))
+        y, wkv_state = wkv(w, _as_dtype(self.time_first, torch.float32), k, v, wkv_state, mask)
         gated = r * y
         if self.encode is None:
             reads.append(input_reads(gated, False, mask))
