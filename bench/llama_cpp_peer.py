@@ -99,6 +99,15 @@ def load(path: Path, threads: int, context: int, extra_buffers: bool):
     )
 
 
+def greedy(llm) -> int:
+    """The most likely next token after the last ``eval``, read from the context's own logits: ``Llama.scores`` is
+    written only with ``logits_all`` (and has ``n_batch`` rows without it)."""
+    from llama_cpp import llama_cpp as api
+
+    logits = np.ctypeslib.as_array(api.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+    return int(np.argmax(logits))
+
+
 def measure(args: argparse.Namespace) -> dict:
     context = args.tokens + args.warmup + 16
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,12 +118,12 @@ def measure(args: argparse.Namespace) -> dict:
         weight_bytes = int(read_path.read_text())
         llm = load(path, args.threads, context, not args.no_extra_buffers)
         llm.eval([1, 2, 3])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = greedy(llm)
         times = []
         for step in range(args.warmup + args.tokens):
             started = time.perf_counter()
             llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = greedy(llm)
             if step >= args.warmup:
                 times.append(time.perf_counter() - started)
         positions = llm.n_tokens
