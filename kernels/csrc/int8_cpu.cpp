@@ -286,19 +286,24 @@ void dense(const IntegerRows& r, const at::Tensor& codes, const at::Tensor& scal
 struct ActivePairs {
   std::vector<int64_t> a, b;
   std::vector<int32_t> values;  // [pairs, rows]
-  int64_t inputs = 0;
 };
 
-ActivePairs active_pairs(const IntegerRows& r) {
+// The batch's active inputs (nonzero in some row), in order: a row at a time, so that the compiler vectorizes it.
+std::vector<int64_t> active_inputs(const IntegerRows& r) {
+  std::vector<uint8_t> any(r.width, 0);
+  for (int64_t m = 0; m < r.rows; ++m) {
+    const int16_t* row = r.row(m);
+    for (int64_t i = 0; i < r.width; ++i) any[i] |= row[i] != 0;
+  }
   std::vector<int64_t> active;
   active.reserve(r.width);
-  for (int64_t i = 0; i < r.width; ++i) {
-    bool any = false;
-    for (int64_t m = 0; m < r.rows; ++m) any |= r.row(m)[i] != 0;
-    if (any) active.push_back(i);
-  }
+  for (int64_t i = 0; i < r.width; ++i)
+    if (any[i]) active.push_back(i);
+  return active;
+}
+
+ActivePairs active_pairs(const IntegerRows& r, const std::vector<int64_t>& active) {
   ActivePairs p;
-  p.inputs = int64_t(active.size());
   p.a.reserve(active.size() / 2 + 1);
   p.b.reserve(active.size() / 2 + 1);
   p.values.reserve((active.size() / 2 + 1) * r.rows);
@@ -413,13 +418,13 @@ at::Tensor int8_sparse_linear(const at::Tensor& x, const at::Tensor& codes_t, co
   check_weight(codes_t, scales, codes_t.size(1));
   TORCH_CHECK(codes_t.size(0) == r.width, "codes_t [in, out] must match x [M, in]");
   at::Tensor y = output_for(x, codes_t.size(1));
-  const ActivePairs p = active_pairs(r);
-  if (codes.has_value() && double(p.inputs) > max_density * double(r.width)) {
+  const std::vector<int64_t> active = active_inputs(r);
+  if (codes.has_value() && double(active.size()) > max_density * double(r.width)) {
     check_weight(*codes, scales, codes_t.size(1));
     TORCH_CHECK(codes->size(1) == r.width, "codes [out, in] must match x [M, in]");
     dense(r, *codes, scales, y.data_ptr<float>());
-  } else {
-    event_driven(r, p, codes_t, scales, y.data_ptr<float>());
+  } else {  // (the pairs are made only here: above the crossover they would be thrown away)
+    event_driven(r, active_pairs(r, active), codes_t, scales, y.data_ptr<float>());
   }
   return y;
 }
