@@ -252,11 +252,8 @@ def decode_int8() -> str:
 
 
 def int8_decode() -> str:
-    """The products one at a time (``bench/int8_decode.py``); a result of the earlier whole-step form of that script
-    (torch's int8 kernels in the step) renders as it was measured."""
-    products = [r for r in by_measure(read_records("int8_decode.jsonl"), "product") if "products" in r]
-    if not products:
-        return _int8_decode_steps()
+    """The products one at a time (``bench/int8_decode.py``)."""
+    products = by_measure(read_records("int8_decode.jsonl"), "product")
     rows = []
     for r in products:
         shape, p = f"{r['n_in']} → {r['n_out']}", r["products"]
@@ -272,36 +269,6 @@ def int8_decode() -> str:
         table(header, rows)
         + "\n\nWeight bytes read per second, and their fraction of the copy bandwidth of the same run.\n\n"
         + source_note("int8_decode.jsonl")
-    )
-
-
-def _int8_decode_steps() -> str:
-    runs = {name: read_records(name) for name in ("int8_decode.jsonl", "int8_decode-2threads.jsonl")}
-    one, two = (by_measure(records, "decode") for records in runs.values())
-    labels = {"fp32": "fp32 traced", "int8_dynamic": "int8 torch `linear_dynamic` (before the compiled kernels)",
-              "int8_weight_only": "int8 torch `_weight_int8pack_mm`"}  # fmt: skip
-    base1, base2 = one[0]["tok_s"], two[0]["tok_s"]
-    rows = [
-        [labels[a["form"]], f"{a['tok_s']:.1f}", f"{b['tok_s']:.1f}", f"{a['bytes_per_token'] / 1e6:.1f} MB",
-         f"{a['bound_tok_s']:.0f}", f"{a['tok_s'] / base1:.2f}× / {b['tok_s'] / base2:.2f}×"]
-        for a, b in zip(one, two, strict=True)
-    ]  # fmt: skip
-    products = [
-        f"{p['name']} {p['shape'][0]}×{p['shape'][1]}: fp32 {p['fp32_ms']:.3g} ms, int8 dynamic "
-        f"{p['int8_dynamic_ms']:.3g} ms, weight-only {p['int8_weight_only_ms']:.3g} ms"
-        for p in by_measure(runs["int8_decode.jsonl"], "product")
-    ]
-    size = size_of(one[0])
-    header = ["step", "tok/s, 1 thread", "tok/s, 2 threads", "weight bytes per token", "bound, 1 thread (tok/s)",
-              "vs fp32 traced (1 / 2 threads)"]  # fmt: skip
-    return (
-        f"Measured before the compiled kernels, with torch's int8 kernels in the step; {size}, random weights, "
-        "batch 1:\n\n"
-        + table(header, rows)
-        + "\n\nSingle batch-1 products, one thread: "
-        + "; ".join(products)
-        + ".\n\n"
-        + source_note(*runs)
     )
 
 
@@ -483,25 +450,19 @@ def profiles() -> str:
 
 def _int8_headline(when) -> list[list[str]]:
     """The 8-bit decoding row: the int8 step against fp32 at the largest size, 1 thread, batch 1, from
-    ``bench/decode.py --placement inputs`` where committed, else the earlier whole-step measurement of torch's int8
-    kernels."""
-    page = "spikes/hardware.md#8-bit-decoding-on-a-cpu"
-    if (RESULTS / DECODE_INT8).is_file():
-        sizes = by_measure(read_records(DECODE_INT8), "summary")[-1]["sizes"]
-        size, entry = list(sizes.items())[-1]
-        b1 = entry["threads"][min(entry["threads"], key=int)]["b1"]
-        densities = next(iter(b1["tok_s"].values()))
-        density = "bundled" if "bundled" in densities else next(iter(densities))  # the driven model's, if measured
-        tok_s = {mode: by_density[density] for mode, by_density in b1["tok_s"].items()}
-        best = max((m for m in tok_s if m.startswith("int8")), key=tok_s.get)
-        what = f"int8 decoding, {size.replace('x', ' × ')}, batch 1, spike-driven placement, {_density_words(density)}"
-        return [[what, f"{tok_s[best] / tok_s['fp32']:.2f}× fp32 ({MODE_LABELS[best]})", when(DECODE_INT8), page]]
-    summary = by_measure(read_records("int8_decode.jsonl"), "summary")[-1]
-    if "sizes" not in summary:
+    ``bench/decode.py --placement inputs`` (none before it is committed)."""
+    if not (RESULTS / DECODE_INT8).is_file():
         return []
-    size, forms = next(iter(summary["sizes"].items()))
-    return [[f"int8 decoding with torch's `linear_dynamic`, {size.replace('x', ' × ')}, batch 1",
-             f"{forms['int8_dynamic']['vs_fp32_traced']:.2f}× fp32", when("int8_decode.jsonl"), page]]  # fmt: skip
+    sizes = by_measure(read_records(DECODE_INT8), "summary")[-1]["sizes"]
+    size, entry = list(sizes.items())[-1]
+    b1 = entry["threads"][min(entry["threads"], key=int)]["b1"]
+    densities = next(iter(b1["tok_s"].values()))
+    density = "bundled" if "bundled" in densities else next(iter(densities))  # the driven model's, if measured
+    tok_s = {mode: by_density[density] for mode, by_density in b1["tok_s"].items()}
+    best = max((m for m in tok_s if m.startswith("int8")), key=tok_s.get)
+    what = f"int8 decoding, {size.replace('x', ' × ')}, batch 1, spike-driven placement, {_density_words(density)}"
+    page = "spikes/hardware.md#8-bit-decoding-on-a-cpu"
+    return [[what, f"{tok_s[best] / tok_s['fp32']:.2f}× fp32 ({MODE_LABELS[best]})", when(DECODE_INT8), page]]
 
 
 def headline(docs: str = "") -> str:
