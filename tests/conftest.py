@@ -81,6 +81,12 @@ def watched_fifo(fifo: Path, patience: float = 10.0) -> Iterator[list[str]]:
         released += releaser.communicate()[0].split()
 
 
+def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """The largest deviation of ``out`` from ``reference`` relative to the reference's largest magnitude."""
+    out, reference = out.detach(), reference.detach()
+    return float((out.double() - reference).abs().max() / reference.abs().max())
+
+
 def tiny_config(**overrides) -> SpikeGPTConfig:
     """2 layers, 32 channels: big enough to spike in every layer, small enough for any test."""
     fields = dict(vocab_size=len(ALPHABET) + 1, n_layer=2, n_embd=32, ctx_len=64, dropout=0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import relative_error
 from quantize_helpers import tiny_model
 
 from spikegpt.errors import ConfigError
@@ -17,10 +18,6 @@ from spikegpt.runtime.sampling import SamplingParams
 # by up to max|x| / 254, and the errors of a d-long dot product add up to about 0.7% of the largest output (measured:
 # up to 1.2% over shapes 32 to 3072 wide); 3% leaves room for unlucky draws, not for a wrong scale or layout (100%).
 QUANTIZED_TOLERANCE = 3e-2
-
-
-def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((out.double() - reference).abs().max() / reference.abs().max())
 
 
 def test_int8_products_match_the_dequantized_fp32_product():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import lively_weights_, tiny_config
+from conftest import lively_weights_, relative_error, tiny_config
 from test_products import greedy_texts
 
 from spikegpt import SpikeGPTForCausalLM, bundled_model_path
@@ -63,10 +63,6 @@ def decoding_inputs(width: int, seed: int, counts: bool) -> dict[str, torch.Tens
         "relu2": torch.relu(torch.randn(3, 1, width, generator=g)) ** 2 * keep,
         "real": torch.randn(3, 1, width, generator=g) * keep,
     }
-
-
-def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((out.double() - reference).abs().max() / reference.abs().max())
 
 
 MODES = {
