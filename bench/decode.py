@@ -451,12 +451,19 @@ def density_cases(args) -> list[tuple[str, object, str]]:
 
 
 @torch.inference_mode()
-def bench_steps(variants: Variants, dims: dict, args, threads: int, dram: float) -> list[dict]:
-    """The step records of one size at ``threads``: every batch and density, the modes interleaved."""
+def bound_bandwidths(variants: Variants, dram: float) -> dict[bool, float]:
+    """The bound's bandwidth at this thread count for the steps of fp32 weights (False) and of int8 ones (True),
+    each for a buffer the size of its own weights (the fp32 ones may not fit a cache the int8 ones fit)."""
+    return {int8: bandwidth(step_bytes(variants.model("int8" if int8 else "fp32"), int8, 1), dram)
+            for int8 in (False, True)}  # fmt: skip
+
+
+def bench_steps(variants: Variants, dims: dict, args, threads: int, bandwidths: dict[bool, float]) -> list[dict]:
+    """The step records of one size at ``threads``: every batch and density, the modes interleaved; each mode's
+    bound from ``bandwidths`` (``bound_bandwidths``) for its weights."""
     from spikegpt.runtime.products import Crossovers
 
     crossovers = Crossovers.load(DEVICE)
-    bound_bandwidth = bandwidth(step_bytes(variants.int8, True, 1), dram)
     records = []
     for batch in args.batches:
         products = {mode: variants.products(mode, batch, crossovers) for mode in args.modes}
@@ -479,19 +486,20 @@ def bench_steps(variants: Variants, dims: dict, args, threads: int, dram: float)
                       "batch": batch, "density": label, "density_source": source,
                       "row_density": _mean(m[0] for m in measured.values()),
                       "union_density": _mean(m[1] for m in measured.values()),
-                      "bandwidth_bytes_per_s": bound_bandwidth, "crossover_source": crossovers.source,
+                      "crossover_source": crossovers.source,
                       "input_synthesis_s_per_step": synthesis_s, "modes": {}}  # fmt: skip
             for mode in args.modes:
                 steps_s, best_steps_s = timed[mode]
                 union = {name: measured[name][1] for name in variants.event_driven(products[mode])}
                 read = step_bytes(variants.model(mode), MODES[mode][0], batch, union)
                 net = batch / max(1e-9, 1 / steps_s - synthesis_s)
-                bound = bound_bandwidth / read * batch
+                bound = bandwidths[MODES[mode][0]] / read * batch
                 record["modes"][mode] = {
                     "tok_s": steps_s * batch,
                     "best_tok_s": best_steps_s * batch,
                     "net_tok_s": net,
                     "bytes_per_token": read / batch,
+                    "bandwidth_bytes_per_s": bandwidths[MODES[mode][0]],
                     "bound_tok_s": bound,
                     "fraction_of_bound": net / bound,
                     "event_driven_products": len(union),
@@ -505,26 +513,28 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def bench_peers(variants: Variants, dims: dict, args, threads: int, bound_bandwidth: float) -> dict:
-    """The peers at batch 1 and their fractions of the bound (the same bandwidth): the rwkv package (``cpu fp32``,
-    ``cpu fp32i8``), transformers' RWKV, llama.cpp at Q8_0 (``bench/llama_cpp_peer.py``)."""
+def bench_peers(variants: Variants, dims: dict, args, threads: int, bandwidths: dict[bool, float]) -> dict:
+    """The peers at batch 1 and their fractions of the bound (the bandwidth of our steps with weights of the same
+    width, ``bound_bandwidths``): the rwkv package (``cpu fp32``, ``cpu fp32i8``), transformers' RWKV, llama.cpp at
+    Q8_0 (``bench/llama_cpp_peer.py``)."""
     n_layer, d = dims["n_layer"], dims["n_embd"]
     fp32_bytes = step_bytes(variants.fp32, False, 1)
     int8_bytes = step_bytes(variants.int8, True, 1)  # rwkv's fp32i8: a byte a weight, and a few vectors a matrix
     slow = max(3, args.tokens // 8)  # fp32i8 runs a few tokens per second at 12 x 768: fewer of them
-    peers = {
-        "rwkv_package_fp32": (bench_rwkv_package(n_layer, d, args.tokens, "cpu fp32"), fp32_bytes),
-        "rwkv_package_fp32i8": (bench_rwkv_package(n_layer, d, slow, "cpu fp32i8"), int8_bytes),
-        "transformers": (bench_hf(n_layer, d, args.tokens), fp32_bytes),
+    peers = {  # name: (result, bytes read per token, whether its weights are 8-bit)
+        "rwkv_package_fp32": (bench_rwkv_package(n_layer, d, args.tokens, "cpu fp32"), fp32_bytes, False),
+        "rwkv_package_fp32i8": (bench_rwkv_package(n_layer, d, slow, "cpu fp32i8"), int8_bytes, True),
+        "transformers": (bench_hf(n_layer, d, args.tokens), fp32_bytes, False),
     }
     llama = bench_llama_cpp(n_layer, d, threads, args.tokens)
-    peers["llama_cpp_q8_0"] = (llama, llama.get("bytes_per_token"))
+    peers["llama_cpp_q8_0"] = (llama, llama.get("bytes_per_token"), True)
     out = {}
-    for name, (result, read) in peers.items():
+    for name, (result, read, int8) in peers.items():
         record = {"measure": "peer", "peer": name, **dims, "threads": threads, **result}
         if "tok_s" in result:
             record["bytes_per_token"] = read
-            record["bound_tok_s"] = bound_bandwidth / read
+            record["bandwidth_bytes_per_s"] = bandwidths[int8]
+            record["bound_tok_s"] = bandwidths[int8] / read
             record["fraction_of_bound"] = result["tok_s"] / record["bound_tok_s"]
         out[name] = emit(record)
     return out
@@ -617,12 +627,12 @@ def bench_placement(n_layer: int, d: int, args, dram_by_threads: dict[int, float
     entry = {"placement": args.placement, "threads": {}}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        records = bench_steps(variants, dims, args, threads, dram_by_threads[threads])
-        bound_bandwidth = records[0]["bandwidth_bytes_per_s"]
+        bandwidths = bound_bandwidths(variants, dram_by_threads[threads])
+        records = bench_steps(variants, dims, args, threads, bandwidths)
         on_cpu = DEVICE.type == "cpu"
-        peers = bench_peers(variants, dims, args, threads, bound_bandwidth) if on_cpu and args.peers else {}
+        peers = bench_peers(variants, dims, args, threads, bandwidths) if on_cpu and args.peers else {}
         row = steps_summary(records, peers)
-        row["bandwidth_gb_s"] = bound_bandwidth / 1e9
+        row["bandwidth_gb_s"] = {"fp32": bandwidths[False] / 1e9, "int8": bandwidths[True] / 1e9}
         row["peers"] = {name: {k: p.get(k) for k in ("tok_s", "fraction_of_bound", "missing") if k in p}
                         for name, p in peers.items()}  # fmt: skip
         if on_cpu and args.generate:

@@ -182,8 +182,9 @@ def event_decode(placement: str) -> str:
     )
 
 
-def crossover() -> str:
-    records = by_measure(read_records("crossover.jsonl"), "crossover")
+def crossover(name: str = "crossover.jsonl") -> str:
+    """The crossovers of one run of ``bench/crossover.py`` (``crossover-int8.jsonl``: ``--dtype int8``)."""
+    records = by_measure(read_records(name), "crossover")
     shapes: dict[str, dict[int, float]] = {}
     for r in records:
         shapes.setdefault(f"{r['n_in']} → {r['n_out']}", {})[r["batch"]] = r["crossover"]
@@ -191,7 +192,7 @@ def crossover() -> str:
     return (
         table(["product (inputs → outputs)", "batch 1", "batch 16"], rows)
         + "\n\nThe fraction of active inputs below which the event-driven product was at least 10% faster than the "
-        "dense one (0%: never).\n\n" + source_note("crossover.jsonl")
+        "dense one (0%: never).\n\n" + source_note(name)
     )
 
 
@@ -455,12 +456,14 @@ def _int8_headline(when) -> list[list[str]]:
         return []
     sizes = by_measure(read_records(DECODE_INT8), "summary")[-1]["sizes"]
     size, entry = list(sizes.items())[-1]
-    b1 = entry["threads"][min(entry["threads"], key=int)]["b1"]
+    threads = min(entry["threads"], key=int)
+    b1 = entry["threads"][threads]["b1"]
     densities = next(iter(b1["tok_s"].values()))
     density = "bundled" if "bundled" in densities else next(iter(densities))  # the driven model's, if measured
     tok_s = {mode: by_density[density] for mode, by_density in b1["tok_s"].items()}
     best = max((m for m in tok_s if m.startswith("int8")), key=tok_s.get)
-    what = f"int8 decoding, {size.replace('x', ' × ')}, batch 1, spike-driven placement, {_density_words(density)}"
+    inputs = "the bundled spike-driven model's densities" if density == "bundled" else _density_words(density)
+    what = f"int8 decoding, {size.replace('x', ' × ')}, batch 1, {threads} thread(s), {inputs}"
     page = "spikes/hardware.md#8-bit-decoding-on-a-cpu"
     return [[what, f"{tok_s[best] / tok_s['fp32']:.2f}× fp32 ({MODE_LABELS[best]})", when(DECODE_INT8), page]]
 
@@ -527,6 +530,7 @@ SNIPPETS = {
     "event-decode-inputs.md": lambda: event_decode("inputs"),
     "event-decode-residual.md": lambda: event_decode("residual"),
     "crossover.md": crossover,
+    "crossover-int8.md": lambda: crossover("crossover-int8.jsonl"),
     "int8-decode.md": int8_decode,
     "decode-int8.md": decode_int8,
     "driven-study.md": lambda: driven_study("driven-study.json"),

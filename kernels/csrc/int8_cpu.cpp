@@ -160,20 +160,20 @@ IntegerRows quantized_rows(const float* x, int64_t rows, int64_t width) {
 }
 
 // Spike counts: whole numbers, used as they are (checked: whole, and small enough for exact int32 sums). The
-// check is a pass of its own, without a branch, so that the compiler vectorizes it.
+// check is a pass of its own, without a branch per value.
 IntegerRows count_rows(const float* x, int64_t rows, int64_t width) {
   IntegerRows r{rows, width, (width + kLanes - 1) / kLanes * kLanes, {}, {}};
   r.values.assign(rows * r.stride, 0);
   for (int64_t m = 0; m < rows; ++m) {
     const float* row = x + m * width;
     bool whole = true;
-    float magnitude = 0.f;  // exact: whole numbers below 2^24 in total, and any larger total is refused anyway
+    double magnitude = 0.0;  // exact in double (a float's sum of whole numbers rounds past 2^24, below the limit)
     for (int64_t i = 0; i < width; ++i) {
       whole &= (row[i] == std::nearbyint(row[i])) & (std::fabs(row[i]) <= 32767.f);
       magnitude += std::fabs(row[i]);
     }
     TORCH_CHECK(whole, "int8 counts products take whole-number inputs (spike counts) of at most 32767");
-    TORCH_CHECK(magnitude <= float(kMaxRowMagnitude), "int8 counts products: a row's counts add up to more than ",
+    TORCH_CHECK(magnitude <= double(kMaxRowMagnitude), "int8 counts products: a row's counts add up to more than ",
                 kMaxRowMagnitude, ", beyond exact int32 sums");
     int16_t* q = r.values.data() + m * r.stride;
     for (int64_t i = 0; i < width; ++i) q[i] = int16_t(row[i]);
@@ -417,11 +417,14 @@ at::Tensor int8_sparse_linear(const at::Tensor& x, const at::Tensor& codes_t, co
   const IntegerRows r = integer_rows(x, counts);
   check_weight(codes_t, scales, codes_t.size(1));
   TORCH_CHECK(codes_t.size(0) == r.width, "codes_t [in, out] must match x [M, in]");
+  if (codes.has_value()) {  // checked at every call, whichever kernel this one runs
+    check_weight(*codes, scales, codes_t.size(1));
+    TORCH_CHECK(codes->size(0) == codes_t.size(1) && codes->size(1) == r.width,
+                "codes [out, in] must be codes_t [in, out] transposed");
+  }
   at::Tensor y = output_for(x, codes_t.size(1));
   const std::vector<int64_t> active = active_inputs(r);
   if (codes.has_value() && double(active.size()) > max_density * double(r.width)) {
-    check_weight(*codes, scales, codes_t.size(1));
-    TORCH_CHECK(codes->size(1) == r.width, "codes [out, in] must match x [M, in]");
     dense(r, *codes, scales, y.data_ptr<float>());
   } else {  // (the pairs are made only here: above the crossover they would be thrown away)
     event_driven(r, active_pairs(r, active), codes_t, scales, y.data_ptr<float>());

@@ -225,7 +225,9 @@ class ProductMode:
     @property
     def names(self) -> tuple[str, ...]:
         """The modes set, in field order (empty: dense)."""
-        return tuple(f.name for f in fields(self) if getattr(self, f.name) not in (None, False))
+        # (by identity: an event-driven crossover of 0.0 is a mode set, though 0.0 == False)
+        values = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return tuple(name for name, value in values if value is not None and value is not False)
 
     def __str__(self) -> str:
         return " + ".join(self.names) or "dense"

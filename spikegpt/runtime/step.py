@@ -94,8 +94,15 @@ def trace_decode_step(
     return step
 
 
-# per model, its traced steps by (batch, device, dtype); a weak reference, so a step never keeps its model alive
+# per model, (the version of its weights, its traced steps by (batch, device, dtype, bits)); a weak reference, so a
+# step never keeps its model alive
 _GENERATE_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_version(model: SpikeGPTForCausalLM) -> int:
+    """Changes with any in-place change of a parameter (``load_state_dict``, an optimizer step): an 8-bit step holds
+    int8 codes made from the weights when it was traced, which such a change leaves behind."""
+    return sum(p._version for p in model.parameters())
 
 
 def generate_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: RecurrentState):
@@ -103,11 +110,14 @@ def generate_step(model: SpikeGPTForCausalLM, tokens: torch.Tensor, state: Recur
     for that batch size, or None where tracing cannot serve (Triton kernels, autograd, training mode)."""
     if model.training or torch.is_grad_enabled() or kernel_backend(tokens) != "torch":
         return None
-    steps = _GENERATE_STEPS.setdefault(model, {})
+    version, steps = _GENERATE_STEPS.get(model, (None, {}))
+    if version != _weights_version(model):  # traced from other weights: traced again
+        steps = {}
     batch = tokens.shape[0]
     key = (batch, tokens.device, model.head.weight.dtype, model_weight_bits(model))
     if key not in steps:
         int8 = model_weight_bits(model) == 8 and tokens.device.type == "cpu"
         products = step_products(model, DEFAULT_DECODE if int8 else "dense", batch)
         steps[key] = trace_decode_step(model, tokens, state, products, stats=False)
+        _GENERATE_STEPS[model] = (_weights_version(model), steps)  # (after laying out the weights)
     return steps[key]

@@ -214,6 +214,25 @@ def test_wrong_weights_are_refused():
         int8_sparse_linear(torch.zeros(1, 4), torch.zeros(3, 2, dtype=torch.int8), torch.ones(2))
 
 
+def test_the_compiled_operator_refuses_dense_codes_of_another_shape(compiled):
+    """Called directly (a traced step does), the event-driven operator checks its dense codes at every call, even
+    one that stays event-driven: wrong ones would be read and written past their ends above the crossover."""
+    codes_t, scales = torch.zeros(4, 2, dtype=torch.int8), torch.ones(2)
+    for wrong in (torch.zeros(3, 4, dtype=torch.int8), torch.zeros(2, 5, dtype=torch.int8)):
+        for max_density in (0.0, 1.0):
+            with pytest.raises(RuntimeError, match="transposed"):
+                torch.ops.spikegpt_cpu.int8_sparse_linear(torch.ones(1, 4), codes_t, scales, True, max_density, wrong)
+
+
+def test_the_compiled_kernels_refuse_a_row_whose_counts_add_up_past_exact_sums(compiled):
+    """The row's magnitude is summed exactly: in float32, 516 counts of 32767 and then 200,000 ones add up to
+    16,907,776 (below the limit of 16,909,319) where the true sum is 17,107,772."""
+    x = torch.cat([torch.full((516,), 32767.0), torch.ones(200_000)])[None]
+    codes = torch.zeros(1, x.shape[1], dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="add up to more than"):
+        torch.ops.spikegpt_cpu.int8_linear(x, codes, torch.ones(1), True)
+
+
 def test_spikegpt_kernels_torch_runs_the_reference(monkeypatch, seed):
     monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
     reload_kernel_backend()

@@ -304,13 +304,27 @@ def test_generate_decodes_an_8_bit_model_with_the_engines_int8_step(seed):
     model = tiny()
     prompt = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(seed))
     out = model.generate(prompt, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
-    (step,) = _GENERATE_STEPS[model].values()
+    (step,) = _GENERATE_STEPS[model][1].values()
     assert "int8_linear" in str(step.traced.inlined_graph)
     eager = model(prompt, use_cache=True, logits_to_keep=1)  # as generate() reads the prompt
     with step_products(model, "auto", 2):
         for i, logits in enumerate(out.logits):
             assert torch.equal(logits, eager.logits[:, -1]), i
             eager = model(out.sequences[:, prompt.shape[1] + i : prompt.shape[1] + i + 1], state=eager.state)
+
+
+@torch.no_grad()
+def test_generate_of_an_8_bit_model_follows_its_weights_when_they_change_in_place(seed):
+    """The int8 step holds codes made from the weights when it was traced: after an in-place change of the weights
+    (``load_state_dict``, an optimizer step) generate() decodes with the new ones, as a fresh model of them does."""
+    config = tiny_config(spike_placement="inputs")
+    model, other = tiny(), quantize_model_(lively_weights_(SpikeGPTForCausalLM(config), seed=9).eval(), 8)
+    prompt = torch.randint(0, model.config.vocab_size, (1, 4), generator=torch.Generator().manual_seed(seed))
+    before = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    model.load_state_dict(other.state_dict())
+    after = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    assert torch.equal(after, other.generate(prompt, max_new_tokens=8, do_sample=False))
+    assert not torch.equal(after, before)  # (the two models decode differently: the check above reads something)
 
 
 @pytest.mark.parametrize("placement", ["inputs", "residual"])
@@ -342,3 +356,10 @@ def test_the_traced_step_records_no_detach_and_no_needless_conversion(placement)
     with torch.no_grad():
         quiet = step(tokens, state)[0]
     assert torch.equal(step(tokens, state)[0], quiet)
+
+
+def test_a_crossover_of_zero_is_a_mode_set():
+    """event_driven=0.0 (dense unless every input is zero) is event-driven, though 0.0 == False."""
+    assert ProductMode(event_driven=0.0).names == ("event_driven",)
+    assert str(ProductMode(event_driven=0.0, int8=True)) != str(ProductMode(int8=True))
+    assert ProductMode().names == ()
