@@ -106,12 +106,6 @@ def interleaved_steps_per_second(runs: dict, steps: int, warmup: int) -> dict[st
     return {name: (1 / statistics.median(t), 1 / min(t)) for name, t in times.items()}
 
 
-def bytes_per_token(model: torch.nn.Module, embedding: torch.Tensor) -> int:
-    """Parameter bytes a batch-1 step reads: every parameter but the embedding table, plus one embedding row."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    return total - embedding.numel() * embedding.element_size() + embedding.shape[1] * embedding.element_size()
-
-
 def ours(n_layer: int, d: int, **config):
     from spikegpt import SpikeGPTConfig, SpikeGPTForCausalLM
     from spikegpt.runtime.products import prepare_weights
@@ -143,7 +137,7 @@ def decode_steps(model) -> dict:
 @torch.inference_mode()
 def bench_ours(n_layer: int, d: int, tokens: int, prefill_len: int, forms: list[str]) -> tuple[dict, dict]:
     model = ours(n_layer, d)
-    decode = {"bytes_per_token": bytes_per_token(model, model.model.emb.weight)}
+    decode = {"bytes_per_token": step_bytes(model, False, 1)}
     steps = decode_steps(model)
     for form in forms:
         box = {"state": model(torch.tensor([[1, 2, 3]]), use_cache=True).state, "token": torch.tensor([[4]])}
@@ -431,10 +425,6 @@ class Variants:
         int8, decode = MODES[mode]
         return decode_products(self.model(mode), decode, batch, crossovers, int8=int8)
 
-    def event_driven(self, products) -> list[str]:
-        """The candidates ``products`` runs event-driven (at any crossover)."""
-        return [name for name in self.candidates if products.modes.get(name) and products.modes[name].event_driven]
-
 
 def density_cases(args) -> list[tuple[str, object, str]]:
     """(label, density for synthetic_inputs, source) per --densities value."""
@@ -490,7 +480,7 @@ def bench_steps(variants: Variants, dims: dict, args, threads: int, bandwidths: 
                       "input_synthesis_s_per_step": synthesis_s, "modes": {}}  # fmt: skip
             for mode in args.modes:
                 steps_s, best_steps_s = timed[mode]
-                union = {name: measured[name][1] for name in variants.event_driven(products[mode])}
+                union = {name: measured[name][1] for name in products[mode].thresholds}
                 read = step_bytes(variants.model(mode), MODES[mode][0], batch, union)
                 net = batch / max(1e-9, 1 / steps_s - synthesis_s)
                 bound = bandwidths[MODES[mode][0]] / read * batch

@@ -214,17 +214,15 @@ def _density_words(key: str) -> str:
     return DENSITY_LABELS[key] if key in DENSITY_LABELS else f"{float(key):.0%} active"
 
 
+def _decode_int8_sizes() -> dict:
+    """The summary of ``bench/decode.py --placement inputs``, by model size."""
+    return by_measure(read_records(DECODE_INT8), "summary")[-1]["sizes"]
+
+
 def decode_int8() -> str:
-    """The int8 and event-driven steps against the peers (``bench/decode.py --placement inputs``), or how to
-    measure them where nothing is committed yet."""
-    if not (RESULTS / DECODE_INT8).is_file():
-        return (
-            "No measurement is committed yet. On a quiet machine: `python bench/decode.py --placement inputs > "
-            f"bench/results/{DECODE_INT8}`, then `python docs/gen_figures.py`."
-        )
-    summary = by_measure(read_records(DECODE_INT8), "summary")[-1]["sizes"]
+    """The int8 and event-driven steps against the peers (``bench/decode.py --placement inputs``)."""
     steps, peers = [], []
-    for size, entry in summary.items():
+    for size, entry in _decode_int8_sizes().items():
         label = size.replace("x", " × ")
         for threads, row in entry["threads"].items():
             for batch in ("b1", "b16"):
@@ -451,11 +449,8 @@ def profiles() -> str:
 
 def _int8_headline(when) -> list[list[str]]:
     """The 8-bit decoding row: the int8 step against fp32 at the largest size, 1 thread, batch 1, from
-    ``bench/decode.py --placement inputs`` (none before it is committed)."""
-    if not (RESULTS / DECODE_INT8).is_file():
-        return []
-    sizes = by_measure(read_records(DECODE_INT8), "summary")[-1]["sizes"]
-    size, entry = list(sizes.items())[-1]
+    ``bench/decode.py --placement inputs``."""
+    size, entry = list(_decode_int8_sizes().items())[-1]
     threads = min(entry["threads"], key=int)
     b1 = entry["threads"][threads]["b1"]
     densities = next(iter(b1["tok_s"].values()))
@@ -463,7 +458,8 @@ def _int8_headline(when) -> list[list[str]]:
     tok_s = {mode: by_density[density] for mode, by_density in b1["tok_s"].items()}
     best = max((m for m in tok_s if m.startswith("int8")), key=tok_s.get)
     inputs = "the bundled spike-driven model's densities" if density == "bundled" else _density_words(density)
-    what = f"int8 decoding, {size.replace('x', ' × ')}, batch 1, {threads} thread(s), {inputs}"
+    threads = f"{threads} thread" + ("" if threads == "1" else "s")
+    what = f"int8 decoding, {size.replace('x', ' × ')}, batch 1, {threads}, {inputs}"
     page = "spikes/hardware.md#8-bit-decoding-on-a-cpu"
     return [[what, f"{tok_s[best] / tok_s['fp32']:.2f}× fp32 ({MODE_LABELS[best]})", when(DECODE_INT8), page]]
 

@@ -120,6 +120,20 @@ def fresh_kernel_backend():
     reload_kernel_backend()
 
 
+@pytest.fixture(params=["compiled", "reference"])
+def int8_backend(request, monkeypatch) -> str:
+    """Each implementation of the int8 products in turn: the compiled kernels (skipped, saying why, where they
+    cannot be built) and the PyTorch reference (``SPIKEGPT_KERNELS=torch``)."""
+    from spikegpt.kernels import int8_cpu
+
+    if request.param == "reference":
+        monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
+        reload_kernel_backend()
+    elif not int8_cpu.available():
+        pytest.skip("the compiled int8 kernels cannot be built on this machine")
+    return request.param
+
+
 @pytest.fixture
 def seed() -> int:
     """A fresh random seed per test, also seeding torch's global generator. It is printed, so a failing test's

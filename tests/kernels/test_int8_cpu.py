@@ -168,13 +168,7 @@ def test_a_rows_bits_do_not_depend_on_the_batch(compiled, seed):
     assert torch.equal(int8_sparse_linear(x, codes_t, scales)[7:8], int8_linear(x[7:8], codes, scales))
 
 
-@pytest.mark.parametrize("backend", ["compiled", "torch"])
-def test_a_row_with_a_value_that_is_not_finite_gives_nan_outputs(monkeypatch, seed, backend):
-    if backend == "torch":
-        monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
-        reload_kernel_backend()
-    elif not int8_cpu.available():
-        pytest.skip("the compiled int8 kernels cannot be built on this machine")
+def test_a_row_with_a_value_that_is_not_finite_gives_nan_outputs(seed, int8_backend):
     g = torch.Generator().manual_seed(seed)
     codes, scales = weight(9, 7, g)
     x = torch.randn(3, 7, generator=g)
@@ -184,13 +178,7 @@ def test_a_row_with_a_value_that_is_not_finite_gives_nan_outputs(monkeypatch, se
         assert torch.equal(y[:1], int8_linear_torch(x[:1], codes, scales))
 
 
-@pytest.mark.parametrize("backend", ["compiled", "torch"])
-def test_counts_that_are_not_whole_numbers_or_too_large_are_refused(monkeypatch, seed, backend):
-    if backend == "torch":
-        monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
-        reload_kernel_backend()
-    elif not int8_cpu.available():
-        pytest.skip("the compiled int8 kernels cannot be built on this machine")
+def test_counts_that_are_not_whole_numbers_or_too_large_are_refused(seed, int8_backend):
     g = torch.Generator().manual_seed(seed)
     codes, scales = weight(5, 7, g)
     codes_t = codes.t().contiguous()

@@ -18,23 +18,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import lively_weights_, relative_error, tiny_config
-from test_products import greedy_texts
+from test_products import greedy_texts, measured_crossovers
 
 from spikegpt import SpikeGPTForCausalLM, bundled_model_path
 from spikegpt.errors import ProductCombinationError
 from spikegpt.hub.checkpoint import load_model
-from spikegpt.kernels import int8_cpu, reload_kernel_backend
 from spikegpt.quant.grids import dequantize, quantize_model_, quantize_weight, quantized_linears
 from spikegpt.runtime.engine import Engine, EngineConfig, GenerationRequest, generate
 from spikegpt.runtime.products import (
-    Crossovers,
     Product,
     ProductMode,
     Products,
     decode_products,
     fake_quantized_products,
-    machine_id,
-    product_key,
     sparse_candidates,
     spike_reading_products,
     step_products,
@@ -237,15 +233,6 @@ def test_an_8_bit_model_decodes_event_driven_with_the_dense_int8_text(name):
     assert all(len(text) > 15 for text in dense.values())
 
 
-def int8_crossovers(model: SpikeGPTForCausalLM, batches: tuple[int, ...], value: float) -> Crossovers:
-    """A crossover file's entries: ``value`` for every event-driven candidate's int8 product at these batches."""
-    products = {}
-    for module in sparse_candidates(model):
-        n_out, n_in = module.weight.shape
-        products |= {product_key(torch.int8, batch, n_in, n_out): value for batch in batches}
-    return Crossovers(machine_id(torch.device("cpu")), products)
-
-
 @pytest.mark.parametrize("decode", ["sparse", "auto"])
 @pytest.mark.parametrize("name", ["spikegpt-shakespeare", "spikegpt-shakespeare-driven"])
 @torch.no_grad()
@@ -254,7 +241,7 @@ def test_a_rows_int8_bits_alone_and_among_15_others(name, decode):
     inside each call: one row's active inputs stay below it where the union of 16 rows' does not), at 1 and at 16
     rows: the row's logits and state are the same bits alone as among 15 others."""
     model, _ = load_model(bundled_model_path(name), weight_bits=8)
-    crossovers = int8_crossovers(model, (1, 16), 0.5)
+    crossovers = measured_crossovers(model, 0.5, (1, 16), torch.int8)
     g = torch.Generator().manual_seed(3)
     prompts = torch.randint(0, model.config.vocab_size, (16, 12), generator=g)
     tokens = torch.randint(0, model.config.vocab_size, (16, 1), generator=g)
@@ -268,18 +255,12 @@ def test_a_rows_int8_bits_alone_and_among_15_others(name, decode):
         assert torch.equal(crowded, single)
 
 
-@pytest.mark.parametrize("backend", ["compiled", "reference"])
 @torch.no_grad()
-def test_the_traced_step_records_the_int8_operators(monkeypatch, backend):
+def test_the_traced_step_records_the_int8_operators(int8_backend):
     """Each int8 product is one operator call in the traced graph (the compiled kernels', or the reference's where
     they cannot be built), so the event-driven choice stays inside the call; the traced step computes the eager
     step's bits."""
-    if backend == "reference":
-        monkeypatch.setenv("SPIKEGPT_KERNELS", "torch")
-        reload_kernel_backend()
-    elif not int8_cpu.available():
-        pytest.skip("the compiled int8 kernels cannot be built on this machine")
-    namespace = "spikegpt_cpu" if backend == "compiled" else "spikegpt"
+    namespace = "spikegpt_cpu" if int8_backend == "compiled" else "spikegpt"
     model = tiny()
     n_products, n_candidates = len(list(quantized_linears(model))), len(sparse_candidates(model))
     tokens, state = torch.tensor([[1], [2]]), model(torch.tensor([[3, 4, 5], [6, 7, 8]]), use_cache=True).state

@@ -99,13 +99,20 @@ def test_sparse_logits_equal_dense_logits_to_float_tolerance(bundled):
     assert torch.allclose(sparse, dense, rtol=1e-5, atol=1e-5)
 
 
-def crossover_file(tmp_path, value: float, model, batch: int) -> Crossovers:
+def measured_crossovers(model, value: float, batches: tuple[int, ...], dtype: torch.dtype | None = None) -> Crossovers:
+    """A crossover file's entries: ``value`` for every event-driven candidate at these batches, for its product of
+    ``dtype`` (``torch.int8``: the int8 one; None: its weights')."""
     products = {}
     for module in sparse_candidates(model):
         n_out, n_in = module.weight.shape
-        products[product_key(module.weight.dtype, batch, n_in, n_out)] = value
+        products |= {product_key(dtype or module.weight.dtype, b, n_in, n_out): value for b in batches}
+    return Crossovers(machine_id(torch.device("cpu")), products)
+
+
+def crossover_file(tmp_path, value: float, model, batch: int) -> Crossovers:
+    """``measured_crossovers`` at one batch, saved and loaded as the engine loads it."""
     path = tmp_path / "crossover.json"
-    Crossovers(machine_id(torch.device("cpu")), products).save(path)
+    measured_crossovers(model, value, (batch,)).save(path)
     return Crossovers.load(torch.device("cpu"), path)
 
 
