@@ -23,36 +23,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 from common import emit
+from crossover import best_seconds, product_shapes
 from decode import copy_bandwidth
 
 from spikegpt.kernels import int8_linear, int8_sparse_linear
 from spikegpt.runtime.products import machine_id
 
 EVENT_DENSITIES = (0.05, 0.1, 0.25, 0.5)
-
-
-def product_shapes(sizes: list[str], vocab: int) -> list[tuple[int, int]]:
-    shapes = set()
-    for size in sizes:
-        d = int(size.lower().split("x")[1])
-        shapes |= {(d, d), (d, 4 * d), (4 * d, d), (d, vocab)}
-    return sorted(shapes)
-
-
-def best_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 class Weights:
@@ -118,7 +100,7 @@ def measure(n_in: int, n_out: int, batch: int, args, bandwidth: float) -> dict:
     record = {"measure": "product", "n_in": n_in, "n_out": n_out, "batch": batch,
               "threads": torch.get_num_threads(), "bandwidth_bytes_per_s": bandwidth, "products": {}}  # fmt: skip
     for name, (run, rows_read) in products(weights, x, counts_at).items():
-        seconds = best_seconds(run, args.repeats)
+        seconds = best_seconds(run, args.repeats, torch.device("cpu"))
         read = 4 * n_in * n_out if rows_read is None else rows_read * n_in * n_out + 4 * n_out
         record["products"][name] = {
             "ms": seconds * 1e3,
